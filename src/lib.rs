@@ -1,0 +1,18 @@
+//! nfqmark: a Linux NFQUEUE packet marker that carries a DNS client's firewall mark onto the
+//! local resolver's upstream query, its answer and the answer to the client, for any resolver.
+//!
+//! The crate is a pure core (packet, dns, rules, pairing, engine) that takes bytes and time and
+//! returns decisions, and an edge (queue, worker) that talks to the kernel. Everything in the
+//! core is testable without root.
+
+pub mod cli;
+pub mod daemon;
+pub mod dns;
+pub mod engine;
+pub mod fixtures;
+pub mod packet;
+pub mod pairing;
+pub mod queue;
+pub mod rules;
+pub mod stats;
+pub mod worker;
