@@ -1,0 +1,763 @@
+//! The lab: a small network of namespaces where nfqmark does its job for real. The end-to-end
+//! tests and `nfqmark demo` both build it here (one implementation).
+//!
+//! ```text
+//!   client A (198.18.1.2, 2001:db8:1::2) ─┐                      ┌─ link1 "fast" ─┐
+//!                                          ├─ router (resolver, ─┤                ├─ upstream DNS
+//!   client B (198.18.2.2, 2001:db8:2::2) ─┘   nfqmark)           └─ link2 "cheap" ┘  198.18.9.53
+//!                                                                                    2001:db8:9::53
+//! ```
+//!
+//! The router marks client A's packets 137 with the dnsmasq `--conntrack` README's rules, and
+//! `ip rule add fwmark 137 table 100` routes the upstream server over link 2. So a resolver
+//! query that carries client A's mark leaves over link 2; everything else over link 1. The
+//! upstream host records the link every query arrived on.
+//!
+//! This module owns building and tearing down that world. Namespace names are unique per
+//! process and call, so tests run in parallel; addresses come only from 198.18.0.0/15 and
+//! 2001:db8::/32 and stay inside the namespaces; nothing touches the host's own network.
+
+pub mod netns;
+pub mod upstream;
+
+use std::fmt;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use netns::{Guarded, Netns};
+use upstream::{Responder, Sniffer};
+
+/// The mark client A's traffic gets, as in the dnsmasq `--conntrack` README.
+pub const MARK_A: u32 = 137;
+/// The routing table that sends the upstream server over link 2.
+pub const CHEAP_TABLE: u32 = 100;
+
+/// Address family of the clients' queries and of the resolver's upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// Which resolver runs on the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolver {
+    /// dnsmasq without `--conntrack`.
+    Dnsmasq,
+    /// dnsmasq with `--conntrack` (for comparison; nfqmark not needed).
+    DnsmasqConntrack,
+    /// unbound with a forward-zone, 0x20 case randomisation on.
+    Unbound,
+}
+
+impl fmt::Display for Resolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Resolver::Dnsmasq => "dnsmasq",
+            Resolver::DnsmasqConntrack => "dnsmasq --conntrack",
+            Resolver::Unbound => "unbound",
+        })
+    }
+}
+
+/// Addresses of the lab. Every world uses the same ones: each lives in its own namespaces.
+pub mod addr {
+    pub const A_V4: &str = "198.18.1.2";
+    pub const A_V6: &str = "2001:db8:1::2";
+    pub const B_V4: &str = "198.18.2.2";
+    pub const B_V6: &str = "2001:db8:2::2";
+    pub const ROUTER_A_V4: &str = "198.18.1.1";
+    pub const ROUTER_A_V6: &str = "2001:db8:1::1";
+    pub const ROUTER_B_V4: &str = "198.18.2.1";
+    pub const ROUTER_B_V6: &str = "2001:db8:2::1";
+    pub const UPSTREAM_V4: &str = "198.18.9.53";
+    pub const UPSTREAM_V6: &str = "2001:db8:9::53";
+}
+
+/// The programs the lab runs, with the Debian package that has each.
+pub const NEEDED: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("iptables", "iptables"),
+    ("ip6tables", "iptables"),
+    ("dig", "dnsutils"),
+    ("dnsmasq", "dnsmasq-base"),
+];
+
+/// `Err` naming the first missing program and its package.
+pub fn check_programs(extra: &[(&str, &str)]) -> Result<(), String> {
+    for (prog, pkg) in NEEDED.iter().chain(extra) {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+            .unwrap_or(false)
+            || Path::new("/usr/sbin").join(prog).is_file()
+            || Path::new("/sbin").join(prog).is_file();
+        if !found {
+            return Err(format!("'{prog}' is missing: install the '{pkg}' package"));
+        }
+    }
+    Ok(())
+}
+
+/// How to build a world.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Short tag for namespace names (e.g. the test name).
+    pub tag: String,
+    pub resolver: Resolver,
+    /// Family of the resolver's upstream server.
+    pub upstream: Family,
+    /// The nfqmark binary to run on the router, or `None` for no nfqmark.
+    pub nfqmark: Option<PathBuf>,
+    /// Extra arguments for `nfqmark run` (after `--queue`).
+    pub nfqmark_args: Vec<String>,
+    /// NFQUEUE number on the router.
+    pub queue: u16,
+}
+
+impl Options {
+    pub fn new(tag: &str, resolver: Resolver, nfqmark: Option<PathBuf>) -> Options {
+        Options {
+            tag: tag.to_string(),
+            resolver,
+            upstream: Family::V4,
+            nfqmark,
+            nfqmark_args: Vec::new(),
+            queue: 0,
+        }
+    }
+}
+
+/// A built lab. Dropping it stops every process and deletes every namespace.
+#[derive(Debug)]
+pub struct World {
+    // Field order is drop order: processes, then threads in namespaces, then the namespaces.
+    resolver: Option<Guarded>,
+    nfqmark: Option<Guarded>,
+    pub sniffer: Sniffer,
+    _responder: Responder,
+    pub a: Netns,
+    pub b: Netns,
+    pub router: Netns,
+    pub upstream: Netns,
+    dir: TempDir,
+    options: Options,
+}
+
+/// A directory removed on drop.
+#[derive(Debug)]
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// iptables rules that queue DNS to nfqmark, for one family (`iptables` or `ip6tables`). These
+/// are the README's rules: client queries and upstream answers in mangle INPUT (after
+/// PREROUTING set the client's mark, after DNAT), the resolver's queries and its answers to
+/// clients in mangle OUTPUT; the mark is saved to the connection in POSTROUTING, because the
+/// queue's ACCEPT ends the OUTPUT chain.
+pub fn queue_rules(queue: u16) -> Vec<Vec<String>> {
+    let q = queue.to_string();
+    let mut rules = Vec::new();
+    for chain in ["INPUT", "OUTPUT"] {
+        for proto in ["udp", "tcp"] {
+            for port in ["--dport", "--sport"] {
+                rules.push(
+                    [
+                        "-t",
+                        "mangle",
+                        "-A",
+                        chain,
+                        "-p",
+                        proto,
+                        port,
+                        "53",
+                        "-j",
+                        "NFQUEUE",
+                        "--queue-num",
+                        &q,
+                        "--queue-bypass",
+                    ]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+                );
+            }
+        }
+    }
+    rules
+}
+
+/// The dnsmasq `--conntrack` README's marking rules, for client A's address.
+pub fn seed_rules(client_a: &str) -> Vec<Vec<String>> {
+    let rules: [&[&str]; 4] = [
+        &[
+            "-t",
+            "mangle",
+            "-A",
+            "PREROUTING",
+            "-j",
+            "CONNMARK",
+            "--restore-mark",
+        ],
+        &[
+            "-t",
+            "mangle",
+            "-A",
+            "PREROUTING",
+            "-m",
+            "mark",
+            "--mark",
+            "0",
+            "-s",
+            client_a,
+            "-j",
+            "MARK",
+            "--set-mark",
+            "137",
+        ],
+        &[
+            "-t",
+            "mangle",
+            "-A",
+            "PREROUTING",
+            "-j",
+            "CONNMARK",
+            "--save-mark",
+        ],
+        &[
+            "-t",
+            "mangle",
+            "-A",
+            "POSTROUTING",
+            "-m",
+            "mark",
+            "!",
+            "--mark",
+            "0",
+            "-j",
+            "CONNMARK",
+            "--save-mark",
+        ],
+    ];
+    rules
+        .iter()
+        .map(|r| r.iter().map(|s| s.to_string()).collect())
+        .collect()
+}
+
+impl World {
+    /// Build the namespaces, links, routes, marking rules, the upstream responder and sniffer.
+    /// The resolver and nfqmark are started separately ([`World::start_resolver`],
+    /// [`World::start_nfqmark`]).
+    pub fn build(options: Options) -> io::Result<World> {
+        let prefix = netns::unique_prefix(&options.tag);
+        let dir = TempDir(std::env::temp_dir().join(&prefix));
+        std::fs::create_dir_all(&dir.0)?;
+        let a = Netns::new(&format!("{prefix}-a"))?;
+        let b = Netns::new(&format!("{prefix}-b"))?;
+        let router = Netns::new(&format!("{prefix}-r"))?;
+        let upstream = Netns::new(&format!("{prefix}-u"))?;
+        wire(&a, "eth0", &router, "ca")?;
+        wire(&b, "eth0", &router, "cb")?;
+        wire(&router, "link1", &upstream, "link1")?;
+        wire(&router, "link2", &upstream, "link2")?;
+        let addrs: &[(&Netns, &str, &str, &str)] = &[
+            (&a, "eth0", "198.18.1.2/24", "2001:db8:1::2/64"),
+            (&b, "eth0", "198.18.2.2/24", "2001:db8:2::2/64"),
+            (&router, "ca", "198.18.1.1/24", "2001:db8:1::1/64"),
+            (&router, "cb", "198.18.2.1/24", "2001:db8:2::1/64"),
+            (&router, "link1", "198.18.3.1/24", "2001:db8:3::1/64"),
+            (&router, "link2", "198.18.4.1/24", "2001:db8:4::1/64"),
+            (&upstream, "link1", "198.18.3.2/24", "2001:db8:3::2/64"),
+            (&upstream, "link2", "198.18.4.2/24", "2001:db8:4::2/64"),
+        ];
+        for (ns, dev, v4, v6) in addrs {
+            ns.ip(&["addr", "add", v4, "dev", dev])?;
+            ns.ip(&["addr", "add", v6, "dev", dev, "nodad"])?;
+            ns.ip(&["link", "set", dev, "up"])?;
+        }
+        upstream.ip(&["addr", "add", "198.18.9.53/32", "dev", "lo"])?;
+        upstream.ip(&["addr", "add", "2001:db8:9::53/128", "dev", "lo"])?;
+        for (ns, v4, v6) in [
+            (&a, "198.18.1.1", "2001:db8:1::1"),
+            (&b, "198.18.2.1", "2001:db8:2::1"),
+        ] {
+            ns.ip(&["route", "add", "default", "via", v4])?;
+            ns.ip(&["-6", "route", "add", "default", "via", v6])?;
+        }
+        // The upstream host answers whichever link a query came over: no reverse-path check.
+        for key in ["all", "default", "link1", "link2"] {
+            upstream.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0")?;
+        }
+        upstream.ip(&["route", "add", "198.18.0.0/16", "via", "198.18.3.1"])?;
+        upstream.ip(&[
+            "-6",
+            "route",
+            "add",
+            "2001:db8::/32",
+            "via",
+            "2001:db8:3::1",
+        ])?;
+        router.sysctl("net.ipv4.ip_forward", "1")?;
+        router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        // Policy routing, as in the LARTC fwmark chapter: marked packets use the cheap link.
+        let table = CHEAP_TABLE.to_string();
+        let mark = MARK_A.to_string();
+        router.ip(&[
+            "route",
+            "add",
+            "198.18.9.53/32",
+            "via",
+            "198.18.3.2",
+            "dev",
+            "link1",
+        ])?;
+        router.ip(&[
+            "route",
+            "add",
+            "198.18.9.53/32",
+            "via",
+            "198.18.4.2",
+            "dev",
+            "link2",
+            "table",
+            &table,
+        ])?;
+        router.ip(&[
+            "-6",
+            "route",
+            "add",
+            "2001:db8:9::53/128",
+            "via",
+            "2001:db8:3::2",
+            "dev",
+            "link1",
+        ])?;
+        router.ip(&[
+            "-6",
+            "route",
+            "add",
+            "2001:db8:9::53/128",
+            "via",
+            "2001:db8:4::2",
+            "dev",
+            "link2",
+            "table",
+            &table,
+        ])?;
+        router.ip(&["rule", "add", "fwmark", &mark, "table", &table])?;
+        router.ip(&["-6", "rule", "add", "fwmark", &mark, "table", &table])?;
+        for rule in seed_rules(addr::A_V4) {
+            router.exec(
+                "iptables",
+                &rule.iter().map(String::as_str).collect::<Vec<_>>(),
+            )?;
+        }
+        for rule in seed_rules(addr::A_V6) {
+            router.exec(
+                "ip6tables",
+                &rule.iter().map(String::as_str).collect::<Vec<_>>(),
+            )?;
+        }
+        let responder = Responder::start(
+            &upstream,
+            &[
+                addr::UPSTREAM_V4.parse().map_err(io::Error::other)?,
+                addr::UPSTREAM_V6.parse().map_err(io::Error::other)?,
+            ],
+        )?;
+        let sniffer = Sniffer::start(&upstream, &["link1", "link2"])?;
+        Ok(World {
+            resolver: None,
+            nfqmark: None,
+            sniffer,
+            _responder: responder,
+            a,
+            b,
+            router,
+            upstream,
+            dir,
+            options,
+        })
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// A file in the world's scratch directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.0.join(name)
+    }
+
+    /// Start nfqmark on the router with the README's queue rules, and wait until it has bound
+    /// its queue (with `--queue-bypass`, packets would otherwise pass unmarked).
+    pub fn start_nfqmark(&mut self) -> io::Result<()> {
+        let Some(bin) = self.options.nfqmark.clone() else {
+            return Ok(());
+        };
+        let q = self.options.queue;
+        for tool in ["iptables", "ip6tables"] {
+            for rule in queue_rules(q) {
+                self.router
+                    .exec(tool, &rule.iter().map(String::as_str).collect::<Vec<_>>())?;
+            }
+        }
+        let log = std::fs::File::create(self.path("nfqmark.log"))?;
+        let mut cmd = self.router.command(&bin.to_string_lossy());
+        cmd.args(["run", "--queue", &q.to_string()])
+            .args(&self.options.nfqmark_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.nfqmark = Some(Guarded(cmd.spawn()?));
+        if wait_for(Duration::from_secs(5), || self.queue_bound(q)) {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "nfqmark did not bind queue {q}: {}",
+                self.nfqmark_log()
+            )))
+        }
+    }
+
+    /// Whether some process has bound NFQUEUE `queue` in the router.
+    pub fn queue_bound(&self, queue: u16) -> bool {
+        self.router
+            .exec("cat", &["/proc/net/netfilter/nfnetlink_queue"])
+            .map(|out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .any(|l| l.split_whitespace().next() == Some(&queue.to_string()))
+            })
+            .unwrap_or(false)
+    }
+
+    /// Stop nfqmark with SIGTERM and return its log (which ends with its counters).
+    pub fn stop_nfqmark(&mut self) -> String {
+        if let Some(mut child) = self.nfqmark.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(child.0.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.0.try_wait() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.nfqmark_log()
+    }
+
+    pub fn nfqmark_log(&self) -> String {
+        std::fs::read_to_string(self.path("nfqmark.log")).unwrap_or_default()
+    }
+
+    /// Start (or restart) the resolver on the router, forwarding to the upstream of `family`,
+    /// and wait until it answers.
+    pub fn start_resolver(&mut self, family: Family) -> io::Result<()> {
+        self.resolver = None;
+        self.options.upstream = family;
+        let upstream = match family {
+            Family::V4 => addr::UPSTREAM_V4,
+            Family::V6 => addr::UPSTREAM_V6,
+        };
+        let log = std::fs::File::create(self.path("resolver.log"))?;
+        let child = match self.options.resolver {
+            Resolver::Dnsmasq | Resolver::DnsmasqConntrack => {
+                let mut args = vec![
+                    "-k".to_string(),
+                    "--conf-file=/dev/null".into(),
+                    "--no-resolv".into(),
+                    "--no-hosts".into(),
+                    "--pid-file".into(),
+                    "--cache-size=0".into(),
+                    "--dns-forward-max=10000".into(),
+                    "--bind-interfaces".into(),
+                    format!("--server={upstream}"),
+                ];
+                for a in [
+                    addr::ROUTER_A_V4,
+                    addr::ROUTER_B_V4,
+                    addr::ROUTER_A_V6,
+                    addr::ROUTER_B_V6,
+                ] {
+                    args.push(format!("--listen-address={a}"));
+                }
+                if self.options.resolver == Resolver::DnsmasqConntrack {
+                    args.push("--conntrack".into());
+                }
+                self.router
+                    .command("dnsmasq")
+                    .args(&args)
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone()?)
+                    .stderr(log)
+                    .spawn()?
+            }
+            Resolver::Unbound => {
+                let conf = self.path("unbound.conf");
+                std::fs::write(&conf, unbound_conf(upstream, &self.dir.0))?;
+                self.router
+                    .command("unbound")
+                    .args(["-d", "-c"])
+                    .arg(&conf)
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone()?)
+                    .stderr(log)
+                    .spawn()?
+            }
+        };
+        self.resolver = Some(Guarded(child));
+        // Ready when client B gets an answer (counted as B's query, which is fine).
+        let mut n = 0u32;
+        let ready = wait_for(Duration::from_secs(10), || {
+            n += 1;
+            let name = format!("b-ready-{n}.nfqm.example");
+            self.query(Client::B, family, &[name], false)
+                .map(|r| r.answered == 1)
+                .unwrap_or(false)
+        });
+        if ready {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "{} did not start answering: {}",
+                self.options.resolver,
+                std::fs::read_to_string(self.path("resolver.log")).unwrap_or_default()
+            )))
+        }
+    }
+
+    /// Send `names` (type A, or AAAA for IPv6) from a client to the router's resolver with dig,
+    /// one after the other in one dig run; `tcp` for DNS over TCP.
+    pub fn query(
+        &self,
+        client: Client,
+        family: Family,
+        names: &[String],
+        tcp: bool,
+    ) -> io::Result<QueryReport> {
+        let (ns, server) = match (client, family) {
+            (Client::A, Family::V4) => (&self.a, addr::ROUTER_A_V4),
+            (Client::A, Family::V6) => (&self.a, addr::ROUTER_A_V6),
+            (Client::B, Family::V4) => (&self.b, addr::ROUTER_B_V4),
+            (Client::B, Family::V6) => (&self.b, addr::ROUTER_B_V6),
+        };
+        let qtype = match family {
+            Family::V4 => "A",
+            Family::V6 => "AAAA",
+        };
+        let batch: String = names.iter().map(|n| format!("{n} {qtype}\n")).collect();
+        let file = self.path(&format!(
+            "batch-{}-{}.txt",
+            client.letter(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        std::fs::write(&file, batch)?;
+        let mut cmd = ns.command("dig");
+        cmd.arg(format!("@{server}"))
+            .args(["+short", "+tries=2", "+time=2", "-f"])
+            .arg(&file)
+            .stdin(Stdio::null());
+        if tcp {
+            cmd.arg("+tcp");
+        }
+        let out = cmd.output()?;
+        let _ = std::fs::remove_file(&file);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let expected = match family {
+            Family::V4 => upstream::ANSWER_V4.to_string(),
+            Family::V6 => upstream::ANSWER_V6.to_string(),
+        };
+        Ok(QueryReport {
+            sent: names.len(),
+            answered: text.lines().filter(|l| l.trim() == expected).count(),
+        })
+    }
+}
+
+/// A client of the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    A,
+    B,
+}
+
+impl Client {
+    pub fn letter(self) -> char {
+        match self {
+            Client::A => 'a',
+            Client::B => 'b',
+        }
+    }
+}
+
+/// What a batch of client queries got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryReport {
+    pub sent: usize,
+    pub answered: usize,
+}
+
+/// Connect two namespaces with a veth pair.
+fn wire(x: &Netns, x_dev: &str, y: &Netns, y_dev: &str) -> io::Result<()> {
+    x.ip(&[
+        "link",
+        "add",
+        x_dev,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        y_dev,
+        "netns",
+        y.name(),
+    ])
+    .map(drop)
+}
+
+/// Poll `ready` until it says yes (true) or `limit` passes (false).
+pub fn wait_for(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if ready() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// unbound as a forwarder that caches nothing useful (names are unique anyway), validates
+/// nothing, and randomises the case of names it sends upstream (0x20).
+fn unbound_conf(upstream: &str, dir: &Path) -> String {
+    let dir = dir.display();
+    format!(
+        r#"server:
+    do-daemonize: no
+    chroot: ""
+    username: ""
+    directory: "{dir}"
+    pidfile: "{dir}/unbound.pid"
+    use-syslog: no
+    logfile: ""
+    verbosity: 1
+    num-threads: 1
+    interface: {a4}
+    interface: {b4}
+    interface: {a6}
+    interface: {b6}
+    port: 53
+    do-ip4: yes
+    do-ip6: yes
+    access-control: 198.18.0.0/15 allow
+    access-control: 2001:db8::/32 allow
+    module-config: "iterator"
+    qname-minimisation: no
+    use-caps-for-id: yes
+    do-not-query-localhost: no
+    msg-cache-size: 0
+    rrset-cache-size: 0
+    prefetch: no
+    so-reuseport: no
+    outgoing-range: 512
+remote-control:
+    control-enable: no
+forward-zone:
+    name: "."
+    forward-addr: {upstream}
+"#,
+        a4 = addr::ROUTER_A_V4,
+        b4 = addr::ROUTER_B_V4,
+        a6 = addr::ROUTER_A_V6,
+        b6 = addr::ROUTER_B_V6,
+    )
+}
+
+/// Which link each client's upstream queries arrived on, for a round whose names start with
+/// `a-` (client A) or `b-` (client B).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkCounts {
+    pub a_link1: usize,
+    pub a_link2: usize,
+    pub b_link1: usize,
+    pub b_link2: usize,
+    /// Queries seen for names that are neither (should be none).
+    pub other: usize,
+}
+
+impl LinkCounts {
+    /// Count distinct (name, link) pairs from the sniffer's records.
+    pub fn from_sniffer(sniffer: &Sniffer, label: &str) -> LinkCounts {
+        let mut c = LinkCounts::default();
+        for (link, names) in sniffer.names_by_link() {
+            for name in names {
+                if !name.contains(label) {
+                    continue;
+                }
+                match (
+                    name.starts_with("a-"),
+                    name.starts_with("b-"),
+                    link.as_str(),
+                ) {
+                    (true, _, "link1") => c.a_link1 += 1,
+                    (true, _, "link2") => c.a_link2 += 1,
+                    (_, true, "link1") => c.b_link1 += 1,
+                    (_, true, "link2") => c.b_link2 += 1,
+                    _ => c.other += 1,
+                }
+            }
+        }
+        c
+    }
+}
+
+impl fmt::Display for LinkCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "client A: {} via link1, {} via link2 (cheap); client B: {} via link1, {} via link2",
+            self.a_link1, self.a_link2, self.b_link1, self.b_link2
+        )
+    }
+}
+
+/// Sanity check used by callers: `iptables` works in a namespace at all.
+pub fn iptables_works(ns: &Netns) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", ns.name(), "iptables", "-t", "mangle", "-S"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Parse a `IpAddr` constant of this module.
+pub fn ip(s: &str) -> io::Result<IpAddr> {
+    s.parse().map_err(io::Error::other)
+}

@@ -1,0 +1,160 @@
+//! Network namespaces as test hosts: create, run commands in, enter from a thread, destroy.
+//!
+//! This module owns the lifetime of a namespace: [`Netns`] deletes it (and kills whatever still
+//! runs in it) when dropped, so a failing test or an interrupted demo leaves nothing behind.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A unique prefix for this process's namespaces: tests run in parallel, in one process and in
+/// several, so names carry the process id and a counter.
+pub fn unique_prefix(tag: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("nfqm-{tag}-{}-{n}", std::process::id())
+}
+
+/// Run a command to completion; a non-zero exit is an error carrying its stderr.
+pub fn run<I, S>(program: &str, args: I) -> io::Result<Output>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::null());
+    let line = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("{line}: {e}")))?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "{line} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(out)
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Create `name` with its loopback up.
+    pub fn new(name: &str) -> io::Result<Netns> {
+        run("ip", ["netns", "add", name])?;
+        let ns = Netns {
+            name: name.to_string(),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// Run a command inside the namespace to completion.
+    pub fn exec(&self, program: &str, args: &[&str]) -> io::Result<Output> {
+        let mut all = vec!["netns", "exec", self.name.as_str(), program];
+        all.extend_from_slice(args);
+        run("ip", all)
+    }
+
+    /// `ip -n NAME ...`
+    pub fn ip(&self, args: &[&str]) -> io::Result<Output> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        run("ip", all)
+    }
+
+    /// Set a sysctl inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) -> io::Result<()> {
+        self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")])
+            .map(drop)
+    }
+
+    /// Start a long-running process inside the namespace.
+    pub fn spawn(&self, program: &str, args: &[&str]) -> io::Result<Child> {
+        self.command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+    }
+
+    /// Enter the namespace from the calling thread: sockets it opens afterwards live there.
+    /// Use only on threads of your own; the thread stays in the namespace until it ends.
+    pub fn enter(&self) -> io::Result<()> {
+        let file = File::open(format!("/run/netns/{}", self.name))?;
+        // SAFETY: setns takes an open namespace fd, which `file` keeps open for the call.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Interface index of `iface` inside the namespace.
+    pub fn ifindex(&self, iface: &str) -> io::Result<u32> {
+        let out = self.exec("cat", &[&format!("/sys/class/net/{iface}/ifindex")])?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| io::Error::other(format!("no ifindex for {iface} in {}", self.name)))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Kill what still runs inside, then delete. Errors are ignored: this is cleanup.
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .stderr(Stdio::null())
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    // SAFETY: kill(2) with a pid read from the kernel; no memory is involved.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                }
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A child process killed (and reaped) on drop.
+#[derive(Debug)]
+pub struct Guarded(pub Child);
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// True when running as root (the lab needs it: namespaces, iptables, queues).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -1,0 +1,137 @@
+//! End to end: a marked client's DNS queries make the resolver's upstream queries carry the
+//! client's mark, so policy routing sends them over the cheap link, with dnsmasq (without
+//! `--conntrack`) and with unbound, over UDP and TCP, IPv4 and IPv6.
+//!
+//! The world (see `nfqmark::lab`): clients A and B, a router running the resolver and nfqmark,
+//! an upstream DNS host over two links. Client A is marked 137 by the dnsmasq README's rules;
+//! `ip rule fwmark 137` routes the upstream server via link 2. The upstream host records the
+//! link every query arrived on: all of client A's must come over link 2, none of client B's.
+
+mod common;
+
+use std::thread;
+use std::time::Duration;
+
+use nfqmark::lab::{Client, Family, LinkCounts, Options, Resolver, World};
+
+/// Queries per client per round (each name unique, so each causes an upstream query).
+const PER_CLIENT: usize = 24;
+/// Of those, names the upstream answers truncated over UDP (forcing a retry over TCP).
+const TRUNCATED: usize = 4;
+
+fn names(client: Client, label: &str) -> Vec<String> {
+    (0..PER_CLIENT)
+        .map(|i| {
+            let tc = if i < TRUNCATED { "tc-" } else { "" };
+            format!("{}-{tc}{i}-{label}.nfqm.example", client.letter())
+        })
+        .collect()
+}
+
+fn round(world: &World, family: Family, tcp: bool) -> (LinkCounts, usize, usize) {
+    let label = format!(
+        "{}{}",
+        match family {
+            Family::V4 => "v4",
+            Family::V6 => "v6",
+        },
+        if tcp { "tcp" } else { "udp" }
+    );
+    world.sniffer.clear();
+    let a_names = names(Client::A, &label);
+    let b_names = names(Client::B, &label);
+    let (a, b) = thread::scope(|s| {
+        let a = s.spawn(|| world.query(Client::A, family, &a_names, tcp));
+        let b = s.spawn(|| world.query(Client::B, family, &b_names, tcp));
+        (a.join(), b.join())
+    });
+    let a = a.expect("client A thread").expect("client A dig");
+    let b = b.expect("client B thread").expect("client B dig");
+    // Let the last packets reach the sniffer.
+    thread::sleep(Duration::from_millis(300));
+    (
+        LinkCounts::from_sniffer(&world.sniffer, &label),
+        a.answered,
+        b.answered,
+    )
+}
+
+fn carries_marks(resolver: Resolver, tag: &str) {
+    if !common::require_root(tag) {
+        return;
+    }
+    let mut options = Options::new(tag, resolver, Some(common::nfqmark_bin()));
+    options.queue = 7;
+    let mut world = World::build(options).expect("build the lab");
+    world.start_nfqmark().expect("start nfqmark");
+    let mut failures = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        world.start_resolver(family).expect("start the resolver");
+        for tcp in [false, true] {
+            let (counts, a_answered, b_answered) = round(&world, family, tcp);
+            let what = format!("{resolver} {family} {}", if tcp { "TCP" } else { "UDP" });
+            println!(
+                "{what}: {counts}; answered A {a_answered}/{PER_CLIENT}, B {b_answered}/{PER_CLIENT}"
+            );
+            if counts.a_link2 != PER_CLIENT || counts.a_link1 != 0 {
+                failures.push(format!("{what}: client A's upstream queries: {counts}"));
+            }
+            if counts.b_link2 != 0 || counts.b_link1 != PER_CLIENT {
+                failures.push(format!("{what}: client B's upstream queries: {counts}"));
+            }
+            if a_answered != PER_CLIENT || b_answered != PER_CLIENT {
+                failures.push(format!(
+                    "{what}: answered A {a_answered}, B {b_answered} of {PER_CLIENT}"
+                ));
+            }
+        }
+    }
+    let log = world.stop_nfqmark();
+    println!("nfqmark log:\n{log}");
+    assert!(
+        failures.is_empty(),
+        "{}\nnfqmark log:\n{log}",
+        failures.join("\n")
+    );
+    assert!(
+        log.contains("paired="),
+        "nfqmark did not report its counters:\n{log}"
+    );
+}
+
+#[test]
+fn dnsmasq_without_conntrack_carries_client_marks() {
+    carries_marks(Resolver::Dnsmasq, "dnsmasq");
+}
+
+#[test]
+fn unbound_carries_client_marks() {
+    carries_marks(Resolver::Unbound, "unbound");
+}
+
+/// The control: the same world without nfqmark. Client A's upstream queries must then leave
+/// over link 1, which shows the test above can fail and that the marks come from nfqmark.
+#[test]
+fn without_nfqmark_upstream_queries_are_unmarked() {
+    if !common::require_root("control") {
+        return;
+    }
+    let mut world =
+        World::build(Options::new("control", Resolver::Dnsmasq, None)).expect("build the lab");
+    world
+        .start_resolver(Family::V4)
+        .expect("start the resolver");
+    let (counts, a_answered, b_answered) = round(&world, Family::V4, false);
+    println!("without nfqmark: {counts}");
+    assert_eq!(
+        (counts.a_link1, counts.a_link2),
+        (PER_CLIENT, 0),
+        "{counts}"
+    );
+    assert_eq!(
+        (counts.b_link1, counts.b_link2),
+        (PER_CLIENT, 0),
+        "{counts}"
+    );
+    assert_eq!((a_answered, b_answered), (PER_CLIENT, PER_CLIENT));
+}
