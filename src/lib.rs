@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod dns;
 pub mod engine;
 pub mod fixtures;
+pub mod lab;
 pub mod packet;
 pub mod pairing;
 pub mod queue;
