@@ -24,6 +24,33 @@ pub struct Cli {
 pub enum Command {
     /// Bind the queue(s) and mark packets until stopped.
     Run(RunArgs),
+    /// Show nfqmark at work in a throw-away network of namespaces (needs root; touches nothing
+    /// outside its namespaces).
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Resolver on the demo router.
+    #[arg(long, value_enum, default_value = "dnsmasq")]
+    pub resolver: DemoResolver,
+    /// How long to send queries.
+    #[arg(long, value_name = "N", default_value_t = 15)]
+    pub seconds: u64,
+    /// Queries per client per second.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub rate: usize,
+    /// Keep the network up after the run (until Ctrl-C) and print commands to explore it.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoResolver {
+    /// dnsmasq without --conntrack
+    Dnsmasq,
+    /// unbound with a forward-zone
+    Unbound,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod daemon;
+pub mod demo;
 pub mod dns;
 pub mod engine;
 pub mod fixtures;

@@ -4,7 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use nfqmark::cli::{Cli, Command};
+use nfqmark::cli::{Cli, Command, DemoArgs, DemoResolver};
+use nfqmark::demo::{self, DemoOptions};
+use nfqmark::lab::Resolver;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -24,5 +26,38 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Demo(args) => run_demo(&args),
+    }
+}
+
+fn run_demo(args: &DemoArgs) -> ExitCode {
+    let nfqmark = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("nfqmark: cannot find my own binary to run on the demo router: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = DemoOptions {
+        resolver: match args.resolver {
+            DemoResolver::Dnsmasq => Resolver::Dnsmasq,
+            DemoResolver::Unbound => Resolver::Unbound,
+        },
+        seconds: args.seconds,
+        rate: args.rate,
+        keep: args.keep,
+        nfqmark,
+    };
+    let mut out = std::io::stdout();
+    match demo::run(&opts, &mut out) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(demo::Error::Interrupted) => {
+            eprintln!("nfqmark demo: {}", demo::Error::Interrupted);
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("nfqmark demo: {e}");
+            ExitCode::from(2)
+        }
     }
 }

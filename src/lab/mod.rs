@@ -154,6 +154,7 @@ pub struct World {
     pub upstream: Netns,
     dir: TempDir,
     options: Options,
+    queue_rules_installed: bool,
 }
 
 /// A directory removed on drop.
@@ -394,6 +395,7 @@ impl World {
             upstream,
             dir,
             options,
+            queue_rules_installed: false,
         })
     }
 
@@ -413,11 +415,14 @@ impl World {
             return Ok(());
         };
         let q = self.options.queue;
-        for tool in ["iptables", "ip6tables"] {
-            for rule in queue_rules(q) {
-                self.router
-                    .exec(tool, &rule.iter().map(String::as_str).collect::<Vec<_>>())?;
+        if !self.queue_rules_installed {
+            for tool in ["iptables", "ip6tables"] {
+                for rule in queue_rules(q) {
+                    self.router
+                        .exec(tool, &rule.iter().map(String::as_str).collect::<Vec<_>>())?;
+                }
             }
+            self.queue_rules_installed = true;
         }
         let log = std::fs::File::create(self.path("nfqmark.log"))?;
         let mut cmd = self.router.command(&bin.to_string_lossy());
@@ -447,6 +452,19 @@ impl World {
                     .any(|l| l.split_whitespace().next() == Some(&queue.to_string()))
             })
             .unwrap_or(false)
+    }
+
+    /// nfqmark's counters: asks for a fresh report (SIGUSR1) and returns the newest report
+    /// line in its log (which may be the previous one if the new one is not written yet).
+    pub fn nfqmark_counters(&self) -> String {
+        if let Some(child) = self.nfqmark.as_ref() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(child.0.id() as i32, libc::SIGUSR1);
+            }
+            thread::sleep(Duration::from_millis(30));
+        }
+        last_counters(&self.nfqmark_log())
     }
 
     /// Stop nfqmark with SIGTERM and return its log (which ends with its counters).
@@ -596,6 +614,14 @@ impl World {
             answered: text.lines().filter(|l| l.trim() == expected).count(),
         })
     }
+}
+
+/// The last counter line (`packets=... paired=...`) in an nfqmark log.
+pub fn last_counters(log: &str) -> String {
+    log.lines()
+        .rev()
+        .find_map(|l| l.find("packets=").map(|i| l[i..].to_string()))
+        .unwrap_or_default()
 }
 
 /// A client of the lab.
