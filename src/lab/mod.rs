@@ -125,6 +125,9 @@ pub struct Options {
     pub nfqmark_args: Vec<String>,
     /// NFQUEUE number on the router.
     pub queue: u16,
+    /// Install the dnsmasq README's marking rules (client A -> mark 137) on the router. Off
+    /// for "no marking at all" baselines.
+    pub marking: bool,
 }
 
 impl Options {
@@ -136,6 +139,7 @@ impl Options {
             nfqmark,
             nfqmark_args: Vec::new(),
             queue: 0,
+            marking: true,
         }
     }
 }
