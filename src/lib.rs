@@ -11,6 +11,7 @@ pub mod demo;
 pub mod dns;
 pub mod engine;
 pub mod fixtures;
+pub mod flows;
 pub mod lab;
 pub mod packet;
 pub mod pairing;

@@ -1,0 +1,481 @@
+//! DNS-learned flow marks: which addresses a client resolved, through which names, until when.
+//!
+//! This module owns two pure steps. [`answer_addresses`] reads a DNS answer and follows its CNAME
+//! chain from the question to the A/AAAA records at its end, so an alias name that a rule names
+//! (`cdn.video.example` -> `edge-7.cdn.example` -> 198.18.7.7) yields the final addresses with
+//! every name along the chain. [`Learned`] remembers, per client, the addresses a flow rule
+//! matched, each until its record's TTL (clamped to a floor and a ceiling), in a bounded table
+//! with `now` passed in; a new flow from that client to such an address gets the rule's mark.
+//! Nothing here reads a clock, does I/O, or sizes an allocation from a number off the wire.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::Message;
+use hickory_proto::rr::{Name, RData};
+
+/// Longest CNAME chain followed (real chains are a handful of links; loops stop here).
+const MAX_CHAIN: usize = 16;
+
+/// One address at the end of a CNAME chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainAddress {
+    pub addr: IpAddr,
+    /// The smallest TTL along the chain, in seconds: the address is only as fresh as its
+    /// shortest-lived link.
+    pub ttl: u32,
+}
+
+/// The addresses an answer gives for its question, and every name along the way (question
+/// first, then each CNAME target), lower-cased.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolution {
+    pub names: Vec<Name>,
+    pub addresses: Vec<ChainAddress>,
+}
+
+/// Follow the answer section from the question through CNAMEs to A/AAAA records. `None` when the
+/// message cannot be read or is not an answer with a question.
+pub fn answer_addresses(message: &[u8]) -> Option<Resolution> {
+    let msg = Message::from_vec(message).ok()?;
+    let question = msg.queries.first()?.name().to_lowercase();
+    let mut names = vec![question.clone()];
+    let mut current = question;
+    let mut chain_ttl = u32::MAX;
+    for _ in 0..MAX_CHAIN {
+        let cname = msg.answers.iter().find_map(|r| match &r.data {
+            RData::CNAME(target) if r.name.to_lowercase() == current => {
+                Some((target.0.to_lowercase(), r.ttl))
+            }
+            _ => None,
+        });
+        let Some((target, ttl)) = cname else { break };
+        if names.contains(&target) {
+            break; // a loop
+        }
+        chain_ttl = chain_ttl.min(ttl);
+        names.push(target.clone());
+        current = target;
+    }
+    let addresses = msg
+        .answers
+        .iter()
+        .filter(|r| r.name.to_lowercase() == current)
+        .filter_map(|r| {
+            let addr = match &r.data {
+                RData::A(a) => IpAddr::V4(a.0),
+                RData::AAAA(a) => IpAddr::V6(a.0),
+                _ => return None,
+            };
+            Some(ChainAddress {
+                addr,
+                ttl: chain_ttl.min(r.ttl),
+            })
+        })
+        .collect();
+    Some(Resolution { names, addresses })
+}
+
+/// What a flow rule says about a resolved name for a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowTarget {
+    /// Index of the rule (first match wins: lower is stronger).
+    pub rule: usize,
+    /// Mark value and mask for the flows.
+    pub mark: (u32, u32),
+    /// When the rule keys learned addresses by the client's mark too: the client's mark under
+    /// this mask must match when the flow opens.
+    pub by_mark: Option<u32>,
+}
+
+/// Limits of the learned table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LearnConfig {
+    /// TTLs below this are raised to it (a 0-TTL answer would otherwise be useless).
+    pub ttl_floor: Duration,
+    /// TTLs above this are lowered to it (a day-long TTL should not pin a mark for a day).
+    pub ttl_ceiling: Duration,
+    /// Most (client, address, rule) entries at once; the one closest to expiry is evicted.
+    pub capacity: usize,
+}
+
+impl Default for LearnConfig {
+    fn default() -> Self {
+        LearnConfig {
+            ttl_floor: Duration::from_secs(30),
+            ttl_ceiling: Duration::from_secs(3600),
+            capacity: 65_536,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Key {
+    client: IpAddr,
+    addr: IpAddr,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    target: FlowTarget,
+    /// The client's mark when it resolved, for rules keyed by mark.
+    client_mark: u32,
+    expires: Instant,
+    seq: u64,
+}
+
+/// Counters of the learned table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LearnCounters {
+    /// Addresses learned (or refreshed) from answers.
+    pub learned: u64,
+    /// New flows that found a learned address and got its mark.
+    pub flows_marked: u64,
+    pub expired: u64,
+    pub evicted: u64,
+}
+
+/// Addresses learned per client, each with its rule's mark, until its TTL runs out.
+#[derive(Debug)]
+pub struct Learned {
+    config: LearnConfig,
+    entries: HashMap<Key, Vec<Entry>>,
+    /// (expiry, seq) -> key: the soonest expiry first, for expiry and eviction.
+    by_expiry: BTreeMap<(Instant, u64), Key>,
+    next_seq: u64,
+    pub counters: LearnCounters,
+}
+
+impl Learned {
+    pub fn new(config: LearnConfig) -> Learned {
+        Learned {
+            config,
+            entries: HashMap::new(),
+            by_expiry: BTreeMap::new(),
+            next_seq: 0,
+            counters: LearnCounters::default(),
+        }
+    }
+
+    /// Entries held now.
+    pub fn len(&self) -> usize {
+        self.by_expiry.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_expiry.is_empty()
+    }
+
+    fn clamp(&self, ttl: u32) -> Duration {
+        Duration::from_secs(u64::from(ttl)).clamp(self.config.ttl_floor, self.config.ttl_ceiling)
+    }
+
+    /// Remember that `client` (with mark `client_mark`) resolved `addr` under `target`'s rule,
+    /// for `ttl` seconds (clamped). A newer answer refreshes the entry.
+    pub fn learn(
+        &mut self,
+        client: IpAddr,
+        client_mark: u32,
+        addr: IpAddr,
+        ttl: u32,
+        target: FlowTarget,
+        now: Instant,
+    ) {
+        self.expire(now);
+        if self.config.capacity == 0 {
+            return;
+        }
+        let key = Key { client, addr };
+        let expires = now + self.clamp(ttl);
+        self.next_seq = self.next_seq.wrapping_add(1);
+        let seq = self.next_seq;
+        let list = self.entries.entry(key).or_default();
+        if let Some(e) = list
+            .iter_mut()
+            .find(|e| e.target.rule == target.rule && e.client_mark == client_mark)
+        {
+            self.by_expiry.remove(&(e.expires, e.seq));
+            e.expires = expires;
+            e.seq = seq;
+            e.target = target;
+        } else {
+            list.push(Entry {
+                target,
+                client_mark,
+                expires,
+                seq,
+            });
+            list.sort_by_key(|e| e.target.rule);
+        }
+        self.by_expiry.insert((expires, seq), key);
+        self.counters.learned += 1;
+        while self.by_expiry.len() > self.config.capacity {
+            if let Some(((at, seq), key)) = self.by_expiry.pop_first() {
+                self.remove(key, at, seq);
+                self.counters.evicted += 1;
+            }
+        }
+    }
+
+    /// The mark for a new flow from `client` (whose packet carries `mark`) to `addr`: the
+    /// strongest (lowest-index) rule's entry that is still fresh and, for rules keyed by mark,
+    /// was learned with the same mark.
+    pub fn lookup(
+        &mut self,
+        client: IpAddr,
+        mark: u32,
+        addr: IpAddr,
+        now: Instant,
+    ) -> Option<FlowTarget> {
+        self.expire(now);
+        let list = self.entries.get(&Key { client, addr })?;
+        let hit = list.iter().find(|e| match e.target.by_mark {
+            Some(mask) => e.client_mark & mask == mark & mask,
+            None => true,
+        })?;
+        self.counters.flows_marked += 1;
+        Some(hit.target)
+    }
+
+    /// Drop entries whose TTL has passed.
+    pub fn expire(&mut self, now: Instant) {
+        while let Some((&(at, seq), &key)) = self.by_expiry.first_key_value() {
+            if at > now {
+                break;
+            }
+            self.by_expiry.pop_first();
+            self.remove(key, at, seq);
+            self.counters.expired += 1;
+        }
+    }
+
+    fn remove(&mut self, key: Key, at: Instant, seq: u64) {
+        if let Some(list) = self.entries.get_mut(&key) {
+            list.retain(|e| !(e.expires == at && e.seq == seq));
+            if list.is_empty() {
+                self.entries.remove(&key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{MessageType, OpCode, Query};
+    use hickory_proto::rr::rdata::{A, AAAA, CNAME};
+    use hickory_proto::rr::{Record, RecordType};
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn name(s: &str) -> Name {
+        Name::from_ascii(s).expect("test name")
+    }
+
+    fn answer(q: &str, records: Vec<Record>) -> Vec<u8> {
+        let mut msg = Message::new(7, MessageType::Response, OpCode::Query);
+        msg.add_query(Query::query(name(q), RecordType::A));
+        for r in records {
+            msg.add_answer(r);
+        }
+        msg.to_vec().expect("encode")
+    }
+
+    fn cname(from: &str, to: &str, ttl: u32) -> Record {
+        Record::from_rdata(name(from), ttl, RData::CNAME(CNAME(name(to))))
+    }
+
+    fn a(owner: &str, ip: [u8; 4], ttl: u32) -> Record {
+        Record::from_rdata(name(owner), ttl, RData::A(A(Ipv4Addr::from(ip))))
+    }
+
+    const T: FlowTarget = FlowTarget {
+        rule: 3,
+        mark: (0x20, 0xff),
+        by_mark: None,
+    };
+
+    #[test]
+    fn cname_chain_is_followed_to_its_addresses_with_the_smallest_ttl() {
+        let msg = answer(
+            "WWW.Video.Example.",
+            vec![
+                cname("www.video.example.", "cdn.video.example.", 300),
+                cname("cdn.video.example.", "edge-7.cdn.example.", 60),
+                a("edge-7.cdn.example.", [198, 18, 7, 7], 120),
+                a("edge-7.cdn.example.", [198, 18, 7, 8], 20),
+                a("unrelated.example.", [198, 18, 9, 9], 120),
+            ],
+        );
+        let r = answer_addresses(&msg).expect("an answer");
+        let names: Vec<String> = r.names.iter().map(|n| n.to_ascii()).collect();
+        assert_eq!(
+            names,
+            [
+                "www.video.example.",
+                "cdn.video.example.",
+                "edge-7.cdn.example."
+            ]
+        );
+        assert_eq!(
+            r.addresses,
+            vec![
+                ChainAddress {
+                    addr: IpAddr::V4(Ipv4Addr::new(198, 18, 7, 7)),
+                    ttl: 60
+                },
+                ChainAddress {
+                    addr: IpAddr::V4(Ipv4Addr::new(198, 18, 7, 8)),
+                    ttl: 20
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn cname_loop_stops() {
+        let msg = answer(
+            "a.example.",
+            vec![
+                cname("a.example.", "b.example.", 60),
+                cname("b.example.", "a.example.", 60),
+            ],
+        );
+        let r = answer_addresses(&msg).expect("an answer");
+        assert_eq!(r.names.len(), 2);
+        assert!(r.addresses.is_empty());
+    }
+
+    #[test]
+    fn aaaa_records_are_learned_too() {
+        let mut msg = Message::new(7, MessageType::Response, OpCode::Query);
+        msg.add_query(Query::query(name("v6.example."), RecordType::AAAA));
+        msg.add_answer(Record::from_rdata(
+            name("v6.example."),
+            90,
+            RData::AAAA(AAAA(Ipv6Addr::new(0x2001, 0xdb8, 7, 0, 0, 0, 0, 1))),
+        ));
+        let r = answer_addresses(&msg.to_vec().expect("encode")).expect("an answer");
+        assert_eq!(r.addresses.len(), 1);
+        assert_eq!(r.addresses[0].ttl, 90);
+    }
+
+    #[test]
+    fn garbage_is_not_an_answer() {
+        assert_eq!(answer_addresses(&[1, 2, 3]), None);
+        assert_eq!(answer_addresses(&[]), None);
+    }
+
+    #[test]
+    fn learned_address_marks_flows_of_that_client_until_the_ttl_passes() {
+        let t0 = Instant::now();
+        let mut l = Learned::new(LearnConfig {
+            ttl_floor: Duration::from_secs(1),
+            ttl_ceiling: Duration::from_secs(600),
+            capacity: 100,
+        });
+        let client: IpAddr = "198.18.1.2".parse().expect("ip");
+        let other: IpAddr = "198.18.2.2".parse().expect("ip");
+        let dst: IpAddr = "198.18.7.7".parse().expect("ip");
+        l.learn(client, 0, dst, 10, T, t0);
+        assert_eq!(
+            l.lookup(client, 0, dst, t0 + Duration::from_secs(9)),
+            Some(T)
+        );
+        assert_eq!(
+            l.lookup(other, 0, dst, t0 + Duration::from_secs(1)),
+            None,
+            "another client"
+        );
+        assert_eq!(
+            l.lookup(client, 0, "198.18.7.8".parse().expect("ip"), t0),
+            None
+        );
+        assert_eq!(
+            l.lookup(client, 0, dst, t0 + Duration::from_secs(10)),
+            None,
+            "expired"
+        );
+        assert!(l.is_empty());
+        assert_eq!(l.counters.expired, 1);
+    }
+
+    #[test]
+    fn ttl_is_clamped_to_floor_and_ceiling() {
+        let t0 = Instant::now();
+        let mut l = Learned::new(LearnConfig {
+            ttl_floor: Duration::from_secs(5),
+            ttl_ceiling: Duration::from_secs(50),
+            capacity: 100,
+        });
+        let c: IpAddr = "198.18.1.2".parse().expect("ip");
+        let d1: IpAddr = "198.18.7.1".parse().expect("ip");
+        let d2: IpAddr = "198.18.7.2".parse().expect("ip");
+        l.learn(c, 0, d1, 0, T, t0);
+        l.learn(c, 0, d2, 86_400, T, t0);
+        assert!(l.lookup(c, 0, d1, t0 + Duration::from_secs(4)).is_some());
+        assert!(l.lookup(c, 0, d1, t0 + Duration::from_secs(5)).is_none());
+        assert!(l.lookup(c, 0, d2, t0 + Duration::from_secs(49)).is_some());
+        assert!(l.lookup(c, 0, d2, t0 + Duration::from_secs(50)).is_none());
+    }
+
+    #[test]
+    fn rules_keyed_by_mark_need_the_same_mark() {
+        let t0 = Instant::now();
+        let mut l = Learned::new(LearnConfig::default());
+        let c: IpAddr = "198.18.1.2".parse().expect("ip");
+        let d: IpAddr = "198.18.7.1".parse().expect("ip");
+        let keyed = FlowTarget {
+            by_mark: Some(0xff00),
+            ..T
+        };
+        l.learn(c, 0x0100, d, 60, keyed, t0);
+        assert_eq!(l.lookup(c, 0x01ff, d, t0), Some(keyed));
+        assert_eq!(l.lookup(c, 0x0200, d, t0), None);
+    }
+
+    #[test]
+    fn the_strongest_rule_wins() {
+        let t0 = Instant::now();
+        let mut l = Learned::new(LearnConfig::default());
+        let c: IpAddr = "198.18.1.2".parse().expect("ip");
+        let d: IpAddr = "198.18.7.1".parse().expect("ip");
+        let weak = FlowTarget {
+            rule: 9,
+            mark: (1, 0xff),
+            by_mark: None,
+        };
+        let strong = FlowTarget {
+            rule: 2,
+            mark: (2, 0xff),
+            by_mark: None,
+        };
+        l.learn(c, 0, d, 60, weak, t0);
+        l.learn(c, 0, d, 60, strong, t0);
+        assert_eq!(l.lookup(c, 0, d, t0), Some(strong));
+    }
+
+    #[test]
+    fn table_stays_within_capacity_and_refresh_does_not_grow_it() {
+        let t0 = Instant::now();
+        let mut l = Learned::new(LearnConfig {
+            capacity: 1000,
+            ..LearnConfig::default()
+        });
+        let c: IpAddr = "198.18.1.2".parse().expect("ip");
+        for i in 0..50_000u32 {
+            let d = IpAddr::V4(Ipv4Addr::from(0xc612_0000 | (i & 0xffff)));
+            l.learn(c, 0, d, 60 + (i % 7), T, t0);
+            assert!(l.len() <= 1000);
+        }
+        assert!(l.counters.evicted > 0);
+        let d = IpAddr::V4(Ipv4Addr::new(198, 18, 200, 1));
+        let before = l.len();
+        for _ in 0..10 {
+            l.learn(c, 0, d, 60, T, t0);
+        }
+        assert!(l.len() <= before + 1);
+        let total: usize = l.entries.values().map(Vec::len).sum();
+        assert_eq!(total, l.len(), "index and entries agree");
+    }
+}
