@@ -1,8 +1,20 @@
 //! The rule language: what to mark, what to drop, and where DNS pairing applies.
 //!
-//! This module owns the text -> rules step and the per-packet match. With no rules file, the rule
-//! set is empty: every packet is accepted, DNS pairing applies to all DNS packets, and no static
-//! mark is set; that is the zero-configuration dnsmasq `--conntrack` replacement.
+//! This module owns the text -> rules step and the per-packet match, and is the only public face
+//! of both: `parse.rs` turns text into checked rules (every error at once, with FILE:LINE:COL and
+//! a hint), `matcher.rs` indexes them and evaluates a packet (first match wins). The syntax is
+//! documented in `docs/rules.md`; example files live in `rules/`.
+//!
+//! With no rules file, the rule set is empty: every packet is accepted, DNS pairing applies to
+//! all DNS packets, and no static mark is set; that is the zero-configuration dnsmasq
+//! `--conntrack` replacement. This module never does I/O on the packet path (only [`load`]
+//! reads a file, at load time), never allocates in [`RuleSet::evaluate`] and never panics.
+
+mod matcher;
+mod parse;
+
+use std::fmt;
+use std::path::Path;
 
 use crate::dns::Dns;
 use crate::engine::{Meta, Verdict};
@@ -39,23 +51,197 @@ impl Outcome {
     };
 }
 
+/// One problem in a rules file: where it is, what is wrong and, when it helps, how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file name as given to [`RuleSet::parse`] or [`load`].
+    pub source: String,
+    /// 1-based line; 0 when the problem is the file as a whole (it could not be read).
+    pub line: usize,
+    /// 1-based column, in characters; 0 with line 0.
+    pub col: usize,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    /// `rules.conf:12:7: unknown field 'prot' (did you mean 'proto'?)`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.source, self.message)?;
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.source, self.line, self.col, self.message
+            )?;
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, " ({hint})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostic {}
+
+/// What a set in the file held, for [`RuleSet::summary`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct SetCounts {
+    sets: usize,
+    names: usize,
+    addrs: usize,
+    ports: usize,
+}
+
 /// A checked, ready-to-match set of rules.
-#[derive(Debug, Clone, Default)]
-pub struct RuleSet {}
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    matcher: matcher::Matcher,
+    default: Outcome,
+    source: String,
+    /// The line of each rule, by rule index.
+    lines: Vec<usize>,
+    sets: SetCounts,
+}
+
+impl Default for RuleSet {
+    fn default() -> Self {
+        RuleSet::empty()
+    }
+}
 
 impl RuleSet {
     /// No rules: everything gets [`Outcome::DEFAULT`].
     pub fn empty() -> RuleSet {
-        RuleSet {}
+        RuleSet {
+            matcher: matcher::Matcher::default(),
+            default: Outcome::DEFAULT,
+            source: String::new(),
+            lines: Vec::new(),
+            sets: SetCounts::default(),
+        }
+    }
+
+    /// Parse rules from text. `source` is the file name used in messages. Interface names are
+    /// resolved to ifindex through `ifaces` (tests pass a closure; the daemon passes
+    /// if_nametoindex). On failure, every problem in the text is returned, in file order.
+    pub fn parse(
+        text: &str,
+        source: &str,
+        ifaces: &dyn Fn(&str) -> Option<u32>,
+    ) -> Result<RuleSet, Vec<Diagnostic>> {
+        let parsed = parse::parse(text, source, ifaces)?;
+        let mut sets = SetCounts::default();
+        for s in &parsed.sets {
+            sets.sets += 1;
+            match s.kind {
+                parse::SetKind::Names => sets.names += s.len,
+                parse::SetKind::Addrs => sets.addrs += s.len,
+                parse::SetKind::Ports => sets.ports += s.len,
+            }
+        }
+        let default = Outcome {
+            verdict: parsed.default.verdict,
+            set_mark: parsed.default.set_mark,
+            pairing: parsed.default.pairing,
+            rule: None,
+        };
+        Ok(RuleSet {
+            matcher: matcher::Matcher::build(&parsed.rules),
+            default,
+            source: source.to_string(),
+            lines: parsed.rules.iter().map(|r| r.line).collect(),
+            sets,
+        })
+    }
+
+    /// The number of rules (the default not counted).
+    pub fn len(&self) -> usize {
+        self.matcher.len()
+    }
+
+    /// True when there are no rules (the default may still say something other than accept).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// One line for logs, e.g. `12 rules, 2 sets (205 names), default accept`.
+    pub fn summary(&self) -> String {
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let mut out = format!(
+            "{}, {}",
+            plural(self.len(), "rule", "rules"),
+            plural(self.sets.sets, "set", "sets")
+        );
+        let held: Vec<String> = [
+            (self.sets.names, "name", "names"),
+            (self.sets.addrs, "address", "addresses"),
+            (self.sets.ports, "port", "ports"),
+        ]
+        .iter()
+        .filter(|(n, _, _)| *n > 0)
+        .map(|(n, one, many)| plural(*n, one, many))
+        .collect();
+        if !held.is_empty() {
+            out.push_str(&format!(" ({})", held.join(", ")));
+        }
+        out.push_str(", default ");
+        out.push_str(&describe_outcome(&self.default));
+        out
+    }
+
+    /// `FILE:LINE` of rule `index`, for per-rule counters.
+    pub fn describe(&self, index: usize) -> Option<String> {
+        self.lines
+            .get(index)
+            .map(|line| format!("{}:{line}", self.source))
     }
 
     /// The outcome for a packet no rule can look at (it could not be parsed).
     pub fn default_outcome(&self) -> Outcome {
-        Outcome::DEFAULT
+        self.default
     }
 
-    /// First matching rule wins; the default applies when none matches.
-    pub fn evaluate(&self, _ctx: &Ctx<'_>) -> Outcome {
-        Outcome::DEFAULT
+    /// First matching rule wins; the default applies when none matches. Does not allocate.
+    pub fn evaluate(&self, ctx: &Ctx<'_>) -> Outcome {
+        self.matcher.evaluate(ctx).unwrap_or(self.default)
+    }
+}
+
+/// An outcome in rule syntax: `accept`, `drop`, `repeat set-mark 0x1/0xff nopair`.
+fn describe_outcome(o: &Outcome) -> String {
+    let mut s = match o.verdict {
+        Verdict::Accept => "accept",
+        Verdict::Drop => "drop",
+        Verdict::Repeat => "repeat",
+    }
+    .to_string();
+    if let Some((value, mask)) = o.set_mark {
+        if mask == u32::MAX {
+            s.push_str(&format!(" set-mark {value:#x}"));
+        } else {
+            s.push_str(&format!(" set-mark {value:#x}/{mask:#x}"));
+        }
+    }
+    if !o.pairing && o.verdict != Verdict::Drop {
+        s.push_str(" nopair");
+    }
+    s
+}
+
+/// Read a rules file and parse it. A file that cannot be read is one [`Diagnostic`] with line 0.
+pub fn load(path: &Path, ifaces: &dyn Fn(&str) -> Option<u32>) -> Result<RuleSet, Vec<Diagnostic>> {
+    let source = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => RuleSet::parse(&text, &source, ifaces),
+        Err(e) => Err(vec![Diagnostic {
+            source,
+            line: 0,
+            col: 0,
+            message: format!("cannot read the rules file: {e}"),
+            hint: None,
+        }]),
     }
 }

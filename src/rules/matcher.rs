@@ -1,0 +1,1554 @@
+//! Checked rules -> an index, and the per-packet evaluation: first matching rule wins.
+//!
+//! This module owns the hot path of the rule language. Each rule is filed in the index under one
+//! of its (non-negated) matchers, the one expected to select the fewest packets: exact DNS names
+//! in a hash map, `*.suffix` names in a hash map of wire-form suffixes, addresses and ports in
+//! interval tables (a sorted partition of the key space, each cell listing the rules that cover
+//! it), interfaces, protocols and hooks in small maps; rules with nothing to index on go to a
+//! catch-all list. A packet looks up one list per kind of key (at most [`LISTS`] lists), and
+//! the lists, each sorted by rule number, are merged in rule order while each candidate's full
+//! conjunction is checked: the first candidate that matches is the first rule that matches,
+//! because a rule can only match a packet that lies in the list it was filed under.
+//!
+//! Evaluation never allocates, never panics and never reads a clock; building the index happens
+//! once per load, off the packet path. Nothing here parses text (that is `parse.rs`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+
+use super::parse::{AddrRange, Cond, DnsKind, NamePattern, PortRange, RuleDef, Test};
+use super::{Ctx, Outcome};
+use crate::engine::{Direction, Hook};
+use crate::packet::Proto;
+
+/// How many candidate lists one packet can draw from the index.
+pub(crate) const LISTS: usize = 11;
+
+// ------------------------------------------------------------------------------------------------
+// Value sets used inside matchers (membership in O(log n) or O(1), whatever their size).
+
+/// Key types of interval tables: ports, IPv4 and IPv6 addresses as integers.
+trait Key: Copy + Ord + std::fmt::Debug {
+    const MIN: Self;
+    fn succ(self) -> Option<Self>;
+}
+
+impl Key for u16 {
+    const MIN: Self = 0;
+    fn succ(self) -> Option<Self> {
+        self.checked_add(1)
+    }
+}
+
+impl Key for u32 {
+    const MIN: Self = 0;
+    fn succ(self) -> Option<Self> {
+        self.checked_add(1)
+    }
+}
+
+impl Key for u128 {
+    const MIN: Self = 0;
+    fn succ(self) -> Option<Self> {
+        self.checked_add(1)
+    }
+}
+
+/// Disjoint, sorted inclusive ranges.
+#[derive(Debug, Clone, Default)]
+struct RangeSet<K> {
+    ranges: Vec<(K, K)>,
+}
+
+impl<K: Key> RangeSet<K> {
+    fn new(mut ranges: Vec<(K, K)>) -> RangeSet<K> {
+        ranges.sort_unstable();
+        let mut merged: Vec<(K, K)> = Vec::with_capacity(ranges.len());
+        for (lo, hi) in ranges {
+            match merged.last_mut() {
+                // Overlapping or adjacent: extend.
+                Some(last) if last.1.succ().is_none_or(|next| lo <= next) => {
+                    last.1 = last.1.max(hi);
+                }
+                _ => merged.push((lo, hi)),
+            }
+        }
+        RangeSet { ranges: merged }
+    }
+
+    fn contains(&self, k: K) -> bool {
+        let i = self.ranges.partition_point(|r| r.0 <= k);
+        i.checked_sub(1)
+            .and_then(|j| self.ranges.get(j))
+            .is_some_and(|r| k <= r.1)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct AddrSet {
+    v4: RangeSet<u32>,
+    v6: RangeSet<u128>,
+}
+
+impl AddrSet {
+    fn new(ranges: &[AddrRange]) -> AddrSet {
+        let v4 = ranges
+            .iter()
+            .filter_map(|r| match r {
+                AddrRange::V4(a, b) => Some((*a, *b)),
+                AddrRange::V6(..) => None,
+            })
+            .collect();
+        let v6 = ranges
+            .iter()
+            .filter_map(|r| match r {
+                AddrRange::V6(a, b) => Some((*a, *b)),
+                AddrRange::V4(..) => None,
+            })
+            .collect();
+        AddrSet {
+            v4: RangeSet::new(v4),
+            v6: RangeSet::new(v6),
+        }
+    }
+
+    fn contains(&self, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(a) => self.v4.contains(u32::from(a)),
+            IpAddr::V6(a) => self.v6.contains(u128::from(a)),
+        }
+    }
+}
+
+fn port_set(ranges: &[PortRange]) -> RangeSet<u16> {
+    RangeSet::new(ranges.iter().map(|r| (r.lo, r.hi)).collect())
+}
+
+/// The proper suffixes of a wire-form name, longest first, at label boundaries, without the
+/// root: for `www.a.example` that is `a.example`, then `example`.
+struct Suffixes<'a> {
+    wire: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Iterator for Suffixes<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let len = usize::from(*self.wire.get(self.pos)?);
+        if len == 0 {
+            return None;
+        }
+        self.pos += 1 + len;
+        let rest = self.wire.get(self.pos..)?;
+        match rest.first() {
+            Some(0) | None => None,
+            Some(_) => Some(rest),
+        }
+    }
+}
+
+fn suffixes(wire: &[u8]) -> Suffixes<'_> {
+    Suffixes { wire, pos: 0 }
+}
+
+/// Exact names and `*.suffix` patterns, in lower-case wire form.
+#[derive(Debug, Clone, Default)]
+struct NameSet {
+    exact: HashSet<Box<[u8]>>,
+    below: HashSet<Box<[u8]>>,
+}
+
+impl NameSet {
+    fn new(patterns: &[NamePattern]) -> NameSet {
+        let mut set = NameSet::default();
+        for p in patterns {
+            if p.wildcard {
+                set.below.insert(p.wire.clone());
+            } else {
+                set.exact.insert(p.wire.clone());
+            }
+        }
+        set
+    }
+
+    fn contains(&self, wire: &[u8]) -> bool {
+        self.exact.contains(wire)
+            || (!self.below.is_empty() && suffixes(wire).any(|s| self.below.contains(s)))
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Compiled rules.
+
+#[derive(Debug, Clone)]
+enum Check {
+    Hook(Vec<Hook>),
+    Dir(Vec<Direction>),
+    Iif(Vec<u32>),
+    Oif(Vec<u32>),
+    Src(AddrSet),
+    Dst(AddrSet),
+    Proto(Vec<u8>),
+    Sport(RangeSet<u16>),
+    Dport(RangeSet<u16>),
+    Mark(Vec<(u32, u32)>),
+    Dns { query: bool, response: bool },
+    DnsName(NameSet),
+    DnsType(Vec<u16>),
+}
+
+fn has_ports(proto: Proto) -> bool {
+    matches!(proto, Proto::Tcp | Proto::Udp)
+}
+
+impl Check {
+    fn new(test: &Test) -> Check {
+        match test {
+            Test::Hook(v) => Check::Hook(v.clone()),
+            Test::Dir(v) => Check::Dir(v.clone()),
+            Test::Iif(v) => Check::Iif(v.clone()),
+            Test::Oif(v) => Check::Oif(v.clone()),
+            Test::Src(v) => Check::Src(AddrSet::new(v)),
+            Test::Dst(v) => Check::Dst(AddrSet::new(v)),
+            Test::Proto(v) => Check::Proto(v.clone()),
+            Test::Sport(v) => Check::Sport(port_set(v)),
+            Test::Dport(v) => Check::Dport(port_set(v)),
+            Test::Mark(v) => Check::Mark(v.clone()),
+            Test::Dns(kinds) => Check::Dns {
+                query: kinds
+                    .iter()
+                    .any(|k| matches!(k, DnsKind::Query | DnsKind::Any)),
+                response: kinds
+                    .iter()
+                    .any(|k| matches!(k, DnsKind::Response | DnsKind::Any)),
+            },
+            Test::DnsName(v) => Check::DnsName(NameSet::new(v)),
+            Test::DnsType(v) => Check::DnsType(v.clone()),
+        }
+    }
+
+    fn holds(&self, ctx: &Ctx<'_>) -> bool {
+        let p = ctx.packet;
+        let question = ctx.dns.and_then(|d| d.question.as_ref());
+        match self {
+            Check::Hook(v) => v.contains(&ctx.meta.hook),
+            Check::Dir(v) => v.contains(&ctx.meta.direction()),
+            Check::Iif(v) => v.contains(&ctx.meta.indev),
+            Check::Oif(v) => v.contains(&ctx.meta.outdev),
+            Check::Src(s) => s.contains(p.src),
+            Check::Dst(s) => s.contains(p.dst),
+            Check::Proto(v) => v.contains(&p.proto.number()),
+            Check::Sport(s) => has_ports(p.proto) && s.contains(p.sport),
+            Check::Dport(s) => has_ports(p.proto) && s.contains(p.dport),
+            Check::Mark(v) => v.iter().any(|(value, mask)| ctx.meta.mark & mask == *value),
+            Check::Dns { query, response } => ctx
+                .dns
+                .is_some_and(|d| if d.response { *response } else { *query }),
+            Check::DnsName(s) => question.is_some_and(|q| s.contains(q.key.wire_name())),
+            Check::DnsType(v) => question.is_some_and(|q| v.contains(&q.qtype())),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Compiled {
+    /// (negated, check): all must hold.
+    checks: Vec<(bool, Check)>,
+    outcome: Outcome,
+}
+
+impl Compiled {
+    fn matches(&self, ctx: &Ctx<'_>) -> bool {
+        self.checks.iter().all(|(neg, c)| c.holds(ctx) != *neg)
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The index.
+
+/// A partition of the key space into cells; each cell lists (sorted, no duplicates) the rules
+/// whose ranges cover all of it. Lookup is a binary search.
+#[derive(Debug, Clone, Default)]
+struct IntervalIndex<K> {
+    /// Cell starts, ascending; a cell runs to the next start.
+    starts: Vec<K>,
+    lists: Vec<Vec<u32>>,
+}
+
+impl<K: Key> IntervalIndex<K> {
+    /// From (lo, hi, rule) entries, rules ascending.
+    fn build(entries: &[(K, K, u32)]) -> IntervalIndex<K> {
+        if entries.is_empty() {
+            return IntervalIndex {
+                starts: Vec::new(),
+                lists: Vec::new(),
+            };
+        }
+        let mut bounds: Vec<K> = Vec::with_capacity(entries.len() * 2 + 1);
+        bounds.push(K::MIN);
+        for (lo, hi, _) in entries {
+            bounds.push(*lo);
+            bounds.extend(hi.succ());
+        }
+        bounds.sort_unstable();
+        bounds.dedup();
+        let mut by_lo: Vec<&(K, K, u32)> = entries.iter().collect();
+        by_lo.sort_unstable_by_key(|e| e.0);
+        let mut by_end: Vec<(K, u32)> = entries
+            .iter()
+            .filter_map(|(_, hi, r)| hi.succ().map(|end| (end, *r)))
+            .collect();
+        by_end.sort_unstable();
+        let (mut a, mut b) = (0, 0);
+        let mut active: BTreeMap<u32, usize> = BTreeMap::new();
+        let mut index = IntervalIndex {
+            starts: Vec::with_capacity(bounds.len()),
+            lists: Vec::with_capacity(bounds.len()),
+        };
+        for bound in bounds {
+            while let Some((lo, _, rule)) = by_lo.get(a).copied().copied() {
+                if lo != bound {
+                    break;
+                }
+                *active.entry(rule).or_insert(0) += 1;
+                a += 1;
+            }
+            while let Some(&(end, rule)) = by_end.get(b) {
+                if end != bound {
+                    break;
+                }
+                if let Some(n) = active.get_mut(&rule) {
+                    *n -= 1;
+                    if *n == 0 {
+                        active.remove(&rule);
+                    }
+                }
+                b += 1;
+            }
+            let list: Vec<u32> = active.keys().copied().collect();
+            // Neighbouring cells with the same rules are one cell.
+            if index.lists.last() != Some(&list) {
+                index.starts.push(bound);
+                index.lists.push(list);
+            }
+        }
+        index
+    }
+
+    fn lookup(&self, k: K) -> &[u32] {
+        let i = self.starts.partition_point(|s| *s <= k);
+        i.checked_sub(1)
+            .and_then(|j| self.lists.get(j))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    #[cfg(test)]
+    fn cells(&self) -> usize {
+        self.lists.iter().map(Vec::len).sum()
+    }
+}
+
+/// How many packets (as a fraction of all) a positive matcher is expected to let through; the
+/// rule is filed under the matcher with the smallest. Only performance depends on this guess.
+fn selectivity(test: &Test) -> Option<f64> {
+    let addr_fraction = |v: &[AddrRange]| {
+        v.iter()
+            .map(|r| match r {
+                AddrRange::V4(a, b) => (f64::from(b - a) + 1.0) / 4_294_967_296.0,
+                AddrRange::V6(a, b) => ((b - a) as f64 + 1.0) / 3.402_823_669_209_385e38,
+            })
+            .sum::<f64>()
+    };
+    let port_fraction = |v: &[PortRange]| {
+        v.iter()
+            .map(|r| (f64::from(r.hi - r.lo) + 1.0) / 65_536.0)
+            .sum::<f64>()
+    };
+    let n = |len: usize| len as f64;
+    match test {
+        Test::DnsName(v) if v.iter().all(|p| !p.wildcard) => Some(1e-6 * n(v.len())),
+        Test::DnsName(v) => Some(1e-4 * n(v.len())),
+        Test::Src(v) => Some(addr_fraction(v)),
+        Test::Dst(v) => Some(addr_fraction(v)),
+        Test::Sport(v) => Some(port_fraction(v)),
+        Test::Dport(v) => Some(port_fraction(v)),
+        Test::Iif(v) => Some(0.05 * n(v.len())),
+        Test::Oif(v) => Some(0.05 * n(v.len())),
+        Test::Proto(v) => Some(0.3 * n(v.len())),
+        Test::Hook(v) => Some(0.2 * n(v.len())),
+        Test::Dir(_) | Test::Mark(_) | Test::Dns(_) | Test::DnsType(_) => None,
+    }
+}
+
+/// The positive matcher a rule is filed under, or `None` for the catch-all list.
+fn choose(conds: &[Cond]) -> Option<&Test> {
+    conds
+        .iter()
+        .filter(|c| !c.negated)
+        .filter_map(|c| selectivity(&c.test).map(|s| (s, &c.test)))
+        .filter(|(s, _)| *s < 1.0)
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, t)| t)
+}
+
+fn hook_slot(hook: Hook) -> Option<usize> {
+    match hook {
+        Hook::PreRouting => Some(0),
+        Hook::Input => Some(1),
+        Hook::Forward => Some(2),
+        Hook::Output => Some(3),
+        Hook::PostRouting => Some(4),
+        Hook::Other(_) => None,
+    }
+}
+
+/// Append `rule` to a list unless it is already last (rules are filed in ascending order).
+fn file(list: &mut Vec<u32>, rule: u32) {
+    if list.last() != Some(&rule) {
+        list.push(rule);
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Index {
+    exact: HashMap<Box<[u8]>, Vec<u32>>,
+    /// `*.S` patterns by the wire form of S; each list also holds the rules of every shorter
+    /// suffix of S, so the longest suffix of a name found here gives all its wildcard rules.
+    below: HashMap<Box<[u8]>, Vec<u32>>,
+    src4: IntervalIndex<u32>,
+    dst4: IntervalIndex<u32>,
+    src6: IntervalIndex<u128>,
+    dst6: IntervalIndex<u128>,
+    sport: IntervalIndex<u16>,
+    dport: IntervalIndex<u16>,
+    iif: HashMap<u32, Vec<u32>>,
+    oif: HashMap<u32, Vec<u32>>,
+    /// By protocol number; 256 entries once built.
+    proto: Vec<Vec<u32>>,
+    hook: [Vec<u32>; 5],
+    any: Vec<u32>,
+}
+
+#[derive(Default)]
+struct Entries {
+    src4: Vec<(u32, u32, u32)>,
+    dst4: Vec<(u32, u32, u32)>,
+    src6: Vec<(u128, u128, u32)>,
+    dst6: Vec<(u128, u128, u32)>,
+    sport: Vec<(u16, u16, u32)>,
+    dport: Vec<(u16, u16, u32)>,
+}
+
+impl Index {
+    fn build(rules: &[RuleDef]) -> Index {
+        let mut ix = Index {
+            proto: vec![Vec::new(); 256],
+            ..Index::default()
+        };
+        let mut e = Entries::default();
+        let mut below_raw: HashMap<Box<[u8]>, Vec<u32>> = HashMap::new();
+        for (i, rule) in rules.iter().enumerate() {
+            let Ok(r) = u32::try_from(i) else { break };
+            let addrs = |v: &[AddrRange], four: &mut Vec<_>, six: &mut Vec<_>| {
+                for a in v {
+                    match *a {
+                        AddrRange::V4(lo, hi) => four.push((lo, hi, r)),
+                        AddrRange::V6(lo, hi) => six.push((lo, hi, r)),
+                    }
+                }
+            };
+            match choose(&rule.conds) {
+                Some(Test::DnsName(v)) => {
+                    for p in v {
+                        let map = if p.wildcard {
+                            &mut below_raw
+                        } else {
+                            &mut ix.exact
+                        };
+                        file(map.entry(p.wire.clone()).or_default(), r);
+                    }
+                }
+                Some(Test::Src(v)) => addrs(v, &mut e.src4, &mut e.src6),
+                Some(Test::Dst(v)) => addrs(v, &mut e.dst4, &mut e.dst6),
+                Some(Test::Sport(v)) => e.sport.extend(v.iter().map(|p| (p.lo, p.hi, r))),
+                Some(Test::Dport(v)) => e.dport.extend(v.iter().map(|p| (p.lo, p.hi, r))),
+                Some(Test::Iif(v)) => v
+                    .iter()
+                    .for_each(|x| file(ix.iif.entry(*x).or_default(), r)),
+                Some(Test::Oif(v)) => v
+                    .iter()
+                    .for_each(|x| file(ix.oif.entry(*x).or_default(), r)),
+                Some(Test::Proto(v)) => {
+                    for p in v {
+                        if let Some(list) = ix.proto.get_mut(usize::from(*p)) {
+                            file(list, r);
+                        }
+                    }
+                }
+                Some(Test::Hook(v)) => {
+                    for h in v {
+                        if let Some(list) = hook_slot(*h).and_then(|s| ix.hook.get_mut(s)) {
+                            file(list, r);
+                        }
+                    }
+                }
+                Some(_) | None => ix.any.push(r),
+            }
+        }
+        ix.below = below_raw
+            .keys()
+            .map(|key| {
+                let mut list: Vec<u32> = std::iter::once(&key[..])
+                    .chain(suffixes(key))
+                    .filter_map(|s| below_raw.get(s))
+                    .flatten()
+                    .copied()
+                    .collect();
+                list.sort_unstable();
+                list.dedup();
+                (key.clone(), list)
+            })
+            .collect();
+        ix.src4 = IntervalIndex::build(&e.src4);
+        ix.dst4 = IntervalIndex::build(&e.dst4);
+        ix.src6 = IntervalIndex::build(&e.src6);
+        ix.dst6 = IntervalIndex::build(&e.dst6);
+        ix.sport = IntervalIndex::build(&e.sport);
+        ix.dport = IntervalIndex::build(&e.dport);
+        ix
+    }
+
+    /// The candidate lists for one packet, each sorted by rule number.
+    fn lists<'s>(&'s self, ctx: &Ctx<'_>) -> [&'s [u32]; LISTS] {
+        let p = ctx.packet;
+        let wire = ctx
+            .dns
+            .and_then(|d| d.question.as_ref())
+            .map(|q| q.key.wire_name());
+        let exact = wire
+            .and_then(|w| self.exact.get(w))
+            .map_or(&[][..], Vec::as_slice);
+        let below = match wire {
+            Some(w) if !self.below.is_empty() => suffixes(w)
+                .find_map(|s| self.below.get(s))
+                .map_or(&[][..], Vec::as_slice),
+            _ => &[],
+        };
+        let (src, dst) = match (p.src, p.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => (
+                self.src4.lookup(u32::from(s)),
+                self.dst4.lookup(u32::from(d)),
+            ),
+            (s, d) => (self.lookup6(s, true), self.lookup6(d, false)),
+        };
+        let (sport, dport) = if has_ports(p.proto) {
+            (self.sport.lookup(p.sport), self.dport.lookup(p.dport))
+        } else {
+            (&[][..], &[][..])
+        };
+        let iif = self.iif.get(&ctx.meta.indev).map_or(&[][..], Vec::as_slice);
+        let oif = self
+            .oif
+            .get(&ctx.meta.outdev)
+            .map_or(&[][..], Vec::as_slice);
+        let proto = self
+            .proto
+            .get(usize::from(p.proto.number()))
+            .map_or(&[][..], Vec::as_slice);
+        let hook = hook_slot(ctx.meta.hook)
+            .and_then(|s| self.hook.get(s))
+            .map_or(&[][..], Vec::as_slice);
+        [
+            exact, below, src, dst, sport, dport, iif, oif, proto, hook, &self.any,
+        ]
+    }
+
+    fn lookup6(&self, addr: IpAddr, src: bool) -> &[u32] {
+        let table = if src { &self.src6 } else { &self.dst6 };
+        match addr {
+            IpAddr::V6(a) => table.lookup(u128::from(a)),
+            IpAddr::V4(a) => {
+                // Mixed families do not occur on the wire; keep to the address's own family.
+                let t4 = if src { &self.src4 } else { &self.dst4 };
+                t4.lookup(u32::from(a))
+            }
+        }
+    }
+
+    /// Rule numbers stored across all lists (memory use, in tests).
+    #[cfg(test)]
+    fn entries(&self) -> usize {
+        map_entries(&self.exact)
+            + map_entries(&self.below)
+            + map_entries(&self.iif)
+            + map_entries(&self.oif)
+            + self.src4.cells()
+            + self.dst4.cells()
+            + self.src6.cells()
+            + self.dst6.cells()
+            + self.sport.cells()
+            + self.dport.cells()
+            + self.proto.iter().map(Vec::len).sum::<usize>()
+            + self.hook.iter().map(Vec::len).sum::<usize>()
+            + self.any.len()
+    }
+}
+
+/// Rule numbers stored in a map's lists.
+#[cfg(test)]
+fn map_entries<K>(m: &HashMap<K, Vec<u32>>) -> usize {
+    m.values().map(Vec::len).sum()
+}
+
+/// The rules, compiled and indexed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Matcher {
+    rules: Vec<Compiled>,
+    index: Index,
+}
+
+impl Matcher {
+    pub(crate) fn build(rules: &[RuleDef]) -> Matcher {
+        let compiled = rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Compiled {
+                checks: r
+                    .conds
+                    .iter()
+                    .map(|c| (c.negated, Check::new(&c.test)))
+                    .collect(),
+                outcome: Outcome {
+                    verdict: r.action.verdict,
+                    set_mark: r.action.set_mark,
+                    pairing: r.action.pairing,
+                    rule: Some(i),
+                },
+            })
+            .collect();
+        Matcher {
+            rules: compiled,
+            index: Index::build(rules),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// The outcome of the first rule that matches, if any.
+    pub(crate) fn evaluate(&self, ctx: &Ctx<'_>) -> Option<Outcome> {
+        self.first_match(ctx, &mut 0)
+    }
+
+    /// As [`Matcher::evaluate`], counting the candidates whose matchers were checked.
+    pub(crate) fn first_match(&self, ctx: &Ctx<'_>, examined: &mut usize) -> Option<Outcome> {
+        if self.rules.is_empty() {
+            return None;
+        }
+        let mut lists = self.index.lists(ctx);
+        loop {
+            let next = lists.iter().filter_map(|l| l.first()).min().copied()?;
+            for list in lists.iter_mut() {
+                if let Some((&head, rest)) = list.split_first()
+                    && head == next
+                {
+                    *list = rest;
+                }
+            }
+            *examined += 1;
+            if let Some(rule) = self.rules.get(next as usize)
+                && rule.matches(ctx)
+            {
+                return Some(rule.outcome);
+            }
+        }
+    }
+
+    /// Rule numbers stored in the index (memory use, roughly, in units of 4 bytes).
+    #[cfg(test)]
+    pub(crate) fn index_entries(&self) -> usize {
+        self.index.entries()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use etherparse::PacketBuilder;
+    use hickory_proto::rr::RecordType;
+
+    use super::super::parse::{self, Action, Parsed};
+    use super::super::{Ctx, Outcome, RuleSet};
+    use super::*;
+    use crate::engine::{Meta, Verdict};
+    use crate::{dns, fixtures, packet};
+
+    fn ifaces(name: &str) -> Option<u32> {
+        match name {
+            "lan0" => Some(2),
+            "wan0" => Some(3),
+            _ => None,
+        }
+    }
+
+    fn rules(text: &str) -> RuleSet {
+        match RuleSet::parse(text, "t.rules", &ifaces) {
+            Ok(r) => r,
+            Err(d) => panic!("{d:#?}"),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or_else(|_| panic!("bad test address {s}"))
+    }
+
+    /// A packet as the engine would hand it to the rules.
+    struct Pkt {
+        bytes: Vec<u8>,
+        meta: Meta,
+    }
+
+    impl Pkt {
+        fn new(bytes: Vec<u8>) -> Pkt {
+            Pkt {
+                bytes,
+                meta: Meta {
+                    hook: Hook::Input,
+                    mark: 0,
+                    indev: 2,
+                    outdev: 0,
+                },
+            }
+        }
+
+        fn hook(mut self, hook: Hook) -> Pkt {
+            self.meta.hook = hook;
+            self
+        }
+
+        fn mark(mut self, mark: u32) -> Pkt {
+            self.meta.mark = mark;
+            self
+        }
+
+        fn devs(mut self, indev: u32, outdev: u32) -> Pkt {
+            self.meta.indev = indev;
+            self.meta.outdev = outdev;
+            self
+        }
+
+        /// Parse it as the engine does (DNS read on port 53) and run `f` on the context.
+        fn with<T>(&self, f: impl FnOnce(&Ctx<'_>) -> T) -> T {
+            let packet = match packet::parse(&self.bytes) {
+                Ok(p) => p,
+                Err(e) => panic!("fixture does not parse: {e}"),
+            };
+            let dns = if packet.sport == 53 || packet.dport == 53 {
+                match packet.proto {
+                    Proto::Udp => dns::parse_udp(packet.payload).ok(),
+                    Proto::Tcp => dns::parse_tcp(packet.payload).ok(),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            f(&Ctx {
+                meta: &self.meta,
+                packet: &packet,
+                dns: dns.as_ref(),
+            })
+        }
+
+        fn eval(&self, rs: &RuleSet) -> Outcome {
+            self.with(|ctx| rs.evaluate(ctx))
+        }
+
+        /// Index of the rule that matched, `None` for the default.
+        fn rule(&self, rs: &RuleSet) -> Option<usize> {
+            self.eval(rs).rule
+        }
+    }
+
+    fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Pkt {
+        Pkt::new(fixtures::udp(ip(src), sport, ip(dst), dport, b"hello"))
+    }
+
+    fn tcp(src: &str, sport: u16, dst: &str, dport: u16) -> Pkt {
+        Pkt::new(fixtures::tcp(ip(src), sport, ip(dst), dport, b"hello"))
+    }
+
+    /// An ICMP (or ICMPv6) echo request.
+    fn icmp_bytes(src: IpAddr, dst: IpAddr) -> Vec<u8> {
+        let mut out = Vec::new();
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), 64)
+                .icmpv4_echo_request(1, 1)
+                .write(&mut out, &[])
+                .unwrap_or_default(),
+            (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64)
+                .icmpv6_echo_request(1, 1)
+                .write(&mut out, &[])
+                .unwrap_or_default(),
+            _ => {}
+        }
+        out
+    }
+
+    fn icmp(src: &str, dst: &str) -> Pkt {
+        Pkt::new(icmp_bytes(ip(src), ip(dst)))
+    }
+
+    /// A DNS query over UDP from a client to the resolver.
+    fn query(name: &str, qtype: RecordType) -> Pkt {
+        let msg = fixtures::dns_message(7, name, qtype, false);
+        Pkt::new(fixtures::udp(
+            ip("198.18.0.10"),
+            40000,
+            ip("198.18.0.1"),
+            53,
+            &msg,
+        ))
+    }
+
+    fn answer(name: &str) -> Pkt {
+        let msg = fixtures::dns_message(7, name, RecordType::A, true);
+        Pkt::new(fixtures::udp(
+            ip("198.18.0.1"),
+            53,
+            ip("198.18.0.10"),
+            40000,
+            &msg,
+        ))
+        .hook(Hook::Output)
+        .devs(0, 2)
+    }
+
+    #[test]
+    fn no_rules_gives_the_default_outcome() {
+        let rs = RuleSet::empty();
+        assert_eq!(
+            udp("198.18.0.1", 1, "198.18.0.2", 2).eval(&rs),
+            Outcome::DEFAULT
+        );
+        let rs = rules("# nothing\n");
+        assert_eq!(
+            udp("198.18.0.1", 1, "198.18.0.2", 2).eval(&rs),
+            Outcome::DEFAULT
+        );
+    }
+
+    #[test]
+    fn ipv4_and_ipv6_addresses_match_their_own_family() {
+        let rs = rules(
+            "src 198.18.0.0/24 set-mark 1\n\
+             dst 2001:db8:1::/48 set-mark 2\n\
+             src 2001:db8::5 set-mark 3\n",
+        );
+        assert_eq!(udp("198.18.0.77", 1, "198.19.0.1", 2).rule(&rs), Some(0));
+        assert_eq!(udp("198.18.1.77", 1, "198.19.0.1", 2).rule(&rs), None);
+        assert_eq!(
+            udp("2001:db8::5", 1, "2001:db8:1:ffff::1", 2).rule(&rs),
+            Some(1)
+        );
+        assert_eq!(udp("2001:db8::5", 1, "2001:db8:2::1", 2).rule(&rs), Some(2));
+        assert_eq!(udp("2001:db8::6", 1, "2001:db8:2::1", 2).rule(&rs), None);
+        // An IPv4 rule never matches IPv6, even for an IPv4-mapped address.
+        assert_eq!(udp("::ffff:198.18.0.77", 1, "::1", 2).rule(&rs), None);
+        assert_eq!(
+            udp("198.18.0.77", 1, "198.19.0.1", 2).eval(&rs).set_mark,
+            Some((1, u32::MAX))
+        );
+    }
+
+    #[test]
+    fn ports_match_tcp_and_udp_and_ranges() {
+        let rs = rules(
+            "proto tcp dport 25 set-mark 1\n\
+             dport 1000-2000 set-mark 2\n\
+             sport :1023 proto udp set-mark 3\n",
+        );
+        assert_eq!(
+            tcp("198.18.0.9", 40000, "198.18.0.1", 25).rule(&rs),
+            Some(0)
+        );
+        assert_eq!(udp("198.18.0.9", 40000, "198.18.0.1", 25).rule(&rs), None);
+        assert_eq!(
+            udp("198.18.0.9", 40000, "198.18.0.1", 1000).rule(&rs),
+            Some(1)
+        );
+        assert_eq!(
+            tcp("198.18.0.9", 40000, "198.18.0.1", 2000).rule(&rs),
+            Some(1)
+        );
+        assert_eq!(tcp("198.18.0.9", 40000, "198.18.0.1", 2001).rule(&rs), None);
+        assert_eq!(udp("198.18.0.9", 123, "198.18.0.1", 9).rule(&rs), Some(2));
+        assert_eq!(tcp("198.18.0.9", 123, "198.18.0.1", 9).rule(&rs), None);
+    }
+
+    #[test]
+    fn ports_never_match_icmp_but_negated_ports_do() {
+        let rs = rules("dport 0 set-mark 1\n! dport 53 set-mark 2\n");
+        assert_eq!(icmp("198.18.0.9", "198.18.0.1").rule(&rs), Some(1));
+        assert_eq!(icmp("2001:db8::9", "2001:db8::1").rule(&rs), Some(1));
+        let rs = rules("proto icmp set-mark 1\nproto icmpv6 set-mark 2\nproto 17 set-mark 3\n");
+        assert_eq!(icmp("198.18.0.9", "198.18.0.1").rule(&rs), Some(0));
+        assert_eq!(icmp("2001:db8::9", "2001:db8::1").rule(&rs), Some(1));
+        assert_eq!(udp("198.18.0.9", 1, "198.18.0.1", 2).rule(&rs), Some(2));
+    }
+
+    #[test]
+    fn names_match_whatever_their_case() {
+        let rs = rules("dns-name Portal.Example set-mark 1\n");
+        for name in ["portal.example.", "PORTAL.EXAMPLE.", "pOrTaL.eXaMpLe."] {
+            assert_eq!(query(name, RecordType::A).rule(&rs), Some(0), "{name}");
+        }
+        assert_eq!(query("www.portal.example.", RecordType::A).rule(&rs), None);
+        assert_eq!(query("portal.example.net.", RecordType::A).rule(&rs), None);
+    }
+
+    #[test]
+    fn wildcard_matches_below_the_suffix_but_not_the_suffix() {
+        let rs = rules("dns-name *.cdn.example set-mark 1\n");
+        assert_eq!(query("a.cdn.example.", RecordType::A).rule(&rs), Some(0));
+        assert_eq!(query("A.B.CDN.Example.", RecordType::A).rule(&rs), Some(0));
+        assert_eq!(query("cdn.example.", RecordType::A).rule(&rs), None);
+        assert_eq!(query("xcdn.example.", RecordType::A).rule(&rs), None);
+        assert_eq!(query("example.", RecordType::A).rule(&rs), None);
+        // Both, as most people want: list the bare name too.
+        let rs = rules("dns-name cdn.example, *.cdn.example set-mark 1\n");
+        assert_eq!(query("cdn.example.", RecordType::A).rule(&rs), Some(0));
+        assert_eq!(query("x.cdn.example.", RecordType::A).rule(&rs), Some(0));
+    }
+
+    #[test]
+    fn nested_wildcards_keep_rule_order() {
+        let rs = rules(
+            "dns-name *.example set-mark 1\n\
+             dns-name *.b.example set-mark 2\n\
+             dns-name a.b.example set-mark 3\n",
+        );
+        assert_eq!(query("a.b.example.", RecordType::A).rule(&rs), Some(0));
+        let rs = rules(
+            "dns-name a.b.example set-mark 3\n\
+             dns-name *.b.example set-mark 2\n\
+             dns-name *.example set-mark 1\n",
+        );
+        assert_eq!(query("a.b.example.", RecordType::A).rule(&rs), Some(0));
+        assert_eq!(query("z.b.example.", RecordType::A).rule(&rs), Some(1));
+        assert_eq!(query("b.example.", RecordType::A).rule(&rs), Some(2));
+        assert_eq!(query("example.", RecordType::A).rule(&rs), None);
+    }
+
+    #[test]
+    fn dns_kind_and_type() {
+        let rs = rules(
+            "dns response set-mark 1\n\
+             dns query dns-type AAAA, TXT set-mark 2\n\
+             dns any set-mark 3\n",
+        );
+        assert_eq!(answer("a.example.").rule(&rs), Some(0));
+        assert_eq!(query("a.example.", RecordType::AAAA).rule(&rs), Some(1));
+        assert_eq!(query("a.example.", RecordType::TXT).rule(&rs), Some(1));
+        assert_eq!(query("a.example.", RecordType::A).rule(&rs), Some(2));
+        assert_eq!(udp("198.18.0.10", 1, "198.18.0.1", 2).rule(&rs), None);
+    }
+
+    #[test]
+    fn dns_over_tcp_is_matched_too() {
+        let rs = rules("dns-name a.example proto tcp set-mark 1\n");
+        let msg = fixtures::tcp_framed(&fixtures::dns_query(9, "a.example."));
+        let p = Pkt::new(fixtures::tcp(
+            ip("198.18.0.10"),
+            40000,
+            ip("198.18.0.1"),
+            53,
+            &msg,
+        ));
+        assert_eq!(p.rule(&rs), Some(0));
+    }
+
+    #[test]
+    fn negation_is_plain_logical_not() {
+        let rs = rules(
+            "set garden names { portal.example, *.portal.example }\n\
+             ! dns-name @garden drop\n",
+        );
+        assert_eq!(query("portal.example.", RecordType::A).rule(&rs), None);
+        assert_eq!(query("x.portal.example.", RecordType::A).rule(&rs), None);
+        assert_eq!(query("evil.example.", RecordType::A).rule(&rs), Some(0));
+        // A packet with no question is "not a garden name" too: scope it with 'dns query'.
+        assert_eq!(udp("198.18.0.10", 1, "198.18.0.1", 2).rule(&rs), Some(0));
+        let rs = rules(
+            "set garden names { portal.example }\n\
+             dns query ! dns-name @garden drop\n",
+        );
+        assert_eq!(udp("198.18.0.10", 1, "198.18.0.1", 2).rule(&rs), None);
+        assert_eq!(query("evil.example.", RecordType::A).rule(&rs), Some(0));
+        let rs = rules("! src 198.18.0.0/15 ! proto udp set-mark 1\n");
+        assert_eq!(tcp("203.0.113.1", 1, "198.18.0.1", 2).rule(&rs), Some(0));
+        assert_eq!(udp("203.0.113.1", 1, "198.18.0.1", 2).rule(&rs), None);
+        assert_eq!(tcp("198.18.0.1", 1, "198.18.0.1", 2).rule(&rs), None);
+    }
+
+    #[test]
+    fn marks_match_under_their_mask() {
+        let rs = rules(
+            "mark 0x100/0xff00 set-mark 1\n\
+             mark 0/0x1 set-mark 2\n\
+             mark 0x7 set-mark 3\n",
+        );
+        let p = || udp("198.18.0.10", 1, "198.18.0.1", 2);
+        assert_eq!(p().mark(0x1_01ff).rule(&rs), Some(0));
+        assert_eq!(p().mark(0x200).rule(&rs), Some(1));
+        assert_eq!(p().mark(0x7).rule(&rs), Some(2));
+        assert_eq!(p().mark(0x207).rule(&rs), None);
+        let rs = rules("mark 0x7 set-mark 3\n");
+        assert_eq!(p().mark(0x7).rule(&rs), Some(0));
+        assert_eq!(p().mark(0x107).rule(&rs), None);
+    }
+
+    #[test]
+    fn hooks_directions_and_interfaces() {
+        let rs = rules(
+            "hook forward set-mark 1\n\
+             dir out oif wan0 set-mark 2\n\
+             dir in iif lan0 set-mark 3\n\
+             iif wan0 set-mark 4\n",
+        );
+        let p = || udp("198.18.0.10", 1, "198.18.0.1", 2);
+        assert_eq!(p().hook(Hook::Forward).devs(2, 3).rule(&rs), Some(0));
+        assert_eq!(p().hook(Hook::PostRouting).devs(0, 3).rule(&rs), Some(1));
+        assert_eq!(p().hook(Hook::PostRouting).devs(2, 3).rule(&rs), None);
+        assert_eq!(p().hook(Hook::PreRouting).devs(2, 0).rule(&rs), Some(2));
+        assert_eq!(p().hook(Hook::Input).devs(3, 0).rule(&rs), Some(3));
+        assert_eq!(p().hook(Hook::Other(9)).devs(0, 0).rule(&rs), None);
+    }
+
+    #[test]
+    fn actions_become_outcomes() {
+        let rs = rules(
+            "dport 1 drop\n\
+             dport 2 set-mark 0x10/0xf0 repeat nopair\n\
+             dport 3 accept\n\
+             default set-mark 0x1/0x1\n",
+        );
+        let o = |port| udp("198.18.0.10", 1, "198.18.0.1", port).eval(&rs);
+        assert_eq!(
+            o(1),
+            Outcome {
+                verdict: Verdict::Drop,
+                set_mark: None,
+                pairing: false,
+                rule: Some(0)
+            }
+        );
+        assert_eq!(
+            o(2),
+            Outcome {
+                verdict: Verdict::Repeat,
+                set_mark: Some((0x10, 0xf0)),
+                pairing: false,
+                rule: Some(1)
+            }
+        );
+        assert_eq!(
+            o(3),
+            Outcome {
+                rule: Some(2),
+                ..Outcome::DEFAULT
+            }
+        );
+        let default = Outcome {
+            set_mark: Some((1, 1)),
+            ..Outcome::DEFAULT
+        };
+        assert_eq!(o(4), default);
+        assert_eq!(rs.default_outcome(), default);
+    }
+
+    #[test]
+    fn first_match_wins_across_index_buckets() {
+        // Each rule is filed under a different kind of key; order must still be rule order.
+        let rs = rules(
+            "hook input set-mark 1\n\
+             proto udp set-mark 2\n\
+             dport 53 set-mark 3\n\
+             dns-name a.example set-mark 4\n\
+             src 198.18.0.10 set-mark 5\n",
+        );
+        assert_eq!(query("a.example.", RecordType::A).rule(&rs), Some(0));
+        let rs = rules(
+            "src 198.18.0.10 set-mark 5\n\
+             dns-name a.example set-mark 4\n\
+             dport 53 set-mark 3\n\
+             proto udp set-mark 2\n\
+             hook input set-mark 1\n",
+        );
+        assert_eq!(query("a.example.", RecordType::A).rule(&rs), Some(0));
+        assert_eq!(
+            query("b.example.", RecordType::A)
+                .hook(Hook::Input)
+                .rule(&rs),
+            Some(0)
+        );
+        let q = || {
+            let msg = fixtures::dns_query(1, "a.example.");
+            Pkt::new(fixtures::udp(
+                ip("198.18.0.11"),
+                40000,
+                ip("198.18.0.1"),
+                53,
+                &msg,
+            ))
+        };
+        assert_eq!(q().rule(&rs), Some(1));
+        let msg = fixtures::dns_query(1, "b.example.");
+        let other = Pkt::new(fixtures::udp(
+            ip("198.18.0.11"),
+            1,
+            ip("198.18.0.1"),
+            53,
+            &msg,
+        ));
+        assert_eq!(other.rule(&rs), Some(2));
+    }
+
+    #[test]
+    fn thousand_rules_examine_few_candidates() {
+        let mut text = String::new();
+        for i in 0..1000u32 {
+            text.push_str(&format!(
+                "src 198.18.{}.{} set-mark {}\n",
+                i / 250,
+                i % 250 + 1,
+                i + 1
+            ));
+        }
+        for i in 0..200u32 {
+            text.push_str(&format!(
+                "dns-name host{i}.example, *.zone{i}.example drop\n"
+            ));
+        }
+        for i in 0..200u16 {
+            text.push_str(&format!("proto tcp dport {} set-mark 7\n", 10000 + i));
+        }
+        text.push_str("! dport 53 hook forward drop\n");
+        let rs = rules(&text);
+        assert_eq!(rs.len(), 1401);
+        let examined = |p: &Pkt| {
+            p.with(|ctx| {
+                let mut n = 0;
+                let hit = rs.matcher.first_match(ctx, &mut n);
+                (hit.and_then(|o| o.rule), n)
+            })
+        };
+        let p = udp("198.18.3.200", 5, "198.19.0.1", 6);
+        assert_eq!(examined(&p), (Some(949), 1));
+        let msg = fixtures::dns_query(1, "www.Zone150.example.");
+        let p = Pkt::new(fixtures::udp(
+            ip("203.0.113.9"),
+            1,
+            ip("198.18.0.1"),
+            53,
+            &msg,
+        ));
+        assert_eq!(examined(&p), (Some(1150), 1));
+        let p = tcp("203.0.113.9", 1, "198.19.0.1", 10150);
+        assert_eq!(examined(&p), (Some(1350), 1));
+        // The one catch-all-ish rule is filed under its hook: an INPUT packet never sees it.
+        let p = tcp("203.0.113.9", 1, "198.19.0.1", 9);
+        assert_eq!(examined(&p), (None, 0));
+        assert_eq!(examined(&p.hook(Hook::Forward)), (Some(1400), 1));
+        // The index stays linear in the rules here: no cell holds more than a few rules.
+        assert!(
+            rs.matcher.index_entries() < 6000,
+            "{}",
+            rs.matcher.index_entries()
+        );
+    }
+
+    #[test]
+    fn overlapping_ranges_are_split_into_cells() {
+        let ix = IntervalIndex::build(&[(10u16, 20, 0), (15, 30, 1), (0, 65535, 2), (20, 20, 3)]);
+        assert_eq!(ix.lookup(0), &[2]);
+        assert_eq!(ix.lookup(10), &[0, 2]);
+        assert_eq!(ix.lookup(15), &[0, 1, 2]);
+        assert_eq!(ix.lookup(20), &[0, 1, 2, 3]);
+        assert_eq!(ix.lookup(21), &[1, 2]);
+        assert_eq!(ix.lookup(31), &[2]);
+        assert_eq!(ix.lookup(65535), &[2]);
+        let ix = IntervalIndex::<u32>::build(&[]);
+        assert_eq!(ix.lookup(5), &[] as &[u32]);
+    }
+
+    #[test]
+    fn range_sets_merge_and_find() {
+        let s = RangeSet::new(vec![(5u16, 9), (1, 2), (3, 4), (20, 30), (25, 26)]);
+        assert_eq!(s.ranges, vec![(1, 9), (20, 30)]);
+        assert!(s.contains(1) && s.contains(9) && s.contains(25));
+        assert!(!s.contains(0) && !s.contains(10) && !s.contains(31));
+        let all = RangeSet::new(vec![(0u16, u16::MAX), (7, 8)]);
+        assert!(all.contains(0) && all.contains(u16::MAX));
+    }
+
+    #[test]
+    fn suffixes_walk_label_boundaries() {
+        let wire = b"\x03www\x01a\x07example\x00";
+        let got: Vec<&[u8]> = suffixes(wire).collect();
+        assert_eq!(
+            got,
+            vec![&b"\x01a\x07example\x00"[..], &b"\x07example\x00"[..]]
+        );
+        assert_eq!(suffixes(b"\x00").count(), 0);
+        assert_eq!(suffixes(b"\x07example\x00").count(), 0);
+        // Malformed input ends the walk instead of panicking.
+        assert_eq!(suffixes(b"\x09ab").count(), 0);
+        assert_eq!(suffixes(b"").count(), 0);
+    }
+
+    // --- the index against a naive linear scan -------------------------------------------------
+
+    /// splitmix64: small, deterministic, good enough to spread test cases.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+            &items[self.below(items.len())]
+        }
+
+        fn chance(&mut self, percent: usize) -> bool {
+            self.below(100) < percent
+        }
+    }
+
+    const V4_HOSTS: &[&str] = &[
+        "198.18.0.1",
+        "198.18.0.2",
+        "198.18.0.9",
+        "198.18.1.1",
+        "198.18.1.200",
+        "198.19.255.254",
+        "203.0.113.5",
+    ];
+    const V6_HOSTS: &[&str] = &[
+        "2001:db8::1",
+        "2001:db8::2",
+        "2001:db8:0:1::9",
+        "2001:db8:1::1",
+        "2001:db8:ffff::5",
+        "2001:db9::1",
+    ];
+    const ADDR_PATTERNS: &[&str] = &[
+        "198.18.0.1",
+        "198.18.0.2",
+        "198.18.0.0/30",
+        "198.18.0.0/24",
+        "198.18.1.0/24",
+        "198.18.0.0/15",
+        "0.0.0.0/0",
+        "203.0.113.5",
+        "2001:db8::1",
+        "2001:db8::/64",
+        "2001:db8::/32",
+        "2001:db8:1::/48",
+        "::/0",
+        "2001:db8:ffff::5",
+    ];
+    const PORTS: &[u16] = &[25, 53, 80, 443, 1000, 1500, 2000, 40000, 65535];
+    const PORT_PATTERNS: &[&str] = &[
+        "25",
+        "53",
+        "80",
+        "443",
+        "1000-2000",
+        ":1023",
+        "1024-",
+        "1500",
+        "40000",
+        "0-65535",
+    ];
+    const NAMES: &[&str] = &[
+        "a.example",
+        "b.example",
+        "www.a.example",
+        "x.www.a.example",
+        "portal.example",
+        "login.portal.example",
+        "example",
+        "other.test",
+    ];
+    const NAME_PATTERNS: &[&str] = &[
+        "a.example",
+        "*.a.example",
+        "*.example",
+        "portal.example",
+        "*.portal.example",
+        "www.a.example",
+        "example",
+        "*.test",
+    ];
+    const MARK_PATTERNS: &[&str] = &["0", "0x1", "0x1/0x1", "0/0x1", "0x100/0xff00", "0x2/0xf"];
+    const MARKS: &[u32] = &[0, 1, 2, 0x101, 0x100, 0x1ff, 0x202, 0xdead_beef];
+
+    fn random_values(rng: &mut Rng, pool: &[&str]) -> String {
+        let n = 1 + rng.below(3);
+        (0..n)
+            .map(|_| *rng.pick(pool))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn random_cond(rng: &mut Rng) -> (String, String) {
+        let field = *rng.pick(&[
+            "hook", "dir", "iif", "oif", "src", "dst", "src", "dst", "proto", "sport", "dport",
+            "dport", "mark", "dns", "dns-name", "dns-name", "dns-type",
+        ]);
+        let values = match field {
+            "hook" => random_values(
+                rng,
+                &["prerouting", "input", "forward", "output", "postrouting"],
+            ),
+            "dir" => random_values(rng, &["in", "out", "forward"]),
+            "iif" | "oif" => random_values(rng, &["lan0", "wan0"]),
+            "src" | "dst" if rng.chance(15) => "@nets".to_string(),
+            "src" | "dst" => random_values(rng, ADDR_PATTERNS),
+            "proto" => random_values(rng, &["tcp", "udp", "icmp", "icmpv6"]),
+            "sport" | "dport" if rng.chance(15) => "@ports".to_string(),
+            "sport" | "dport" => random_values(rng, PORT_PATTERNS),
+            "mark" => random_values(rng, MARK_PATTERNS),
+            "dns" => random_values(rng, &["query", "response", "any"]),
+            "dns-name" if rng.chance(15) => "@names".to_string(),
+            "dns-name" => random_values(rng, NAME_PATTERNS),
+            _ => random_values(rng, &["A", "AAAA", "TXT", "65"]),
+        };
+        (field.to_string(), values)
+    }
+
+    fn random_rules(rng: &mut Rng, count: usize) -> String {
+        let mut text = String::from(
+            "set nets addrs { 198.18.0.0/24, 2001:db8::/64, 203.0.113.5 }\n\
+             set ports ports { 53, 1000-1499 }\n\
+             set names names { *.a.example, portal.example }\n",
+        );
+        for _ in 0..count {
+            let mut conds: Vec<(bool, String, String)> = (0..1 + rng.below(3))
+                .map(|_| {
+                    let (f, v) = random_cond(rng);
+                    (rng.chance(20), f, v)
+                })
+                .collect();
+            // A positive proto without tcp/udp beside a positive port is (rightly) an error.
+            let portless = conds.iter().any(|(neg, f, v)| {
+                !neg && f == "proto" && !v.contains("tcp") && !v.contains("udp")
+            });
+            let ports = conds
+                .iter()
+                .any(|(neg, f, _)| !neg && (f == "sport" || f == "dport"));
+            if portless && ports {
+                conds.retain(|(_, f, _)| f != "proto");
+            }
+            for (neg, f, v) in conds {
+                text.push_str(&format!("{}{f} {v} ", if neg { "! " } else { "" }));
+            }
+            let action = match rng.below(5) {
+                0 => "drop".to_string(),
+                1 => "accept nopair".to_string(),
+                2 => format!("set-mark {:#x}/0xff repeat", rng.below(256)),
+                _ => format!("set-mark {}", rng.below(1000)),
+            };
+            text.push_str(&action);
+            text.push('\n');
+        }
+        text.push_str("default set-mark 0x5/0xf\n");
+        text
+    }
+
+    fn random_packet(rng: &mut Rng) -> Pkt {
+        let v6 = rng.chance(40);
+        let hosts = if v6 { V6_HOSTS } else { V4_HOSTS };
+        let (src, dst) = (ip(rng.pick::<&str>(hosts)), ip(rng.pick::<&str>(hosts)));
+        let (mut sport, mut dport) = (*rng.pick(PORTS), *rng.pick(PORTS));
+        let name = rng
+            .pick(NAMES)
+            .chars()
+            .map(|c| {
+                if rng.chance(50) {
+                    c.to_ascii_uppercase()
+                } else {
+                    c
+                }
+            })
+            .collect::<String>();
+        let qtype = *rng.pick(&[
+            RecordType::A,
+            RecordType::AAAA,
+            RecordType::TXT,
+            RecordType::MX,
+        ]);
+        let response = rng.chance(40);
+        let bytes = match rng.below(10) {
+            0 => icmp_bytes(src, dst),
+            n => {
+                let dns = n <= 6;
+                if dns {
+                    if response {
+                        sport = 53;
+                    } else {
+                        dport = 53;
+                    }
+                }
+                let msg = fixtures::dns_message(7, &format!("{name}."), qtype, response);
+                let payload: &[u8] = if dns { &msg } else { b"not dns" };
+                if rng.chance(30) {
+                    let framed = fixtures::tcp_framed(payload);
+                    fixtures::tcp(src, sport, dst, dport, &framed)
+                } else {
+                    fixtures::udp(src, sport, dst, dport, payload)
+                }
+            }
+        };
+        let hook = *rng.pick(&[
+            Hook::PreRouting,
+            Hook::Input,
+            Hook::Forward,
+            Hook::Output,
+            Hook::PostRouting,
+            Hook::Other(7),
+        ]);
+        Pkt::new(bytes)
+            .hook(hook)
+            .mark(*rng.pick(MARKS))
+            .devs(*rng.pick(&[0, 2, 3]), *rng.pick(&[0, 2, 3]))
+    }
+
+    /// The obvious reading of the rules, written without any index or precomputed set.
+    fn naive(parsed: &Parsed, ctx: &Ctx<'_>) -> Outcome {
+        let outcome = |a: &Action, rule| Outcome {
+            verdict: a.verdict,
+            set_mark: a.set_mark,
+            pairing: a.pairing,
+            rule,
+        };
+        for (i, r) in parsed.rules.iter().enumerate() {
+            if r.conds
+                .iter()
+                .all(|c| naive_test(&c.test, ctx) != c.negated)
+            {
+                return outcome(&r.action, Some(i));
+            }
+        }
+        outcome(&parsed.default, None)
+    }
+
+    fn naive_test(test: &parse::Test, ctx: &Ctx<'_>) -> bool {
+        use parse::Test as T;
+        let p = ctx.packet;
+        let in_range = |r: &AddrRange, a: IpAddr| match (r, a) {
+            (AddrRange::V4(lo, hi), IpAddr::V4(a)) => (*lo..=*hi).contains(&u32::from(a)),
+            (AddrRange::V6(lo, hi), IpAddr::V6(a)) => (*lo..=*hi).contains(&u128::from(a)),
+            _ => false,
+        };
+        let ports = matches!(p.proto, Proto::Tcp | Proto::Udp);
+        let question = ctx.dns.and_then(|d| d.question.as_ref());
+        match test {
+            T::Hook(v) => v.contains(&ctx.meta.hook),
+            T::Dir(v) => v.contains(&ctx.meta.direction()),
+            T::Iif(v) => v.contains(&ctx.meta.indev),
+            T::Oif(v) => v.contains(&ctx.meta.outdev),
+            T::Src(v) => v.iter().any(|r| in_range(r, p.src)),
+            T::Dst(v) => v.iter().any(|r| in_range(r, p.dst)),
+            T::Proto(v) => v.contains(&p.proto.number()),
+            T::Sport(v) => ports && v.iter().any(|r| (r.lo..=r.hi).contains(&p.sport)),
+            T::Dport(v) => ports && v.iter().any(|r| (r.lo..=r.hi).contains(&p.dport)),
+            T::Mark(v) => v.iter().any(|(val, mask)| ctx.meta.mark & mask == *val),
+            T::Dns(v) => ctx.dns.is_some_and(|d| {
+                v.iter().any(|k| match k {
+                    DnsKind::Any => true,
+                    DnsKind::Query => !d.response,
+                    DnsKind::Response => d.response,
+                })
+            }),
+            T::DnsName(v) => question.is_some_and(|q| {
+                // Text comparison on the name as sent, independent of the wire-form code.
+                let name = q.name.to_ascii().to_ascii_lowercase();
+                let name = name.trim_end_matches('.');
+                v.iter().any(|pat| {
+                    let text = wire_to_text(&pat.wire);
+                    if pat.wildcard {
+                        name.ends_with(&format!(".{text}"))
+                    } else {
+                        name == text
+                    }
+                })
+            }),
+            T::DnsType(v) => question.is_some_and(|q| v.contains(&q.qtype())),
+        }
+    }
+
+    fn wire_to_text(wire: &[u8]) -> String {
+        let mut labels = Vec::new();
+        let mut rest = wire;
+        while let Some((&len, tail)) = rest.split_first() {
+            if len == 0 {
+                break;
+            }
+            let (label, tail) = tail.split_at(usize::from(len));
+            labels.push(String::from_utf8_lossy(label).into_owned());
+            rest = tail;
+        }
+        labels.join(".")
+    }
+
+    #[test]
+    fn index_agrees_with_a_linear_scan_on_random_rules_and_packets() {
+        let mut rng = Rng(0x5eed_1234_abcd_0042);
+        let mut matched = 0usize;
+        let mut examined_total = 0usize;
+        let mut evaluations = 0usize;
+        for round in 0..25 {
+            let count = [1, 5, 40, 300][round % 4];
+            let text = random_rules(&mut rng, count);
+            let parsed = match parse::parse(&text, "r.rules", &ifaces) {
+                Ok(p) => p,
+                Err(d) => panic!("generated rules do not parse: {d:#?}\n{text}"),
+            };
+            let rs = rules(&text);
+            for _ in 0..600 {
+                let p = random_packet(&mut rng);
+                p.with(|ctx| {
+                    let want = naive(&parsed, ctx);
+                    let got = rs.evaluate(ctx);
+                    assert_eq!(
+                        got, want,
+                        "round {round}: packet {:?} {:?}\nrules:\n{text}",
+                        ctx.packet, ctx.meta
+                    );
+                    let mut n = 0;
+                    rs.matcher.first_match(ctx, &mut n);
+                    examined_total += n;
+                    evaluations += 1;
+                    matched += usize::from(want.rule.is_some());
+                });
+            }
+        }
+        // The test is only worth something if rules do match, and not always the first.
+        assert!(matched > evaluations / 4, "{matched} of {evaluations}");
+        assert!(matched < evaluations, "{matched} of {evaluations}");
+        eprintln!("{evaluations} evaluations, {matched} matched, {examined_total} candidates");
+    }
+}
