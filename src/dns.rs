@@ -170,3 +170,388 @@ fn parse_message(bytes: &[u8]) -> Result<Dns, Error> {
         question,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+    use hickory_proto::rr::{DNSClass, RecordType};
+
+    use super::*;
+    use crate::fixtures;
+
+    fn key(name: &str, qtype: RecordType) -> QKey {
+        QKey::new(&Name::from_ascii(name).unwrap(), u16::from(qtype), 1)
+    }
+
+    fn question(bytes: &[u8]) -> Question {
+        parse_udp(bytes).unwrap().question.unwrap()
+    }
+
+    #[test]
+    fn query_header_and_question_are_read() {
+        let dns = parse_udp(&fixtures::dns_query(0x1234, "www.example.com")).unwrap();
+        assert_eq!(dns.id, 0x1234);
+        assert!(!dns.response);
+        assert_eq!(dns.opcode, 0);
+        assert_eq!(dns.rcode, 0);
+        assert!(!dns.truncated);
+        assert_eq!(dns.answer_count, 0);
+        let q = dns.question.unwrap();
+        assert_eq!(q.qtype(), 1);
+        assert_eq!(q.key.qclass, 1);
+        assert_eq!(q.key, key("www.example.com", RecordType::A));
+        assert_eq!(q.to_string(), "www.example.com. A");
+    }
+
+    #[test]
+    fn answer_sets_response() {
+        let dns = parse_udp(&fixtures::dns_answer(7, "www.example.com")).unwrap();
+        assert_eq!(dns.id, 7);
+        assert!(dns.response);
+        assert_eq!(
+            dns.question.unwrap().key,
+            key("www.example.com", RecordType::A)
+        );
+    }
+
+    #[test]
+    fn extreme_ids_are_read_as_sent() {
+        for id in [0, 1, 0x8000, u16::MAX] {
+            assert_eq!(
+                parse_udp(&fixtures::dns_query(id, "a.example")).unwrap().id,
+                id
+            );
+        }
+    }
+
+    #[test]
+    fn case_0x20_variants_share_one_key() {
+        let client = question(&fixtures::dns_query(1, "www.example.com"));
+        let upstream = question(&fixtures::dns_query(2, "wWw.ExAmPle.CoM"));
+        assert_eq!(client.key, upstream.key);
+        // The name itself keeps the case it was sent with (for logs and name rules).
+        assert_eq!(upstream.name.to_ascii(), "wWw.ExAmPle.CoM.");
+        assert_eq!(client.name.to_ascii(), "www.example.com.");
+    }
+
+    #[test]
+    fn key_wire_name_is_length_prefixed_and_lower_case() {
+        let q = question(&fixtures::dns_query(1, "wWw.ExAmPle.CoM"));
+        assert_eq!(q.key.wire_name(), b"\x03www\x07example\x03com\x00");
+    }
+
+    #[test]
+    fn key_lower_cases_ascii_only() {
+        // DNS case-insensitivity is ASCII only (RFC 4343): other bytes are kept as they are.
+        let name = Name::from_labels(vec![&b"A\xc3\x89"[..], &b"com"[..]]).unwrap();
+        let key = QKey::new(&name, 1, 1);
+        assert_eq!(key.wire_name(), b"\x03a\xc3\x89\x03com\x00");
+    }
+
+    #[test]
+    fn key_ignores_whether_the_name_is_fully_qualified() {
+        assert_eq!(
+            key("www.example.com", RecordType::A),
+            key("www.example.com.", RecordType::A)
+        );
+    }
+
+    #[test]
+    fn root_name_key_is_a_single_zero() {
+        assert_eq!(QKey::new(&Name::root(), 2, 1).wire_name(), b"\x00");
+        let q = question(&fixtures::dns_message(1, ".", RecordType::NS, false));
+        assert_eq!(q.key.wire_name(), b"\x00");
+        assert_eq!(q.qtype(), 2);
+    }
+
+    #[test]
+    fn different_type_class_or_name_gives_a_different_key() {
+        let a = key("www.example.com", RecordType::A);
+        assert_ne!(a, key("www.example.com", RecordType::AAAA));
+        assert_ne!(a, key("www.example.org", RecordType::A));
+        assert_ne!(a, key("ww.example.com", RecordType::A));
+        let chaos = QKey::new(&Name::from_ascii("www.example.com").unwrap(), 1, 3);
+        assert_ne!(a, chaos);
+        // Label boundaries count: a.bc and ab.c are different names.
+        assert_ne!(key("a.bc", RecordType::A), key("ab.c", RecordType::A));
+    }
+
+    #[test]
+    fn question_class_is_read_from_the_wire() {
+        let mut msg = Message::new(3, MessageType::Query, OpCode::Query);
+        let mut query = Query::query(Name::from_ascii("version.bind").unwrap(), RecordType::TXT);
+        query.set_query_class(DNSClass::CH);
+        msg.add_query(query);
+        let q = question(&msg.to_vec().unwrap());
+        assert_eq!(q.key.qclass, 3);
+        assert_eq!(q.qtype(), 16);
+    }
+
+    #[test]
+    fn empty_payload_is_short() {
+        assert_eq!(parse_udp(&[]), Err(Error::Short));
+    }
+
+    #[test]
+    fn dns_header_cut_is_short() {
+        let bytes = fixtures::dns_query(1, "www.example.com");
+        for len in 0..HEADER_LEN {
+            assert_eq!(parse_udp(&bytes[..len]), Err(Error::Short), "cut at {len}");
+        }
+    }
+
+    #[test]
+    fn header_without_question_has_none() {
+        for response in [false, true] {
+            let dns = parse_udp(&fixtures::dns_header_only(9, response)).unwrap();
+            assert_eq!(dns.id, 9);
+            assert_eq!(dns.response, response);
+            assert_eq!(dns.question, None);
+        }
+    }
+
+    #[test]
+    fn question_cut_is_bad_question() {
+        let bytes = fixtures::dns_query(1, "www.example.com");
+        // Inside the name, before the type, inside the type, before and inside the class.
+        for len in HEADER_LEN..bytes.len() {
+            assert_eq!(
+                parse_udp(&bytes[..len]),
+                Err(Error::BadQuestion),
+                "cut at {len}"
+            );
+        }
+        assert!(parse_udp(&bytes).is_ok());
+    }
+
+    #[test]
+    fn announced_question_missing_is_bad_question() {
+        let mut bytes = fixtures::dns_header_only(1, false);
+        bytes[5] = 1; // QDCOUNT 1, nothing behind the header
+        assert_eq!(parse_udp(&bytes), Err(Error::BadQuestion));
+    }
+
+    #[test]
+    fn compression_pointer_to_itself_is_bad_question() {
+        let mut bytes = fixtures::dns_header_only(1, false);
+        bytes[5] = 1;
+        bytes.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+        assert_eq!(parse_udp(&bytes), Err(Error::BadQuestion));
+    }
+
+    #[test]
+    fn compression_pointer_forward_or_out_of_range_is_bad_question() {
+        for target in [14u8, 0xff] {
+            let mut bytes = fixtures::dns_header_only(1, false);
+            bytes[5] = 1;
+            bytes.extend_from_slice(&[0xc0, target, 0, 1, 0, 1, 0, 0]);
+            assert_eq!(parse_udp(&bytes), Err(Error::BadQuestion), "to {target}");
+        }
+    }
+
+    #[test]
+    fn label_longer_than_63_bytes_is_bad_question() {
+        let mut bytes = fixtures::dns_header_only(1, false);
+        bytes[5] = 1;
+        bytes.push(64);
+        bytes.extend_from_slice(&[b'a'; 64]);
+        bytes.extend_from_slice(&[0, 0, 1, 0, 1]);
+        assert_eq!(parse_udp(&bytes), Err(Error::BadQuestion));
+    }
+
+    #[test]
+    fn opcode_is_read() {
+        for (opcode, n) in [
+            (OpCode::Query, 0),
+            (OpCode::Status, 2),
+            (OpCode::Notify, 4),
+            (OpCode::Update, 5),
+        ] {
+            let bytes =
+                fixtures::dns_message_with_opcode(1, "example.com", RecordType::SOA, false, opcode);
+            assert_eq!(parse_udp(&bytes).unwrap().opcode, n, "{opcode:?}");
+        }
+    }
+
+    #[test]
+    fn unassigned_opcode_is_data_not_an_error() {
+        let mut bytes = fixtures::dns_query(1, "www.example.com");
+        for opcode in [3u8, 15] {
+            bytes[2] = (bytes[2] & 0x87) | (opcode << 3);
+            let dns = parse_udp(&bytes).unwrap();
+            assert_eq!(dns.opcode, opcode);
+            assert!(!dns.response);
+            assert!(dns.question.is_some());
+        }
+    }
+
+    #[test]
+    fn rcode_tc_and_answer_count_are_read() {
+        let mut msg = Message::new(5, MessageType::Response, OpCode::Query);
+        msg.metadata.truncation = true;
+        msg.metadata.response_code = ResponseCode::NXDomain;
+        msg.add_query(Query::query(
+            Name::from_ascii("nx.example.com").unwrap(),
+            RecordType::A,
+        ));
+        let dns = parse_udp(&msg.to_vec().unwrap()).unwrap();
+        assert!(dns.response);
+        assert!(dns.truncated);
+        assert_eq!(dns.rcode, 3);
+        assert_eq!(dns.answer_count, 0);
+
+        let addrs = [Ipv4Addr::new(192, 0, 2, 10), Ipv4Addr::new(192, 0, 2, 11)];
+        let dns = parse_udp(&fixtures::dns_answer_a(6, "www.example.com", &addrs)).unwrap();
+        assert_eq!(dns.answer_count, 2);
+        assert_eq!(dns.rcode, 0);
+        assert!(!dns.truncated);
+    }
+
+    #[test]
+    fn answer_section_cut_still_gives_header_and_question() {
+        let addrs = [Ipv4Addr::new(192, 0, 2, 10); 4];
+        let bytes = fixtures::dns_answer_a(6, "www.example.com", &addrs);
+        let question_end = HEADER_LEN + 17 + 4;
+        for len in question_end..bytes.len() {
+            let dns = parse_udp(&bytes[..len]).unwrap();
+            assert_eq!(dns.answer_count, 4);
+            assert!(dns.question.is_some(), "cut at {len}");
+        }
+    }
+
+    #[test]
+    fn tcp_framed_query_is_read() {
+        let msg = fixtures::dns_query(0x4242, "wWw.ExAmPle.CoM");
+        let dns = parse_tcp(&fixtures::tcp_framed(&msg)).unwrap();
+        assert_eq!(dns, parse_udp(&msg).unwrap());
+        assert_eq!(
+            dns.question.unwrap().key,
+            key("www.example.com", RecordType::A)
+        );
+    }
+
+    #[test]
+    fn tcp_without_length_prefix_is_bad_framing() {
+        assert_eq!(parse_tcp(&[]), Err(Error::BadFraming));
+        assert_eq!(parse_tcp(&[0]), Err(Error::BadFraming));
+    }
+
+    #[test]
+    fn tcp_bare_length_prefix_segment_is_bad_framing() {
+        let framed = fixtures::tcp_framed(&fixtures::dns_query(1, "www.example.com"));
+        assert_eq!(parse_tcp(&framed[..2]), Err(Error::BadFraming));
+    }
+
+    #[test]
+    fn tcp_length_prefix_below_header_size_is_bad_framing() {
+        let msg = fixtures::dns_query(1, "www.example.com");
+        for len in [0u16, 1, 11] {
+            let mut framed = len.to_be_bytes().to_vec();
+            framed.extend_from_slice(&msg);
+            assert_eq!(parse_tcp(&framed), Err(Error::BadFraming), "length {len}");
+        }
+    }
+
+    #[test]
+    fn tcp_dns_header_cut_is_bad_framing() {
+        let framed = fixtures::tcp_framed(&fixtures::dns_query(1, "www.example.com"));
+        for len in 0..2 + HEADER_LEN {
+            assert_eq!(
+                parse_tcp(&framed[..len]),
+                Err(Error::BadFraming),
+                "cut at {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn tcp_message_split_after_the_question_is_read() {
+        let addrs = [Ipv4Addr::new(192, 0, 2, 10); 8];
+        let msg = fixtures::dns_answer_a(6, "www.example.com", &addrs);
+        let framed = fixtures::tcp_framed(&msg);
+        // First segment: prefix, header, question and part of the answers.
+        let dns = parse_tcp(&framed[..2 + HEADER_LEN + 21 + 5]).unwrap();
+        assert_eq!(dns.id, 6);
+        assert!(dns.response);
+        assert_eq!(
+            dns.question.unwrap().key,
+            key("www.example.com", RecordType::A)
+        );
+    }
+
+    #[test]
+    fn tcp_message_split_inside_the_question_is_bad_question() {
+        let framed = fixtures::tcp_framed(&fixtures::dns_query(1, "www.example.com"));
+        for len in 2 + HEADER_LEN..framed.len() {
+            assert_eq!(
+                parse_tcp(&framed[..len]),
+                Err(Error::BadQuestion),
+                "cut at {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn tcp_continuation_segment_is_not_read_as_dns() {
+        // The tail of a framed query split after its header: the segment starts with the
+        // question's name, which does not frame a message.
+        let framed = fixtures::tcp_framed(&fixtures::dns_query(1, "www.example.com"));
+        assert!(parse_tcp(&framed[2 + HEADER_LEN..]).is_err());
+        // The tail of a long answer, a few bytes into its records.
+        let addrs = [Ipv4Addr::new(192, 0, 2, 10); 8];
+        let framed = fixtures::tcp_framed(&fixtures::dns_answer_a(6, "www.example.com", &addrs));
+        let tail = &framed[framed.len() - 10..];
+        assert!(parse_tcp(tail).is_err());
+    }
+
+    #[test]
+    fn tcp_length_prefix_bounds_the_message() {
+        // Two pipelined queries in one segment: the first is read, up to its own length.
+        let first = fixtures::dns_query(1, "one.example");
+        let second = fixtures::dns_query(2, "two.example");
+        let mut segment = fixtures::tcp_framed(&first);
+        segment.extend_from_slice(&fixtures::tcp_framed(&second));
+        let dns = parse_tcp(&segment).unwrap();
+        assert_eq!(dns.id, 1);
+        assert_eq!(dns.question.unwrap().key, key("one.example", RecordType::A));
+        // A prefix one byte short of the question cuts it.
+        let mut short = u16::try_from(first.len() - 1)
+            .unwrap()
+            .to_be_bytes()
+            .to_vec();
+        short.extend_from_slice(&first);
+        assert_eq!(parse_tcp(&short), Err(Error::BadQuestion));
+    }
+
+    #[test]
+    fn every_cut_and_byte_flip_of_a_message_errs_without_panic() {
+        let addrs = [Ipv4Addr::new(192, 0, 2, 10); 2];
+        let messages = [
+            fixtures::dns_query(1, "www.example.com"),
+            fixtures::dns_answer_a(2, "www.example.com", &addrs),
+        ];
+        for msg in &messages {
+            let framed = fixtures::tcp_framed(msg);
+            for len in 0..=msg.len() {
+                let _ = parse_udp(&msg[..len]);
+                let _ = parse_tcp(&framed[..len + 2]);
+            }
+            for i in 0..msg.len() {
+                for value in [0x00, 0x3f, 0x40, 0x80, 0xc0, 0xff] {
+                    let mut bytes = msg.clone();
+                    bytes[i] = value;
+                    let _ = parse_udp(&bytes);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn error_display_says_what_is_wrong() {
+        for e in [Error::Short, Error::BadQuestion, Error::BadFraming] {
+            assert!(!e.to_string().is_empty());
+        }
+    }
+}

@@ -331,3 +331,1527 @@ fn pair(
         (Direction::Forwarded, _) => (Role::NotPaired, None),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::sync::MutexGuard;
+    use std::time::Duration;
+
+    use hickory_proto::op::OpCode;
+    use hickory_proto::rr::RecordType;
+
+    use super::*;
+    use crate::fixtures;
+
+    const CLIENT4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 137));
+    const CLIENT4B: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 138));
+    const CLIENT4C: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 139));
+    const LAN4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    const WAN4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2));
+    const UPSTREAM4: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 53));
+    const CLIENT6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x137));
+    const LAN6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+    const WAN6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2));
+    const UPSTREAM6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x53));
+
+    const CLIENT_PORT: u16 = 40_000;
+    const RESOLVER_PORT: u16 = 33_000;
+    const MARK: u32 = 137;
+    const MS: Duration = Duration::from_millis(1);
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Wire {
+        Udp,
+        Tcp,
+    }
+
+    /// One DNS message in one packet, framed for TCP when it goes over TCP.
+    fn packet(wire: Wire, src: IpAddr, sport: u16, dst: IpAddr, dport: u16, msg: &[u8]) -> Vec<u8> {
+        match wire {
+            Wire::Udp => fixtures::udp(src, sport, dst, dport, msg),
+            Wire::Tcp => fixtures::tcp(src, sport, dst, dport, &fixtures::tcp_framed(msg)),
+        }
+    }
+
+    /// The four packets of one resolution, seen from the resolver's host.
+    struct Resolution {
+        client_query: Vec<u8>,
+        upstream_query: Vec<u8>,
+        upstream_answer: Vec<u8>,
+        client_answer: Vec<u8>,
+    }
+
+    /// Who talks to whom, over what, with which ids and spellings of the name.
+    #[derive(Clone, Copy)]
+    struct Plan {
+        client: IpAddr,
+        client_port: u16,
+        lan: IpAddr,
+        wan: IpAddr,
+        upstream: IpAddr,
+        client_wire: Wire,
+        upstream_wire: Wire,
+        client_id: u16,
+        upstream_id: u16,
+        client_name: &'static str,
+        upstream_name: &'static str,
+    }
+
+    impl Plan {
+        fn v4() -> Plan {
+            Plan {
+                client: CLIENT4,
+                client_port: CLIENT_PORT,
+                lan: LAN4,
+                wan: WAN4,
+                upstream: UPSTREAM4,
+                client_wire: Wire::Udp,
+                upstream_wire: Wire::Udp,
+                client_id: 0x1111,
+                upstream_id: 0x2222,
+                client_name: "www.example.com",
+                upstream_name: "www.example.com",
+            }
+        }
+
+        fn client_v6(self) -> Plan {
+            Plan {
+                client: CLIENT6,
+                lan: LAN6,
+                ..self
+            }
+        }
+
+        fn upstream_v6(self) -> Plan {
+            Plan {
+                wan: WAN6,
+                upstream: UPSTREAM6,
+                ..self
+            }
+        }
+
+        fn client_query(&self) -> Vec<u8> {
+            let msg = fixtures::dns_query(self.client_id, self.client_name);
+            packet(
+                self.client_wire,
+                self.client,
+                self.client_port,
+                self.lan,
+                53,
+                &msg,
+            )
+        }
+
+        fn upstream_query(&self) -> Vec<u8> {
+            let msg = fixtures::dns_query(self.upstream_id, self.upstream_name);
+            packet(
+                self.upstream_wire,
+                self.wan,
+                RESOLVER_PORT,
+                self.upstream,
+                53,
+                &msg,
+            )
+        }
+
+        fn upstream_answer(&self) -> Vec<u8> {
+            let addrs = [Ipv4Addr::new(192, 0, 2, 80)];
+            let msg = fixtures::dns_answer_a(self.upstream_id, self.upstream_name, &addrs);
+            packet(
+                self.upstream_wire,
+                self.upstream,
+                53,
+                self.wan,
+                RESOLVER_PORT,
+                &msg,
+            )
+        }
+
+        fn client_answer(&self) -> Vec<u8> {
+            let addrs = [Ipv4Addr::new(192, 0, 2, 80)];
+            let msg = fixtures::dns_answer_a(self.client_id, self.client_name, &addrs);
+            packet(
+                self.client_wire,
+                self.lan,
+                53,
+                self.client,
+                self.client_port,
+                &msg,
+            )
+        }
+
+        fn packets(&self) -> Resolution {
+            Resolution {
+                client_query: self.client_query(),
+                upstream_query: self.upstream_query(),
+                upstream_answer: self.upstream_answer(),
+                client_answer: self.client_answer(),
+            }
+        }
+    }
+
+    /// The engine with its state, and a clock the test moves.
+    struct Lab {
+        config: EngineConfig,
+        rules: RuleSet,
+        pairing: Mutex<Pairing>,
+        stats: Stats,
+        t0: Instant,
+    }
+
+    impl Lab {
+        fn new() -> Lab {
+            Lab::with(EngineConfig::default())
+        }
+
+        fn with(config: EngineConfig) -> Lab {
+            Lab {
+                pairing: Mutex::new(Pairing::new(config.pairing)),
+                config,
+                rules: RuleSet::empty(),
+                stats: Stats::default(),
+                t0: Instant::now(),
+            }
+        }
+
+        fn with_pairing(pairing: PairingConfig) -> Lab {
+            Lab::with(EngineConfig {
+                pairing,
+                ..EngineConfig::default()
+            })
+        }
+
+        fn decide_meta(&self, meta: Meta, bytes: &[u8], at: Duration) -> Decision {
+            decide(
+                &self.config,
+                &self.rules,
+                &self.pairing,
+                &self.stats,
+                &meta,
+                bytes,
+                self.t0 + at,
+            )
+        }
+
+        /// Decide at `at` after the lab started, queued from `hook` with `mark`.
+        fn decide_at(&self, hook: Hook, mark: u32, bytes: &[u8], at: Duration) -> Decision {
+            self.decide_meta(meta(hook, mark), bytes, at)
+        }
+
+        fn decide(&self, hook: Hook, mark: u32, bytes: &[u8]) -> Decision {
+            self.decide_at(hook, mark, bytes, Duration::ZERO)
+        }
+
+        fn table(&self) -> MutexGuard<'_, Pairing> {
+            self.pairing.lock().unwrap()
+        }
+
+        /// The four moments with the hooks the README's iptables rules queue them from: returns
+        /// the decisions for the client query, upstream query, upstream answer and client answer.
+        fn resolve(&self, r: &Resolution, client_mark: u32) -> [Decision; 4] {
+            [
+                self.decide_at(Hook::Input, client_mark, &r.client_query, Duration::ZERO),
+                self.decide_at(Hook::Output, 0, &r.upstream_query, MS),
+                self.decide_at(Hook::Input, 0, &r.upstream_answer, 2 * MS),
+                self.decide_at(Hook::Output, 0, &r.client_answer, 3 * MS),
+            ]
+        }
+    }
+
+    /// Metadata as the kernel gives it: an input interface for arriving packets, none for
+    /// locally generated ones.
+    fn meta(hook: Hook, mark: u32) -> Meta {
+        let (indev, outdev) = match hook {
+            Hook::PreRouting | Hook::Input => (2, 0),
+            Hook::Forward => (2, 3),
+            Hook::Output | Hook::PostRouting | Hook::Other(_) => (0, 3),
+        };
+        Meta {
+            hook,
+            mark,
+            indev,
+            outdev,
+        }
+    }
+
+    fn accepted(mark: Option<u32>, role: Role) -> Decision {
+        Decision {
+            verdict: Verdict::Accept,
+            mark,
+            role,
+            rule: None,
+        }
+    }
+
+    fn upstream_query(paired: bool, ambiguous: bool) -> Role {
+        Role::UpstreamQuery { paired, ambiguous }
+    }
+
+    /// Decisions of a fully paired resolution whose client carried `mark`.
+    fn all_paired(mark: u32) -> [Decision; 4] {
+        [
+            accepted(None, Role::ClientQuery),
+            accepted(Some(mark), upstream_query(true, false)),
+            accepted(Some(mark), Role::UpstreamAnswer { paired: true }),
+            accepted(Some(mark), Role::ClientAnswer { paired: true }),
+        ]
+    }
+
+    fn not_paired() -> Decision {
+        Decision::accept()
+    }
+
+    // --- The four moments -------------------------------------------------------------------
+
+    #[test]
+    fn four_moments_over_udp_ipv4_carry_the_client_mark() {
+        let lab = Lab::new();
+        assert_eq!(lab.resolve(&Plan::v4().packets(), MARK), all_paired(MARK));
+        let table = lab.table();
+        assert_eq!((table.client_len(), table.upstream_len()), (0, 0));
+        assert_eq!(
+            table.counters,
+            crate::pairing::PairingCounters {
+                client_queries: 1,
+                paired: 1,
+                upstream_answers: 1,
+                client_answers: 1,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn four_moments_over_tcp_carry_the_client_mark() {
+        let plan = Plan {
+            client_wire: Wire::Tcp,
+            upstream_wire: Wire::Tcp,
+            ..Plan::v4()
+        };
+        let lab = Lab::new();
+        assert_eq!(lab.resolve(&plan.packets(), MARK), all_paired(MARK));
+    }
+
+    #[test]
+    fn four_moments_over_ipv6_carry_the_client_mark() {
+        let lab = Lab::new();
+        let plan = Plan::v4().client_v6().upstream_v6();
+        assert_eq!(lab.resolve(&plan.packets(), MARK), all_paired(MARK));
+    }
+
+    #[test]
+    fn client_over_ipv6_with_upstream_over_ipv4_is_paired() {
+        let lab = Lab::new();
+        let plan = Plan::v4().client_v6();
+        assert_eq!(lab.resolve(&plan.packets(), MARK), all_paired(MARK));
+    }
+
+    #[test]
+    fn client_over_ipv4_with_upstream_over_ipv6_is_paired() {
+        let lab = Lab::new();
+        let plan = Plan::v4().upstream_v6();
+        assert_eq!(lab.resolve(&plan.packets(), MARK), all_paired(MARK));
+    }
+
+    #[test]
+    fn every_mix_of_transports_and_families_is_paired() {
+        for client_wire in [Wire::Udp, Wire::Tcp] {
+            for upstream_wire in [Wire::Udp, Wire::Tcp] {
+                for client_v6 in [false, true] {
+                    for upstream_v6 in [false, true] {
+                        let mut plan = Plan {
+                            client_wire,
+                            upstream_wire,
+                            ..Plan::v4()
+                        };
+                        if client_v6 {
+                            plan = plan.client_v6();
+                        }
+                        if upstream_v6 {
+                            plan = plan.upstream_v6();
+                        }
+                        let lab = Lab::new();
+                        assert_eq!(
+                            lab.resolve(&plan.packets(), MARK),
+                            all_paired(MARK),
+                            "client {client_wire:?} v6={client_v6}, \
+                             upstream {upstream_wire:?} v6={upstream_v6}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ids_differing_between_client_and_upstream_query_are_paired() {
+        let plan = Plan {
+            client_id: 0x0001,
+            upstream_id: 0xfffe,
+            ..Plan::v4()
+        };
+        assert_eq!(Lab::new().resolve(&plan.packets(), MARK), all_paired(MARK));
+    }
+
+    #[test]
+    fn upstream_query_with_0x20_case_is_paired() {
+        let plan = Plan {
+            client_name: "www.example.com",
+            upstream_name: "wWw.ExAmPle.CoM",
+            ..Plan::v4()
+        };
+        assert_eq!(Lab::new().resolve(&plan.packets(), MARK), all_paired(MARK));
+        // And the other way round, with a client that writes in capitals.
+        let plan = Plan {
+            client_name: "WWW.EXAMPLE.COM",
+            upstream_name: "www.eXample.com",
+            ..Plan::v4()
+        };
+        assert_eq!(Lab::new().resolve(&plan.packets(), MARK), all_paired(MARK));
+    }
+
+    #[test]
+    fn upstream_query_for_another_question_is_not_paired() {
+        let lab = Lab::new();
+        let plan = Plan::v4();
+        lab.decide(Hook::Input, MARK, &plan.client_query());
+        for other in [
+            Plan {
+                upstream_name: "www.example.org",
+                ..plan
+            }
+            .upstream_query(),
+            {
+                let msg = fixtures::dns_message(0x2222, "www.example.com", RecordType::AAAA, false);
+                fixtures::udp(WAN4, RESOLVER_PORT, UPSTREAM4, 53, &msg)
+            },
+        ] {
+            assert_eq!(
+                lab.decide(Hook::Output, 0, &other),
+                accepted(None, upstream_query(false, false))
+            );
+        }
+        assert_eq!(lab.table().counters.unpaired, 2);
+    }
+
+    #[test]
+    fn upstream_retry_over_tcp_after_a_truncated_udp_answer_is_paired() {
+        let lab = Lab::new();
+        let udp = Plan::v4();
+        let tcp = Plan {
+            upstream_wire: Wire::Tcp,
+            upstream_id: 0x3333,
+            ..udp
+        };
+        lab.decide(Hook::Input, MARK, &udp.client_query());
+        let d = lab.decide(Hook::Output, 0, &udp.upstream_query());
+        assert_eq!(d.mark, Some(MARK));
+        let d = lab.decide(Hook::Input, 0, &udp.upstream_answer());
+        assert_eq!(d.mark, Some(MARK));
+        // The resolver retries over TCP: the SYN carries no question and goes unmarked, the
+        // query segment is paired again with the client that still waits.
+        let syn = fixtures::tcp_syn(WAN4, RESOLVER_PORT, UPSTREAM4, 53);
+        assert_eq!(lab.decide(Hook::Output, 0, &syn), not_paired());
+        let d = lab.decide(Hook::Output, 0, &tcp.upstream_query());
+        assert_eq!(d, accepted(Some(MARK), upstream_query(true, false)));
+        let d = lab.decide(Hook::Input, 0, &tcp.upstream_answer());
+        assert_eq!(d.mark, Some(MARK));
+        let d = lab.decide(Hook::Output, 0, &udp.client_answer());
+        assert_eq!(d, accepted(Some(MARK), Role::ClientAnswer { paired: true }));
+    }
+
+    #[test]
+    fn upstream_answer_over_udp_does_not_match_a_tcp_query() {
+        let lab = Lab::new();
+        let tcp = Plan {
+            upstream_wire: Wire::Tcp,
+            ..Plan::v4()
+        };
+        let udp = Plan::v4();
+        lab.decide(Hook::Input, MARK, &tcp.client_query());
+        lab.decide(Hook::Output, 0, &tcp.upstream_query());
+        assert_eq!(
+            lab.decide(Hook::Input, 0, &udp.upstream_answer()),
+            accepted(None, Role::UpstreamAnswer { paired: false })
+        );
+    }
+
+    // --- Hooks and directions ---------------------------------------------------------------
+
+    #[test]
+    fn postrouting_without_input_interface_counts_as_local_out() {
+        let lab = Lab::new();
+        let r = Plan::v4().packets();
+        let local = Meta {
+            hook: Hook::PostRouting,
+            mark: 0,
+            indev: 0,
+            outdev: 3,
+        };
+        lab.decide(Hook::Input, MARK, &r.client_query);
+        assert_eq!(
+            lab.decide_meta(local, &r.upstream_query, MS),
+            accepted(Some(MARK), upstream_query(true, false))
+        );
+        lab.decide(Hook::Input, 0, &r.upstream_answer);
+        assert_eq!(
+            lab.decide_meta(local, &r.client_answer, MS),
+            accepted(Some(MARK), Role::ClientAnswer { paired: true })
+        );
+    }
+
+    #[test]
+    fn postrouting_with_an_input_interface_is_forwarded_and_not_paired() {
+        let lab = Lab::new();
+        let r = Plan::v4().packets();
+        let routed = Meta {
+            hook: Hook::PostRouting,
+            mark: 0,
+            indev: 2,
+            outdev: 3,
+        };
+        lab.decide(Hook::Input, MARK, &r.client_query);
+        assert_eq!(lab.decide_meta(routed, &r.upstream_query, MS), not_paired());
+        assert_eq!(lab.decide_meta(routed, &r.client_answer, MS), not_paired());
+        assert_eq!(lab.table().client_len(), 1);
+        assert_eq!(lab.table().counters.paired, 0);
+    }
+
+    #[test]
+    fn forward_hook_is_never_paired() {
+        let lab = Lab::new();
+        let r = Plan::v4().packets();
+        // A client query routed through this host is not remembered...
+        assert_eq!(
+            lab.decide(Hook::Forward, MARK, &r.client_query),
+            not_paired()
+        );
+        assert_eq!(lab.table().client_len(), 0);
+        // ...and a routed query finds no partner even when a local client waits.
+        lab.decide(Hook::Input, MARK, &r.client_query);
+        for bytes in [&r.upstream_query, &r.upstream_answer, &r.client_answer] {
+            assert_eq!(lab.decide(Hook::Forward, 0, bytes), not_paired());
+        }
+        let table = lab.table();
+        assert_eq!(table.client_len(), 1);
+        assert_eq!(table.upstream_len(), 0);
+        assert_eq!(table.counters.paired + table.counters.unpaired, 0);
+    }
+
+    #[test]
+    fn prerouting_client_query_is_remembered() {
+        let lab = Lab::new();
+        let r = Plan::v4().packets();
+        assert_eq!(
+            lab.decide(Hook::PreRouting, MARK, &r.client_query),
+            accepted(None, Role::ClientQuery)
+        );
+        assert_eq!(
+            lab.decide(Hook::Output, 0, &r.upstream_query).mark,
+            Some(MARK)
+        );
+        assert_eq!(
+            lab.decide(Hook::PreRouting, 0, &r.upstream_answer).mark,
+            Some(MARK)
+        );
+    }
+
+    #[test]
+    fn unknown_hook_is_not_paired() {
+        let lab = Lab::new();
+        let r = Plan::v4().packets();
+        lab.decide(Hook::Input, MARK, &r.client_query);
+        for bytes in [&r.client_query, &r.upstream_query, &r.client_answer] {
+            assert_eq!(lab.decide(Hook::Other(7), 0, bytes), not_paired());
+        }
+        assert_eq!(lab.table().client_len(), 1);
+    }
+
+    #[test]
+    fn hooks_follow_the_kernel_numbering() {
+        assert_eq!(Hook::from_kernel(0), Hook::PreRouting);
+        assert_eq!(Hook::from_kernel(1), Hook::Input);
+        assert_eq!(Hook::from_kernel(2), Hook::Forward);
+        assert_eq!(Hook::from_kernel(3), Hook::Output);
+        assert_eq!(Hook::from_kernel(4), Hook::PostRouting);
+        assert_eq!(Hook::from_kernel(5), Hook::Other(5));
+        assert_eq!(Hook::from_kernel(255), Hook::Other(255));
+    }
+
+    #[test]
+    fn direction_comes_from_hook_and_input_interface() {
+        let m = |hook, indev| Meta {
+            hook,
+            mark: 0,
+            indev,
+            outdev: 0,
+        };
+        assert_eq!(m(Hook::PreRouting, 2).direction(), Direction::Incoming);
+        assert_eq!(m(Hook::Input, 2).direction(), Direction::Incoming);
+        assert_eq!(m(Hook::Input, 0).direction(), Direction::Incoming);
+        assert_eq!(m(Hook::Output, 0).direction(), Direction::LocalOut);
+        assert_eq!(m(Hook::PostRouting, 0).direction(), Direction::LocalOut);
+        assert_eq!(m(Hook::PostRouting, 2).direction(), Direction::Forwarded);
+        assert_eq!(m(Hook::Forward, 2).direction(), Direction::Forwarded);
+        assert_eq!(m(Hook::Forward, 0).direction(), Direction::Forwarded);
+        assert_eq!(m(Hook::Other(9), 0).direction(), Direction::Forwarded);
+    }
+
+    // --- Marks and the mask -----------------------------------------------------------------
+
+    #[test]
+    fn apply_mask_replaces_only_the_masked_bits() {
+        assert_eq!(apply_mask(0xdead_00ab, 0x0000_1234, 0xff00), 0xdead_12ab);
+        assert_eq!(apply_mask(0xffff_ffff, 0, 0xff00), 0xffff_00ff);
+        assert_eq!(apply_mask(0x1234_5678, 0x9abc_def0, u32::MAX), 0x9abc_def0);
+        assert_eq!(apply_mask(0x1234_5678, 0x9abc_def0, 0), 0x1234_5678);
+    }
+
+    #[test]
+    fn mark_mask_changes_only_the_masked_bits() {
+        let lab = Lab::with_pairing(PairingConfig {
+            mask: 0xff00,
+            ..PairingConfig::default()
+        });
+        let r = Plan::v4().packets();
+        assert_eq!(
+            lab.decide(Hook::Input, 0x00ab_1234, &r.client_query),
+            accepted(None, Role::ClientQuery)
+        );
+        // The resolver's packets carry bits of their own (another tool's, outside the mask).
+        assert_eq!(
+            lab.decide(Hook::Output, 0xdead_00cd, &r.upstream_query),
+            accepted(Some(0xdead_12cd), upstream_query(true, false))
+        );
+        assert_eq!(
+            lab.decide(Hook::Input, 0x0001_0000, &r.upstream_answer),
+            accepted(Some(0x0001_1200), Role::UpstreamAnswer { paired: true })
+        );
+        assert_eq!(
+            lab.decide(Hook::Output, 0xffff_ffff, &r.client_answer),
+            accepted(Some(0xffff_12ff), Role::ClientAnswer { paired: true })
+        );
+    }
+
+    #[test]
+    fn client_mark_zero_under_the_mask_carries_nothing() {
+        let lab = Lab::with_pairing(PairingConfig {
+            mask: 0xff00,
+            ..PairingConfig::default()
+        });
+        let r = Plan::v4().packets();
+        lab.decide(Hook::Input, 0xffff_00ff, &r.client_query);
+        // Paired, but with nothing to carry: the resolver's own bits stay as they are.
+        assert_eq!(
+            lab.decide(Hook::Output, 0x0000_3400, &r.upstream_query),
+            accepted(None, upstream_query(true, false))
+        );
+        assert_eq!(
+            lab.decide(Hook::Input, 0, &r.upstream_answer),
+            accepted(None, Role::UpstreamAnswer { paired: true })
+        );
+        assert_eq!(
+            lab.decide(Hook::Output, 0x0000_3400, &r.client_answer),
+            accepted(None, Role::ClientAnswer { paired: true })
+        );
+    }
+
+    #[test]
+    fn client_without_a_mark_carries_nothing() {
+        let lab = Lab::new();
+        let d = lab.resolve(&Plan::v4().packets(), 0);
+        assert_eq!(d[1], accepted(None, upstream_query(true, false)));
+        assert_eq!(d[2], accepted(None, Role::UpstreamAnswer { paired: true }));
+        assert_eq!(d[3], accepted(None, Role::ClientAnswer { paired: true }));
+    }
+
+    #[test]
+    fn packet_already_carrying_the_mark_reports_no_change() {
+        let lab = Lab::new();
+        let r = Plan::v4().packets();
+        lab.decide(Hook::Input, MARK, &r.client_query);
+        assert_eq!(
+            lab.decide(Hook::Output, MARK, &r.upstream_query),
+            accepted(None, upstream_query(true, false))
+        );
+    }
+
+    // --- Merged questions, ids and retransmissions ------------------------------------------
+
+    #[test]
+    fn merged_question_with_different_marks_gives_the_oldest_mark_and_is_ambiguous() {
+        let lab = Lab::new();
+        let plans = [
+            (CLIENT4, 0x0101, 1),
+            (CLIENT4B, 0x0202, 2),
+            (CLIENT4C, 0x0303, 3),
+        ]
+        .map(|(client, client_id, mark)| {
+            (
+                Plan {
+                    client,
+                    client_id,
+                    ..Plan::v4()
+                },
+                mark,
+            )
+        });
+        for (i, (plan, mark)) in plans.iter().enumerate() {
+            let at = MS * u32::try_from(i).unwrap();
+            lab.decide_at(Hook::Input, *mark, &plan.client_query(), at);
+        }
+        let upstream = plans[0].0;
+        assert_eq!(
+            lab.decide_at(Hook::Output, 0, &upstream.upstream_query(), 10 * MS),
+            accepted(Some(1), upstream_query(true, true))
+        );
+        assert_eq!(
+            lab.decide_at(Hook::Input, 0, &upstream.upstream_answer(), 11 * MS)
+                .mark,
+            Some(1)
+        );
+        // Each client's answer still gets that client's own mark.
+        for (plan, mark) in plans.iter().rev() {
+            assert_eq!(
+                lab.decide_at(Hook::Output, 0, &plan.client_answer(), 12 * MS),
+                accepted(Some(*mark), Role::ClientAnswer { paired: true })
+            );
+        }
+        let table = lab.table();
+        assert_eq!(table.counters.ambiguous, 1);
+        assert_eq!(table.counters.paired, 1);
+        assert_eq!(table.client_len(), 0);
+    }
+
+    #[test]
+    fn merged_question_with_the_same_marks_is_not_ambiguous() {
+        let lab = Lab::new();
+        let a = Plan::v4();
+        let b = Plan {
+            client: CLIENT4B,
+            client_id: 0x0202,
+            ..a
+        };
+        lab.decide(Hook::Input, MARK, &a.client_query());
+        lab.decide(Hook::Input, MARK, &b.client_query());
+        assert_eq!(
+            lab.decide(Hook::Output, 0, &a.upstream_query()),
+            accepted(Some(MARK), upstream_query(true, false))
+        );
+        assert_eq!(lab.table().counters.ambiguous, 0);
+    }
+
+    #[test]
+    fn resolver_keeping_the_client_id_gives_that_clients_mark() {
+        let lab = Lab::new();
+        let older = Plan {
+            client_id: 0x0101,
+            ..Plan::v4()
+        };
+        let newer = Plan {
+            client: CLIENT4B,
+            client_id: 0x0202,
+            upstream_id: 0x0202,
+            ..Plan::v4()
+        };
+        lab.decide_at(Hook::Input, 1, &older.client_query(), Duration::ZERO);
+        lab.decide_at(Hook::Input, 2, &newer.client_query(), MS);
+        assert_eq!(
+            lab.decide_at(Hook::Output, 0, &newer.upstream_query(), 2 * MS),
+            accepted(Some(2), upstream_query(true, true))
+        );
+        assert_eq!(
+            lab.decide_at(Hook::Input, 0, &newer.upstream_answer(), 3 * MS)
+                .mark,
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn client_retransmission_does_not_create_a_second_entry() {
+        let lab = Lab::new();
+        let r = Plan::v4().packets();
+        for i in 0..3 {
+            assert_eq!(
+                lab.decide_at(Hook::Input, MARK, &r.client_query, MS * i),
+                accepted(None, Role::ClientQuery)
+            );
+        }
+        {
+            let table = lab.table();
+            assert_eq!(table.client_len(), 1);
+            assert_eq!(table.counters.client_queries, 1);
+        }
+        lab.decide(Hook::Output, 0, &r.upstream_query);
+        assert_eq!(lab.table().counters.ambiguous, 0);
+        assert_eq!(
+            lab.decide(Hook::Output, 0, &r.client_answer).mark,
+            Some(MARK)
+        );
+        assert_eq!(lab.table().client_len(), 0);
+    }
+
+    // --- Time and capacity ------------------------------------------------------------------
+
+    #[test]
+    fn client_query_expires_after_the_window() {
+        let window = Duration::from_secs(2);
+        let lab = Lab::with_pairing(PairingConfig {
+            window,
+            ..PairingConfig::default()
+        });
+        let r = Plan::v4().packets();
+        lab.decide_at(Hook::Input, MARK, &r.client_query, Duration::ZERO);
+        assert_eq!(
+            lab.decide_at(Hook::Output, 0, &r.upstream_query, window),
+            accepted(None, upstream_query(false, false))
+        );
+        assert_eq!(
+            lab.decide_at(Hook::Output, 0, &r.client_answer, window),
+            accepted(None, Role::ClientAnswer { paired: false })
+        );
+        let table = lab.table();
+        assert_eq!(table.client_len(), 0);
+        assert_eq!(table.counters.expired, 1);
+    }
+
+    #[test]
+    fn upstream_answer_after_the_window_is_not_marked() {
+        let window = Duration::from_secs(2);
+        let lab = Lab::with_pairing(PairingConfig {
+            window,
+            ..PairingConfig::default()
+        });
+        let r = Plan::v4().packets();
+        lab.decide_at(Hook::Input, MARK, &r.client_query, Duration::ZERO);
+        lab.decide_at(Hook::Output, 0, &r.upstream_query, window / 2);
+        assert_eq!(
+            lab.decide_at(Hook::Input, 0, &r.upstream_answer, window / 2 + window),
+            accepted(None, Role::UpstreamAnswer { paired: false })
+        );
+        let table = lab.table();
+        assert_eq!((table.client_len(), table.upstream_len()), (0, 0));
+        assert_eq!(table.counters.expired, 2);
+    }
+
+    #[test]
+    fn full_client_table_evicts_the_oldest_query() {
+        let lab = Lab::with_pairing(PairingConfig {
+            client_capacity: 2,
+            ..PairingConfig::default()
+        });
+        let plans = [
+            ("a.example", 0x0a, 1),
+            ("b.example", 0x0b, 2),
+            ("c.example", 0x0c, 3),
+        ]
+        .map(|(name, client_id, mark)| {
+            (
+                Plan {
+                    client_name: name,
+                    upstream_name: name,
+                    client_id,
+                    ..Plan::v4()
+                },
+                mark,
+            )
+        });
+        for (plan, mark) in &plans {
+            lab.decide(Hook::Input, *mark, &plan.client_query());
+        }
+        assert_eq!(lab.table().client_len(), 2);
+        assert_eq!(lab.table().counters.evicted, 1);
+        assert_eq!(
+            lab.decide(Hook::Output, 0, &plans[0].0.upstream_query())
+                .mark,
+            None
+        );
+        assert_eq!(
+            lab.decide(Hook::Output, 0, &plans[2].0.upstream_query())
+                .mark,
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn tables_stay_within_capacity_through_decide() {
+        let lab = Lab::with_pairing(PairingConfig {
+            client_capacity: 100,
+            upstream_capacity: 50,
+            ..PairingConfig::default()
+        });
+        for i in 0..2_000u16 {
+            let name = format!("n{i}.example");
+            let msg = fixtures::dns_query(i, &name);
+            let at = Duration::from_micros(u64::from(i));
+            lab.decide_at(
+                Hook::Input,
+                MARK,
+                &fixtures::udp(CLIENT4, 1024 + i, LAN4, 53, &msg),
+                at,
+            );
+            lab.decide_at(
+                Hook::Output,
+                0,
+                &fixtures::udp(WAN4, RESOLVER_PORT, UPSTREAM4, 53, &msg),
+                at,
+            );
+            let table = lab.table();
+            assert!(table.client_len() <= 100);
+            assert!(table.upstream_len() <= 50);
+        }
+        let table = lab.table();
+        assert_eq!(table.counters.paired, 2_000);
+        assert_eq!(table.counters.evicted, 1_900 + 1_950);
+    }
+
+    // --- What is not paired -----------------------------------------------------------------
+
+    #[test]
+    fn answer_to_a_client_that_never_asked_is_not_marked() {
+        let lab = Lab::new();
+        let r = Plan::v4().packets();
+        assert_eq!(
+            lab.decide(Hook::Output, 0, &r.client_answer),
+            accepted(None, Role::ClientAnswer { paired: false })
+        );
+        // Nor one with another id, or to another port, of a client that did ask.
+        lab.decide(Hook::Input, MARK, &r.client_query);
+        for other in [
+            Plan {
+                client_id: 0x1112,
+                ..Plan::v4()
+            },
+            Plan {
+                client_port: CLIENT_PORT + 1,
+                ..Plan::v4()
+            },
+        ] {
+            assert_eq!(
+                lab.decide(Hook::Output, 0, &other.client_answer()),
+                accepted(None, Role::ClientAnswer { paired: false })
+            );
+        }
+        assert_eq!(lab.table().client_len(), 1);
+    }
+
+    #[test]
+    fn upstream_answer_without_its_query_is_not_marked() {
+        let lab = Lab::new();
+        let plan = Plan::v4();
+        assert_eq!(
+            lab.decide(Hook::Input, 0, &plan.upstream_answer()),
+            accepted(None, Role::UpstreamAnswer { paired: false })
+        );
+        lab.decide(Hook::Input, MARK, &plan.client_query());
+        lab.decide(Hook::Output, 0, &plan.upstream_query());
+        let wrong_id = Plan {
+            upstream_id: 0x2223,
+            ..plan
+        };
+        assert_eq!(
+            lab.decide(Hook::Input, 0, &wrong_id.upstream_answer()),
+            accepted(None, Role::UpstreamAnswer { paired: false })
+        );
+        let spoofed_source = {
+            let addrs = [Ipv4Addr::new(192, 0, 2, 66)];
+            let msg = fixtures::dns_answer_a(plan.upstream_id, plan.upstream_name, &addrs);
+            let other_server = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 99));
+            fixtures::udp(other_server, 53, WAN4, RESOLVER_PORT, &msg)
+        };
+        assert_eq!(
+            lab.decide(Hook::Input, 0, &spoofed_source),
+            accepted(None, Role::UpstreamAnswer { paired: false })
+        );
+        assert_eq!(
+            lab.decide(Hook::Input, 0, &plan.upstream_answer()).mark,
+            Some(MARK)
+        );
+    }
+
+    #[test]
+    fn opcode_other_than_query_is_not_paired() {
+        let lab = Lab::new();
+        let plan = Plan::v4();
+        // A standard query for the same name waits: the others must not pair with it either.
+        lab.decide(Hook::Input, MARK, &plan.client_query());
+        for opcode in [OpCode::Notify, OpCode::Update, OpCode::Status] {
+            let msg = |id, response| {
+                fixtures::dns_message_with_opcode(
+                    id,
+                    "www.example.com",
+                    RecordType::A,
+                    response,
+                    opcode,
+                )
+            };
+            let client_query = fixtures::udp(CLIENT4, CLIENT_PORT, LAN4, 53, &msg(0x1111, false));
+            assert_eq!(lab.decide(Hook::Input, MARK, &client_query), not_paired());
+            assert_eq!(lab.table().client_len(), 1);
+            let upstream = fixtures::udp(WAN4, RESOLVER_PORT, UPSTREAM4, 53, &msg(0x2222, false));
+            assert_eq!(lab.decide(Hook::Output, 0, &upstream), not_paired());
+            let answer = fixtures::udp(LAN4, 53, CLIENT4, CLIENT_PORT, &msg(0x1111, true));
+            assert_eq!(lab.decide(Hook::Output, 0, &answer), not_paired());
+            assert_eq!(lab.table().client_len(), 1);
+        }
+        let table = lab.table();
+        assert_eq!(table.counters.paired + table.counters.unpaired, 0);
+    }
+
+    #[test]
+    fn dns_message_without_a_question_is_not_paired() {
+        let lab = Lab::new();
+        let r = Plan::v4().packets();
+        lab.decide(Hook::Input, MARK, &r.client_query);
+        let query = fixtures::udp(
+            WAN4,
+            RESOLVER_PORT,
+            UPSTREAM4,
+            53,
+            &fixtures::dns_header_only(1, false),
+        );
+        let answer = fixtures::udp(
+            LAN4,
+            53,
+            CLIENT4,
+            CLIENT_PORT,
+            &fixtures::dns_header_only(0x1111, true),
+        );
+        assert_eq!(lab.decide(Hook::Output, 0, &query), not_paired());
+        assert_eq!(lab.decide(Hook::Output, 0, &answer), not_paired());
+        assert_eq!(lab.table().client_len(), 1);
+    }
+
+    #[test]
+    fn non_dns_packets_are_accepted_without_a_mark() {
+        let lab = Lab::new();
+        let ntp = fixtures::udp(CLIENT4, 123, LAN4, 123, b"\x1b\0\0\0");
+        let https = fixtures::tcp(CLIENT6, 40000, LAN6, 443, b"\x16\x03\x01");
+        let icmp = {
+            let builder = etherparse::PacketBuilder::ipv4([192, 0, 2, 1], [192, 0, 2, 137], 64)
+                .icmpv4_echo_request(7, 1);
+            let mut out = Vec::new();
+            builder.write(&mut out, b"ping").unwrap();
+            out
+        };
+        // A DNS message on a port that is not a DNS port is not DNS either.
+        let elsewhere = fixtures::udp(
+            CLIENT4,
+            CLIENT_PORT,
+            LAN4,
+            5353,
+            &fixtures::dns_query(1, "www.example.com"),
+        );
+        for (hook, bytes) in [
+            (Hook::Input, &ntp),
+            (Hook::Output, &https),
+            (Hook::Input, &icmp),
+            (Hook::Input, &elsewhere),
+        ] {
+            assert_eq!(lab.decide(hook, MARK, bytes), not_paired());
+        }
+        assert_eq!(lab.stats.not_dns.get(), 4);
+        assert_eq!(lab.stats.dns.get(), 0);
+        assert_eq!(lab.table().client_len(), 0);
+    }
+
+    #[test]
+    fn unparsable_packets_are_accepted_without_a_mark() {
+        let lab = Lab::new();
+        let whole = Plan::v4().client_query();
+        let garbage: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37)).collect();
+        let mut bad_version = whole.clone();
+        bad_version[0] = 0x55;
+        let cases: [&[u8]; 5] = [&[], &[0x45], &whole[..19], &garbage, &bad_version];
+        for bytes in cases {
+            for hook in [Hook::Input, Hook::Output] {
+                assert_eq!(lab.decide(hook, MARK, bytes), not_paired());
+            }
+        }
+        assert_eq!(lab.stats.parse_errors.get(), 10);
+        assert_eq!(lab.stats.packets.get(), 10);
+        assert_eq!(lab.table().client_len(), 0);
+    }
+
+    #[test]
+    fn truncated_udp_gets_default_verdict() {
+        let lab = Lab::new();
+        let whole = Plan::v4().client_query();
+        for len in 20..28 {
+            assert_eq!(lab.decide(Hook::Input, MARK, &whole[..len]), not_paired());
+        }
+        assert_eq!(lab.stats.parse_errors.get(), 8);
+    }
+
+    #[test]
+    fn truncated_tcp_header_gets_default_verdict() {
+        let lab = Lab::new();
+        let whole = Plan {
+            client_wire: Wire::Tcp,
+            ..Plan::v4().client_v6()
+        }
+        .client_query();
+        for len in 40..60 {
+            assert_eq!(lab.decide(Hook::Input, MARK, &whole[..len]), not_paired());
+        }
+        assert_eq!(lab.stats.parse_errors.get(), 20);
+    }
+
+    #[test]
+    fn dns_header_cut_gets_default_verdict() {
+        let lab = Lab::new();
+        let whole = Plan::v4().client_query();
+        for len in 28..28 + 12 {
+            assert_eq!(lab.decide(Hook::Input, MARK, &whole[..len]), not_paired());
+        }
+        assert_eq!(lab.stats.dns_errors.get(), 12);
+        assert_eq!(lab.table().client_len(), 0);
+    }
+
+    #[test]
+    fn question_cut_gets_default_verdict() {
+        let lab = Lab::new();
+        for plan in [Plan::v4(), Plan::v4().client_v6()] {
+            let whole = plan.client_query();
+            let header_end = whole.len() - 33 + 12;
+            for len in header_end..whole.len() {
+                assert_eq!(lab.decide(Hook::Input, MARK, &whole[..len]), not_paired());
+            }
+        }
+        assert_eq!(lab.stats.dns_errors.get(), 2 * 21);
+        assert_eq!(lab.table().client_len(), 0);
+    }
+
+    #[test]
+    fn udp_length_larger_than_the_copy_still_pairs_a_whole_question() {
+        // Lax parsing: the copy is short of what the UDP length claims, but the header and
+        // question are all there, so the packet counts.
+        let lab = Lab::new();
+        let plan = Plan::v4();
+        let mut client_query = plan.client_query();
+        let claimed = u16::try_from(client_query.len() - 20 + 200).unwrap();
+        assert!(fixtures::set_udp_length(&mut client_query, claimed));
+        assert_eq!(
+            lab.decide(Hook::Input, MARK, &client_query),
+            accepted(None, Role::ClientQuery)
+        );
+        assert_eq!(
+            lab.decide(Hook::Output, 0, &plan.upstream_query()).mark,
+            Some(MARK)
+        );
+        // A copy range that cuts long answers inside their records, after the question.
+        let addrs = [Ipv4Addr::new(192, 0, 2, 80); 20];
+        let long = |id| fixtures::dns_answer_a(id, "www.example.com", &addrs);
+        let upstream_answer = fixtures::udp(UPSTREAM4, 53, WAN4, RESOLVER_PORT, &long(0x2222));
+        let client_answer = fixtures::udp(LAN4, 53, CLIENT4, CLIENT_PORT, &long(0x1111));
+        let copy = 20 + 8 + 12 + 21 + 7;
+        assert_eq!(
+            lab.decide(Hook::Input, 0, &upstream_answer[..copy]),
+            accepted(Some(MARK), Role::UpstreamAnswer { paired: true })
+        );
+        assert_eq!(
+            lab.decide(Hook::Output, 0, &client_answer[..copy]),
+            accepted(Some(MARK), Role::ClientAnswer { paired: true })
+        );
+    }
+
+    #[test]
+    fn tcp_message_after_a_bare_length_prefix_is_accepted_unmarked() {
+        // A client that writes the length prefix and the message in two segments: the second
+        // segment starts with the DNS header, not a prefix. Reading it would need the stream,
+        // which nfqmark does not keep; it must at least not remember a garbage question.
+        let lab = Lab::new();
+        let msg = fixtures::dns_query(0x1111, "www.example.com");
+        let framed = fixtures::tcp_framed(&msg);
+        let prefix = fixtures::tcp(CLIENT4, CLIENT_PORT, LAN4, 53, &framed[..2]);
+        let rest = fixtures::tcp(CLIENT4, CLIENT_PORT, LAN4, 53, &framed[2..]);
+        assert_eq!(lab.decide(Hook::Input, MARK, &prefix), not_paired());
+        assert_eq!(lab.decide(Hook::Input, MARK, &rest), not_paired());
+        assert_eq!(lab.table().client_len(), 0);
+    }
+
+    #[test]
+    fn tcp_syn_without_payload_is_accepted_without_a_mark() {
+        let lab = Lab::new();
+        let r = Plan::v4().packets();
+        lab.decide(Hook::Input, MARK, &r.client_query);
+        for (hook, bytes) in [
+            (
+                Hook::Input,
+                fixtures::tcp_syn(CLIENT4, CLIENT_PORT, LAN4, 53),
+            ),
+            (
+                Hook::Output,
+                fixtures::tcp_syn(WAN4, RESOLVER_PORT, UPSTREAM4, 53),
+            ),
+            (
+                Hook::Output,
+                fixtures::tcp_syn(WAN6, RESOLVER_PORT, UPSTREAM6, 53),
+            ),
+        ] {
+            assert_eq!(lab.decide(hook, MARK, &bytes), not_paired());
+        }
+        assert_eq!(lab.stats.not_dns.get(), 3);
+        assert_eq!(lab.table().counters.unpaired, 0);
+    }
+
+    #[test]
+    fn tcp_bare_length_prefix_segment_is_accepted_without_a_mark() {
+        let lab = Lab::new();
+        let msg = fixtures::dns_query(0x1111, "www.example.com");
+        let framed = fixtures::tcp_framed(&msg);
+        let prefix = fixtures::tcp(CLIENT4, CLIENT_PORT, LAN4, 53, &framed[..2]);
+        assert_eq!(lab.decide(Hook::Input, MARK, &prefix), not_paired());
+        assert_eq!(lab.stats.dns_errors.get(), 1);
+        assert_eq!(lab.table().client_len(), 0);
+    }
+
+    #[test]
+    fn tcp_continuation_segment_is_accepted_without_a_mark() {
+        let lab = Lab::new();
+        let plan = Plan {
+            client_wire: Wire::Tcp,
+            upstream_wire: Wire::Tcp,
+            ..Plan::v4()
+        };
+        lab.decide(Hook::Input, MARK, &plan.client_query());
+        lab.decide(Hook::Output, 0, &plan.upstream_query());
+        // A long answer split in two segments: the first carries prefix, header and question
+        // and is paired; the second starts inside the records.
+        let addrs = [Ipv4Addr::new(192, 0, 2, 80); 30];
+        let framed = fixtures::tcp_framed(&fixtures::dns_answer_a(
+            plan.upstream_id,
+            plan.upstream_name,
+            &addrs,
+        ));
+        let (head, tail) = framed.split_at(100);
+        let first = fixtures::tcp(UPSTREAM4, 53, WAN4, RESOLVER_PORT, head);
+        let second = fixtures::tcp(UPSTREAM4, 53, WAN4, RESOLVER_PORT, &tail[..tail.len() - 6]);
+        assert_eq!(lab.decide(Hook::Input, 0, &first).mark, Some(MARK));
+        assert_eq!(lab.decide(Hook::Input, 0, &second), not_paired());
+    }
+
+    #[test]
+    fn client_query_keeps_its_own_mark() {
+        let lab = Lab::new();
+        let d = lab.decide(Hook::Input, MARK, &Plan::v4().client_query());
+        assert_eq!(d, accepted(None, Role::ClientQuery));
+    }
+
+    #[test]
+    fn configured_dns_port_is_paired_and_port_53_is_not_dns() {
+        let lab = Lab::with(EngineConfig {
+            dns_ports: vec![5353],
+            ..EngineConfig::default()
+        });
+        let query = fixtures::dns_query(0x1111, "www.example.com");
+        let on = |src, sport, dst, dport| fixtures::udp(src, sport, dst, dport, &query);
+        assert_eq!(
+            lab.decide(Hook::Input, MARK, &on(CLIENT4, CLIENT_PORT, LAN4, 53)),
+            not_paired()
+        );
+        assert_eq!(
+            lab.decide(Hook::Input, MARK, &on(CLIENT4, CLIENT_PORT, LAN4, 5353)),
+            accepted(None, Role::ClientQuery)
+        );
+        assert_eq!(
+            lab.decide(Hook::Output, 0, &on(WAN4, RESOLVER_PORT, UPSTREAM4, 5353))
+                .mark,
+            Some(MARK)
+        );
+    }
+
+    #[test]
+    fn stats_count_every_packet_once() {
+        let lab = Lab::new();
+        let r = Plan::v4().packets();
+        lab.resolve(&r, MARK);
+        lab.decide(Hook::Input, 0, &[]);
+        lab.decide(Hook::Input, 0, &fixtures::udp(CLIENT4, 1, LAN4, 2, b"x"));
+        lab.decide(Hook::Input, 0, &r.client_query[..30]);
+        assert_eq!(lab.stats.packets.get(), 7);
+        assert_eq!(lab.stats.dns.get(), 4);
+        assert_eq!(lab.stats.parse_errors.get(), 1);
+        assert_eq!(lab.stats.not_dns.get(), 1);
+        assert_eq!(lab.stats.dns_errors.get(), 1);
+    }
+
+    #[test]
+    fn poisoned_pairing_lock_still_gives_a_verdict() {
+        let lab = Lab::new();
+        let r = Plan::v4().packets();
+        lab.decide(Hook::Input, MARK, &r.client_query);
+        std::thread::scope(|s| {
+            let _ = s
+                .spawn(|| {
+                    let _guard = lab.pairing.lock().unwrap();
+                    panic!("poison the pairing lock (expected in this test)");
+                })
+                .join();
+        });
+        assert!(lab.pairing.is_poisoned());
+        assert_eq!(lab.decide(Hook::Output, 0, &r.upstream_query), not_paired());
+    }
+
+    #[test]
+    fn decision_accept_is_accept_unchanged() {
+        assert_eq!(accepted(None, Role::NotPaired), Decision::accept());
+        assert_eq!(EngineConfig::default().dns_ports, vec![53]);
+    }
+
+    // --- Robustness -------------------------------------------------------------------------
+
+    /// Marsaglia's xorshift64: deterministic, no crate, good enough to pick bytes.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+
+        fn one_in(&mut self, n: u64) -> bool {
+            self.next().is_multiple_of(n)
+        }
+
+        fn byte(&mut self) -> u8 {
+            self.next() as u8
+        }
+
+        fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+            &items[self.below(items.len())]
+        }
+    }
+
+    /// Valid packets of every kind the engine meets, to start mutations from.
+    fn seed_packets() -> Vec<Vec<u8>> {
+        let names = ["www.example.com", "wWw.ExAmPle.CoM", "a.example", "."];
+        let mut seeds = Vec::new();
+        for name in names {
+            for (client_id, upstream_id) in [(0x1111, 0x2222), (7, 7)] {
+                for client_wire in [Wire::Udp, Wire::Tcp] {
+                    for upstream_wire in [Wire::Udp, Wire::Tcp] {
+                        for (client_v6, upstream_v6) in
+                            [(false, false), (true, false), (false, true), (true, true)]
+                        {
+                            let mut plan = Plan {
+                                client_wire,
+                                upstream_wire,
+                                client_id,
+                                upstream_id,
+                                client_name: name,
+                                upstream_name: name,
+                                ..Plan::v4()
+                            };
+                            if client_v6 {
+                                plan = plan.client_v6();
+                            }
+                            if upstream_v6 {
+                                plan = plan.upstream_v6();
+                            }
+                            let r = plan.packets();
+                            seeds.extend([
+                                r.client_query,
+                                r.upstream_query,
+                                r.upstream_answer,
+                                r.client_answer,
+                            ]);
+                        }
+                    }
+                }
+            }
+        }
+        let notify = fixtures::dns_message_with_opcode(
+            3,
+            "example.com",
+            RecordType::SOA,
+            false,
+            OpCode::Notify,
+        );
+        let long = fixtures::dns_answer_a(0x2222, "www.example.com", &[Ipv4Addr::LOCALHOST; 40]);
+        let framed = fixtures::tcp_framed(&long);
+        seeds.extend([
+            fixtures::udp(CLIENT4, CLIENT_PORT, LAN4, 53, &notify),
+            fixtures::udp(
+                WAN6,
+                RESOLVER_PORT,
+                UPSTREAM6,
+                53,
+                &fixtures::dns_header_only(9, false),
+            ),
+            fixtures::tcp_syn(CLIENT4, CLIENT_PORT, LAN4, 53),
+            fixtures::tcp_syn(WAN6, RESOLVER_PORT, UPSTREAM6, 53),
+            fixtures::tcp(CLIENT6, CLIENT_PORT, LAN6, 53, &framed[..2]),
+            fixtures::tcp(UPSTREAM4, 53, WAN4, RESOLVER_PORT, &framed[..300]),
+            fixtures::tcp(UPSTREAM4, 53, WAN4, RESOLVER_PORT, &framed[300..]),
+            fixtures::udp(UPSTREAM6, 53, WAN6, RESOLVER_PORT, &long),
+            fixtures::udp(CLIENT4, 123, LAN4, 123, b"\x1b\0\0\0\0\0\0\0"),
+        ]);
+        seeds
+    }
+
+    /// One to four random edits: bit flips, byte stores, inserts, deletes, cuts, and
+    /// boundary values written over length, count and pointer fields.
+    fn mutate(rng: &mut XorShift, seed: &[u8]) -> Vec<u8> {
+        let mut b = seed.to_vec();
+        for _ in 0..1 + rng.below(4) {
+            let at = rng.below(b.len() + 1);
+            match rng.below(7) {
+                0 if !b.is_empty() => {
+                    let i = at.min(b.len() - 1);
+                    b[i] ^= 1 << rng.below(8);
+                }
+                1 if !b.is_empty() => {
+                    let i = at.min(b.len() - 1);
+                    b[i] = *rng.pick(&[0x00, 0x01, 0x0c, 0x3f, 0x40, 0x7f, 0x80, 0xc0, 0xff]);
+                }
+                2 => {
+                    let n = 1 + rng.below(16);
+                    let bytes: Vec<u8> = (0..n).map(|_| rng.byte()).collect();
+                    b.splice(at..at, bytes);
+                }
+                3 => {
+                    let end = (at + 1 + rng.below(16)).min(b.len());
+                    b.drain(at.min(end)..end);
+                }
+                4 => b.truncate(at),
+                5 if b.len() >= 2 => {
+                    let i = at.min(b.len() - 2);
+                    let len = u16::try_from(b.len()).unwrap_or(u16::MAX);
+                    let v = *rng.pick(&[
+                        0,
+                        1,
+                        11,
+                        12,
+                        0x7fff,
+                        0xffff,
+                        0xc00c,
+                        len,
+                        len.wrapping_sub(1),
+                        len.wrapping_add(1),
+                    ]);
+                    b[i..i + 2].copy_from_slice(&v.to_be_bytes());
+                }
+                _ => {
+                    let i = rng.below(b.len() + 1);
+                    b[i..].iter_mut().for_each(|x| *x = rng.byte());
+                }
+            }
+        }
+        b
+    }
+
+    fn random_packet(rng: &mut XorShift, seeds: &[Vec<u8>]) -> Vec<u8> {
+        match rng.below(10) {
+            // Valid packets keep the tables busy, so mutations meet real state.
+            0..=2 => rng.pick(seeds).clone(),
+            3 => {
+                let n = rng.below(120);
+                let mut b: Vec<u8> = (0..n).map(|_| rng.byte()).collect();
+                if let Some(first) = b.first_mut() {
+                    *first = *rng.pick(&[0x45, 0x46, 0x4f, 0x60, 0x6f, *first]);
+                }
+                b
+            }
+            _ => {
+                let seed = rng.pick(seeds).clone();
+                mutate(rng, &seed)
+            }
+        }
+    }
+
+    fn random_meta(rng: &mut XorShift) -> Meta {
+        let any = rng.next() as u32;
+        Meta {
+            hook: Hook::from_kernel(rng.below(7) as u8),
+            mark: *rng.pick(&[0, MARK, 0x1200, 0xff00, u32::MAX, any]),
+            indev: *rng.pick(&[0, 0, 2, 3]),
+            outdev: *rng.pick(&[0, 2, 3]),
+        }
+    }
+
+    #[test]
+    fn random_and_mutated_packets_always_get_a_decision() {
+        const PACKETS: u32 = 200_000;
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let seeds = seed_packets();
+        // Two engines: small tables and a narrow mask (eviction and expiry all the time), and
+        // the defaults with an extra DNS port.
+        let labs = [
+            Lab::with(EngineConfig {
+                pairing: PairingConfig {
+                    window: Duration::from_secs(2),
+                    client_capacity: 16,
+                    upstream_capacity: 8,
+                    mask: 0xff00,
+                },
+                dns_ports: vec![53],
+            }),
+            Lab::with(EngineConfig {
+                dns_ports: vec![53, 5353],
+                ..EngineConfig::default()
+            }),
+        ];
+        let mut at = Duration::ZERO;
+        for i in 0..PACKETS {
+            at += MS * rng.below(5) as u32;
+            if rng.one_in(5_000) {
+                at += Duration::from_secs(10);
+            }
+            let lab = &labs[rng.below(2)];
+            let bytes = random_packet(&mut rng, &seeds);
+            let meta = random_meta(&mut rng);
+            let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                lab.decide_meta(meta, &bytes, at)
+            }));
+            let Ok(d) = decided else {
+                panic!("decide panicked on packet {i}: {meta:?} {bytes:02x?}");
+            };
+            assert_eq!(
+                d.verdict,
+                Verdict::Accept,
+                "packet {i}: {meta:?} {bytes:02x?}"
+            );
+            assert_eq!(d.rule, None);
+            let mask = lab.config.pairing.mask;
+            if let Some(mark) = d.mark {
+                assert_ne!(mark, meta.mark, "packet {i}");
+                assert_eq!(
+                    (mark ^ meta.mark) & !mask,
+                    0,
+                    "packet {i}: bits outside the mask"
+                );
+                assert_ne!(d.role, Role::NotPaired, "packet {i}");
+            }
+            let table = lab.table();
+            assert!(table.client_len() <= lab.config.pairing.client_capacity);
+            assert!(table.upstream_len() <= lab.config.pairing.upstream_capacity);
+        }
+        let packets: u64 = labs.iter().map(|l| l.stats.packets.get()).sum();
+        assert_eq!(packets, u64::from(PACKETS));
+        // The run reached every corner it is meant to.
+        let small = labs[0].table();
+        for (what, n) in [
+            ("paired", small.counters.paired),
+            ("ambiguous", small.counters.ambiguous),
+            ("upstream answers", small.counters.upstream_answers),
+            ("client answers", small.counters.client_answers),
+            ("expired", small.counters.expired),
+            ("evicted", small.counters.evicted),
+            ("parse errors", labs[0].stats.parse_errors.get()),
+            ("dns errors", labs[0].stats.dns_errors.get()),
+            ("not dns", labs[0].stats.not_dns.get()),
+        ] {
+            assert!(n > 0, "no {what} in the random run");
+        }
+    }
+}

@@ -171,3 +171,343 @@ pub fn parse(bytes: &[u8]) -> Result<Packet<'_>, Error> {
     }
     Ok(packet)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use etherparse::PacketBuilder;
+
+    use super::*;
+    use crate::fixtures;
+
+    const CLIENT4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 137));
+    const RESOLVER4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    const CLIENT6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x137));
+    const RESOLVER6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+
+    fn query() -> Vec<u8> {
+        fixtures::dns_query(0x1234, "www.example.com")
+    }
+
+    #[test]
+    fn udp_over_ipv4_gives_addresses_ports_and_payload() {
+        let dns = query();
+        let bytes = fixtures::udp(CLIENT4, 40000, RESOLVER4, 53, &dns);
+        let p = parse(&bytes).unwrap();
+        assert_eq!(p.src, CLIENT4);
+        assert_eq!(p.dst, RESOLVER4);
+        assert_eq!(p.proto, Proto::Udp);
+        assert_eq!((p.sport, p.dport), (40000, 53));
+        assert_eq!(p.payload, &dns[..]);
+        assert_eq!(p.tcp, TcpFlags::default());
+        assert!(!p.truncated);
+    }
+
+    #[test]
+    fn udp_over_ipv6_gives_addresses_ports_and_payload() {
+        let dns = query();
+        let bytes = fixtures::udp(CLIENT6, 40000, RESOLVER6, 53, &dns);
+        let p = parse(&bytes).unwrap();
+        assert_eq!(p.src, CLIENT6);
+        assert_eq!(p.dst, RESOLVER6);
+        assert_eq!(p.proto, Proto::Udp);
+        assert_eq!((p.sport, p.dport), (40000, 53));
+        assert_eq!(p.payload, &dns[..]);
+        assert!(!p.truncated);
+    }
+
+    #[test]
+    fn tcp_data_segment_gives_ports_flags_and_payload() {
+        let framed = fixtures::tcp_framed(&query());
+        for (src, dst) in [(CLIENT4, RESOLVER4), (CLIENT6, RESOLVER6)] {
+            let bytes = fixtures::tcp(src, 40000, dst, 53, &framed);
+            let p = parse(&bytes).unwrap();
+            assert_eq!((p.src, p.dst), (src, dst));
+            assert_eq!(p.proto, Proto::Tcp);
+            assert_eq!((p.sport, p.dport), (40000, 53));
+            assert_eq!(
+                p.tcp,
+                TcpFlags {
+                    syn: false,
+                    ack: true,
+                    fin: false,
+                    rst: false
+                }
+            );
+            assert_eq!(p.payload, &framed[..]);
+            assert!(!p.truncated);
+        }
+    }
+
+    #[test]
+    fn tcp_syn_without_payload_has_syn_flag_and_empty_payload() {
+        for (src, dst) in [(CLIENT4, RESOLVER4), (CLIENT6, RESOLVER6)] {
+            let bytes = fixtures::tcp_syn(src, 40000, dst, 53);
+            let p = parse(&bytes).unwrap();
+            assert_eq!(p.proto, Proto::Tcp);
+            assert!(p.tcp.syn);
+            assert!(!p.tcp.ack);
+            assert!(p.payload.is_empty());
+            assert!(!p.truncated);
+        }
+    }
+
+    #[test]
+    fn empty_packet_is_bad_ip() {
+        assert_eq!(parse(&[]), Err(Error::BadIp));
+    }
+
+    #[test]
+    fn ipv4_header_cut_is_bad_ip() {
+        let bytes = fixtures::udp(CLIENT4, 40000, RESOLVER4, 53, &query());
+        for len in 1..20 {
+            assert_eq!(parse(&bytes[..len]), Err(Error::BadIp), "cut at {len}");
+        }
+    }
+
+    #[test]
+    fn ipv6_header_cut_is_bad_ip() {
+        let bytes = fixtures::udp(CLIENT6, 40000, RESOLVER6, 53, &query());
+        for len in 1..40 {
+            assert_eq!(parse(&bytes[..len]), Err(Error::BadIp), "cut at {len}");
+        }
+    }
+
+    #[test]
+    fn ip_version_other_than_4_or_6_is_bad_ip() {
+        let mut bytes = fixtures::udp(CLIENT4, 40000, RESOLVER4, 53, &query());
+        for version in [0u8, 5, 7, 15] {
+            bytes[0] = (version << 4) | 5;
+            assert_eq!(parse(&bytes), Err(Error::BadIp), "version {version}");
+        }
+    }
+
+    #[test]
+    fn ipv4_header_length_below_five_words_is_bad_ip() {
+        let mut bytes = fixtures::udp(CLIENT4, 40000, RESOLVER4, 53, &query());
+        bytes[0] = 0x44;
+        assert_eq!(parse(&bytes), Err(Error::BadIp));
+    }
+
+    #[test]
+    fn udp_header_cut_is_bad_transport() {
+        for (src, dst, ip_len) in [(CLIENT4, RESOLVER4, 20), (CLIENT6, RESOLVER6, 40)] {
+            let bytes = fixtures::udp(src, 40000, dst, 53, &query());
+            for len in ip_len..ip_len + 8 {
+                assert_eq!(
+                    parse(&bytes[..len]),
+                    Err(Error::BadTransport),
+                    "cut at {len}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn udp_header_alone_gives_empty_truncated_payload() {
+        let bytes = fixtures::udp(CLIENT4, 40000, RESOLVER4, 53, &query());
+        let p = parse(&bytes[..28]).unwrap();
+        assert_eq!((p.sport, p.dport), (40000, 53));
+        assert!(p.payload.is_empty());
+        assert!(p.truncated);
+    }
+
+    #[test]
+    fn tcp_header_cut_is_bad_transport() {
+        for (src, dst, ip_len) in [(CLIENT4, RESOLVER4, 20), (CLIENT6, RESOLVER6, 40)] {
+            let bytes = fixtures::tcp(src, 40000, dst, 53, &fixtures::tcp_framed(&query()));
+            for len in ip_len..ip_len + 20 {
+                assert_eq!(
+                    parse(&bytes[..len]),
+                    Err(Error::BadTransport),
+                    "cut at {len}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tcp_data_offset_beyond_the_copy_is_bad_transport() {
+        let mut bytes = fixtures::tcp_syn(CLIENT4, 40000, RESOLVER4, 53);
+        // Data offset 15 words (60 bytes) in a 20-byte header with no options behind it.
+        bytes[20 + 12] = 0xf0;
+        assert_eq!(parse(&bytes), Err(Error::BadTransport));
+    }
+
+    #[test]
+    fn tcp_data_offset_below_five_words_is_bad_transport() {
+        let mut bytes = fixtures::tcp_syn(CLIENT4, 40000, RESOLVER4, 53);
+        bytes[20 + 12] = 0x40;
+        assert_eq!(parse(&bytes), Err(Error::BadTransport));
+    }
+
+    #[test]
+    fn udp_payload_cut_by_the_copy_is_handed_up_truncated() {
+        let dns = query();
+        for (src, dst, ip_len) in [(CLIENT4, RESOLVER4, 20), (CLIENT6, RESOLVER6, 40)] {
+            let bytes = fixtures::udp(src, 40000, dst, 53, &dns);
+            for keep in [0, 1, 11, 12, 20, dns.len() - 1] {
+                let p = parse(&bytes[..ip_len + 8 + keep]).unwrap();
+                assert_eq!(p.payload, &dns[..keep], "kept {keep}");
+                assert!(p.truncated, "kept {keep}");
+                assert_eq!((p.sport, p.dport), (40000, 53));
+            }
+        }
+    }
+
+    #[test]
+    fn udp_length_field_larger_than_the_copy_marks_truncated() {
+        // The IP header agrees with the copy; only the UDP length claims more.
+        let dns = query();
+        for (src, dst) in [(CLIENT4, RESOLVER4), (CLIENT6, RESOLVER6)] {
+            let mut bytes = fixtures::udp(src, 40000, dst, 53, &dns);
+            let claimed = u16::try_from(8 + dns.len() + 100).unwrap();
+            assert!(fixtures::set_udp_length(&mut bytes, claimed));
+            let p = parse(&bytes).unwrap();
+            assert_eq!(p.payload, &dns[..]);
+            assert!(p.truncated);
+        }
+    }
+
+    #[test]
+    fn udp_length_field_shorter_than_the_datagram_limits_the_payload() {
+        let dns = query();
+        let mut bytes = fixtures::udp(CLIENT4, 40000, RESOLVER4, 53, &dns);
+        assert!(fixtures::set_udp_length(&mut bytes, 8 + 12));
+        let p = parse(&bytes).unwrap();
+        assert_eq!(p.payload, &dns[..12]);
+        assert!(!p.truncated);
+    }
+
+    #[test]
+    fn udp_length_field_below_the_header_size_falls_back_to_the_copy() {
+        let dns = query();
+        for length in [0u16, 1, 7] {
+            let mut bytes = fixtures::udp(CLIENT4, 40000, RESOLVER4, 53, &dns);
+            assert!(fixtures::set_udp_length(&mut bytes, length));
+            let p = parse(&bytes).unwrap();
+            assert_eq!(p.payload, &dns[..], "length {length}");
+            assert!(!p.truncated, "length {length}");
+        }
+    }
+
+    #[test]
+    fn tcp_payload_cut_by_the_copy_is_handed_up_truncated() {
+        let framed = fixtures::tcp_framed(&query());
+        let bytes = fixtures::tcp(CLIENT6, 40000, RESOLVER6, 53, &framed);
+        let p = parse(&bytes[..40 + 20 + 5]).unwrap();
+        assert_eq!(p.payload, &framed[..5]);
+        assert!(p.truncated);
+    }
+
+    #[test]
+    fn ipv4_total_length_below_the_header_falls_back_to_the_copy() {
+        let dns = query();
+        let mut bytes = fixtures::udp(CLIENT4, 40000, RESOLVER4, 53, &dns);
+        bytes[2..4].copy_from_slice(&10u16.to_be_bytes());
+        let p = parse(&bytes).unwrap();
+        assert_eq!(p.payload, &dns[..]);
+    }
+
+    #[test]
+    fn ipv4_fragment_is_truncated_data_without_ports() {
+        let first = {
+            let mut b = fixtures::udp(CLIENT4, 40000, RESOLVER4, 53, &query());
+            b[6] |= 0x20; // more fragments
+            b
+        };
+        let later = {
+            let mut b = fixtures::udp(CLIENT4, 40000, RESOLVER4, 53, &query());
+            b[7] = 0x10; // fragment offset 16 * 8 bytes
+            b
+        };
+        for bytes in [first, later] {
+            let p = parse(&bytes).unwrap();
+            assert_eq!(p.proto, Proto::Udp);
+            assert_eq!((p.sport, p.dport), (0, 0));
+            assert!(p.payload.is_empty());
+            assert!(p.truncated);
+        }
+    }
+
+    #[test]
+    fn ipv6_hop_by_hop_header_is_skipped() {
+        let dns = query();
+        let mut bytes = fixtures::udp(CLIENT6, 40000, RESOLVER6, 53, &dns);
+        bytes[6] = 0; // next header: hop-by-hop options
+        let payload_len = u16::from_be_bytes([bytes[4], bytes[5]]) + 8;
+        bytes[4..6].copy_from_slice(&payload_len.to_be_bytes());
+        // Next header UDP, length 0 (8 bytes), one PadN option filling the rest.
+        let hop_by_hop = [17u8, 0, 1, 4, 0, 0, 0, 0];
+        bytes.splice(40..40, hop_by_hop);
+        let p = parse(&bytes).unwrap();
+        assert_eq!(p.proto, Proto::Udp);
+        assert_eq!((p.sport, p.dport), (40000, 53));
+        assert_eq!(p.payload, &dns[..]);
+        assert!(!p.truncated);
+    }
+
+    #[test]
+    fn icmp_has_no_ports_and_no_payload() {
+        let builder =
+            PacketBuilder::ipv4([192, 0, 2, 1], [192, 0, 2, 137], 64).icmpv4_echo_request(7, 1);
+        let mut bytes = Vec::new();
+        builder.write(&mut bytes, b"ping").unwrap();
+        let p = parse(&bytes).unwrap();
+        assert_eq!(p.proto, Proto::Icmp);
+        assert_eq!((p.sport, p.dport), (0, 0));
+        assert!(p.payload.is_empty());
+    }
+
+    #[test]
+    fn unknown_protocol_is_kept_as_data() {
+        let mut bytes = fixtures::udp(CLIENT4, 40000, RESOLVER4, 53, &query());
+        bytes[9] = 47; // GRE
+        let p = parse(&bytes).unwrap();
+        assert_eq!(p.proto, Proto::Other(47));
+        assert_eq!((p.sport, p.dport), (0, 0));
+        assert!(p.payload.is_empty());
+        assert!(!p.truncated);
+    }
+
+    #[test]
+    fn proto_numbers_round_trip() {
+        for n in 0..=u8::MAX {
+            assert_eq!(Proto::from_number(n).number(), n);
+        }
+        assert_eq!(Proto::from_number(6), Proto::Tcp);
+        assert_eq!(Proto::from_number(17), Proto::Udp);
+        assert_eq!(Proto::from_number(1), Proto::Icmp);
+        assert_eq!(Proto::from_number(58), Proto::Icmpv6);
+    }
+
+    #[test]
+    fn proto_and_error_display() {
+        assert_eq!(Proto::Udp.to_string(), "udp");
+        assert_eq!(Proto::Tcp.to_string(), "tcp");
+        assert_eq!(Proto::Icmp.to_string(), "icmp");
+        assert_eq!(Proto::Icmpv6.to_string(), "icmpv6");
+        assert_eq!(Proto::Other(47).to_string(), "proto-47");
+        assert!(!Error::BadIp.to_string().is_empty());
+        assert!(!Error::BadTransport.to_string().is_empty());
+    }
+
+    #[test]
+    fn every_cut_of_a_packet_parses_or_errs_without_panic() {
+        let dns = query();
+        let packets = [
+            fixtures::udp(CLIENT4, 40000, RESOLVER4, 53, &dns),
+            fixtures::udp(CLIENT6, 40000, RESOLVER6, 53, &dns),
+            fixtures::tcp(CLIENT4, 40000, RESOLVER4, 53, &fixtures::tcp_framed(&dns)),
+            fixtures::tcp(CLIENT6, 40000, RESOLVER6, 53, &fixtures::tcp_framed(&dns)),
+        ];
+        for bytes in &packets {
+            for len in 0..=bytes.len() {
+                if let Ok(p) = parse(&bytes[..len]) {
+                    assert_eq!(p.truncated, len < bytes.len(), "cut at {len}");
+                }
+            }
+        }
+    }
+}

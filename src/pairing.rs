@@ -365,7 +365,7 @@ impl Pairing {
     /// Keep the log within a small multiple of the table so a burst of answered queries cannot
     /// grow it without bound.
     fn compact_client_log(&mut self) {
-        if self.client_log.records.len() <= 2 * self.config.client_capacity + 1024 {
+        if self.client_log.records.len() <= log_bound(self.config.client_capacity) {
             return;
         }
         let clients = &self.clients;
@@ -377,12 +377,614 @@ impl Pairing {
     }
 
     fn compact_upstream_log(&mut self) {
-        if self.upstream_log.records.len() <= 2 * self.config.upstream_capacity + 1024 {
+        if self.upstream_log.records.len() <= log_bound(self.config.upstream_capacity) {
             return;
         }
         let upstream = &self.upstream;
         self.upstream_log
             .records
             .retain(|(flow, seq, _)| upstream.get(flow).is_some_and(|e| e.seq == *seq));
+    }
+}
+
+/// How long an order log may grow (stale records included) before it is compacted. Saturating:
+/// the capacity comes from the command line and may be as large as `usize::MAX`.
+fn log_bound(capacity: usize) -> usize {
+    capacity.saturating_mul(2).saturating_add(1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use hickory_proto::rr::Name;
+
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn key(name: &str) -> QKey {
+        QKey::new(&Name::from_ascii(name).unwrap(), 1, 1)
+    }
+
+    fn client(last: u8, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, last)), port)
+    }
+
+    fn flow(id: u16) -> FlowKey {
+        FlowKey {
+            proto: Proto::Udp,
+            local: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2)), 33000),
+            remote: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 53)), 53),
+            id,
+        }
+    }
+
+    fn config(capacity: usize) -> PairingConfig {
+        PairingConfig {
+            window: Duration::from_secs(5),
+            client_capacity: capacity,
+            upstream_capacity: capacity,
+            mask: u32::MAX,
+        }
+    }
+
+    fn paired(mark: u32, ambiguous: bool) -> UpstreamMatch {
+        UpstreamMatch::Paired { mark, ambiguous }
+    }
+
+    #[test]
+    fn default_config_is_five_seconds_and_64k_entries_with_all_mark_bits() {
+        let c = PairingConfig::default();
+        assert_eq!(c.window, Duration::from_secs(5));
+        assert_eq!(c.client_capacity, 65_536);
+        assert_eq!(c.upstream_capacity, 65_536);
+        assert_eq!(c.mask, u32::MAX);
+        assert_eq!(Pairing::new(c).config(), &c);
+    }
+
+    #[test]
+    fn four_moments_carry_the_client_mark() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        let q = key("www.example.com");
+        p.client_query(&q, client(137, 40000), 0x1111, 137, t0);
+        assert_eq!(p.client_len(), 1);
+        assert_eq!(
+            p.upstream_query(&q, flow(0x2222), t0 + MS),
+            paired(137, false)
+        );
+        assert_eq!(p.upstream_len(), 1);
+        assert_eq!(p.upstream_answer(&flow(0x2222), t0 + 2 * MS), Some(137));
+        assert_eq!(p.upstream_len(), 0);
+        assert_eq!(
+            p.client_answer(&q, client(137, 40000), 0x1111, t0 + 3 * MS),
+            Some(137)
+        );
+        assert_eq!(p.client_len(), 0);
+        assert_eq!(
+            p.counters,
+            PairingCounters {
+                client_queries: 1,
+                paired: 1,
+                upstream_answers: 1,
+                client_answers: 1,
+                ..PairingCounters::default()
+            }
+        );
+    }
+
+    #[test]
+    fn upstream_query_with_another_id_and_0x20_case_pairs_by_question() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        let asked = key("www.example.com");
+        let sent = key("wWw.ExAmPle.CoM");
+        p.client_query(&asked, client(137, 40000), 0x1111, 7, t0);
+        assert_eq!(p.upstream_query(&sent, flow(0xbeef), t0), paired(7, false));
+    }
+
+    #[test]
+    fn upstream_query_without_waiting_client_is_unpaired() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        p.client_query(&key("a.example"), client(1, 1000), 1, 7, t0);
+        assert_eq!(
+            p.upstream_query(&key("b.example"), flow(1), t0),
+            UpstreamMatch::Unpaired
+        );
+        let other_type = QKey::new(&Name::from_ascii("a.example").unwrap(), 28, 1);
+        assert_eq!(
+            p.upstream_query(&other_type, flow(2), t0),
+            UpstreamMatch::Unpaired
+        );
+        assert_eq!(p.counters.unpaired, 2);
+        assert_eq!(p.counters.paired, 0);
+        assert_eq!(p.upstream_len(), 0);
+    }
+
+    #[test]
+    fn upstream_answer_needs_the_same_flow_and_id() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        let q = key("www.example.com");
+        p.client_query(&q, client(1, 1000), 1, 7, t0);
+        p.upstream_query(&q, flow(0x2222), t0);
+        let mut other_port = flow(0x2222);
+        other_port.local.set_port(33001);
+        let mut other_server = flow(0x2222);
+        other_server.remote = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 54)), 53);
+        let mut other_proto = flow(0x2222);
+        other_proto.proto = Proto::Tcp;
+        for wrong in [flow(0x2223), other_port, other_server, other_proto] {
+            assert_eq!(p.upstream_answer(&wrong, t0), None, "{wrong:?}");
+        }
+        assert_eq!(p.upstream_answer(&flow(0x2222), t0), Some(7));
+        // Answered once: a duplicate answer finds nothing.
+        assert_eq!(p.upstream_answer(&flow(0x2222), t0), None);
+        assert_eq!(p.counters.upstream_answers, 1);
+    }
+
+    #[test]
+    fn client_answer_needs_the_same_client_port_id_and_question() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        let q = key("www.example.com");
+        p.client_query(&q, client(1, 1000), 1, 7, t0);
+        assert_eq!(p.client_answer(&q, client(2, 1000), 1, t0), None);
+        assert_eq!(p.client_answer(&q, client(1, 1001), 1, t0), None);
+        assert_eq!(p.client_answer(&q, client(1, 1000), 2, t0), None);
+        assert_eq!(
+            p.client_answer(&key("www.example.org"), client(1, 1000), 1, t0),
+            None
+        );
+        assert_eq!(
+            p.client_answer(&key("WWW.EXAMPLE.COM"), client(1, 1000), 1, t0),
+            Some(7)
+        );
+        assert_eq!(p.client_answer(&q, client(1, 1000), 1, t0), None);
+        assert_eq!(p.client_len(), 0);
+        assert_eq!(p.counters.client_answers, 1);
+    }
+
+    #[test]
+    fn answer_to_a_client_that_never_asked_is_none() {
+        let mut p = Pairing::new(config(16));
+        let now = Instant::now();
+        assert_eq!(
+            p.client_answer(&key("a.example"), client(1, 1000), 1, now),
+            None
+        );
+        assert_eq!(p.upstream_answer(&flow(1), now), None);
+        assert_eq!(p.counters, PairingCounters::default());
+    }
+
+    #[test]
+    fn client_over_ipv6_and_upstream_over_ipv4_pair() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        let q = key("www.example.com");
+        let v6 = SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7)),
+            5353,
+        );
+        p.client_query(&q, v6, 9, 0x42, t0);
+        assert_eq!(p.upstream_query(&q, flow(10), t0), paired(0x42, false));
+        assert_eq!(p.client_answer(&q, v6, 9, t0), Some(0x42));
+        // The same port and id from the client's IPv4-mapped address is another client.
+        p.client_query(&q, v6, 9, 0x42, t0);
+        let mapped = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(0, 0, 0, 7)), 5353);
+        assert_eq!(p.client_answer(&q, mapped, 9, t0), None);
+    }
+
+    #[test]
+    fn merged_question_with_different_marks_takes_the_oldest_and_is_ambiguous() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        let q = key("www.example.com");
+        p.client_query(&q, client(1, 1000), 0x0101, 1, t0);
+        p.client_query(&q, client(2, 2000), 0x0202, 2, t0 + MS);
+        p.client_query(&q, client(3, 3000), 0x0303, 3, t0 + 2 * MS);
+        assert_eq!(
+            p.upstream_query(&q, flow(0x9999), t0 + 3 * MS),
+            paired(1, true)
+        );
+        assert_eq!(p.counters.ambiguous, 1);
+        assert_eq!(p.counters.paired, 1);
+        // Every client still gets its own mark on its answer.
+        assert_eq!(p.client_answer(&q, client(2, 2000), 0x0202, t0), Some(2));
+        assert_eq!(p.client_answer(&q, client(3, 3000), 0x0303, t0), Some(3));
+        assert_eq!(p.client_answer(&q, client(1, 1000), 0x0101, t0), Some(1));
+    }
+
+    #[test]
+    fn merged_question_with_the_same_marks_is_not_ambiguous() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        let q = key("www.example.com");
+        p.client_query(&q, client(1, 1000), 1, 5, t0);
+        p.client_query(&q, client(2, 2000), 2, 5, t0);
+        assert_eq!(p.upstream_query(&q, flow(3), t0), paired(5, false));
+        assert_eq!(p.counters.ambiguous, 0);
+    }
+
+    #[test]
+    fn marks_equal_under_the_mask_are_not_ambiguous() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(PairingConfig {
+            mask: 0xff00,
+            ..config(16)
+        });
+        let q = key("www.example.com");
+        p.client_query(&q, client(1, 1000), 1, 0x0100, t0);
+        p.client_query(&q, client(2, 2000), 2, 0xab01_01ff, t0);
+        assert_eq!(p.upstream_query(&q, flow(3), t0), paired(0x0100, false));
+        p.client_query(&q, client(3, 3000), 3, 0x0200, t0);
+        assert_eq!(p.upstream_query(&q, flow(4), t0), paired(0x0100, true));
+    }
+
+    #[test]
+    fn resolver_keeping_the_client_id_picks_that_client_over_the_oldest() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        let q = key("www.example.com");
+        p.client_query(&q, client(1, 1000), 0x0101, 1, t0);
+        p.client_query(&q, client(2, 2000), 0x0202, 2, t0 + MS);
+        let m = p.upstream_query(&q, flow(0x0202), t0 + 2 * MS);
+        assert_eq!(m, paired(2, true));
+        assert_eq!(p.upstream_answer(&flow(0x0202), t0 + 3 * MS), Some(2));
+    }
+
+    #[test]
+    fn client_retransmission_does_not_add_a_second_entry() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        let q = key("www.example.com");
+        p.client_query(&q, client(1, 1000), 1, 5, t0);
+        p.client_query(&q, client(1, 1000), 1, 5, t0 + MS);
+        p.client_query(&q, client(1, 1000), 1, 6, t0 + 2 * MS);
+        assert_eq!(p.client_len(), 1);
+        assert_eq!(p.counters.client_queries, 1);
+        // The retransmission's newest mark counts, and one answer clears the entry.
+        assert_eq!(p.upstream_query(&q, flow(2), t0 + 3 * MS), paired(6, false));
+        assert_eq!(
+            p.client_answer(&q, client(1, 1000), 1, t0 + 4 * MS),
+            Some(6)
+        );
+        assert_eq!(p.client_len(), 0);
+    }
+
+    #[test]
+    fn same_id_from_another_port_or_address_is_another_client() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        let q = key("www.example.com");
+        p.client_query(&q, client(1, 1000), 1, 5, t0);
+        p.client_query(&q, client(1, 1001), 1, 5, t0);
+        p.client_query(&q, client(2, 1000), 1, 5, t0);
+        assert_eq!(p.client_len(), 3);
+        assert_eq!(p.counters.client_queries, 3);
+    }
+
+    #[test]
+    fn client_entries_expire_after_the_window() {
+        let t0 = Instant::now();
+        let window = Duration::from_secs(5);
+        let mut p = Pairing::new(config(16));
+        let q = key("www.example.com");
+        p.client_query(&q, client(1, 1000), 1, 5, t0);
+        p.client_query(&key("b.example"), client(2, 1000), 1, 5, t0 + MS);
+        p.expire(t0 + window - MS);
+        assert_eq!(p.client_len(), 2);
+        assert_eq!(p.counters.expired, 0);
+        assert_eq!(
+            p.upstream_query(&q, flow(1), t0 + window),
+            UpstreamMatch::Unpaired
+        );
+        assert_eq!(p.client_len(), 1);
+        assert_eq!(p.counters.expired, 1);
+        assert_eq!(p.client_answer(&q, client(1, 1000), 1, t0 + window), None);
+        p.expire(t0 + window + MS);
+        assert_eq!(p.client_len(), 0);
+        assert_eq!(p.counters.expired, 2);
+        assert!(p.clients.is_empty());
+    }
+
+    #[test]
+    fn upstream_entries_expire_after_the_window() {
+        let t0 = Instant::now();
+        let window = Duration::from_secs(5);
+        let mut p = Pairing::new(config(16));
+        let q = key("www.example.com");
+        p.client_query(&q, client(1, 1000), 1, 5, t0);
+        p.upstream_query(&q, flow(2), t0 + window - MS);
+        assert_eq!(p.upstream_len(), 1);
+        // The client entry goes first; the upstream entry lives its own window.
+        p.expire(t0 + window);
+        assert_eq!((p.client_len(), p.upstream_len()), (0, 1));
+        assert_eq!(
+            p.upstream_answer(&flow(2), t0 + 2 * window - MS - MS),
+            Some(5)
+        );
+        p.client_query(&q, client(1, 1000), 1, 5, t0 + window);
+        p.upstream_query(&q, flow(3), t0 + window);
+        assert_eq!(p.upstream_answer(&flow(3), t0 + 2 * window), None);
+        assert_eq!(p.upstream_len(), 0);
+        assert_eq!(p.counters.expired, 3);
+    }
+
+    #[test]
+    fn answered_entries_are_not_counted_as_expired() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        let q = key("www.example.com");
+        p.client_query(&q, client(1, 1000), 1, 5, t0);
+        p.upstream_query(&q, flow(2), t0);
+        p.upstream_answer(&flow(2), t0);
+        p.client_answer(&q, client(1, 1000), 1, t0);
+        p.expire(t0 + Duration::from_secs(60));
+        assert_eq!(p.counters.expired, 0);
+        assert!(p.client_log.records.is_empty());
+        assert!(p.upstream_log.records.is_empty());
+    }
+
+    #[test]
+    fn retransmission_restarts_the_window() {
+        let t0 = Instant::now();
+        let window = Duration::from_secs(5);
+        let mut p = Pairing::new(config(16));
+        let q = key("www.example.com");
+        p.client_query(&q, client(1, 1000), 1, 5, t0);
+        p.client_query(&q, client(1, 1000), 1, 5, t0 + Duration::from_secs(3));
+        p.expire(t0 + window);
+        assert_eq!(p.client_len(), 1);
+        assert_eq!(p.counters.expired, 0);
+        p.expire(t0 + Duration::from_secs(3) + window);
+        assert_eq!(p.client_len(), 0);
+        assert_eq!(p.counters.expired, 1);
+    }
+
+    #[test]
+    fn time_going_backwards_expires_nothing_and_does_not_panic() {
+        let t0 = Instant::now() + Duration::from_secs(10);
+        let mut p = Pairing::new(config(16));
+        let q = key("www.example.com");
+        p.client_query(&q, client(1, 1000), 1, 5, t0);
+        p.expire(t0 - Duration::from_secs(10));
+        assert_eq!(
+            p.upstream_query(&q, flow(1), t0 - Duration::from_secs(1)),
+            paired(5, false)
+        );
+        assert_eq!(p.counters.expired, 0);
+    }
+
+    #[test]
+    fn client_table_full_evicts_the_oldest_and_counts_it() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(2));
+        p.client_query(&key("a.example"), client(1, 1000), 1, 1, t0);
+        p.client_query(&key("b.example"), client(1, 1000), 2, 2, t0 + MS);
+        p.client_query(&key("c.example"), client(1, 1000), 3, 3, t0 + 2 * MS);
+        assert_eq!(p.client_len(), 2);
+        assert_eq!(p.counters.evicted, 1);
+        assert_eq!(p.counters.client_queries, 3);
+        assert_eq!(
+            p.upstream_query(&key("a.example"), flow(1), t0),
+            UpstreamMatch::Unpaired
+        );
+        assert_eq!(
+            p.upstream_query(&key("b.example"), flow(2), t0),
+            paired(2, false)
+        );
+        assert_eq!(
+            p.upstream_query(&key("c.example"), flow(3), t0),
+            paired(3, false)
+        );
+    }
+
+    #[test]
+    fn client_table_full_evicts_the_oldest_client_of_a_shared_question() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(2));
+        let q = key("www.example.com");
+        p.client_query(&q, client(1, 1000), 1, 1, t0);
+        p.client_query(&q, client(2, 1000), 1, 2, t0);
+        p.client_query(&q, client(3, 1000), 1, 3, t0);
+        assert_eq!(p.client_len(), 2);
+        assert_eq!(p.upstream_query(&q, flow(9), t0), paired(2, true));
+        assert_eq!(p.client_answer(&q, client(1, 1000), 1, t0), None);
+    }
+
+    #[test]
+    fn refreshed_entry_is_not_the_oldest_any_more() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(2));
+        p.client_query(&key("a.example"), client(1, 1000), 1, 1, t0);
+        p.client_query(&key("b.example"), client(1, 1000), 2, 2, t0 + MS);
+        // a is retransmitted, so b is now the oldest.
+        p.client_query(&key("a.example"), client(1, 1000), 1, 1, t0 + 2 * MS);
+        p.client_query(&key("c.example"), client(1, 1000), 3, 3, t0 + 3 * MS);
+        assert_eq!(
+            p.upstream_query(&key("a.example"), flow(1), t0),
+            paired(1, false)
+        );
+        assert_eq!(
+            p.upstream_query(&key("b.example"), flow(2), t0),
+            UpstreamMatch::Unpaired
+        );
+        assert_eq!(p.counters.evicted, 1);
+    }
+
+    #[test]
+    fn upstream_table_full_evicts_the_oldest_and_counts_it() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(2));
+        let q = key("www.example.com");
+        p.client_query(&q, client(1, 1000), 1, 7, t0);
+        for id in 1..=3 {
+            p.upstream_query(&q, flow(id), t0 + u32::from(id) * MS);
+        }
+        assert_eq!(p.upstream_len(), 2);
+        assert_eq!(p.counters.evicted, 1);
+        assert_eq!(p.upstream_answer(&flow(1), t0), None);
+        assert_eq!(p.upstream_answer(&flow(2), t0), Some(7));
+        assert_eq!(p.upstream_answer(&flow(3), t0), Some(7));
+    }
+
+    #[test]
+    fn upstream_query_resent_on_the_same_flow_keeps_one_entry() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(2));
+        let q = key("www.example.com");
+        p.client_query(&q, client(1, 1000), 1, 7, t0);
+        p.upstream_query(&q, flow(1), t0);
+        p.upstream_query(&q, flow(2), t0);
+        p.upstream_query(&q, flow(1), t0 + MS);
+        assert_eq!(p.upstream_len(), 2);
+        assert_eq!(p.counters.evicted, 0);
+        p.upstream_query(&q, flow(3), t0 + 2 * MS);
+        // flow 2 is the oldest now: flow 1 was sent again.
+        assert_eq!(p.upstream_answer(&flow(2), t0), None);
+        assert_eq!(p.upstream_answer(&flow(1), t0), Some(7));
+    }
+
+    #[test]
+    fn zero_capacity_remembers_nothing() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(0));
+        let q = key("www.example.com");
+        p.client_query(&q, client(1, 1000), 1, 7, t0);
+        assert_eq!(p.client_len(), 0);
+        assert_eq!(p.upstream_query(&q, flow(1), t0), UpstreamMatch::Unpaired);
+        assert_eq!(p.upstream_len(), 0);
+    }
+
+    #[test]
+    fn zero_upstream_capacity_pairs_but_remembers_no_upstream_query() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(PairingConfig {
+            upstream_capacity: 0,
+            ..config(4)
+        });
+        let q = key("www.example.com");
+        p.client_query(&q, client(1, 1000), 1, 7, t0);
+        assert_eq!(p.upstream_query(&q, flow(1), t0), paired(7, false));
+        assert_eq!(p.upstream_len(), 0);
+        assert_eq!(p.upstream_answer(&flow(1), t0), None);
+    }
+
+    #[test]
+    fn huge_capacity_does_not_overflow() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(usize::MAX));
+        let q = key("www.example.com");
+        p.client_query(&q, client(1, 1000), 1, 7, t0);
+        assert_eq!(p.upstream_query(&q, flow(1), t0), paired(7, false));
+        assert_eq!((p.client_len(), p.upstream_len()), (1, 1));
+    }
+
+    #[test]
+    fn client_table_never_exceeds_capacity_over_100k_unique_queries() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(1000));
+        for i in 0..100_000u32 {
+            let q = key(&format!("n{i}.example"));
+            let now = t0 + Duration::from_micros(u64::from(i));
+            p.client_query(&q, client(1, (i % 60_000) as u16), i as u16, i, now);
+            assert!(p.client_len() <= 1000, "{} entries at {i}", p.client_len());
+            assert!(p.client_log.records.len() <= log_bound(1000));
+        }
+        assert_eq!(p.client_len(), 1000);
+        assert_eq!(p.counters.evicted, 99_000);
+        assert_eq!(p.counters.client_queries, 100_000);
+        let entries: usize = p.clients.values().map(Vec::len).sum();
+        assert_eq!(entries, p.client_len());
+        // The newest 1000 are the ones kept.
+        let newest = key("n99999.example");
+        assert_eq!(
+            p.upstream_query(&newest, flow(1), t0),
+            paired(99_999, false)
+        );
+        let evicted = key("n98999.example");
+        assert_eq!(
+            p.upstream_query(&evicted, flow(2), t0),
+            UpstreamMatch::Unpaired
+        );
+    }
+
+    #[test]
+    fn upstream_table_never_exceeds_capacity_over_100k_unique_queries() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(1000));
+        let q = key("www.example.com");
+        p.client_query(&q, client(1, 1000), 1, 7, t0);
+        for i in 0..100_000u32 {
+            let mut f = flow(i as u16);
+            f.local.set_port(1024 + (i / 65_536) as u16);
+            let now = t0 + Duration::from_nanos(u64::from(i));
+            assert_eq!(p.upstream_query(&q, f, now), paired(7, false));
+            assert!(
+                p.upstream_len() <= 1000,
+                "{} entries at {i}",
+                p.upstream_len()
+            );
+            assert!(p.upstream_log.records.len() <= log_bound(1000));
+        }
+        assert_eq!(p.upstream_len(), 1000);
+        assert_eq!(p.counters.evicted, 99_000);
+    }
+
+    #[test]
+    fn order_logs_stay_bounded_when_every_query_is_answered() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(10));
+        let q = key("www.example.com");
+        for i in 0..100_000u32 {
+            let now = t0 + Duration::from_nanos(u64::from(i));
+            let id = i as u16;
+            p.client_query(&q, client(1, 1000), id, 7, now);
+            p.upstream_query(&q, flow(id), now);
+            assert_eq!(p.upstream_answer(&flow(id), now), Some(7));
+            assert_eq!(p.client_answer(&q, client(1, 1000), id, now), Some(7));
+            assert!(p.client_log.records.len() <= log_bound(10));
+            assert!(p.upstream_log.records.len() <= log_bound(10));
+        }
+        assert_eq!((p.client_len(), p.upstream_len()), (0, 0));
+        assert_eq!(p.counters.evicted, 0);
+        assert_eq!(p.counters.expired, 0);
+    }
+
+    #[test]
+    fn order_logs_stay_bounded_under_retransmissions_and_resent_upstream_queries() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(10));
+        let q = key("www.example.com");
+        for i in 0..100_000u32 {
+            let now = t0 + Duration::from_nanos(u64::from(i));
+            p.client_query(&q, client(1, 1000), 1, 7, now);
+            p.upstream_query(&q, flow(1), now);
+            assert!(p.client_log.records.len() <= log_bound(10));
+            assert!(p.upstream_log.records.len() <= log_bound(10));
+        }
+        assert_eq!((p.client_len(), p.upstream_len()), (1, 1));
+        assert_eq!(p.counters.client_queries, 1);
+    }
+
+    #[test]
+    fn tables_drain_completely_after_the_window() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(100));
+        for i in 0..1000u32 {
+            let q = key(&format!("n{i}.example"));
+            let now = t0 + Duration::from_micros(u64::from(i));
+            p.client_query(&q, client(1, 1000), i as u16, 7, now);
+            p.upstream_query(&q, flow(i as u16), now);
+        }
+        p.expire(t0 + Duration::from_secs(6));
+        assert_eq!((p.client_len(), p.upstream_len()), (0, 0));
+        assert!(p.clients.is_empty());
+        assert!(p.client_log.records.is_empty());
+        assert!(p.upstream_log.records.is_empty());
+        assert_eq!(p.counters.expired + p.counters.evicted, 2000);
     }
 }
