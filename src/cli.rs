@@ -24,9 +24,21 @@ pub struct Cli {
 pub enum Command {
     /// Bind the queue(s) and mark packets until stopped.
     Run(RunArgs),
+    /// Check a rules file: every error as FILE:LINE:COL, exit status 1 if any.
+    Check(CheckArgs),
     /// Show nfqmark at work in a throw-away network of namespaces (needs root; touches nothing
     /// outside its namespaces).
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The rules file to check.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Accept interface names that do not exist on this machine (checking a file for another).
+    #[arg(long)]
+    pub any_interface: bool,
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +94,19 @@ pub struct RunArgs {
     /// Drop packets, instead of accepting them unmarked, when a queue is full.
     #[arg(long)]
     pub fail_closed: bool,
+    /// Serve Prometheus metrics over HTTP on ADDR:PORT (a bare PORT binds 127.0.0.1).
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen)]
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// `9100` -> 127.0.0.1:9100; `ADDR:PORT` as given.
+pub fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = s.trim().parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.trim().parse().map_err(|_| {
+        format!("'{s}' is not ADDR:PORT or PORT (e.g. 127.0.0.1:9120, [::1]:9120, 9120)")
+    })
 }
 
 /// `7` or `0-3` -> inclusive range.
@@ -158,6 +183,16 @@ mod tests {
         assert!(parse_queue_range("3-0").unwrap_err().contains("backwards"));
         assert!(parse_queue_range("x").is_err());
         assert!(parse_queue_range("70000").is_err());
+    }
+
+    #[test]
+    fn listen_addresses_default_to_loopback() {
+        assert_eq!(
+            parse_listen("9120"),
+            Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 9120)))
+        );
+        assert_eq!(parse_listen("[::1]:9120").map(|a| a.port()), Ok(9120));
+        assert!(parse_listen("localhost").is_err());
     }
 
     #[test]

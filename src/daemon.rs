@@ -1,25 +1,32 @@
-//! `nfqmark run`: bind the queues, start one worker per queue, and handle signals.
+//! `nfqmark run` and `nfqmark check`: load rules, bind the queues, start one worker per queue,
+//! and handle signals.
 //!
 //! This module owns the process's life: start-up errors are reported before any packet is
-//! served, SIGHUP reloads rules, SIGUSR1 logs the counters, SIGTERM and SIGINT stop.
+//! served, SIGHUP reloads the rules (a file with errors is rejected and the old rules stay in
+//! force), SIGUSR1 logs the counters, SIGTERM and SIGINT stop.
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread;
 
 use crossbeam_channel::{Receiver, bounded};
 
-use crate::cli::RunArgs;
+use crate::cli::{CheckArgs, RunArgs};
 use crate::engine::EngineConfig;
+use crate::flows::LearnConfig;
 use crate::pairing::PairingConfig;
 use crate::queue::{OpenError, Queue, QueueOptions};
-use crate::rules::RuleSet;
+use crate::rules::{self, Diagnostic, RuleSet};
 use crate::worker::{self, Shared};
 
-/// Why `run` could not start or had to stop.
+/// Why `run` could not start.
 #[derive(Debug)]
 pub enum Error {
     Open(u16, OpenError),
+    Rules(Vec<Diagnostic>),
+    Metrics(std::io::Error),
     Signals(std::io::Error),
     Spawn(std::io::Error),
 }
@@ -28,6 +35,17 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Open(n, e) => write!(f, "queue {n}: {e}"),
+            Error::Rules(diags) => {
+                for d in diags {
+                    writeln!(f, "{d}")?;
+                }
+                write!(
+                    f,
+                    "the rules file has {} error(s); nothing was started",
+                    diags.len()
+                )
+            }
+            Error::Metrics(e) => write!(f, "cannot serve metrics: {e} (is the port in use?)"),
             Error::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
             Error::Spawn(e) => write!(f, "cannot start a worker thread: {e}"),
         }
@@ -46,6 +64,7 @@ pub enum Signal {
 
 /// Block the signals we handle in every thread, and deliver them through a channel from one
 /// thread that waits for them: no async-signal-safety puzzles, and workers are never interrupted.
+/// Call before starting other threads (they inherit the mask).
 pub fn signal_channel() -> std::io::Result<Receiver<Signal>> {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it before use, and
     // pthread_sigmask only reads it.
@@ -86,6 +105,42 @@ pub fn signal_channel() -> std::io::Result<Receiver<Signal>> {
     Ok(rx)
 }
 
+/// Interface name -> index on this machine (0 = no such interface).
+pub fn if_index(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// Load a rules file against this machine's interfaces.
+pub fn load_rules(path: &Path) -> Result<RuleSet, Vec<Diagnostic>> {
+    rules::load(path, &if_index)
+}
+
+/// `nfqmark check FILE`: 0 and a summary when good; 1 and every error when not.
+pub fn check(args: &CheckArgs) -> i32 {
+    let any = |_: &str| Some(1u32);
+    let result = if args.any_interface {
+        rules::load(&args.file, &any)
+    } else {
+        load_rules(&args.file)
+    };
+    match result {
+        Ok(rules) => {
+            println!("{}: ok: {}", args.file.display(), rules.summary());
+            0
+        }
+        Err(diags) => {
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            eprintln!("{}: {} error(s)", args.file.display(), diags.len());
+            1
+        }
+    }
+}
+
 fn engine_config(args: &RunArgs) -> EngineConfig {
     EngineConfig {
         pairing: PairingConfig {
@@ -101,10 +156,24 @@ fn engine_config(args: &RunArgs) -> EngineConfig {
 /// Run until SIGTERM/SIGINT.
 pub fn run(args: &RunArgs) -> Result<(), Error> {
     let signals = signal_channel().map_err(Error::Signals)?;
-    let shared = Arc::new(Shared::new(engine_config(args), RuleSet::empty()));
+    let rules = match &args.rules {
+        Some(path) => {
+            let rules = load_rules(path).map_err(Error::Rules)?;
+            log::info!("rules {}: {}", path.display(), rules.summary());
+            rules
+        }
+        None => RuleSet::empty(),
+    };
+    let nums = args.queue_numbers();
+    let shared = Arc::new(Shared::new(
+        engine_config(args),
+        LearnConfig::default(),
+        rules,
+        &nums,
+    ));
     // Bind every queue before serving any, so a bad queue fails the start, not the night.
     let mut queues = Vec::new();
-    for num in args.queue_numbers() {
+    for &num in &nums {
         let opts = QueueOptions {
             num,
             copy_range: args.copy_range,
@@ -113,61 +182,95 @@ pub fn run(args: &RunArgs) -> Result<(), Error> {
         };
         queues.push(Queue::open(&opts).map_err(|e| Error::Open(num, e))?);
     }
-    let nums: Vec<String> = queues.iter().map(|q| q.num().to_string()).collect();
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let handle =
+                crate::metrics::serve(addr, Arc::clone(&shared)).map_err(Error::Metrics)?;
+            log::info!("metrics on http://{addr}/metrics");
+            Some(handle)
+        }
+        None => None,
+    };
     let mut workers = Vec::new();
-    for queue in queues {
+    for (index, queue) in queues.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
         let name = format!("queue-{}", queue.num());
         let handle = thread::Builder::new()
             .name(name)
-            .spawn(move || worker::run(queue, shared))
+            .spawn(move || worker::run(queue, shared, index))
             .map_err(Error::Spawn)?;
         workers.push(handle);
     }
+    let listed: Vec<String> = nums.iter().map(u16::to_string).collect();
     log::info!(
         "nfqmark {} serving queue(s) {} (mark mask {:#x}, window {:?})",
         env!("CARGO_PKG_VERSION"),
-        nums.join(","),
+        listed.join(","),
         args.mark_mask,
         args.window
     );
     for signal in signals.iter() {
         match signal {
             Signal::Stop => break,
-            Signal::Reload => log::info!("SIGHUP: no rules file to reload"),
+            Signal::Reload => reload(args, &shared),
             Signal::Report => log::info!("{}", report(&shared)),
         }
     }
-    shared
-        .stop
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    shared.stop.store(true, Ordering::Relaxed);
+    drop(metrics);
     log::info!("stopping: {}", report(&shared));
     Ok(())
 }
 
+/// SIGHUP: load the rules file again; keep the old rules if the new file has errors.
+fn reload(args: &RunArgs, shared: &Shared) {
+    let Some(path) = &args.rules else {
+        log::info!("SIGHUP: no rules file to reload (start with --rules FILE)");
+        return;
+    };
+    match load_rules(path) {
+        Ok(rules) => {
+            log::info!(
+                "SIGHUP: rules {} reloaded: {}",
+                path.display(),
+                rules.summary()
+            );
+            shared.replace_rules(rules);
+        }
+        Err(diags) => {
+            shared.reloads_failed.inc();
+            for d in &diags {
+                log::error!("{d}");
+            }
+            log::error!(
+                "SIGHUP: {} has {} error(s); the previous rules stay in force",
+                path.display(),
+                diags.len()
+            );
+        }
+    }
+}
+
 /// One line with every counter, for SIGUSR1 and the exit log.
 pub fn report(shared: &Shared) -> String {
-    let s = &shared.stats;
-    let (p, clients, upstream) = match shared.pairing.lock() {
-        Ok(t) => (t.counters, t.client_len(), t.upstream_len()),
-        Err(poisoned) => {
-            let t = poisoned.into_inner();
-            (t.counters, t.client_len(), t.upstream_len())
-        }
-    };
+    let t = shared.totals();
+    let s = shared.snapshot();
+    let p = s.pairing;
     format!(
-        "packets={} marked={} accepted={} dropped={} parse_errors={} dns={} dns_errors={} \
+        "packets={} marked={} accepted={} dropped={} repeated={} parse_errors={} dns={} dns_errors={} \
          not_dns={} client_queries={} paired={} ambiguous={} unpaired={} upstream_answers={} \
          client_answers={} expired={} evicted={} waiting_clients={} waiting_upstream={} \
-         enobufs={} verdict_errors={}",
-        s.packets.get(),
-        s.marked.get(),
-        s.accepted.get(),
-        s.dropped.get(),
-        s.parse_errors.get(),
-        s.dns.get(),
-        s.dns_errors.get(),
-        s.not_dns.get(),
+         flows_learned={} flows_marked={} enobufs={} verdict_errors={} rules={} reloads={} \
+         reloads_rejected={}",
+        t.packets,
+        t.marked,
+        t.accepted,
+        t.dropped,
+        t.repeated,
+        t.parse_errors,
+        t.dns,
+        t.dns_errors,
+        t.not_dns,
         p.client_queries,
         p.paired,
         p.ambiguous,
@@ -176,9 +279,14 @@ pub fn report(shared: &Shared) -> String {
         p.client_answers,
         p.expired,
         p.evicted,
-        clients,
-        upstream,
-        s.enobufs.get(),
-        s.verdict_errors.get(),
+        s.waiting_clients,
+        s.waiting_upstream,
+        s.learned.learned,
+        s.learned.flows_marked,
+        t.enobufs,
+        t.verdict_errors,
+        s.rules_loaded,
+        s.reloads_ok,
+        s.reloads_failed,
     )
 }

@@ -130,6 +130,13 @@ pub fn parse_tcp(payload: &[u8]) -> Result<Dns, Error> {
     if len < HEADER_LEN || rest.len() < HEADER_LEN {
         return Err(Error::BadFraming);
     }
+    // A query is small and sent whole: one that claims to be longer than its segment is far more
+    // likely the middle of a long answer that happens to look like a header. Answers may span
+    // segments; their first segment still carries header and question.
+    let is_query = rest.get(2).is_some_and(|flags| flags & 0x80 == 0);
+    if is_query && len > rest.len() {
+        return Err(Error::BadFraming);
+    }
     let message = rest.get(..len).unwrap_or(rest);
     parse_message(message).map_err(|e| match e {
         Error::Short => Error::BadFraming,
@@ -483,7 +490,7 @@ mod tests {
 
     #[test]
     fn tcp_message_split_inside_the_question_is_bad_question() {
-        let framed = fixtures::tcp_framed(&fixtures::dns_query(1, "www.example.com"));
+        let framed = fixtures::tcp_framed(&fixtures::dns_answer(1, "www.example.com"));
         for len in 2 + HEADER_LEN..framed.len() {
             assert_eq!(
                 parse_tcp(&framed[..len]),
@@ -491,6 +498,21 @@ mod tests {
                 "cut at {len}"
             );
         }
+    }
+
+    #[test]
+    fn tcp_query_longer_than_its_segment_is_bad_framing() {
+        // Queries are sent whole; a "query" header claiming more bytes than the segment holds
+        // is most likely the middle of a long answer.
+        let framed = fixtures::tcp_framed(&fixtures::dns_query(1, "www.example.com"));
+        for len in 2 + HEADER_LEN..framed.len() {
+            assert_eq!(
+                parse_tcp(&framed[..len]),
+                Err(Error::BadFraming),
+                "cut at {len}"
+            );
+        }
+        assert!(parse_tcp(&framed).is_ok());
     }
 
     #[test]

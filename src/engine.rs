@@ -270,7 +270,9 @@ fn pair(
     let Some(question) = dns.question.as_ref() else {
         return (Role::NotPaired, None);
     };
-    if dns.opcode != 0 {
+    // Standard queries only; a "query" with answers is not one a stub or resolver sends, and is
+    // most likely a misread fragment of something else.
+    if dns.opcode != 0 || (!dns.response && dns.answer_count != 0) {
         return (Role::NotPaired, None);
     }
     let src = SocketAddr::new(packet.src, packet.sport);

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod fixtures;
 pub mod flows;
 pub mod lab;
+pub mod metrics;
 pub mod packet;
 pub mod pairing;
 pub mod queue;

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Check(args) => ExitCode::from(nfqmark::daemon::check(&args) as u8),
         Command::Demo(args) => run_demo(&args),
     }
 }

@@ -1,69 +1,197 @@
-//! One loop per queue: receive, decide, verdict.
+//! One loop per queue: receive, decide, verdict; and the state all loops share.
 //!
 //! This module owns the rule that every packet gets exactly one verdict. Whatever the engine
 //! says, and whatever fails, the packet received here leaves through [`Queue::verdict`] before
 //! the next one is read.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use crate::engine::{self, EngineConfig, Verdict};
+use crate::flows::{LearnConfig, Learned};
+use crate::metrics::{KernelQueue, QueueSnapshot, RuleSnapshot, Snapshot};
 use crate::pairing::Pairing;
 use crate::queue::Queue;
 use crate::rules::RuleSet;
-use crate::stats::Stats;
+use crate::stats::{Counter, Stats};
+
+/// A rule set in force, with its per-rule counters (which start again at a reload).
+#[derive(Debug)]
+pub struct Loaded {
+    pub rules: RuleSet,
+    /// Packets each rule matched.
+    pub matches: Vec<Counter>,
+    /// Marks each rule set (the packet's mark changed).
+    pub marks: Vec<Counter>,
+}
+
+impl Loaded {
+    pub fn new(rules: RuleSet) -> Loaded {
+        let n = rules.len();
+        Loaded {
+            rules,
+            matches: (0..n).map(|_| Counter::default()).collect(),
+            marks: (0..n).map(|_| Counter::default()).collect(),
+        }
+    }
+}
+
+/// Counters of one queue.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    pub num: u16,
+    pub stats: Stats,
+}
 
 /// State shared by all workers: pairing spans queues, so a client query seen on queue 0 pairs
 /// with its upstream query seen on queue 2.
 #[derive(Debug)]
 pub struct Shared {
     pub config: EngineConfig,
-    rules: RwLock<Arc<RuleSet>>,
-    /// Bumped on every reload so workers pick up the new rules without taking a lock per packet.
-    rules_generation: AtomicU64,
+    loaded: RwLock<Arc<Loaded>>,
+    /// Bumped on every reload so workers pick up the new rules without a lock per packet.
+    generation: AtomicU64,
     pub pairing: Mutex<Pairing>,
-    pub stats: Stats,
+    pub learned: Mutex<Learned>,
+    pub queues: Vec<QueueStats>,
+    pub reloads_ok: Counter,
+    pub reloads_failed: Counter,
     /// Set to ask the workers to finish.
     pub stop: AtomicBool,
 }
 
+/// Lock a mutex, carrying on with the data if a panicking thread poisoned it: counters and
+/// tables stay usable, and the packet path must never stop on a poisoned lock.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Shared {
-    pub fn new(config: EngineConfig, rules: RuleSet) -> Shared {
+    pub fn new(config: EngineConfig, learn: LearnConfig, rules: RuleSet, queues: &[u16]) -> Shared {
         let pairing = Pairing::new(config.pairing);
         Shared {
             config,
-            rules: RwLock::new(Arc::new(rules)),
-            rules_generation: AtomicU64::new(0),
+            loaded: RwLock::new(Arc::new(Loaded::new(rules))),
+            generation: AtomicU64::new(0),
             pairing: Mutex::new(pairing),
-            stats: Stats::default(),
+            learned: Mutex::new(Learned::new(learn)),
+            queues: queues
+                .iter()
+                .map(|&num| QueueStats {
+                    num,
+                    stats: Stats::default(),
+                })
+                .collect(),
+            reloads_ok: Counter::default(),
+            reloads_failed: Counter::default(),
             stop: AtomicBool::new(false),
         }
     }
 
     /// Put new rules in force. Packets already being decided finish with the old ones; the next
-    /// packet on every queue sees the new ones.
+    /// packet on every queue sees the new ones. No packet waits for this.
     pub fn replace_rules(&self, rules: RuleSet) {
-        if let Ok(mut slot) = self.rules.write() {
-            *slot = Arc::new(rules);
-            self.rules_generation.fetch_add(1, Ordering::Release);
+        let loaded = Arc::new(Loaded::new(rules));
+        match self.loaded.write() {
+            Ok(mut slot) => *slot = loaded,
+            Err(poisoned) => *poisoned.into_inner() = loaded,
+        }
+        self.generation.fetch_add(1, Ordering::Release);
+        self.reloads_ok.inc();
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> Arc<Loaded> {
+        match self.loaded.read() {
+            Ok(r) => Arc::clone(&r),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
     }
 
-    fn current_rules(&self) -> (u64, Arc<RuleSet>) {
-        let generation = self.rules_generation.load(Ordering::Acquire);
-        let rules = match self.rules.read() {
-            Ok(r) => Arc::clone(&r),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+    fn current(&self) -> (u64, Arc<Loaded>) {
+        let generation = self.generation.load(Ordering::Acquire);
+        (generation, self.rules())
+    }
+
+    /// Per-queue counters summed over all queues.
+    pub fn totals(&self) -> QueueSnapshot {
+        let mut t = QueueSnapshot::default();
+        for q in &self.queues {
+            let s = QueueSnapshot::of(q.num, &q.stats);
+            t.packets += s.packets;
+            t.accepted += s.accepted;
+            t.dropped += s.dropped;
+            t.repeated += s.repeated;
+            t.marked += s.marked;
+            t.parse_errors += s.parse_errors;
+            t.dns += s.dns;
+            t.dns_errors += s.dns_errors;
+            t.not_dns += s.not_dns;
+            t.enobufs += s.enobufs;
+            t.recv_errors += s.recv_errors;
+            t.verdict_errors += s.verdict_errors;
+        }
+        t
+    }
+
+    /// Everything the metrics page and the counter log line show.
+    pub fn snapshot(&self) -> Snapshot {
+        let (pairing, waiting_clients, waiting_upstream) = {
+            let t = lock(&self.pairing);
+            (t.counters, t.client_len(), t.upstream_len())
         };
-        (generation, rules)
+        let (learned, learned_entries) = {
+            let l = lock(&self.learned);
+            (l.counters, l.len())
+        };
+        let loaded = self.rules();
+        let rules = (0..loaded.rules.len())
+            .map(|i| RuleSnapshot {
+                rule: loaded
+                    .rules
+                    .describe(i)
+                    .unwrap_or_else(|| format!("rule {i}")),
+                matches: loaded.matches.get(i).map_or(0, Counter::get),
+                marks: loaded.marks.get(i).map_or(0, Counter::get),
+            })
+            .collect();
+        let ours: Vec<u16> = self.queues.iter().map(|q| q.num).collect();
+        let kernel: Vec<KernelQueue> =
+            std::fs::read_to_string("/proc/net/netfilter/nfnetlink_queue")
+                .map(|t| crate::metrics::parse_proc_queues(&t))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|k| ours.contains(&k.num))
+                .collect();
+        Snapshot {
+            queues: self
+                .queues
+                .iter()
+                .map(|q| QueueSnapshot::of(q.num, &q.stats))
+                .collect(),
+            kernel,
+            pairing,
+            waiting_clients,
+            waiting_upstream,
+            learned,
+            learned_entries,
+            rules,
+            rules_loaded: loaded.rules.len(),
+            reloads_ok: self.reloads_ok.get(),
+            reloads_failed: self.reloads_failed.get(),
+        }
     }
 }
 
-/// Serve one queue until asked to stop or the socket fails for good.
-pub fn run(mut queue: Queue, shared: Arc<Shared>) {
-    let (mut generation, mut rules) = shared.current_rules();
-    let stats = &shared.stats;
+/// Serve one queue until asked to stop or the socket fails for good. `index` is the queue's
+/// place in [`Shared::queues`].
+pub fn run(mut queue: Queue, shared: Arc<Shared>, index: usize) {
+    let (mut generation, mut loaded) = shared.current();
+    let Some(stats) = shared.queues.get(index).map(|q| &q.stats) else {
+        log::error!("queue {}: no counters (bug); not serving", queue.num());
+        return;
+    };
     log::info!("queue {}: serving", queue.num());
     while !shared.stop.load(Ordering::Relaxed) {
         let packet = match queue.recv() {
@@ -73,8 +201,8 @@ pub fn run(mut queue: Queue, shared: Arc<Shared>) {
                 if e.raw_os_error() == Some(libc::ENOBUFS) {
                     stats.enobufs.inc();
                     log::warn!(
-                        "queue {}: receive buffer overflowed (ENOBUFS); packets were lost to \
-                         the queue's full policy",
+                        "queue {}: receive buffer overflowed (ENOBUFS); the kernel dropped or, \
+                         fail-open, accepted packets unmarked",
                         queue.num()
                     );
                     continue;
@@ -86,13 +214,13 @@ pub fn run(mut queue: Queue, shared: Arc<Shared>) {
                 break;
             }
         };
-        if shared.rules_generation.load(Ordering::Acquire) != generation {
-            (generation, rules) = shared.current_rules();
+        if shared.generation.load(Ordering::Acquire) != generation {
+            (generation, loaded) = shared.current();
         }
         let meta = packet.meta();
         let decision = engine::decide(
             &shared.config,
-            &rules,
+            &loaded.rules,
             &shared.pairing,
             stats,
             &meta,
@@ -104,10 +232,20 @@ pub fn run(mut queue: Queue, shared: Arc<Shared>) {
             Verdict::Drop => stats.dropped.inc(),
             Verdict::Repeat => stats.repeated.inc(),
         }
+        if let Some(rule) = decision.rule {
+            if let Some(c) = loaded.matches.get(rule) {
+                c.inc();
+            }
+            if decision.mark.is_some()
+                && let Some(c) = loaded.marks.get(rule)
+            {
+                c.inc();
+            }
+        }
         if decision.mark.is_some() {
             stats.marked.inc();
         }
-        log::debug!(
+        log::trace!(
             "queue {} {:?} mark {:#x} -> {:?} {:?} {:?}",
             queue.num(),
             meta.hook,

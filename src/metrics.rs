@@ -1,0 +1,415 @@
+//! Prometheus metrics over HTTP (`--metrics ADDR:PORT`, loopback by default).
+//!
+//! This module owns the text exposition format and a tiny HTTP endpoint (tiny_http) that serves
+//! it. Rendering is a pure function of a [`Snapshot`], so the format is unit-tested without a
+//! socket; the server thread only takes snapshots and writes them out. It never touches the
+//! packet path: counters are atomics the workers bump anyway.
+
+use std::fmt::Write as _;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crate::flows::LearnCounters;
+use crate::pairing::PairingCounters;
+use crate::stats::Stats;
+use crate::worker::Shared;
+
+/// Counters of one queue's worker, copied out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueSnapshot {
+    pub num: u16,
+    pub packets: u64,
+    pub accepted: u64,
+    pub dropped: u64,
+    pub repeated: u64,
+    pub marked: u64,
+    pub parse_errors: u64,
+    pub dns: u64,
+    pub dns_errors: u64,
+    pub not_dns: u64,
+    pub enobufs: u64,
+    pub recv_errors: u64,
+    pub verdict_errors: u64,
+}
+
+impl QueueSnapshot {
+    pub fn of(num: u16, s: &Stats) -> QueueSnapshot {
+        QueueSnapshot {
+            num,
+            packets: s.packets.get(),
+            accepted: s.accepted.get(),
+            dropped: s.dropped.get(),
+            repeated: s.repeated.get(),
+            marked: s.marked.get(),
+            parse_errors: s.parse_errors.get(),
+            dns: s.dns.get(),
+            dns_errors: s.dns_errors.get(),
+            not_dns: s.not_dns.get(),
+            enobufs: s.enobufs.get(),
+            recv_errors: s.recv_errors.get(),
+            verdict_errors: s.verdict_errors.get(),
+        }
+    }
+}
+
+/// The kernel's view of a queue, from /proc/net/netfilter/nfnetlink_queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelQueue {
+    pub num: u16,
+    /// Packets waiting in the queue now.
+    pub waiting: u64,
+    /// Packets the kernel dropped (or, fail-open, accepted) because the queue was full.
+    pub queue_dropped: u64,
+    /// Packets the kernel could not send us (netlink receive buffer full).
+    pub user_dropped: u64,
+}
+
+/// Parse /proc/net/netfilter/nfnetlink_queue: `queue portid waiting copy_mode copy_range
+/// queue_dropped user_dropped id_sequence 1`. Lines that do not parse are skipped.
+pub fn parse_proc_queues(text: &str) -> Vec<KernelQueue> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            Some(KernelQueue {
+                num: f.first()?.parse().ok()?,
+                waiting: f.get(2)?.parse().ok()?,
+                queue_dropped: f.get(5)?.parse().ok()?,
+                user_dropped: f.get(6)?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Per-rule counters, copied out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleSnapshot {
+    /// Where the rule is, `FILE:LINE`.
+    pub rule: String,
+    pub matches: u64,
+    pub marks: u64,
+}
+
+/// Everything the metrics page shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub queues: Vec<QueueSnapshot>,
+    pub kernel: Vec<KernelQueue>,
+    pub pairing: PairingCounters,
+    pub waiting_clients: usize,
+    pub waiting_upstream: usize,
+    pub learned: LearnCounters,
+    pub learned_entries: usize,
+    pub rules: Vec<RuleSnapshot>,
+    pub rules_loaded: usize,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+}
+
+/// The Prometheus text exposition of a snapshot.
+pub fn render(s: &Snapshot) -> String {
+    let mut o = Out(String::with_capacity(4096));
+    type Field = fn(&QueueSnapshot) -> u64;
+    let per_queue: [(&str, &str, Field); 8] = [
+        ("nfqmark_packets_total", "Packets decided.", |q| q.packets),
+        (
+            "nfqmark_marked_total",
+            "Packets whose mark nfqmark changed.",
+            |q| q.marked,
+        ),
+        (
+            "nfqmark_parse_errors_total",
+            "Packets whose IP/TCP/UDP headers could not be read (accepted).",
+            |q| q.parse_errors,
+        ),
+        ("nfqmark_dns_messages_total", "DNS messages read.", |q| {
+            q.dns
+        }),
+        (
+            "nfqmark_dns_errors_total",
+            "Payloads on a DNS port that are not a readable DNS message.",
+            |q| q.dns_errors,
+        ),
+        (
+            "nfqmark_enobufs_total",
+            "Receive buffer overflows (ENOBUFS) on the queue socket.",
+            |q| q.enobufs,
+        ),
+        (
+            "nfqmark_recv_errors_total",
+            "Receive errors on the queue socket, ENOBUFS included.",
+            |q| q.recv_errors,
+        ),
+        (
+            "nfqmark_verdict_errors_total",
+            "Verdicts the kernel refused.",
+            |q| q.verdict_errors,
+        ),
+    ];
+    for (name, help, field) in per_queue {
+        o.family(name, "counter", help);
+        for q in &s.queues {
+            o.sample(name, &[("queue", &q.num.to_string())], field(q));
+        }
+    }
+    o.family(
+        "nfqmark_verdicts_total",
+        "counter",
+        "Verdicts given, by kind.",
+    );
+    for q in &s.queues {
+        let num = q.num.to_string();
+        for (verdict, v) in [
+            ("accept", q.accepted),
+            ("drop", q.dropped),
+            ("repeat", q.repeated),
+        ] {
+            o.sample(
+                "nfqmark_verdicts_total",
+                &[("queue", &num), ("verdict", verdict)],
+                v,
+            );
+        }
+    }
+    o.family(
+        "nfqmark_kernel_queue_waiting",
+        "gauge",
+        "Packets waiting in the kernel queue.",
+    );
+    for k in &s.kernel {
+        o.sample(
+            "nfqmark_kernel_queue_waiting",
+            &[("queue", &k.num.to_string())],
+            k.waiting,
+        );
+    }
+    o.family(
+        "nfqmark_kernel_queue_dropped_total",
+        "counter",
+        "Packets the kernel did not queue because the queue was full (accepted unmarked when fail-open).",
+    );
+    for k in &s.kernel {
+        o.sample(
+            "nfqmark_kernel_queue_dropped_total",
+            &[("queue", &k.num.to_string())],
+            k.queue_dropped,
+        );
+    }
+    o.family(
+        "nfqmark_kernel_user_dropped_total",
+        "counter",
+        "Packets the kernel could not deliver to nfqmark (socket buffer full).",
+    );
+    for k in &s.kernel {
+        o.sample(
+            "nfqmark_kernel_user_dropped_total",
+            &[("queue", &k.num.to_string())],
+            k.user_dropped,
+        );
+    }
+    let p = &s.pairing;
+    o.family("nfqmark_pairing_total", "counter", "DNS pairing outcomes.");
+    for (outcome, v) in [
+        ("client_query", p.client_queries),
+        ("paired", p.paired),
+        ("ambiguous", p.ambiguous),
+        ("unpaired", p.unpaired),
+        ("upstream_answer", p.upstream_answers),
+        ("client_answer", p.client_answers),
+        ("expired", p.expired),
+        ("evicted", p.evicted),
+    ] {
+        o.sample("nfqmark_pairing_total", &[("outcome", outcome)], v);
+    }
+    o.family(
+        "nfqmark_pairing_entries",
+        "gauge",
+        "Entries in the pairing tables.",
+    );
+    o.sample(
+        "nfqmark_pairing_entries",
+        &[("table", "clients")],
+        s.waiting_clients as u64,
+    );
+    o.sample(
+        "nfqmark_pairing_entries",
+        &[("table", "upstream")],
+        s.waiting_upstream as u64,
+    );
+    let l = &s.learned;
+    o.family("nfqmark_flows_total", "counter", "DNS-learned flow marks.");
+    for (outcome, v) in [
+        ("learned", l.learned),
+        ("flow_marked", l.flows_marked),
+        ("expired", l.expired),
+        ("evicted", l.evicted),
+    ] {
+        o.sample("nfqmark_flows_total", &[("outcome", outcome)], v);
+    }
+    o.family(
+        "nfqmark_flows_entries",
+        "gauge",
+        "Learned (client, address) entries.",
+    );
+    o.sample("nfqmark_flows_entries", &[], s.learned_entries as u64);
+    o.family(
+        "nfqmark_rule_matches_total",
+        "counter",
+        "Packets each rule matched.",
+    );
+    for r in &s.rules {
+        o.sample(
+            "nfqmark_rule_matches_total",
+            &[("rule", &r.rule)],
+            r.matches,
+        );
+    }
+    o.family(
+        "nfqmark_rule_marks_total",
+        "counter",
+        "Marks each rule set.",
+    );
+    for r in &s.rules {
+        o.sample("nfqmark_rule_marks_total", &[("rule", &r.rule)], r.marks);
+    }
+    o.family("nfqmark_rules_loaded", "gauge", "Rules in force.");
+    o.sample("nfqmark_rules_loaded", &[], s.rules_loaded as u64);
+    o.family(
+        "nfqmark_rule_reloads_total",
+        "counter",
+        "Rule reloads, by result.",
+    );
+    o.sample(
+        "nfqmark_rule_reloads_total",
+        &[("result", "ok")],
+        s.reloads_ok,
+    );
+    o.sample(
+        "nfqmark_rule_reloads_total",
+        &[("result", "rejected")],
+        s.reloads_failed,
+    );
+    o.0
+}
+
+/// Serve `/metrics` on `addr` from a thread, until the process ends or `shared.stop` is set.
+pub fn serve(addr: SocketAddr, shared: Arc<Shared>) -> io::Result<JoinHandle<()>> {
+    let server = tiny_http::Server::http(addr)
+        .map_err(|e| io::Error::other(format!("metrics on {addr}: {e}")))?;
+    thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            while !shared.stop.load(Ordering::Relaxed) {
+                let request = match server.recv_timeout(Duration::from_millis(200)) {
+                    Ok(Some(r)) => r,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        log::warn!("metrics: {e}");
+                        continue;
+                    }
+                };
+                let response = if request.url() == "/metrics" || request.url() == "/" {
+                    let body = render(&shared.snapshot());
+                    let header = tiny_http::Header::from_bytes(
+                        &b"Content-Type"[..],
+                        &b"text/plain; version=0.0.4; charset=utf-8"[..],
+                    );
+                    let mut r = tiny_http::Response::from_string(body);
+                    if let Ok(h) = header {
+                        r.add_header(h);
+                    }
+                    r
+                } else {
+                    tiny_http::Response::from_string("not found: try /metrics\n")
+                        .with_status_code(404)
+                };
+                if let Err(e) = request.respond(response) {
+                    log::debug!("metrics: {e}");
+                }
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_queues_parse_and_skip_junk() {
+        let text = "    0  12345     3 2 65535     7     1  4242  1\n garbage\n   12 -4000 0 2 65535 0 0 1 1\n";
+        let q = parse_proc_queues(text);
+        assert_eq!(q.len(), 2);
+        assert_eq!(
+            q[0],
+            KernelQueue {
+                num: 0,
+                waiting: 3,
+                queue_dropped: 7,
+                user_dropped: 1
+            }
+        );
+        assert_eq!(q[1].num, 12);
+    }
+
+    #[test]
+    fn render_has_help_type_and_labelled_samples() {
+        let s = Snapshot {
+            queues: vec![QueueSnapshot {
+                num: 2,
+                packets: 10,
+                accepted: 9,
+                dropped: 1,
+                ..QueueSnapshot::default()
+            }],
+            rules: vec![RuleSnapshot {
+                rule: "a \"b\".rules:3".into(),
+                matches: 5,
+                marks: 4,
+            }],
+            ..Snapshot::default()
+        };
+        let text = render(&s);
+        assert!(text.contains("# TYPE nfqmark_packets_total counter\n"));
+        assert!(text.contains("nfqmark_packets_total{queue=\"2\"} 10\n"));
+        assert!(text.contains("nfqmark_verdicts_total{queue=\"2\",verdict=\"drop\"} 1\n"));
+        assert!(text.contains("nfqmark_rule_marks_total{rule=\"a \\\"b\\\".rules:3\"} 4\n"));
+        assert!(text.contains("nfqmark_pairing_total{outcome=\"paired\"} 0\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap_or("");
+            assert!(value.parse::<u64>().is_ok(), "bad sample line {line:?}");
+        }
+    }
+}
