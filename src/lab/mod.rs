@@ -29,7 +29,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use netns::{Guarded, Netns};
-use upstream::{Responder, Sniffer};
+use upstream::{Responder, Sink, Sniffer};
 
 /// The mark client A's traffic gets, as in the dnsmasq `--conntrack` README.
 pub const MARK_A: u32 = 137;
@@ -85,7 +85,15 @@ pub mod addr {
     pub const ROUTER_B_V6: &str = "2001:db8:2::1";
     pub const UPSTREAM_V4: &str = "198.18.9.53";
     pub const UPSTREAM_V6: &str = "2001:db8:9::53";
+    /// A service address on the upstream host, for flow tests (TCP and UDP sinks).
+    pub const SERVICE_V4: &str = "198.18.9.80";
+    pub const SERVICE_V6: &str = "2001:db8:9::80";
 }
+
+/// TCP ports the upstream host's service address accepts connections on.
+pub const SERVICE_TCP_PORTS: [u16; 3] = [25, 80, 443];
+/// UDP ports the upstream host's service address echoes on.
+pub const SERVICE_UDP_PORTS: [u16; 1] = [5000];
 
 /// The programs the lab runs, with the Debian package that has each.
 pub const NEEDED: &[(&str, &str)] = &[
@@ -152,6 +160,7 @@ pub struct World {
     nfqmark: Option<Guarded>,
     pub sniffer: Sniffer,
     _responder: Responder,
+    _sink: Sink,
     pub a: Netns,
     pub b: Netns,
     pub router: Netns,
@@ -297,8 +306,14 @@ impl World {
             ns.ip(&["addr", "add", v6, "dev", dev, "nodad"])?;
             ns.ip(&["link", "set", dev, "up"])?;
         }
-        upstream.ip(&["addr", "add", "198.18.9.53/32", "dev", "lo"])?;
-        upstream.ip(&["addr", "add", "2001:db8:9::53/128", "dev", "lo"])?;
+        for a in [
+            "198.18.9.53/32",
+            "198.18.9.80/32",
+            "2001:db8:9::53/128",
+            "2001:db8:9::80/128",
+        ] {
+            upstream.ip(&["addr", "add", a, "dev", "lo"])?;
+        }
         for (ns, v4, v6) in [
             (&a, "198.18.1.1", "2001:db8:1::1"),
             (&b, "198.18.2.1", "2001:db8:2::1"),
@@ -324,48 +339,20 @@ impl World {
         // Policy routing, as in the LARTC fwmark chapter: marked packets use the cheap link.
         let table = CHEAP_TABLE.to_string();
         let mark = MARK_A.to_string();
-        router.ip(&[
-            "route",
-            "add",
-            "198.18.9.53/32",
-            "via",
-            "198.18.3.2",
-            "dev",
-            "link1",
-        ])?;
-        router.ip(&[
-            "route",
-            "add",
-            "198.18.9.53/32",
-            "via",
-            "198.18.4.2",
-            "dev",
-            "link2",
-            "table",
-            &table,
-        ])?;
-        router.ip(&[
-            "-6",
-            "route",
-            "add",
-            "2001:db8:9::53/128",
-            "via",
-            "2001:db8:3::2",
-            "dev",
-            "link1",
-        ])?;
-        router.ip(&[
-            "-6",
-            "route",
-            "add",
-            "2001:db8:9::53/128",
-            "via",
-            "2001:db8:4::2",
-            "dev",
-            "link2",
-            "table",
-            &table,
-        ])?;
+        // The upstream host's service addresses (DNS and flow sinks) live in 198.18.9.0/24 and
+        // 2001:db8:9::/64: over link 1 in the main table, over link 2 in the cheap table.
+        for (family, prefix, via, dev, cheap) in [
+            ("-4", "198.18.9.0/24", "198.18.3.2", "link1", false),
+            ("-4", "198.18.9.0/24", "198.18.4.2", "link2", true),
+            ("-6", "2001:db8:9::/64", "2001:db8:3::2", "link1", false),
+            ("-6", "2001:db8:9::/64", "2001:db8:4::2", "link2", true),
+        ] {
+            let mut args = vec![family, "route", "add", prefix, "via", via, "dev", dev];
+            if cheap {
+                args.extend(["table", table.as_str()]);
+            }
+            router.ip(&args)?;
+        }
         router.ip(&["rule", "add", "fwmark", &mark, "table", &table])?;
         router.ip(&["-6", "rule", "add", "fwmark", &mark, "table", &table])?;
         for rule in seed_rules(addr::A_V4) {
@@ -387,12 +374,19 @@ impl World {
                 addr::UPSTREAM_V6.parse().map_err(io::Error::other)?,
             ],
         )?;
+        let sink = Sink::start(
+            &upstream,
+            &[ip(addr::SERVICE_V4)?, ip(addr::SERVICE_V6)?],
+            &SERVICE_TCP_PORTS,
+            &SERVICE_UDP_PORTS,
+        )?;
         let sniffer = Sniffer::start(&upstream, &["link1", "link2"])?;
         Ok(World {
             resolver: None,
             nfqmark: None,
             sniffer,
             _responder: responder,
+            _sink: sink,
             a,
             b,
             router,
@@ -405,6 +399,11 @@ impl World {
 
     pub fn options(&self) -> &Options {
         &self.options
+    }
+
+    /// Change options before starting nfqmark or the resolver (e.g. nfqmark's arguments).
+    pub fn options_mut(&mut self) -> &mut Options {
+        &mut self.options
     }
 
     /// A file in the world's scratch directory.
@@ -471,6 +470,59 @@ impl World {
         last_counters(&self.nfqmark_log())
     }
 
+    /// Send a signal to nfqmark (SIGHUP reloads rules, SIGUSR1 logs counters).
+    pub fn signal_nfqmark(&self, signal: i32) {
+        if let Some(child) = self.nfqmark.as_ref() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(child.0.id() as i32, signal);
+            }
+        }
+    }
+
+    /// Wait until nfqmark's log contains `text` `times` times or more.
+    pub fn wait_log(&self, text: &str, times: usize, limit: Duration) -> bool {
+        wait_for(limit, || self.nfqmark_log().matches(text).count() >= times)
+    }
+
+    /// The pid of nfqmark, if running.
+    pub fn nfqmark_pid(&self) -> Option<u32> {
+        self.nfqmark.as_ref().map(|c| c.0.id())
+    }
+
+    /// Run iptables (or ip6tables) on the router.
+    pub fn router_iptables(&self, tool: &str, args: &[&str]) -> io::Result<()> {
+        self.router.exec(tool, args).map(drop)
+    }
+
+    /// Open a TCP connection from a client to the upstream host's service address.
+    pub fn connect(&self, client: Client, family: Family, port: u16) -> io::Result<()> {
+        let ns = self.client_ns(client);
+        upstream::tcp_connect_from(ns, self.service(family, port)?, Duration::from_secs(2))
+    }
+
+    /// Send a UDP datagram from a client to the upstream host's service address and wait for
+    /// its echo.
+    pub fn udp_flow(&self, client: Client, family: Family, port: u16) -> io::Result<()> {
+        let ns = self.client_ns(client);
+        upstream::udp_exchange_from(ns, self.service(family, port)?, Duration::from_secs(2))
+    }
+
+    fn client_ns(&self, client: Client) -> &Netns {
+        match client {
+            Client::A => &self.a,
+            Client::B => &self.b,
+        }
+    }
+
+    fn service(&self, family: Family, port: u16) -> io::Result<std::net::SocketAddr> {
+        let a = match family {
+            Family::V4 => addr::SERVICE_V4,
+            Family::V6 => addr::SERVICE_V6,
+        };
+        Ok(std::net::SocketAddr::new(ip(a)?, port))
+    }
+
     /// Stop nfqmark with SIGTERM and return its log (which ends with its counters).
     pub fn stop_nfqmark(&mut self) -> String {
         if let Some(mut child) = self.nfqmark.take() {
@@ -496,6 +548,12 @@ impl World {
     /// Start (or restart) the resolver on the router, forwarding to the upstream of `family`,
     /// and wait until it answers.
     pub fn start_resolver(&mut self, family: Family) -> io::Result<()> {
+        self.start_resolver_ready_from(family, Client::B)
+    }
+
+    /// [`World::start_resolver`], checking readiness with queries from `client` (whose names
+    /// start with its letter, so they count as its queries).
+    pub fn start_resolver_ready_from(&mut self, family: Family, client: Client) -> io::Result<()> {
         self.resolver = None;
         self.options.upstream = family;
         let upstream = match family {
@@ -553,8 +611,8 @@ impl World {
         let mut n = 0u32;
         let ready = wait_for(Duration::from_secs(10), || {
             n += 1;
-            let name = format!("b-ready-{n}.nfqm.example");
-            self.query(Client::B, family, &[name], false)
+            let name = format!("{}-ready-{n}.nfqm.example", client.letter());
+            self.query(client, family, &[name], false)
                 .map(|r| r.answered == 1)
                 .unwrap_or(false)
         });
@@ -578,6 +636,19 @@ impl World {
         names: &[String],
         tcp: bool,
     ) -> io::Result<QueryReport> {
+        self.query_with(client, family, names, tcp, 2, 2)
+    }
+
+    /// [`World::query`] with dig's per-try timeout (seconds) and number of tries.
+    pub fn query_with(
+        &self,
+        client: Client,
+        family: Family,
+        names: &[String],
+        tcp: bool,
+        time: u32,
+        tries: u32,
+    ) -> io::Result<QueryReport> {
         let (ns, server) = match (client, family) {
             (Client::A, Family::V4) => (&self.a, addr::ROUTER_A_V4),
             (Client::A, Family::V6) => (&self.a, addr::ROUTER_A_V6),
@@ -600,7 +671,10 @@ impl World {
         std::fs::write(&file, batch)?;
         let mut cmd = ns.command("dig");
         cmd.arg(format!("@{server}"))
-            .args(["+short", "+tries=2", "+time=2", "-f"])
+            .arg("+short")
+            .arg(format!("+tries={tries}"))
+            .arg(format!("+time={time}"))
+            .arg("-f")
             .arg(&file)
             .stdin(Stdio::null());
         if tcp {

@@ -62,16 +62,7 @@ where
     let handle = thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
-            let entered = std::fs::File::open(format!("/run/netns/{ns_name}")).and_then(|f| {
-                // SAFETY: setns on an open namespace fd, kept open by `f` for the call.
-                let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-                if rc == 0 {
-                    Ok(())
-                } else {
-                    Err(io::Error::last_os_error())
-                }
-            });
-            let ready = entered.and_then(|()| setup());
+            let ready = enter(&ns_name).and_then(|()| setup());
             match ready {
                 Ok(state) => {
                     let _ = tx.send(Ok(()));
@@ -174,6 +165,118 @@ impl Responder {
     }
 }
 
+/// Services of the upstream host for flow tests: TCP ports that accept (and close) connections,
+/// UDP ports that echo what they receive.
+#[derive(Debug)]
+pub struct Sink {
+    _threads: Threads,
+}
+
+impl Sink {
+    pub fn start(
+        ns: &Netns,
+        addrs: &[IpAddr],
+        tcp_ports: &[u16],
+        udp_ports: &[u16],
+    ) -> io::Result<Sink> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut handles = Vec::new();
+        for &addr in addrs {
+            for &port in tcp_ports {
+                let sa = SocketAddr::new(addr, port);
+                let stop = Arc::clone(&stop);
+                handles.push(spawn_in(
+                    ns,
+                    "lab-sink-tcp",
+                    move || {
+                        let l = TcpListener::bind(sa)?;
+                        l.set_nonblocking(true)?;
+                        Ok(l)
+                    },
+                    move |l| {
+                        while !stop.load(Ordering::Relaxed) {
+                            match l.accept() {
+                                Ok((conn, _)) => drop(conn),
+                                Err(_) => thread::sleep(Duration::from_millis(10)),
+                            }
+                        }
+                    },
+                )?);
+            }
+            for &port in udp_ports {
+                let sa = SocketAddr::new(addr, port);
+                let stop = Arc::clone(&stop);
+                handles.push(spawn_in(
+                    ns,
+                    "lab-sink-udp",
+                    move || {
+                        let s = UdpSocket::bind(sa)?;
+                        s.set_read_timeout(Some(POLL))?;
+                        Ok(s)
+                    },
+                    move |s| {
+                        let mut buf = [0u8; 2048];
+                        while !stop.load(Ordering::Relaxed) {
+                            if let Ok((n, peer)) = s.recv_from(&mut buf) {
+                                let _ = s.send_to(buf.get(..n).unwrap_or_default(), peer);
+                            }
+                        }
+                    },
+                )?);
+            }
+        }
+        Ok(Sink {
+            _threads: Threads { stop, handles },
+        })
+    }
+}
+
+/// Open a TCP connection from inside `ns` (a thread enters it), wait for the handshake, close.
+pub fn tcp_connect_from(ns: &Netns, to: SocketAddr, timeout: Duration) -> io::Result<()> {
+    let ns_name = ns.name().to_string();
+    thread::Builder::new()
+        .name("lab-connect".into())
+        .spawn(move || {
+            enter(&ns_name)?;
+            TcpStream::connect_timeout(&to, timeout).map(drop)
+        })?
+        .join()
+        .map_err(|_| io::Error::other("connect thread panicked"))?
+}
+
+/// Send one UDP datagram from inside `ns` and wait for its echo.
+pub fn udp_exchange_from(ns: &Netns, to: SocketAddr, timeout: Duration) -> io::Result<()> {
+    let ns_name = ns.name().to_string();
+    thread::Builder::new()
+        .name("lab-udp".into())
+        .spawn(move || {
+            enter(&ns_name)?;
+            let any: SocketAddr = if to.is_ipv4() {
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            } else {
+                SocketAddr::from(([0u16; 8], 0))
+            };
+            let s = UdpSocket::bind(any)?;
+            s.set_read_timeout(Some(timeout))?;
+            s.send_to(b"nfqmark lab flow", to)?;
+            let mut buf = [0u8; 64];
+            s.recv_from(&mut buf).map(drop)
+        })?
+        .join()
+        .map_err(|_| io::Error::other("udp thread panicked"))?
+}
+
+fn enter(ns_name: &str) -> io::Result<()> {
+    let f = std::fs::File::open(format!("/run/netns/{ns_name}"))?;
+    // SAFETY: setns on an open namespace fd, kept open by `f` for the call.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 fn serve_udp(socket: UdpSocket, stop: &AtomicBool) {
     let mut buf = vec![0u8; 65_535];
     while !stop.load(Ordering::Relaxed) {
@@ -237,17 +340,35 @@ pub struct Seen {
     pub id: u16,
 }
 
-/// Records DNS queries arriving on each named interface.
+/// The opening packet of a flow (TCP SYN, or any UDP datagram not to port 53) seen arriving on a
+/// link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowSeen {
+    pub link: String,
+    pub proto: Proto,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub dport: u16,
+}
+
+/// What the sniffer keeps.
+#[derive(Debug, Default)]
+struct Records {
+    queries: Vec<Seen>,
+    flows: Vec<FlowSeen>,
+}
+
+/// Records DNS queries and flow openings arriving on each named interface.
 #[derive(Debug)]
 pub struct Sniffer {
-    seen: Arc<Mutex<Vec<Seen>>>,
+    seen: Arc<Mutex<Records>>,
     _threads: Threads,
 }
 
 impl Sniffer {
     pub fn start(ns: &Netns, links: &[&str]) -> io::Result<Sniffer> {
         let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::new(Mutex::new(Records::default()));
         let mut handles = Vec::new();
         for link in links {
             let link = link.to_string();
@@ -267,19 +388,35 @@ impl Sniffer {
         })
     }
 
-    /// Everything seen so far.
+    fn records(&self) -> std::sync::MutexGuard<'_, Records> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every DNS query seen so far.
     pub fn seen(&self) -> Vec<Seen> {
-        match self.seen.lock() {
-            Ok(v) => v.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.records().queries.clone()
+    }
+
+    /// Every flow opening seen so far.
+    pub fn flows(&self) -> Vec<FlowSeen> {
+        self.records().flows.clone()
+    }
+
+    /// Links on which flows from `src` to `dst`:`dport` arrived (one entry per opening packet).
+    pub fn flow_links(&self, src: IpAddr, dst: IpAddr, dport: u16) -> Vec<String> {
+        self.records()
+            .flows
+            .iter()
+            .filter(|f| f.src == src && f.dst == dst && f.dport == dport)
+            .map(|f| f.link.clone())
+            .collect()
     }
 
     /// Forget what was seen (between rounds).
     pub fn clear(&self) {
-        if let Ok(mut v) = self.seen.lock() {
-            v.clear();
-        }
+        let mut r = self.records();
+        r.queries.clear();
+        r.flows.clear();
     }
 
     /// Distinct query names per link.
@@ -350,7 +487,7 @@ fn packet_socket(iface: &str) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-fn sniff(fd: &OwnedFd, link: &str, stop: &AtomicBool, seen: &Mutex<Vec<Seen>>) {
+fn sniff(fd: &OwnedFd, link: &str, stop: &AtomicBool, seen: &Mutex<Records>) {
     let mut buf = vec![0u8; 65_536];
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: buf is valid for writes of its length.
@@ -360,20 +497,45 @@ fn sniff(fd: &OwnedFd, link: &str, stop: &AtomicBool, seen: &Mutex<Vec<Seen>>) {
         };
         let Some(frame) = buf.get(..n) else { continue };
         if let Some(s) = query_in_frame(frame, link)
-            && let Ok(mut v) = seen.lock()
+            && let Ok(mut r) = seen.lock()
         {
-            v.push(s);
+            r.queries.push(s);
+        } else if let Some(f) = flow_in_frame(frame, link)
+            && let Ok(mut r) = seen.lock()
+        {
+            r.flows.push(f);
         }
     }
 }
 
-/// The DNS query in an Ethernet frame, if it holds one (to port 53).
-pub fn query_in_frame(frame: &[u8], link: &str) -> Option<Seen> {
+fn ip_in_frame(frame: &[u8]) -> Option<packet::Packet<'_>> {
     let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
     if ethertype != 0x0800 && ethertype != 0x86dd {
         return None;
     }
-    let p = packet::parse(frame.get(14..)?).ok()?;
+    packet::parse(frame.get(14..)?).ok()
+}
+
+/// A flow's opening packet in an Ethernet frame: a TCP SYN, or UDP not to port 53.
+pub fn flow_in_frame(frame: &[u8], link: &str) -> Option<FlowSeen> {
+    let p = ip_in_frame(frame)?;
+    let opening = match p.proto {
+        Proto::Tcp => p.tcp.syn && !p.tcp.ack,
+        Proto::Udp => p.dport != 53 && p.sport != 53,
+        _ => false,
+    };
+    opening.then(|| FlowSeen {
+        link: link.to_string(),
+        proto: p.proto,
+        src: p.src,
+        dst: p.dst,
+        dport: p.dport,
+    })
+}
+
+/// The DNS query in an Ethernet frame, if it holds one (to port 53).
+pub fn query_in_frame(frame: &[u8], link: &str) -> Option<Seen> {
+    let p = ip_in_frame(frame)?;
     if p.dport != 53 {
         return None;
     }
