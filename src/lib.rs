@@ -14,6 +14,7 @@ pub mod fixtures;
 pub mod flows;
 pub mod lab;
 pub mod metrics;
+pub mod nfnl;
 pub mod packet;
 pub mod pairing;
 pub mod queue;

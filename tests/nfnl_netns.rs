@@ -1,0 +1,857 @@
+//! `nfnl` against the real kernel: each test makes its own network namespace with an iptables
+//! `NFQUEUE` rule on loopback UDP, binds the queue from a thread that entered the namespace,
+//! sends datagrams from another thread in it, and checks what the kernel queued and what our
+//! verdicts did to the packets (delivery, and the mark seen by a POSTROUTING counter rule).
+//!
+//! Needs root (`sudo -E cargo test --test nfnl_netns`); without it every test fails saying so,
+//! unless `NFQMARK_SKIP_E2E=1`, which turns them into no-ops with a note. Only 127.0.0.1 is
+//! used, every wait is bounded, and the namespace is deleted on every path (a Drop guard).
+
+use std::fs::File;
+use std::io;
+use std::net::{Ipv4Addr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use nfqmark::nfnl::{
+    Config, MsgError, OpenError, PacketMsg, RecvBuf, SKB_CSUM_NOT_READY, Socket, Verdict,
+};
+
+/// The mark verdicts set, and the POSTROUTING counter rule looks for.
+const MARK: u32 = 0x89;
+/// Longest wait for anything that should happen.
+const WAIT: Duration = Duration::from_secs(5);
+/// How long we watch for something that should not happen.
+const QUIET: Duration = Duration::from_millis(400);
+/// `NF_INET_LOCAL_OUT`.
+const HOOK_OUTPUT: u8 = 3;
+const ETH_P_IP: u16 = 0x0800;
+
+/// True when the test may run; false (after a note) when skipped; panics when not root.
+fn root_or_skip() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("NFQMARK_SKIP_E2E").as_deref() == Ok("1") {
+        eprintln!("note: NFQMARK_SKIP_E2E=1 and not root: skipping the nfnl namespace test");
+        return false;
+    }
+    panic!(
+        "the nfnl namespace tests need root (network namespaces, iptables, NFQUEUE): run them \
+         with `sudo -E cargo test --test nfnl_netns`, or set NFQMARK_SKIP_E2E=1 to skip them"
+    );
+}
+
+/// Run a command to completion; panic with its output when it fails.
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "`{program} {}` failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A throwaway network namespace with `lo` up, deleted when dropped.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(test: &str) -> Netns {
+        let name = format!("nfqm-nfnl-{}-{test}", std::process::id());
+        // Left over from a crashed run with the same pid: start clean.
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        run("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn exec(&self, args: &[&str]) -> String {
+        let mut all = vec!["netns", "exec", self.name.as_str()];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    fn iptables(&self, args: &[&str]) -> String {
+        let mut all = vec!["iptables", "-w", "-t", "mangle"];
+        all.extend_from_slice(args);
+        self.exec(&all)
+    }
+
+    /// Queue loopback UDP to `port` from OUTPUT to `queue`; `extra` narrows the match.
+    fn queue_rule(&self, port: u16, queue: u16, extra: &[&str]) {
+        let port = port.to_string();
+        let queue = queue.to_string();
+        let mut args = vec![
+            "-A",
+            "OUTPUT",
+            "-d",
+            "127.0.0.1",
+            "-p",
+            "udp",
+            "--dport",
+            port.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-j", "NFQUEUE", "--queue-num", queue.as_str()]);
+        self.iptables(&args);
+    }
+
+    /// Count packets leaving with our mark.
+    fn mark_counter_rule(&self) {
+        self.iptables(&["-A", "POSTROUTING", "-m", "mark", "--mark", "0x89"]);
+    }
+
+    /// Packets the mark counter rule saw.
+    fn marked_packets(&self) -> u64 {
+        let listing = self.iptables(&["-L", "POSTROUTING", "-v", "-x", "-n"]);
+        let line = listing
+            .lines()
+            .find(|l| l.contains("mark match 0x89"))
+            .unwrap_or_else(|| panic!("no mark counter rule in:\n{listing}"));
+        line.split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("cannot read the packet count in {line:?}"))
+    }
+
+    /// Run `f` on a new thread that first entered the namespace (sockets it creates live there).
+    fn spawn<T, F>(&self, f: F) -> JoinHandle<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let path = format!("/var/run/netns/{}", self.name);
+        thread::spawn(move || {
+            enter_netns(&path).unwrap_or_else(|e| panic!("cannot enter {path}: {e}"));
+            f()
+        })
+    }
+
+    /// Run `f` inside the namespace and wait for its result.
+    fn run_in<T, F>(&self, f: F) -> T
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        join(self.spawn(f))
+    }
+
+    /// A UDP socket bound to 127.0.0.1:`port` in the namespace.
+    fn receiver(&self, port: u16) -> UdpSocket {
+        self.run_in(move || {
+            UdpSocket::bind((Ipv4Addr::LOCALHOST, port))
+                .unwrap_or_else(|e| panic!("cannot bind the receiver: {e}"))
+        })
+    }
+
+    /// Send `datagrams` to 127.0.0.1:`port`, in order, from a thread in the namespace.
+    fn send(&self, port: u16, datagrams: &[&[u8]]) {
+        let datagrams: Vec<Vec<u8>> = datagrams.iter().map(|d| d.to_vec()).collect();
+        self.run_in(move || {
+            let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+                .unwrap_or_else(|e| panic!("cannot bind the sender: {e}"));
+            for d in &datagrams {
+                tx.send_to(d, (Ipv4Addr::LOCALHOST, port))
+                    .unwrap_or_else(|e| panic!("cannot send: {e}"));
+            }
+        });
+    }
+
+    /// Bind the queue from a thread in the namespace and hand it to `serve` there. Returns once
+    /// the queue is bound (so packets sent afterwards are queued to it) with the serving thread.
+    fn serve<T, F>(&self, cfg: Config, serve: F) -> JoinHandle<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Socket, &mut RecvBuf) -> T + Send + 'static,
+    {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let handle = self.spawn(move || {
+            let sock = match Socket::open(&cfg) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    panic!("opening queue {}: {e}", cfg.queue);
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            let mut buf = RecvBuf::new(cfg.copy_range);
+            serve(&sock, &mut buf)
+        });
+        match ready_rx.recv_timeout(WAIT) {
+            Ok(Ok(())) => handle,
+            Ok(Err(e)) => panic!("opening the queue failed: {e}"),
+            Err(e) => panic!("the queue thread did not report within {WAIT:?}: {e}"),
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+fn enter_netns(path: &str) -> io::Result<()> {
+    let file = File::open(path)?;
+    // SAFETY: `file` is an open namespace file; setns only changes the calling thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn join<T>(handle: JoinHandle<T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// A queued packet, owned so it can leave the queue thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Got {
+    id: u32,
+    hw_protocol: u16,
+    hook: u8,
+    mark: u32,
+    indev: u32,
+    outdev: u32,
+    payload: Vec<u8>,
+    orig_len: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    skb_info: u32,
+}
+
+impl From<PacketMsg<'_>> for Got {
+    fn from(p: PacketMsg<'_>) -> Got {
+        Got {
+            id: p.id,
+            hw_protocol: p.hw_protocol,
+            hook: p.hook,
+            mark: p.mark,
+            indev: p.indev,
+            outdev: p.outdev,
+            payload: p.payload.to_vec(),
+            orig_len: p.orig_len,
+            uid: p.uid,
+            gid: p.gid,
+            skb_info: p.skb_info,
+        }
+    }
+}
+
+/// Everything the socket delivers within `within` (packets and message errors), waiting at most
+/// that long, stopping early once `want` packets came.
+fn collect(
+    sock: &Socket,
+    buf: &mut RecvBuf,
+    want: usize,
+    within: Duration,
+) -> (Vec<Got>, Vec<MsgError>) {
+    let deadline = Instant::now() + within;
+    let (mut packets, mut errors) = (Vec::new(), Vec::new());
+    while packets.len() < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match sock.recv(buf, Some(left)) {
+            Ok(_) => {}
+            Err(e) => panic!("recv failed: {e}"),
+        }
+        for msg in buf.messages() {
+            match msg {
+                Ok(p) => packets.push(Got::from(p)),
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    (packets, errors)
+}
+
+/// Exactly `n` packets, within [`WAIT`], and no message errors.
+fn expect_packets(sock: &Socket, buf: &mut RecvBuf, n: usize) -> Vec<Got> {
+    let (packets, errors) = collect(sock, buf, n, WAIT);
+    assert!(errors.is_empty(), "unexpected message errors: {errors:?}");
+    assert_eq!(
+        packets.len(),
+        n,
+        "queued packets within {WAIT:?}: {packets:?}"
+    );
+    packets
+}
+
+/// The next datagram for the receiver within `within`, `None` when the time runs out. EINTR
+/// (which a socket with a receive timeout gets, even without signal handlers, e.g. after the
+/// process was stopped and continued) just means: wait for the rest of the time.
+fn receive_within(rx: &UdpSocket, within: Duration) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 2048];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        rx.set_read_timeout(Some(left)).expect("set_read_timeout");
+        match rx.recv_from(&mut buf) {
+            Ok((n, _)) => return Some(buf[..n].to_vec()),
+            Err(e) => match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => return None,
+                _ => panic!("receiver failed: {e}"),
+            },
+        }
+    }
+}
+
+/// The datagram the receiver gets within [`WAIT`].
+fn delivered(rx: &UdpSocket) -> Vec<u8> {
+    receive_within(rx, WAIT).unwrap_or_else(|| panic!("nothing delivered within {WAIT:?}"))
+}
+
+/// Nothing reaches the receiver for [`QUIET`].
+fn nothing_delivered(rx: &UdpSocket) {
+    if let Some(d) = receive_within(rx, QUIET) {
+        panic!("delivered although it should not be: {d:?}");
+    }
+}
+
+fn config(queue: u16) -> Config {
+    Config {
+        queue,
+        fail_open: false,
+        ..Config::default()
+    }
+}
+
+/// The IPv4 header + UDP header of a queued loopback datagram, checked, and its UDP payload.
+fn udp_payload(packet: &[u8], port: u16) -> &[u8] {
+    assert!(packet.len() >= 28, "too short for IPv4 + UDP: {packet:?}");
+    assert_eq!(packet[0] >> 4, 4, "not IPv4");
+    let ihl = usize::from(packet[0] & 0x0f) * 4;
+    assert_eq!(packet[9], 17, "not UDP");
+    assert_eq!(&packet[16..20], &[127, 0, 0, 1], "destination");
+    let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
+    assert_eq!(total, packet.len(), "IPv4 total length vs. bytes queued");
+    let udp = &packet[ihl..];
+    assert_eq!(
+        u16::from_be_bytes([udp[2], udp[3]]),
+        port,
+        "destination port"
+    );
+    &udp[8..]
+}
+
+/// The UDP checksum of an IPv4 packet verifies (over the pseudo-header).
+fn udp_checksum_ok(packet: &[u8]) -> bool {
+    let ihl = usize::from(packet[0] & 0x0f) * 4;
+    let udp = &packet[ihl..];
+    let mut sum: u32 = 0;
+    let mut add = |bytes: &[u8]| {
+        for pair in bytes.chunks(2) {
+            let hi = u32::from(pair[0]) << 8;
+            let lo = pair.get(1).map_or(0, |&b| u32::from(b));
+            sum += hi | lo;
+        }
+    };
+    add(&packet[12..20]);
+    add(&[0, 17]);
+    add(&(udp.len() as u16).to_be_bytes());
+    add(udp);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
+#[test]
+fn marked_accept_is_delivered_with_its_mark() {
+    if !root_or_skip() {
+        return;
+    }
+    let (port, queue) = (5301, 3);
+    let ns = Netns::new("mark");
+    ns.queue_rule(port, queue, &[]);
+    ns.mark_counter_rule();
+    let rx = ns.receiver(port);
+    let cfg = Config {
+        uid_gid: true,
+        ..config(queue)
+    };
+    let server = ns.serve(cfg, |sock, buf| {
+        let got = expect_packets(sock, buf, 1).remove(0);
+        sock.verdict(got.id, Verdict::Accept, Some(MARK))
+            .expect("verdict");
+        got
+    });
+    ns.send(port, &[b"nfqm-mark-1"]);
+    let got = join(server);
+
+    assert_eq!(got.hook, HOOK_OUTPUT);
+    assert_eq!(got.hw_protocol, ETH_P_IP);
+    assert_eq!(got.mark, 0, "the packet had no mark before our verdict");
+    assert_eq!(got.indev, 0, "locally generated: no input interface");
+    assert_eq!(got.outdev, 1, "routed to lo, ifindex 1 in a new namespace");
+    assert_eq!(got.orig_len, None, "whole packet copied: no capture length");
+    assert_eq!((got.uid, got.gid), (Some(0), Some(0)), "sent by root");
+    assert_eq!(udp_payload(&got.payload, port), b"nfqm-mark-1");
+    assert_eq!(delivered(&rx), b"nfqm-mark-1");
+    assert_eq!(
+        ns.marked_packets(),
+        1,
+        "the mark is on the packet in POSTROUTING"
+    );
+}
+
+#[test]
+fn drop_verdict_is_not_delivered() {
+    if !root_or_skip() {
+        return;
+    }
+    let (port, queue) = (5302, 4);
+    let ns = Netns::new("drop");
+    ns.queue_rule(port, queue, &[]);
+    ns.mark_counter_rule();
+    let rx = ns.receiver(port);
+    let server = ns.serve(config(queue), |sock, buf| {
+        let got = expect_packets(sock, buf, 1).remove(0);
+        sock.verdict(got.id, Verdict::Drop, Some(MARK))
+            .expect("verdict");
+        got
+    });
+    ns.send(port, &[b"nfqm-drop"]);
+    let got = join(server);
+    assert_eq!(udp_payload(&got.payload, port), b"nfqm-drop");
+    nothing_delivered(&rx);
+    assert_eq!(
+        ns.marked_packets(),
+        0,
+        "a dropped packet never reaches POSTROUTING"
+    );
+}
+
+#[test]
+fn verdict_batch_covers_every_packet_up_to_its_id() {
+    if !root_or_skip() {
+        return;
+    }
+    // Above 255: the queue number is big-endian in nfgenmsg, a byte-order slip shows here.
+    let (port, queue) = (5303, 300);
+    let ns = Netns::new("batch");
+    ns.queue_rule(port, queue, &[]);
+    ns.mark_counter_rule();
+    let rx = ns.receiver(port);
+    let server = ns.serve(config(queue), |sock, buf| {
+        let got = expect_packets(sock, buf, 3);
+        // The first two in one batch, accepted and marked; the third dropped on its own.
+        sock.verdict_batch(got[1].id, Verdict::Accept, Some(MARK))
+            .expect("verdict_batch");
+        sock.verdict(got[2].id, Verdict::Drop, None)
+            .expect("verdict");
+        // The kernel complains (asynchronously) only on failure: there must be nothing.
+        let (late, errors) = collect(sock, buf, 1, QUIET);
+        assert!(
+            late.is_empty() && errors.is_empty(),
+            "after the verdicts: {late:?} {errors:?}"
+        );
+        got
+    });
+    ns.send(port, &[b"nfqm-b1", b"nfqm-b2", b"nfqm-b3"]);
+    let got = join(server);
+    assert!(
+        got[0].id < got[1].id && got[1].id < got[2].id,
+        "ids grow: {got:?}"
+    );
+    let payloads: Vec<&[u8]> = got.iter().map(|g| udp_payload(&g.payload, port)).collect();
+    assert_eq!(payloads, [&b"nfqm-b1"[..], b"nfqm-b2", b"nfqm-b3"]);
+    assert_eq!(delivered(&rx), b"nfqm-b1");
+    assert_eq!(delivered(&rx), b"nfqm-b2");
+    nothing_delivered(&rx);
+    assert_eq!(ns.marked_packets(), 2);
+}
+
+#[test]
+fn recv_times_out_with_zero_when_nothing_is_queued() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("idle");
+    let server = ns.serve(config(5), |sock, buf| {
+        // A wait cut short by EINTR also returns Ok(0) (the caller just loops): try a few
+        // times for one that runs its full course.
+        let mut waits = Vec::new();
+        for _ in 0..3 {
+            let start = Instant::now();
+            let n = sock
+                .recv(buf, Some(Duration::from_millis(150)))
+                .expect("recv");
+            waits.push((n, start.elapsed(), buf.messages().count()));
+            if start.elapsed() >= Duration::from_millis(150) {
+                break;
+            }
+        }
+        let n_zero = sock.recv(buf, Some(Duration::ZERO)).expect("recv");
+        (waits, n_zero)
+    });
+    let (waits, n_zero) = join(server);
+    assert!(
+        waits.iter().all(|&(n, waited, messages)| n == 0
+            && messages == 0
+            && waited < Duration::from_secs(2)),
+        "{waits:?}"
+    );
+    assert!(
+        waits
+            .iter()
+            .any(|&(_, waited, _)| waited >= Duration::from_millis(150)),
+        "no wait ran its course: {waits:?}"
+    );
+    assert_eq!(n_zero, 0);
+}
+
+#[test]
+fn second_socket_on_the_same_queue_is_busy() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("busy");
+    let (first, second, after_unbind, again) = ns.run_in(|| {
+        let cfg = config(6);
+        let first = Socket::open(&cfg).expect("first open");
+        let second = Socket::open(&cfg).map(|_| ());
+        first.unbind().expect("unbind");
+        // Unbound, the queue is free for another socket while `first` still exists.
+        let after_unbind = Socket::open(&cfg).map(drop);
+        let again = first.unbind().map_err(|e| e.to_string());
+        (first.queue(), second, after_unbind, again)
+    });
+    assert_eq!(first, 6);
+    match second {
+        Err(OpenError::Busy(6)) => {}
+        other => panic!("second open: {other:?}"),
+    }
+    let message = OpenError::Busy(6).to_string();
+    assert_eq!(
+        message,
+        "queue 6 is already bound by another process: stop it, or pick another --queue"
+    );
+    assert!(after_unbind.is_ok(), "open after unbind: {after_unbind:?}");
+    assert_eq!(again, Ok(()), "unbinding twice is a no-op");
+}
+
+#[test]
+fn closing_the_socket_frees_the_queue() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("reopen");
+    let reopened = ns.run_in(|| {
+        let cfg = config(7);
+        drop(Socket::open(&cfg).expect("first open"));
+        Socket::open(&cfg).map(|s| s.queue())
+    });
+    assert_eq!(reopened.ok(), Some(7));
+}
+
+#[test]
+fn open_without_cap_net_admin_is_a_permission_error() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("perm");
+    let result = ns.run_in(|| {
+        drop_cap_net_admin().expect("capset");
+        Socket::open(&config(8)).map(drop)
+    });
+    match result {
+        Err(e @ OpenError::Permission(_)) => {
+            assert!(e.to_string().contains("CAP_NET_ADMIN"), "{e}");
+        }
+        other => panic!("open without CAP_NET_ADMIN: {other:?}"),
+    }
+}
+
+/// Drop CAP_NET_ADMIN from the calling thread's effective set (capabilities are per thread).
+fn drop_cap_net_admin() -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    const CAP_NET_ADMIN: u32 = 12;
+    let mut header = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: header and two data structs, as capget(2) wants for version 3.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    data[0].effective &= !(1 << CAP_NET_ADMIN);
+    // SAFETY: as above; pid 0 is the calling thread.
+    if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[test]
+fn copy_range_cuts_the_payload_and_reports_the_full_length() {
+    if !root_or_skip() {
+        return;
+    }
+    let (port, queue) = (5309, 9);
+    let ns = Netns::new("copyrange");
+    ns.queue_rule(port, queue, &[]);
+    let rx = ns.receiver(port);
+    let cfg = Config {
+        copy_range: 40,
+        ..config(queue)
+    };
+    let server = ns.serve(cfg, |sock, buf| {
+        let got = expect_packets(sock, buf, 1).remove(0);
+        sock.verdict(got.id, Verdict::Accept, None)
+            .expect("verdict");
+        got
+    });
+    let datagram = [b'x'; 100];
+    ns.send(port, &[&datagram]);
+    let got = join(server);
+    assert_eq!(got.payload.len(), 40);
+    assert_eq!(got.orig_len, Some(20 + 8 + 100));
+    assert_eq!(delivered(&rx), datagram, "the packet itself is not cut");
+}
+
+#[test]
+fn repeat_verdict_runs_the_hook_again_with_the_new_mark() {
+    if !root_or_skip() {
+        return;
+    }
+    let (port, queue) = (5310, 10);
+    let ns = Netns::new("repeat");
+    // Only unmarked packets are queued: the repeated, marked one passes the second time.
+    ns.queue_rule(port, queue, &["-m", "mark", "--mark", "0"]);
+    ns.mark_counter_rule();
+    let rx = ns.receiver(port);
+    let server = ns.serve(config(queue), |sock, buf| {
+        let got = expect_packets(sock, buf, 1).remove(0);
+        sock.verdict(got.id, Verdict::Repeat, Some(MARK))
+            .expect("verdict");
+        let (again, errors) = collect(sock, buf, 1, QUIET);
+        assert!(
+            again.is_empty() && errors.is_empty(),
+            "queued again: {again:?} {errors:?}"
+        );
+        got
+    });
+    ns.send(port, &[b"nfqm-repeat"]);
+    let got = join(server);
+    assert_eq!(got.hook, HOOK_OUTPUT);
+    assert_eq!(delivered(&rx), b"nfqm-repeat");
+    assert_eq!(ns.marked_packets(), 1);
+}
+
+#[test]
+fn verdict_for_an_unknown_id_comes_back_as_a_netlink_error() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("enoent");
+    let server = ns.serve(config(11), |sock, buf| {
+        sock.verdict(123_456, Verdict::Accept, None)
+            .expect("the send itself succeeds");
+        let (packets, errors) = collect(sock, buf, 1, Duration::from_secs(1));
+        assert!(packets.is_empty(), "{packets:?}");
+        errors
+    });
+    let errors = join(server);
+    match errors.as_slice() {
+        [MsgError::Netlink { errno, .. }] => assert_eq!(*errno, libc::ENOENT),
+        other => panic!("expected one ENOENT, got {other:?}"),
+    }
+}
+
+#[test]
+fn gso_flag_decides_whether_checksums_are_complete() {
+    if !root_or_skip() {
+        return;
+    }
+    let port = 5312;
+    let ns = Netns::new("gso");
+    ns.queue_rule(port, 12, &[]);
+    let _rx = ns.receiver(port);
+    let mut seen = Vec::new();
+    for gso in [false, true] {
+        let cfg = Config { gso, ..config(12) };
+        let server = ns.serve(cfg, |sock, buf| {
+            let got = expect_packets(sock, buf, 1).remove(0);
+            sock.verdict(got.id, Verdict::Accept, None)
+                .expect("verdict");
+            got
+        });
+        ns.send(port, &[b"nfqm-gso"]);
+        seen.push((gso, join(server)));
+    }
+    for (gso, got) in &seen {
+        let not_ready = got.skb_info & SKB_CSUM_NOT_READY != 0;
+        if *gso {
+            assert!(
+                not_ready,
+                "GSO on: local UDP comes with its checksum pending"
+            );
+        } else {
+            assert!(!not_ready, "GSO off: the kernel completes checksums first");
+            assert!(udp_checksum_ok(&got.payload), "GSO off: checksum verifies");
+        }
+    }
+}
+
+#[test]
+fn forced_receive_buffer_goes_past_rmem_max() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("rcvbuf");
+    let (forced, size, rmem_max) = ns.run_in(|| {
+        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(212_992);
+        let cfg = Config {
+            rcvbuf: Some(rmem_max * 4),
+            ..config(13)
+        };
+        let sock = Socket::open(&cfg).expect("open");
+        (
+            sock.rcvbuf_forced(),
+            sock.rcvbuf().expect("rcvbuf"),
+            rmem_max,
+        )
+    });
+    assert!(forced, "root may force the receive buffer");
+    assert!(
+        size >= rmem_max * 4,
+        "asked {} (rmem_max {rmem_max}), got {size}",
+        rmem_max * 4
+    );
+}
+
+#[test]
+fn packets_queued_while_opening_all_reach_the_caller() {
+    if !root_or_skip() {
+        return;
+    }
+    let (port, queue) = (5314, 14);
+    let ns = Netns::new("early");
+    ns.queue_rule(port, queue, &[]);
+    // Flood the port before and while the queue is bound: the kernel queues to us from the
+    // moment the copy range is set, possibly before `open` has read that step's ack.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood_done = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let (stop, done) = (Arc::clone(&stop), Arc::clone(&flood_done));
+        ns.spawn(move || {
+            let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the sender");
+            let start = Instant::now();
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < WAIT {
+                // Before the bind the kernel drops them, and sendto says EPERM: fine.
+                let _ = tx.send_to(b"early", (Ipv4Addr::LOCALHOST, port));
+            }
+            done.store(true, Ordering::Release);
+        })
+    };
+    thread::sleep(Duration::from_millis(20));
+    let (stop_in_server, done_in_server) = (Arc::clone(&stop), Arc::clone(&flood_done));
+    let server = ns.serve(config(queue), move |sock, buf| {
+        let (mut ids, mut overflows) = (Vec::new(), 0);
+        let opened = Instant::now();
+        while opened.elapsed() < WAIT {
+            // Let the flood reach the bound queue for a while, then stop it.
+            if ids.len() >= 50 || opened.elapsed() > Duration::from_millis(300) {
+                stop_in_server.store(true, Ordering::Relaxed);
+            }
+            // Read before looking at the datagram: a packet is queued (in our socket buffer)
+            // before the sender's sendto returns, so once the flood is done one empty wait
+            // means everything has been read.
+            let done = done_in_server.load(Ordering::Acquire);
+            match sock.recv(buf, Some(Duration::from_millis(50))) {
+                Ok(0) if done => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => overflows += 1,
+                Err(e) => panic!("recv: {e}"),
+            }
+            let before = ids.len();
+            for msg in buf.messages() {
+                ids.push(msg.expect("a readable packet").id);
+            }
+            // Verdicts as we go, as a daemon gives them: every queued packet holds the
+            // sender's socket buffer, and a sender out of it blocks in sendto.
+            if ids.len() > before
+                && let Some(&last) = ids.last()
+            {
+                sock.verdict_batch(last, Verdict::Drop, None)
+                    .expect("verdict_batch");
+            }
+        }
+        // The kernel's own account of this queue, read from inside the namespace.
+        let stats = std::fs::read_to_string("/proc/thread-self/net/netfilter/nfnetlink_queue")
+            .expect("read nfnetlink_queue stats");
+        (ids, overflows, stats)
+    });
+    let (ids, overflows, stats) = join(server);
+    join(flood);
+    let fields: Vec<u64> = stats
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|f| f.parse().ok())
+                .collect::<Vec<u64>>()
+        })
+        .find(|f| f.first() == Some(&u64::from(queue)))
+        .unwrap_or_else(|| panic!("queue {queue} not in:\n{stats}"));
+    // queue_num peer_portid queue_total copy_mode copy_range queue_dropped user_dropped id_seq
+    let (waiting, user_dropped, id_sequence) = (fields[2], fields[6], fields[7]);
+    let seen = format!(
+        "{} packets seen (ids {:?}..{:?}), {overflows} ENOBUFS; kernel: {stats}",
+        ids.len(),
+        ids.first(),
+        ids.last()
+    );
+    assert!(!ids.is_empty(), "the flood queued nothing");
+    assert_eq!(waiting, 0, "packets left without a verdict: {seen}");
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids in order, once each: {seen}"
+    );
+    assert_eq!(
+        ids.len() as u64 + user_dropped,
+        id_sequence,
+        "every id the kernel handed out reached us or was dropped on overflow: {seen}"
+    );
+}
