@@ -954,6 +954,20 @@ struct Val<'t> {
     col: usize,
 }
 
+/// What to say when a rule or the default has no action.
+#[derive(Debug, Clone, Copy)]
+struct Missing {
+    message: &'static str,
+    hint: &'static str,
+}
+
+/// A rule being read: its matchers so far and its action words.
+#[derive(Debug, Default)]
+struct RuleParts {
+    conds: Vec<RawCond>,
+    action: ActionParts,
+}
+
 /// The action words seen so far in one rule, with where they were.
 #[derive(Debug, Default)]
 struct ActionParts {
@@ -1097,17 +1111,31 @@ impl State<'_> {
                     }
                 }
             }
-            _ => {
+            next => {
                 self.error(
                     name_tok.line,
                     name_tok.end_col(),
                     format!("set '{name}' needs a kind"),
                     Some(format!("write: set {name} names|addrs|ports {{ ... }}")),
                 );
-                return skip_line(i);
+                // With the brace there, read the body anyway so its lines are not taken for
+                // rules; otherwise give up on this line.
+                if next.is_none_or(|t| t.tok != Tok::Open) {
+                    return skip_line(i);
+                }
+                ok = false;
+                None
             }
         };
-        // Opening brace.
+        // Opening brace, on this line or alone on a following one.
+        let next_token = toks
+            .iter()
+            .skip(i)
+            .position(|t| t.tok != Tok::Newline)
+            .map(|p| p + i);
+        if let Some(j) = next_token.filter(|j| toks.get(*j).is_some_and(|t| t.tok == Tok::Open)) {
+            i = j;
+        }
         let open = match toks.get(i) {
             Some(t) if t.tok == Tok::Open => {
                 i += 1;
@@ -1271,7 +1299,11 @@ impl State<'_> {
                 }
             }
         }
-        let action = self.finish_action(&parts, eol, true);
+        let missing = Missing {
+            message: "'default' needs an action",
+            hint: "e.g. 'default accept' or 'default drop'",
+        };
+        let action = self.finish_action(&parts, eol, missing);
         if self.default.is_none() {
             // Even a bad default counts as "seen", so rules below it are reported once.
             self.default = Some((first.line, action.unwrap_or(Action::ACCEPT)));
@@ -1291,15 +1323,14 @@ impl State<'_> {
                 )),
             );
         }
-        let mut conds = Vec::new();
-        let mut parts = ActionParts::default();
+        let mut rule = RuleParts::default();
         let mut i = 0;
         while let Some(t) = line.get(i) {
             i += 1;
             let word = match &t.tok {
                 Tok::Word(w) => w.as_str(),
                 Tok::Bang => {
-                    i = self.negation(line, i, t, &parts, &mut conds);
+                    i = self.negation(line, i, t, &mut rule);
                     continue;
                 }
                 Tok::Comma => {
@@ -1331,57 +1362,50 @@ impl State<'_> {
                 }
             };
             match keyword(word) {
-                Some(Keyword::Not) => i = self.negation(line, i, t, &parts, &mut conds),
-                Some(Keyword::Field(f)) => {
-                    i = self.field(line, i, t, f, false, &parts, &mut conds);
-                }
-                Some(Keyword::Act(a)) => i = self.action_word(line, i, t, a, &mut parts),
+                Some(Keyword::Not) => i = self.negation(line, i, t, &mut rule),
+                Some(Keyword::Field(f)) => i = self.field(line, i, t, f, false, &mut rule),
+                Some(Keyword::Act(a)) => i = self.action_word(line, i, t, a, &mut rule.action),
                 None => {
-                    parts.broken |= self.unknown_word(t, word, parts.started);
+                    rule.action.broken |= self.unknown_word(t, word, rule.action.started);
                     i = skip_values(line, i);
                 }
             }
         }
-        let mut action = self.finish_action(&parts, eol, false);
-        if action.is_none()
-            && let Some(last) = conds.last()
-            && last.field == Field::Mark
-            && !last.cond.negated
-            && let Some(d) = self.diags.last_mut()
-        {
-            d.hint = Some(
+        // `dport 25 mark 1`: 'mark' where 'set-mark' was meant is the likely story.
+        let ends_in_mark = rule
+            .conds
+            .last()
+            .is_some_and(|c| c.field == Field::Mark && !c.cond.negated);
+        let missing = Missing {
+            message: "missing action",
+            hint: if ends_in_mark {
                 "'mark' matches the packet's mark; to set it, write 'set-mark VALUE[/MASK]'"
-                    .to_string(),
-            );
-        }
-        self.check_ports_need_tcp_udp(&conds);
+            } else {
+                "end the rule with accept, drop, repeat or set-mark VALUE[/MASK]"
+            },
+        };
+        let action = self.finish_action(&rule.action, eol, missing);
+        self.check_ports_need_tcp_udp(&rule.conds);
         if self.diags.len() == before
-            && let Some(action) = action.take()
+            && let Some(action) = action
         {
             self.rules.push(RawRule {
                 line: first.line,
-                conds,
+                conds: rule.conds,
                 action,
             });
         }
     }
 
     /// After `!` / `not` at `line[i-1]`: the negated matcher.
-    fn negation(
-        &mut self,
-        line: &[Token],
-        i: usize,
-        bang: &Token,
-        parts: &ActionParts,
-        conds: &mut Vec<RawCond>,
-    ) -> usize {
+    fn negation(&mut self, line: &[Token], i: usize, bang: &Token, rule: &mut RuleParts) -> usize {
         match line.get(i) {
             Some(
                 t @ Token {
                     tok: Tok::Word(w), ..
                 },
             ) => match keyword(w) {
-                Some(Keyword::Field(f)) => self.field(line, i + 1, t, f, true, parts, conds),
+                Some(Keyword::Field(f)) => self.field(line, i + 1, t, f, true, rule),
                 Some(Keyword::Act(_)) => {
                     self.error_at(
                         bang,
@@ -1413,7 +1437,6 @@ impl State<'_> {
     }
 
     /// A field at `line[i-1]` (`tok`): read its values and check them. Returns the next index.
-    #[allow(clippy::too_many_arguments)]
     fn field(
         &mut self,
         line: &[Token],
@@ -1421,11 +1444,10 @@ impl State<'_> {
         tok: &Token,
         field: Field,
         negated: bool,
-        parts: &ActionParts,
-        conds: &mut Vec<RawCond>,
+        rule: &mut RuleParts,
     ) -> usize {
         let name = field.name();
-        if parts.started {
+        if rule.action.started {
             let hint = if field == Field::Mark && !negated {
                 "to set the mark, write 'set-mark VALUE[/MASK]'; to match it, put 'mark' before \
                  the action"
@@ -1549,7 +1571,7 @@ impl State<'_> {
             }
         }
         if ok {
-            conds.push(RawCond {
+            rule.conds.push(RawCond {
                 cond: Cond { negated, test },
                 field,
                 line: tok.line,
@@ -1584,11 +1606,10 @@ impl State<'_> {
         parts: &mut ActionParts,
     ) -> usize {
         parts.started = true;
-        let verdict = |v: Verdict, name: &'static str| Some((v, name));
         let (verdict, flag) = match word {
-            ActWord::Accept => (verdict(Verdict::Accept, "accept"), None),
-            ActWord::Drop => (verdict(Verdict::Drop, "drop"), None),
-            ActWord::Repeat => (verdict(Verdict::Repeat, "repeat"), None),
+            ActWord::Accept => (Some((Verdict::Accept, "accept")), None),
+            ActWord::Drop => (Some((Verdict::Drop, "drop")), None),
+            ActWord::Repeat => (Some((Verdict::Repeat, "repeat")), None),
             ActWord::Pair => (None, Some((true, "pair"))),
             ActWord::NoPair => (None, Some((false, "nopair"))),
             ActWord::SetMark => return self.set_mark(line, i, tok, parts),
@@ -1623,37 +1644,27 @@ impl State<'_> {
         tok: &Token,
         parts: &mut ActionParts,
     ) -> usize {
-        let value = match line.get(i) {
-            Some(Token {
-                tok: Tok::Word(w),
-                line,
-                col,
-            }) if keyword(w).is_none() => (w.as_str(), *line, *col),
-            _ => {
-                self.error(
-                    tok.line,
-                    tok.end_col(),
-                    "'set-mark' needs a value".to_string(),
-                    Some("e.g. set-mark 0x1 or set-mark 0x100/0xff00".to_string()),
-                );
-                parts.broken = true;
-                return i;
-            }
+        let Some(value) = value_word(line.get(i)) else {
+            self.error(
+                tok.line,
+                tok.end_col(),
+                "'set-mark' needs a value".to_string(),
+                Some("e.g. set-mark 0x1 or set-mark 0x100/0xff00".to_string()),
+            );
+            parts.broken = true;
+            return i;
         };
-        match parse_mark(value.0, true) {
-            Ok(m) if parts.set_mark.is_some() => {
-                let _ = m;
-                self.error_at(
-                    tok,
-                    "'set-mark' is given twice".to_string(),
-                    Some("a rule sets one mark; combine the bits into one VALUE/MASK".to_string()),
-                );
-            }
-            Ok(m) => parts.set_mark = Some((m, tok.line, tok.col)),
+        match parse_mark(value.text, true) {
             Err((m, h)) => {
-                self.error(value.1, value.2, m, h);
+                self.error(value.line, value.col, m, h);
                 parts.broken = true;
             }
+            Ok(_) if parts.set_mark.is_some() => self.error_at(
+                tok,
+                "'set-mark' is given twice".to_string(),
+                Some("a rule sets one mark; combine the bits into one VALUE/MASK".to_string()),
+            ),
+            Ok(m) => parts.set_mark = Some((m, tok.line, tok.col)),
         }
         i + 1
     }
@@ -1663,24 +1674,18 @@ impl State<'_> {
         &mut self,
         parts: &ActionParts,
         eol: (usize, usize),
-        is_default: bool,
+        missing: Missing,
     ) -> Option<Action> {
         if parts.broken {
             return None;
         }
         if parts.verdict.is_none() && parts.set_mark.is_none() {
-            let (message, hint) = if is_default {
-                (
-                    "'default' needs an action".to_string(),
-                    "e.g. 'default accept' or 'default drop'",
-                )
-            } else {
-                (
-                    "missing action".to_string(),
-                    "end the rule with accept, drop, repeat or set-mark VALUE[/MASK]",
-                )
-            };
-            self.error(eol.0, eol.1, message, Some(hint.to_string()));
+            self.error(
+                eol.0,
+                eol.1,
+                missing.message.to_string(),
+                Some(missing.hint.to_string()),
+            );
             return None;
         }
         let verdict = parts.verdict.map_or(Verdict::Accept, |(v, _)| v);
@@ -2586,6 +2591,41 @@ default accept
                 "t.rules:10:28:",
             ],
             "{e:#?}"
+        );
+    }
+
+    #[test]
+    fn mark_hint_only_replaces_the_missing_action_hint() {
+        assert_eq!(
+            errors("mark 1 set-mark 0xzz"),
+            vec![
+                "t.rules:1:17: '0xzz' is not a 32-bit number (write it in decimal, or in hex \
+                  like 0xff00)"
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ]
+        );
+    }
+
+    #[test]
+    fn set_brace_may_open_on_the_next_line() {
+        let p = ok("set garden names\n{\n  a.example\n}\ndns-name @garden accept\n");
+        assert_eq!(p.sets.len(), 1);
+        assert_eq!(p.rules.len(), 1);
+    }
+
+    #[test]
+    fn set_without_kind_still_reads_its_body() {
+        assert_eq!(
+            errors("set garden {\n  a.example\n  b.example\n}\ndns-name @garden accept\n"),
+            vec![
+                "t.rules:1:11: set 'garden' needs a kind (write: set garden names|addrs|ports \
+                  { ... })"
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ]
         );
     }
 
