@@ -91,6 +91,10 @@ pub struct RunArgs {
     /// Bytes of each packet copied from the kernel (DNS needs the whole packet).
     #[arg(long, value_name = "BYTES", default_value_t = u16::MAX)]
     pub copy_range: u16,
+    /// Socket receive buffer per queue in bytes (forced past net.core.rmem_max when permitted;
+    /// 0 keeps the kernel default).
+    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20)]
+    pub rcvbuf: usize,
     /// Drop packets, instead of accepting them unmarked, when a queue is full.
     #[arg(long)]
     pub fail_closed: bool,

@@ -179,6 +179,7 @@ pub fn run(args: &RunArgs) -> Result<(), Error> {
             copy_range: args.copy_range,
             max_len: args.queue_maxlen,
             fail_open: !args.fail_closed,
+            rcvbuf: (args.rcvbuf > 0).then_some(args.rcvbuf),
         };
         queues.push(Queue::open(&opts).map_err(|e| Error::Open(num, e))?);
     }
@@ -216,8 +217,15 @@ pub fn run(args: &RunArgs) -> Result<(), Error> {
             Signal::Report => log::info!("{}", report(&shared)),
         }
     }
+    // Workers notice within their poll interval, stop the kernel queueing, give what is queued
+    // its verdict and unbind.
     shared.stop.store(true, Ordering::Relaxed);
-    drop(metrics);
+    for w in workers {
+        let _ = w.join();
+    }
+    if let Some(m) = metrics {
+        let _ = m.join();
+    }
     log::info!("stopping: {}", report(&shared));
     Ok(())
 }

@@ -19,5 +19,6 @@ pub mod packet;
 pub mod pairing;
 pub mod queue;
 pub mod rules;
+pub mod setup;
 pub mod stats;
 pub mod worker;

@@ -1115,6 +1115,14 @@ impl Socket {
 
     /// Unbind the queue and wait for the kernel to confirm. Packets still waiting for a verdict
     /// are dropped by the kernel. Unbinding an unbound socket does nothing.
+    /// Change the queue's length limit while bound. With fail-open, a limit of 0 makes the
+    /// kernel accept every new packet without queueing it: how a worker stops taking packets
+    /// before it unbinds, so that no packet still waiting is dropped with the queue.
+    pub fn set_max_len(&self, len: u32) -> io::Result<()> {
+        let mut scratch = RecvBuf::with_capacity(METADATA_ROOM);
+        self.request(ConfigMsg::MaxLen(len), &mut scratch, Early::Keep)
+    }
+
     pub fn unbind(&self) -> io::Result<()> {
         if !self.bound.load(Ordering::Acquire) {
             return Ok(());

@@ -1,12 +1,18 @@
-//! NFQUEUE I/O: the only place that talks to the kernel's packet queue.
+//! NFQUEUE I/O for the workers: the only place that talks to the kernel's packet queue.
 //!
-//! This module owns binding a queue, receiving packets and sending verdicts. It decides nothing:
-//! the worker asks the engine and gives each packet its one verdict through [`Queue::verdict`].
+//! This module owns binding a queue (through our own netlink module, [`crate::nfnl`]), receiving
+//! batches of packets with a timeout, and giving verdicts, batching consecutive "accept,
+//! unchanged" verdicts into one message. It decides nothing. We do not use the `nfq` crate: it
+//! has no file descriptor to wait on with a timeout (so no clean shutdown), no forced receive
+//! buffer and no batch verdicts, and it asserts on kernel messages.
 
-use std::fmt;
 use std::io;
+use std::time::Duration;
 
 use crate::engine::{Hook, Meta, Verdict};
+use crate::nfnl::{self, MsgError, PacketMsg, RecvBuf, Socket};
+
+pub use crate::nfnl::OpenError;
 
 /// How to bind one queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +24,8 @@ pub struct QueueOptions {
     pub max_len: u32,
     /// When the queue is full, the kernel accepts packets instead of dropping them.
     pub fail_open: bool,
+    /// Socket receive buffer in bytes (forced past rmem_max where permitted).
+    pub rcvbuf: Option<usize>,
 }
 
 impl Default for QueueOptions {
@@ -27,130 +35,154 @@ impl Default for QueueOptions {
             copy_range: u16::MAX,
             max_len: 4096,
             fail_open: true,
+            rcvbuf: Some(8 << 20),
         }
     }
 }
 
-/// Why a queue could not be bound, with the fix an operator needs.
-#[derive(Debug)]
-pub enum OpenError {
-    /// EPERM: the process lacks CAP_NET_ADMIN.
-    Permission(io::Error),
-    /// EBUSY: another process holds the queue.
-    Busy(u16),
-    /// The kernel has no nfnetlink_queue.
-    Unsupported(io::Error),
-    Other(&'static str, io::Error),
-}
-
-impl fmt::Display for OpenError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            OpenError::Permission(_) => f.write_str(
-                "permission denied binding the queue: run as root or grant CAP_NET_ADMIN \
-                 (setcap cap_net_admin+ep, or AmbientCapabilities=CAP_NET_ADMIN in systemd)",
-            ),
-            OpenError::Busy(n) => write!(
-                f,
-                "queue {n} is already bound by another process: stop it, or pick another --queue"
-            ),
-            OpenError::Unsupported(e) => write!(
-                f,
-                "the kernel has no NFQUEUE support ({e}): load it with `modprobe nfnetlink_queue`"
-            ),
-            OpenError::Other(what, e) => write!(f, "{what}: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for OpenError {}
-
-fn classify(what: &'static str, num: u16, e: io::Error) -> OpenError {
-    match e.raw_os_error() {
-        Some(libc::EPERM) | Some(libc::EACCES) => OpenError::Permission(e),
-        Some(libc::EBUSY) => OpenError::Busy(num),
-        Some(libc::EPROTONOSUPPORT) | Some(libc::EAFNOSUPPORT) | Some(libc::ENOENT) => {
-            OpenError::Unsupported(e)
-        }
-        _ => OpenError::Other(what, e),
-    }
-}
-
-/// A bound NFQUEUE.
+/// A bound NFQUEUE with its receive buffer.
 pub struct Queue {
-    inner: nfq::Queue,
-    num: u16,
+    sock: Socket,
+    buf: RecvBuf,
+    fail_open: bool,
+    /// Consecutive packets that all get "accept, unchanged": answered with one batch verdict.
+    run_end: Option<u32>,
 }
 
-/// One queued packet, owned until its verdict is sent.
-pub struct Packet {
-    msg: nfq::Message,
+/// Metadata of a queued packet, as the engine wants it.
+pub fn meta(msg: &PacketMsg<'_>) -> Meta {
+    Meta {
+        hook: Hook::from_kernel(msg.hook),
+        mark: msg.mark,
+        indev: msg.indev,
+        outdev: msg.outdev,
+    }
 }
 
-impl Packet {
-    pub fn meta(&self) -> Meta {
-        Meta {
-            hook: Hook::from_kernel(self.msg.get_hook()),
-            mark: self.msg.get_nfmark(),
-            indev: self.msg.get_indev(),
-            outdev: self.msg.get_outdev(),
-        }
+fn kernel_verdict(v: Verdict) -> nfnl::Verdict {
+    match v {
+        Verdict::Accept => nfnl::Verdict::Accept,
+        Verdict::Drop => nfnl::Verdict::Drop,
+        Verdict::Repeat => nfnl::Verdict::Repeat,
     }
+}
 
-    pub fn payload(&self) -> &[u8] {
-        self.msg.get_payload()
+/// Send the pending batch verdict, if any.
+fn flush(sock: &Socket, run_end: &mut Option<u32>) -> io::Result<()> {
+    match run_end.take() {
+        Some(id) => sock.verdict_batch(id, nfnl::Verdict::Accept, None),
+        None => Ok(()),
     }
+}
+
+/// What one [`Queue::serve`] call did.
+#[derive(Debug, Default)]
+pub struct Served {
+    /// Messages handled (packets and unreadable messages).
+    pub handled: usize,
+    /// Verdict messages the kernel refused.
+    pub verdict_errors: usize,
+    pub last_error: Option<io::Error>,
+}
+
+/// One item of a received batch.
+pub enum Item<'a> {
+    Packet(PacketMsg<'a>),
+    /// A message we could not read; `id`, when known, still needs its verdict.
+    Unreadable(MsgError),
 }
 
 impl Queue {
     pub fn open(opts: &QueueOptions) -> Result<Queue, OpenError> {
-        let num = opts.num;
-        let mut inner =
-            nfq::Queue::open().map_err(|e| classify("opening netlink socket", num, e))?;
-        inner
-            .bind(num)
-            .map_err(|e| classify("binding queue", num, e))?;
-        inner
-            .set_copy_range(num, opts.copy_range)
-            .map_err(|e| classify("setting copy range", num, e))?;
-        inner
-            .set_fail_open(num, opts.fail_open)
-            .map_err(|e| classify("setting fail-open", num, e))?;
-        inner
-            .set_queue_max_len(num, opts.max_len)
-            .map_err(|e| classify("setting queue length", num, e))?;
-        // Count ENOBUFS (receive buffer overflow) instead of hiding it.
-        inner
-            .set_recv_enobufs(true)
-            .map_err(|e| classify("enabling ENOBUFS reports", num, e))?;
-        Ok(Queue { inner, num })
+        let cfg = nfnl::Config {
+            queue: opts.num,
+            copy_range: u32::from(opts.copy_range),
+            max_len: opts.max_len,
+            fail_open: opts.fail_open,
+            rcvbuf: opts.rcvbuf,
+            gso: false,
+            uid_gid: false,
+        };
+        let sock = Socket::open(&cfg)?;
+        if opts.rcvbuf.is_some() && !sock.rcvbuf_forced() {
+            log::warn!(
+                "queue {}: could not force the receive buffer past net.core.rmem_max (no \
+                 CAP_NET_ADMIN?); using {} bytes",
+                opts.num,
+                sock.rcvbuf().unwrap_or(0)
+            );
+        }
+        Ok(Queue {
+            sock,
+            buf: RecvBuf::new(u32::from(opts.copy_range)),
+            fail_open: opts.fail_open,
+            run_end: None,
+        })
     }
 
     pub fn num(&self) -> u16 {
-        self.num
+        self.sock.queue()
     }
 
-    /// Block until the next packet.
-    pub fn recv(&mut self) -> io::Result<Packet> {
-        self.inner.recv().map(|msg| Packet { msg })
-    }
-
-    /// Give a packet its verdict, with a new mark when `mark` is set.
-    pub fn verdict(
-        &mut self,
-        packet: Packet,
-        verdict: Verdict,
-        mark: Option<u32>,
-    ) -> io::Result<()> {
-        let mut msg = packet.msg;
-        if let Some(mark) = mark {
-            msg.set_nfmark(mark);
+    /// Wait up to `timeout` for packets and hand each (in order) to `handle`, which returns the
+    /// verdict and new mark. Every packet received gets its verdict before this returns. `Err`
+    /// is a receive error (ENOBUFS among them); verdicts the kernel refused are counted in
+    /// [`Served`].
+    pub fn serve<F>(&mut self, timeout: Duration, mut handle: F) -> io::Result<Served>
+    where
+        F: FnMut(Item<'_>) -> (Verdict, Option<u32>),
+    {
+        let n = self.sock.recv(&mut self.buf, Some(timeout))?;
+        let mut served = Served::default();
+        if n == 0 {
+            return Ok(served);
         }
-        msg.set_verdict(match verdict {
-            Verdict::Accept => nfq::Verdict::Accept,
-            Verdict::Drop => nfq::Verdict::Drop,
-            Verdict::Repeat => nfq::Verdict::Repeat,
-        });
-        self.inner.verdict(msg)
+        let mut note = |r: io::Result<()>| {
+            if let Err(e) = r {
+                served.verdict_errors += 1;
+                served.last_error = Some(e);
+            }
+        };
+        for item in self.buf.messages() {
+            served.handled += 1;
+            let (id, verdict, mark) = match item {
+                Ok(msg) => {
+                    let id = msg.id;
+                    let (v, m) = handle(Item::Packet(msg));
+                    (Some(id), v, m)
+                }
+                Err(e) => {
+                    let id = e.packet_id();
+                    let (v, m) = handle(Item::Unreadable(e));
+                    (id, v, m)
+                }
+            };
+            let Some(id) = id else { continue };
+            if verdict == Verdict::Accept && mark.is_none() {
+                self.run_end = Some(id);
+                continue;
+            }
+            // Close the run first so verdicts go out in id order.
+            note(flush(&self.sock, &mut self.run_end));
+            note(self.sock.verdict(id, kernel_verdict(verdict), mark));
+        }
+        note(flush(&self.sock, &mut self.run_end));
+        Ok(served)
+    }
+
+    /// Stop taking packets: with fail-open, new packets are accepted by the kernel from now on
+    /// (unmarked) instead of queued, so the worker can drain what waits and unbind without the
+    /// kernel dropping anything. Fail-closed queues keep queueing until unbound.
+    pub fn stop_taking(&self) -> io::Result<()> {
+        if self.fail_open {
+            self.sock.set_max_len(0)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Unbind the queue (the socket closes when dropped).
+    pub fn unbind(&self) -> io::Result<()> {
+        self.sock.unbind()
     }
 }

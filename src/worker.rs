@@ -6,13 +6,13 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::engine::{self, EngineConfig, Verdict};
 use crate::flows::{LearnConfig, Learned};
 use crate::metrics::{KernelQueue, QueueSnapshot, RuleSnapshot, Snapshot};
 use crate::pairing::Pairing;
-use crate::queue::Queue;
+use crate::queue::{self, Item, Queue, Served};
 use crate::rules::RuleSet;
 use crate::stats::{Counter, Stats};
 
@@ -184,80 +184,149 @@ impl Shared {
     }
 }
 
-/// Serve one queue until asked to stop or the socket fails for good. `index` is the queue's
+/// How long a worker waits for packets before it looks at the stop flag again.
+const POLL: Duration = Duration::from_millis(100);
+/// Longest a stopping worker spends giving verdicts to what is still queued.
+const DRAIN: Duration = Duration::from_millis(500);
+
+/// Serve one queue until asked to stop or the socket fails for good, then stop cleanly: stop
+/// taking new packets, give every queued packet its verdict, unbind. `index` is the queue's
 /// place in [`Shared::queues`].
 pub fn run(mut queue: Queue, shared: Arc<Shared>, index: usize) {
-    let (mut generation, mut loaded) = shared.current();
     let Some(stats) = shared.queues.get(index).map(|q| &q.stats) else {
         log::error!("queue {}: no counters (bug); not serving", queue.num());
         return;
     };
-    log::info!("queue {}: serving", queue.num());
+    let num = queue.num();
+    let mut loaded = shared.rules();
+    let mut generation = shared.generation.load(Ordering::Acquire);
+    log::info!("queue {num}: serving");
     while !shared.stop.load(Ordering::Relaxed) {
-        let packet = match queue.recv() {
-            Ok(p) => p,
-            Err(e) => {
-                stats.recv_errors.inc();
-                if e.raw_os_error() == Some(libc::ENOBUFS) {
-                    stats.enobufs.inc();
-                    log::warn!(
-                        "queue {}: receive buffer overflowed (ENOBUFS); the kernel dropped or, \
-                         fail-open, accepted packets unmarked",
-                        queue.num()
-                    );
-                    continue;
-                }
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                log::error!("queue {}: receive failed: {e}", queue.num());
-                break;
-            }
-        };
         if shared.generation.load(Ordering::Acquire) != generation {
             (generation, loaded) = shared.current();
         }
-        let meta = packet.meta();
-        let decision = engine::decide(
-            &shared.config,
-            &loaded.rules,
-            &shared.pairing,
-            stats,
-            &meta,
-            packet.payload(),
-            Instant::now(),
-        );
-        match decision.verdict {
-            Verdict::Accept => stats.accepted.inc(),
-            Verdict::Drop => stats.dropped.inc(),
-            Verdict::Repeat => stats.repeated.inc(),
-        }
-        if let Some(rule) = decision.rule {
-            if let Some(c) = loaded.matches.get(rule) {
-                c.inc();
-            }
-            if decision.mark.is_some()
-                && let Some(c) = loaded.marks.get(rule)
-            {
-                c.inc();
-            }
-        }
-        if decision.mark.is_some() {
-            stats.marked.inc();
-        }
-        log::trace!(
-            "queue {} {:?} mark {:#x} -> {:?} {:?} {:?}",
-            queue.num(),
-            meta.hook,
-            meta.mark,
-            decision.verdict,
-            decision.mark,
-            decision.role
-        );
-        if let Err(e) = queue.verdict(packet, decision.verdict, decision.mark) {
-            stats.verdict_errors.inc();
-            log::warn!("queue {}: verdict failed: {e}", queue.num());
+        if !serve_once(&mut queue, &shared, stats, &loaded, POLL) {
+            break;
         }
     }
-    log::info!("queue {}: stopped", queue.num());
+    if let Err(e) = queue.stop_taking() {
+        log::warn!("queue {num}: could not stop the kernel queueing: {e}");
+    }
+    let deadline = Instant::now() + DRAIN;
+    while Instant::now() < deadline {
+        match queue.serve(Duration::from_millis(20), |item| {
+            decide_item(item, &shared, stats, &loaded)
+        }) {
+            Ok(served) if served.handled == 0 => break,
+            Ok(served) => count_verdict_errors(num, stats, &served),
+            Err(_) => break,
+        }
+    }
+    if let Err(e) = queue.unbind() {
+        log::warn!("queue {num}: unbind failed: {e}");
+    }
+    log::info!("queue {num}: stopped");
+}
+
+/// One receive-and-verdict round. False when the socket failed for good.
+fn serve_once(
+    queue: &mut Queue,
+    shared: &Shared,
+    stats: &Stats,
+    loaded: &Loaded,
+    wait: Duration,
+) -> bool {
+    let num = queue.num();
+    match queue.serve(wait, |item| decide_item(item, shared, stats, loaded)) {
+        Ok(served) => {
+            count_verdict_errors(num, stats, &served);
+            true
+        }
+        Err(e) => {
+            stats.recv_errors.inc();
+            match e.raw_os_error() {
+                Some(libc::ENOBUFS) => {
+                    stats.enobufs.inc();
+                    log::warn!(
+                        "queue {num}: receive buffer overflowed (ENOBUFS); the kernel dropped or, \
+                         fail-open, accepted packets unmarked (raise --rcvbuf or add queues)"
+                    );
+                    true
+                }
+                Some(libc::EINTR) | Some(libc::EAGAIN) => true,
+                _ => {
+                    log::error!("queue {num}: receive failed: {e}");
+                    false
+                }
+            }
+        }
+    }
+}
+
+fn count_verdict_errors(num: u16, stats: &Stats, served: &Served) {
+    if served.verdict_errors > 0 {
+        stats.verdict_errors.add(served.verdict_errors as u64);
+        if let Some(e) = &served.last_error {
+            log::warn!(
+                "queue {num}: {} verdict(s) refused: {e}",
+                served.verdict_errors
+            );
+        }
+    }
+}
+
+/// The verdict and mark for one received item. Unreadable messages get the rules' default.
+fn decide_item(
+    item: Item<'_>,
+    shared: &Shared,
+    stats: &Stats,
+    loaded: &Loaded,
+) -> (Verdict, Option<u32>) {
+    let (meta, payload) = match item {
+        Item::Packet(msg) => (queue::meta(&msg), msg.payload),
+        Item::Unreadable(e) => {
+            stats.packets.inc();
+            stats.parse_errors.inc();
+            log::debug!("unreadable queue message: {e}");
+            let d = loaded.rules.default_outcome();
+            stats.accepted.inc();
+            return (d.verdict, None);
+        }
+    };
+    let decision = engine::decide(
+        &shared.config,
+        &loaded.rules,
+        &shared.pairing,
+        stats,
+        &meta,
+        payload,
+        Instant::now(),
+    );
+    match decision.verdict {
+        Verdict::Accept => stats.accepted.inc(),
+        Verdict::Drop => stats.dropped.inc(),
+        Verdict::Repeat => stats.repeated.inc(),
+    }
+    if let Some(rule) = decision.rule {
+        if let Some(c) = loaded.matches.get(rule) {
+            c.inc();
+        }
+        if decision.mark.is_some()
+            && let Some(c) = loaded.marks.get(rule)
+        {
+            c.inc();
+        }
+    }
+    if decision.mark.is_some() {
+        stats.marked.inc();
+    }
+    log::trace!(
+        "{:?} mark {:#x} -> {:?} {:?} {:?}",
+        meta.hook,
+        meta.mark,
+        decision.verdict,
+        decision.mark,
+        decision.role
+    );
+    (decision.verdict, decision.mark)
 }

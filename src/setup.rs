@@ -1,0 +1,368 @@
+//! `nfqmark setup`: the firewall rules a rules file needs, ready for `iptables-restore` or
+//! `nft -f`.
+//!
+//! This module owns the text of those rules, so the README shows this command's output instead
+//! of hand-written copies that drift. Rendering is pure (a [`Plan`] in, text out); the only I/O
+//! is [`probe_nft_queue`], which asks the running kernel (with `nft --check`, which changes
+//! nothing) whether the nft `queue` expression is available.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+/// What the rules need from the firewall.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// First and last queue (a range is balanced across workers).
+    pub queues: (u16, u16),
+    /// Bits of the mark nfqmark owns; CONNMARK saves and restores only these.
+    pub mask: u32,
+    /// DNS ports queued for pairing (and for learning flows from answers).
+    pub dns_ports: Vec<u16>,
+    /// New flows to queue for DNS-learned marks: source prefixes of the clients that flow rules
+    /// name, per family (`None`: no flow rules; an empty list: every client).
+    pub flow_clients_v4: Option<Vec<String>>,
+    pub flow_clients_v6: Option<Vec<String>>,
+    /// Where the rules came from, for the header comment.
+    pub source: String,
+}
+
+/// Address family of an iptables ruleset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Plan {
+    fn queue_target(&self) -> String {
+        let (a, b) = self.queues;
+        if a == b {
+            format!("NFQUEUE --queue-num {a} --queue-bypass")
+        } else {
+            format!("NFQUEUE --queue-balance {a}:{b} --queue-bypass")
+        }
+    }
+
+    fn nft_queue(&self) -> String {
+        let (a, b) = self.queues;
+        if a == b {
+            format!("queue flags bypass to {a}")
+        } else {
+            format!("queue flags bypass,fanout to {a}-{b}")
+        }
+    }
+
+    fn mask_args(&self) -> String {
+        if self.mask == u32::MAX {
+            String::new()
+        } else {
+            format!(" --nfmask {m:#x} --ctmask {m:#x}", m = self.mask)
+        }
+    }
+
+    fn flow_clients(&self, family: Family) -> Option<&Vec<String>> {
+        match family {
+            Family::V4 => self.flow_clients_v4.as_ref(),
+            Family::V6 => self.flow_clients_v6.as_ref(),
+        }
+    }
+}
+
+/// `iptables-restore --noflush` input for one family.
+pub fn iptables(plan: &Plan, family: Family) -> String {
+    let (tool, restore) = match family {
+        Family::V4 => ("iptables", "iptables-restore"),
+        Family::V6 => ("ip6tables", "ip6tables-restore"),
+    };
+    let q = plan.queue_target();
+    let m = plan.mask_args();
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "# nfqmark setup for {} ({tool}), nfqmark {}",
+        plan.source,
+        env!("CARGO_PKG_VERSION")
+    );
+    let _ = writeln!(o, "# apply:  nfqmark setup ... | {restore} --noflush");
+    let _ = writeln!(
+        o,
+        "# remove: {tool} -t mangle -S | grep -e NFQMARK -e 'CONNMARK' (and delete those lines with -D)"
+    );
+    o.push_str("*mangle\n");
+    o.push_str(":NFQMARK-DNS-IN - [0:0]\n:NFQMARK-DNS-OUT - [0:0]\n");
+    let flows = plan.flow_clients(family);
+    if flows.is_some() {
+        o.push_str(":NFQMARK-FLOWS - [0:0]\n");
+    }
+    o.push_str(
+        "# Packets of a marked connection get the mark back first, before anything routes them.\n",
+    );
+    let _ = writeln!(o, "-A PREROUTING -j CONNMARK --restore-mark{m}");
+    let _ = writeln!(o, "-A OUTPUT -j CONNMARK --restore-mark{m}");
+    if flows.is_some() {
+        o.push_str("# New flows from clients that flow rules name: nfqmark marks those to learned addresses.\n");
+        let _ = writeln!(
+            o,
+            "-A PREROUTING -m conntrack --ctstate NEW -j NFQMARK-FLOWS"
+        );
+    }
+    o.push_str(
+        "# Client queries and upstream answers, after PREROUTING marked them and after DNAT.\n",
+    );
+    o.push_str("-A INPUT -j NFQMARK-DNS-IN\n");
+    o.push_str("# The resolver's upstream queries and its answers to clients.\n");
+    o.push_str("-A OUTPUT -j NFQMARK-DNS-OUT\n");
+    if flows.is_some() {
+        o.push_str(
+            "# DNS answers routed through this host to clients (they teach flow marks too).\n",
+        );
+        for port in &plan.dns_ports {
+            for proto in ["udp", "tcp"] {
+                let _ = writeln!(o, "-A FORWARD -p {proto} --sport {port} -j {q}");
+            }
+        }
+    }
+    o.push_str(
+        "# A verdict from the queue ends the chain, so the mark is saved in a later hook.\n",
+    );
+    let _ = writeln!(
+        o,
+        "-A POSTROUTING -m mark ! --mark 0/{:#x} -j CONNMARK --save-mark{m}",
+        plan.mask
+    );
+    for port in &plan.dns_ports {
+        for proto in ["udp", "tcp"] {
+            for (chain, dir) in [("NFQMARK-DNS-IN", "--dport"), ("NFQMARK-DNS-IN", "--sport")] {
+                let _ = writeln!(o, "-A {chain} -p {proto} {dir} {port} -j {q}");
+            }
+            for (chain, dir) in [
+                ("NFQMARK-DNS-OUT", "--dport"),
+                ("NFQMARK-DNS-OUT", "--sport"),
+            ] {
+                let _ = writeln!(o, "-A {chain} -p {proto} {dir} {port} -j {q}");
+            }
+        }
+    }
+    if let Some(clients) = flows {
+        for port in &plan.dns_ports {
+            for proto in ["udp", "tcp"] {
+                let _ = writeln!(o, "-A NFQMARK-FLOWS -p {proto} --dport {port} -j RETURN");
+            }
+        }
+        if clients.is_empty() {
+            let _ = writeln!(o, "-A NFQMARK-FLOWS -j {q}");
+        } else {
+            for c in clients {
+                let _ = writeln!(o, "-A NFQMARK-FLOWS -s {c} -j {q}");
+            }
+        }
+    }
+    o.push_str("COMMIT\n");
+    tag(&o)
+}
+
+/// Mark every rule nfqmark asks for with `-m comment --comment nfqmark`, so they can be found
+/// and removed as a group.
+fn tag(text: &str) -> String {
+    text.lines()
+        .map(|l| match l.strip_prefix("-A ") {
+            Some(rest) => match rest.split_once(' ') {
+                Some((chain, tail)) => format!("-A {chain} -m comment --comment nfqmark {tail}\n"),
+                None => format!("{l}\n"),
+            },
+            None => format!("{l}\n"),
+        })
+        .collect()
+}
+
+/// `nft -f` input for both families (an `inet` table of its own, replaced as a whole).
+pub fn nft(plan: &Plan) -> String {
+    let q = plan.nft_queue();
+    let mask = plan.mask;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "# nfqmark setup for {} (nft), nfqmark {}",
+        plan.source,
+        env!("CARGO_PKG_VERSION")
+    );
+    o.push_str(
+        "# apply: nfqmark setup --nft ... | nft -f -    remove: nft delete table inet nfqmark\n",
+    );
+    if mask != u32::MAX {
+        o.push_str(
+            "# a partial mark mask combines two registers: this needs nft >= 1.1.1 and Linux >= 6.13;\n\
+             # with older ones use the iptables form (nfqmark setup --iptables)\n",
+        );
+    }
+    o.push_str("table inet nfqmark\ndelete table inet nfqmark\ntable inet nfqmark {\n");
+    let ports: Vec<String> = plan.dns_ports.iter().map(u16::to_string).collect();
+    let ports = if ports.len() == 1 {
+        ports.join("")
+    } else {
+        format!("{{ {} }}", ports.join(", "))
+    };
+    let restore = if mask == u32::MAX {
+        "meta mark set ct mark".to_string()
+    } else {
+        format!(
+            "meta mark set meta mark & {:#x} | ct mark & {mask:#x}",
+            !mask
+        )
+    };
+    let save = if mask == u32::MAX {
+        "ct mark set meta mark".to_string()
+    } else {
+        format!("ct mark set ct mark & {:#x} | meta mark & {mask:#x}", !mask)
+    };
+    let mut flows = String::new();
+    for (family, clients) in [
+        ("ip", &plan.flow_clients_v4),
+        ("ip6", &plan.flow_clients_v6),
+    ] {
+        if let Some(clients) = clients {
+            let from = if clients.is_empty() {
+                format!(
+                    "meta nfproto {}",
+                    if family == "ip" { "ipv4" } else { "ipv6" }
+                )
+            } else {
+                format!("{family} saddr {{ {} }}", clients.join(", "))
+            };
+            let _ = writeln!(
+                flows,
+                "\t\tct state new {from} udp dport != {ports} {q}\n\t\tct state new {from} tcp dport != {ports} {q}"
+            );
+        }
+    }
+    let any_flows = plan.flow_clients_v4.is_some() || plan.flow_clients_v6.is_some();
+    let _ = writeln!(
+        o,
+        "\tchain prerouting {{\n\t\ttype filter hook prerouting priority mangle; policy accept;\n\t\t{restore}\n{flows}\t}}"
+    );
+    let _ = writeln!(
+        o,
+        "\tchain input {{\n\t\ttype filter hook input priority mangle; policy accept;\n\t\tudp dport {ports} {q}\n\t\ttcp dport {ports} {q}\n\t\tudp sport {ports} {q}\n\t\ttcp sport {ports} {q}\n\t}}"
+    );
+    let forward = if any_flows {
+        format!("\t\tudp sport {ports} {q}\n\t\ttcp sport {ports} {q}\n")
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        o,
+        "\tchain forward {{\n\t\ttype filter hook forward priority mangle; policy accept;\n{forward}\t}}"
+    );
+    let _ = writeln!(
+        o,
+        "\tchain output {{\n\t\ttype route hook output priority mangle; policy accept;\n\t\t{restore}\n\t\tudp dport {ports} {q}\n\t\ttcp dport {ports} {q}\n\t\tudp sport {ports} {q}\n\t\ttcp sport {ports} {q}\n\t}}"
+    );
+    let _ = writeln!(
+        o,
+        "\tchain postrouting {{\n\t\ttype filter hook postrouting priority mangle; policy accept;\n\t\tmeta mark & {mask:#x} != 0 {save}\n\t}}"
+    );
+    o.push_str("}\n");
+    o
+}
+
+/// Whether the running kernel accepts the nft `queue` expression. Asks `nft --check` to load a
+/// throw-away table: nothing is changed. `Err` says why it could not tell (no nft, ...).
+pub fn probe_nft_queue() -> Result<bool, String> {
+    let probe = "table inet nfqmark_probe {\n\tchain c {\n\t\ttype filter hook output priority 0; policy accept;\n\t\tudp dport 9 queue flags bypass to 0\n\t}\n}\n";
+    let mut child = Command::new("nft")
+        .args(["--check", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(probe.as_bytes())
+            .map_err(|e| format!("cannot talk to nft: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    if out.status.success() {
+        return Ok(true);
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("queue") || err.contains("No such file or directory") {
+        Ok(false)
+    } else {
+        Err(format!("nft --check failed: {}", err.trim()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        Plan {
+            queues: (0, 3),
+            mask: 0xff,
+            dns_ports: vec![53],
+            flow_clients_v4: None,
+            flow_clients_v6: None,
+            source: "test.rules".into(),
+        }
+    }
+
+    #[test]
+    fn dns_only_iptables_queues_the_four_dns_directions_and_saves_after_the_queue() {
+        let tagged = iptables(&plan(), Family::V4);
+        assert!(tagged.contains("-A INPUT -m comment --comment nfqmark -j NFQMARK-DNS-IN\n"));
+        let text = tagged.replace(" -m comment --comment nfqmark", "");
+        for line in [
+            "-A NFQMARK-DNS-IN -p udp --dport 53 -j NFQUEUE --queue-balance 0:3 --queue-bypass",
+            "-A NFQMARK-DNS-IN -p tcp --sport 53 -j NFQUEUE --queue-balance 0:3 --queue-bypass",
+            "-A NFQMARK-DNS-OUT -p udp --dport 53 -j NFQUEUE --queue-balance 0:3 --queue-bypass",
+            "-A NFQMARK-DNS-OUT -p tcp --sport 53 -j NFQUEUE --queue-balance 0:3 --queue-bypass",
+            "-A POSTROUTING -m mark ! --mark 0/0xff -j CONNMARK --save-mark --nfmask 0xff --ctmask 0xff",
+            "-A PREROUTING -j CONNMARK --restore-mark --nfmask 0xff --ctmask 0xff",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert!(!text.contains("NFQMARK-FLOWS"));
+        assert!(text.starts_with("# nfqmark setup"));
+        assert!(text.ends_with("COMMIT\n"));
+    }
+
+    #[test]
+    fn flow_rules_queue_new_flows_of_their_clients_but_not_dns() {
+        let mut p = plan();
+        p.queues = (2, 2);
+        p.mask = u32::MAX;
+        p.flow_clients_v4 = Some(vec!["198.18.1.0/24".into()]);
+        let text = iptables(&p, Family::V4).replace(" -m comment --comment nfqmark", "");
+        assert!(text.contains("-A PREROUTING -m conntrack --ctstate NEW -j NFQMARK-FLOWS\n"));
+        assert!(text.contains("-A NFQMARK-FLOWS -p udp --dport 53 -j RETURN\n"));
+        assert!(text.contains(
+            "-A NFQMARK-FLOWS -s 198.18.1.0/24 -j NFQUEUE --queue-num 2 --queue-bypass\n"
+        ));
+        assert!(
+            text.contains("-A FORWARD -p udp --sport 53 -j NFQUEUE --queue-num 2 --queue-bypass\n")
+        );
+        assert!(
+            text.contains("-A POSTROUTING -m mark ! --mark 0/0xffffffff -j CONNMARK --save-mark\n")
+        );
+        // No flow rules for IPv6: nothing queued there.
+        assert!(!iptables(&p, Family::V6).contains("NFQMARK-FLOWS"));
+    }
+
+    #[test]
+    fn nft_has_one_table_replaced_whole_with_masks() {
+        let mut p = plan();
+        p.flow_clients_v6 = Some(vec!["2001:db8:1::/64".into()]);
+        let text = nft(&p);
+        assert!(text.contains("delete table inet nfqmark\ntable inet nfqmark {\n"));
+        assert!(text.contains("queue flags bypass,fanout to 0-3"));
+        assert!(text.contains("meta mark set meta mark & 0xffffff00 | ct mark & 0xff"));
+        assert!(text.contains("ct state new ip6 saddr { 2001:db8:1::/64 } udp dport != 53"));
+        assert_eq!(text.matches('{').count(), text.matches('}').count());
+    }
+}
