@@ -11,10 +11,11 @@ use std::cell::Cell;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use hickory_proto::rr::RecordType;
+use hickory_proto::rr::{Name, RecordType};
 use nfqmark::dns;
 use nfqmark::engine::{Hook, Meta, Verdict};
 use nfqmark::fixtures;
+use nfqmark::flows::FlowTarget;
 use nfqmark::packet::{self, Proto};
 use nfqmark::rules::{self, Ctx, Outcome, RuleSet};
 
@@ -98,6 +99,7 @@ fn every_example_file_parses_without_diagnostics() {
         "accounting.rules",
         "captive-portal.rules",
         "dnsmasq-conntrack.rules",
+        "flows.rules",
         "lartc-mail.rules",
     ] {
         assert!(
@@ -157,6 +159,30 @@ dport 80 443 accept
     let documented: Vec<&str> = doc
         .lines()
         .filter(|l| l.starts_with("rules.conf:"))
+        .collect();
+    assert_eq!(got, documented);
+}
+
+#[test]
+fn documented_flow_rule_errors_are_the_real_ones() {
+    let text = "\
+flow src 198.18.1.0/24 set-mark 0x20/0xff
+flow names *.video.example
+flow names a.example set-mark 1 drop
+flow nmaes a.example set-mark 1
+flow names a.example dport 443 set-mark 1
+default accept
+flow names b.example set-mark 1
+";
+    let got: Vec<String> = match RuleSet::parse(text, "flows.rules", &any_iface) {
+        Ok(_) => panic!("parsed"),
+        Err(d) => d.iter().map(ToString::to_string).collect(),
+    };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/rules.md");
+    let doc = std::fs::read_to_string(&path).unwrap_or_default();
+    let documented: Vec<&str> = doc
+        .lines()
+        .filter(|l| l.starts_with("flows.rules:"))
         .collect();
     assert_eq!(got, documented);
 }
@@ -313,6 +339,140 @@ fn dnsmasq_conntrack_accepts_and_pairs_everything() {
         &client_query("a.example."),
     );
     assert_eq!(o, Outcome::DEFAULT);
+}
+
+/// Lower-case names, as the engine passes them: the question, then each CNAME target.
+fn chain(names: &[&str]) -> Vec<Name> {
+    names
+        .iter()
+        .map(|n| match Name::from_ascii(n) {
+            Ok(name) => name.to_lowercase(),
+            Err(e) => panic!("bad test name {n}: {e}"),
+        })
+        .collect()
+}
+
+#[test]
+fn flows_example_marks_video_for_the_lan_only() {
+    let rs = load("flows.rules");
+    assert!(rs.has_flow_rules());
+    assert_eq!(rs.flow_len(), 2);
+    assert_eq!(rs.len(), 0, "no packet rules");
+    let video = FlowTarget {
+        rule: 0,
+        mark: (0x20, 0xff),
+        by_mark: None,
+    };
+    for client in ["198.18.1.50", "2001:db8:1::50"] {
+        for names in [
+            &["video.example."][..],
+            &["www.video.example."],
+            // An alias in the middle of the chain: the addresses come from its end.
+            &[
+                "www.news.example.",
+                "cdn.video.example.",
+                "edge-7.cdn.example.",
+            ],
+        ] {
+            assert_eq!(
+                rs.flow_target(ip(client), 0, &chain(names)),
+                Some(video),
+                "{client} {names:?}"
+            );
+        }
+        assert_eq!(
+            rs.flow_target(ip(client), 0, &chain(&["video.example.org."])),
+            None
+        );
+    }
+    // Not on the LAN: nothing learned.
+    assert_eq!(
+        rs.flow_target(ip("198.18.2.50"), 0, &chain(&["www.video.example."])),
+        None
+    );
+    // Update servers: only for clients with a user mark, keyed by it.
+    let updates = chain(&["dl.updates.example."]);
+    assert_eq!(rs.flow_target(ip("198.18.1.50"), 0x00ff, &updates), None);
+    assert_eq!(
+        rs.flow_target(ip("198.18.1.50"), 0x0300, &updates),
+        Some(FlowTarget {
+            rule: 1,
+            mark: (0x40, 0xff),
+            by_mark: Some(0xff00),
+        })
+    );
+    // What `nfqmark setup` queues: the LAN's new flows, per family.
+    assert_eq!(
+        rs.flow_clients(),
+        (
+            Some(vec!["198.18.1.0/24".to_string()]),
+            Some(vec!["2001:db8:1::/64".to_string()])
+        )
+    );
+    // Counters name flow rules by file and line.
+    let text = std::fs::read_to_string(rules_dir().join("flows.rules")).unwrap_or_default();
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("flow src @lan names @video"))
+        .map(|i| i + 1);
+    let described = rs.describe_flow(0).unwrap_or_default();
+    assert!(
+        line.is_some_and(|n| described.ends_with(&format!("flows.rules:{n}"))),
+        "{described}"
+    );
+    assert_eq!(rs.describe_flow(2), None);
+    assert!(rs.summary().contains("2 flow rules"), "{}", rs.summary());
+    // Flow rules never decide a packet: a client's query and a new flow get the default.
+    let o = eval(
+        &rs,
+        &meta(Hook::Input, 0, 2, 0),
+        &client_query("www.video.example."),
+    );
+    assert_eq!(o, Outcome::DEFAULT);
+}
+
+#[test]
+fn flow_target_does_not_allocate() {
+    let mut text = String::new();
+    for i in 0..200u32 {
+        text.push_str(&format!(
+            "flow src 198.18.{}.0/24 ! mark 0x5/0xf names h{i}.example, *.z{i}.example \
+             set-mark {i}/0xff per-mark\n",
+            i % 250
+        ));
+    }
+    text.push_str("flow names *.example set-mark 0xff/0xff\n");
+    let rs = match RuleSet::parse(&text, "flows-big.rules", &any_iface) {
+        Ok(rs) => rs,
+        Err(d) => panic!("{d:?}"),
+    };
+    let lookups = [
+        ("198.18.7.9", vec!["www.z7.example."]),
+        (
+            "198.18.8.9",
+            vec!["a.news.test.", "b.cdn.test.", "h8.example."],
+        ),
+        ("198.18.9.9", vec!["nothing.test."]),
+        ("2001:db8::9", vec!["x.y.z.example."]),
+        ("198.18.7.9", vec![]),
+    ];
+    let lookups: Vec<(IpAddr, Vec<Name>)> = lookups
+        .iter()
+        .map(|(c, names)| (ip(c), chain(names)))
+        .collect();
+    let mut found = Vec::with_capacity(lookups.len() * 100);
+    let before = allocations();
+    for _ in 0..100 {
+        for (client, names) in &lookups {
+            found.push(rs.flow_target(*client, 0, names).map(|t| t.rule));
+        }
+    }
+    let during = allocations() - before;
+    assert_eq!(during, 0, "flow_target allocated {during} times");
+    assert_eq!(
+        &found[..lookups.len()],
+        &[Some(7), Some(8), None, Some(200), None]
+    );
 }
 
 #[test]

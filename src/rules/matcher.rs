@@ -10,16 +10,23 @@
 //! conjunction is checked: the first candidate that matches is the first rule that matches,
 //! because a rule can only match a packet that lies in the list it was filed under.
 //!
+//! Flow rules are matched here too ([`Flows`]): filed by their names in the same kind of name
+//! index, they answer "which flow rule, if any, learns this answer for this client", first flow
+//! rule in file order winning, apart from the packet rules.
+//!
 //! Evaluation never allocates, never panics and never reads a clock; building the index happens
 //! once per load, off the packet path. Nothing here parses text (that is `parse.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::parse::{AddrRange, Cond, DnsKind, NamePattern, PortRange, RuleDef, Test};
+use hickory_proto::rr::Name;
+
+use super::parse::{AddrRange, Cond, DnsKind, FlowDef, NamePattern, PortRange, RuleDef, Test};
 use super::{Ctx, Outcome};
 use crate::engine::{Direction, Hook};
+use crate::flows::FlowTarget;
 use crate::packet::Proto;
 
 /// How many distinct `mark` masks get an index of their own; rules with other masks are filed
@@ -516,12 +523,68 @@ fn file(list: &mut Vec<u32>, rule: u32) {
     }
 }
 
+/// Rules filed by name: exact names in one hash map, `*.suffix` patterns in another. Shared by
+/// the packet-rule index (`dns-name`) and the flow rules (`names`).
 #[derive(Debug, Clone, Default)]
-struct Index {
+struct NameIndex {
     exact: FxMap<Box<[u8]>, Vec<u32>>,
     /// `*.S` patterns by the wire form of S; each list also holds the rules of every shorter
     /// suffix of S, so the longest suffix of a name found here gives all its wildcard rules.
     below: FxMap<Box<[u8]>, Vec<u32>>,
+}
+
+impl NameIndex {
+    /// From (pattern, rule) entries, rules ascending.
+    fn build<'p>(entries: impl IntoIterator<Item = (&'p NamePattern, u32)>) -> NameIndex {
+        let mut ix = NameIndex::default();
+        let mut below_raw: FxMap<Box<[u8]>, Vec<u32>> = FxMap::default();
+        for (p, r) in entries {
+            let map = if p.wildcard {
+                &mut below_raw
+            } else {
+                &mut ix.exact
+            };
+            file(map.entry(p.wire.clone()).or_default(), r);
+        }
+        ix.below = below_raw
+            .keys()
+            .map(|key| {
+                let mut list: Vec<u32> = std::iter::once(&key[..])
+                    .chain(suffixes(key))
+                    .filter_map(|s| below_raw.get(s))
+                    .flatten()
+                    .copied()
+                    .collect();
+                list.sort_unstable();
+                list.dedup();
+                (key.clone(), list)
+            })
+            .collect();
+        ix
+    }
+
+    /// The rules that name `wire` exactly, and those with a `*.suffix` above it; each sorted.
+    fn lookup(&self, wire: &[u8]) -> (&[u32], &[u32]) {
+        let exact = self.exact.get(wire).map_or(&[][..], Vec::as_slice);
+        let below = if self.below.is_empty() {
+            &[][..]
+        } else {
+            suffixes(wire)
+                .find_map(|s| self.below.get(s))
+                .map_or(&[][..], Vec::as_slice)
+        };
+        (exact, below)
+    }
+
+    #[cfg(test)]
+    fn entries(&self) -> usize {
+        map_entries(&self.exact) + map_entries(&self.below)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Index {
+    names: NameIndex,
     src4: IntervalIndex<u32>,
     dst4: IntervalIndex<u32>,
     src6: IntervalIndex<u128>,
@@ -558,7 +621,7 @@ impl Index {
         let masks = busiest_masks(rules);
         ix.marks = masks.iter().map(|m| (*m, FxMap::default())).collect();
         let mut e = Entries::default();
-        let mut below_raw: FxMap<Box<[u8]>, Vec<u32>> = FxMap::default();
+        let mut names: Vec<(&NamePattern, u32)> = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
             let Ok(r) = u32::try_from(i) else { break };
             let addrs = |v: &[AddrRange], four: &mut Vec<_>, six: &mut Vec<_>| {
@@ -570,16 +633,7 @@ impl Index {
                 }
             };
             match choose(&rule.conds, &masks) {
-                Some(Test::DnsName(v)) => {
-                    for p in v {
-                        let map = if p.wildcard {
-                            &mut below_raw
-                        } else {
-                            &mut ix.exact
-                        };
-                        file(map.entry(p.wire.clone()).or_default(), r);
-                    }
-                }
+                Some(Test::DnsName(v)) => names.extend(v.iter().map(|p| (p, r))),
                 Some(Test::Src(v)) => addrs(v, &mut e.src4, &mut e.src6),
                 Some(Test::Dst(v)) => addrs(v, &mut e.dst4, &mut e.dst6),
                 Some(Test::Sport(v)) => e.sport.extend(v.iter().map(|p| (p.lo, p.hi, r))),
@@ -621,20 +675,7 @@ impl Index {
                 Some(_) | None => ix.any.push(r),
             }
         }
-        ix.below = below_raw
-            .keys()
-            .map(|key| {
-                let mut list: Vec<u32> = std::iter::once(&key[..])
-                    .chain(suffixes(key))
-                    .filter_map(|s| below_raw.get(s))
-                    .flatten()
-                    .copied()
-                    .collect();
-                list.sort_unstable();
-                list.dedup();
-                (key.clone(), list)
-            })
-            .collect();
+        ix.names = NameIndex::build(names);
         ix.src4 = IntervalIndex::build(&e.src4);
         ix.dst4 = IntervalIndex::build(&e.dst4);
         ix.src6 = IntervalIndex::build(&e.src6);
@@ -651,15 +692,7 @@ impl Index {
             .dns
             .and_then(|d| d.question.as_ref())
             .map(|q| q.key.wire_name());
-        let exact = wire
-            .and_then(|w| self.exact.get(w))
-            .map_or(&[][..], Vec::as_slice);
-        let below = match wire {
-            Some(w) if !self.below.is_empty() => suffixes(w)
-                .find_map(|s| self.below.get(s))
-                .map_or(&[][..], Vec::as_slice),
-            _ => &[],
-        };
+        let (exact, below) = wire.map_or((&[][..], &[][..]), |w| self.names.lookup(w));
         let (src, dst) = match (p.src, p.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => (
                 self.src4.lookup(u32::from(s)),
@@ -729,8 +762,7 @@ impl Index {
     /// Rule numbers stored across all lists (memory use, in tests).
     #[cfg(test)]
     fn entries(&self) -> usize {
-        map_entries(&self.exact)
-            + map_entries(&self.below)
+        self.names.entries()
             + map_entries(&self.iif)
             + map_entries(&self.oif)
             + self.src4.cells()
@@ -827,6 +859,263 @@ impl Matcher {
     pub(crate) fn index_entries(&self) -> usize {
         self.index.entries()
     }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Flow rules.
+
+/// A flow rule's test of the client.
+#[derive(Debug, Clone)]
+enum ClientCheck {
+    Src(AddrSet),
+    Mark(Vec<(u32, u32)>),
+}
+
+impl ClientCheck {
+    fn holds(&self, client: IpAddr, mark: u32) -> bool {
+        match self {
+            ClientCheck::Src(s) => s.contains(client),
+            ClientCheck::Mark(v) => v.iter().any(|(value, mask)| mark & mask == *value),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct CompiledFlow {
+    /// (negated, check): all must hold.
+    checks: Vec<(bool, ClientCheck)>,
+    target: FlowTarget,
+}
+
+impl CompiledFlow {
+    fn holds(&self, client: IpAddr, mark: u32) -> bool {
+        self.checks
+            .iter()
+            .all(|(neg, c)| c.holds(client, mark) != *neg)
+    }
+}
+
+/// Source prefixes as text, per family (see [`Flows::clients`]).
+pub(crate) type FlowClients = (Option<Vec<String>>, Option<Vec<String>>);
+
+/// The flow rules, compiled and filed by name.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Flows {
+    rules: Vec<CompiledFlow>,
+    names: NameIndex,
+    clients: FlowClients,
+}
+
+impl Flows {
+    pub(crate) fn build(defs: &[FlowDef]) -> Flows {
+        let rules = defs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| CompiledFlow {
+                checks: d
+                    .conds
+                    .iter()
+                    .filter_map(|c| {
+                        let check = match &c.test {
+                            Test::Src(v) => ClientCheck::Src(AddrSet::new(v)),
+                            Test::Mark(v) => ClientCheck::Mark(v.clone()),
+                            // The parser gives flow rules no other client matcher.
+                            _ => return None,
+                        };
+                        Some((c.negated, check))
+                    })
+                    .collect(),
+                target: FlowTarget {
+                    rule: i,
+                    mark: d.set_mark,
+                    by_mark: d.per_mark,
+                },
+            })
+            .collect();
+        let names = NameIndex::build(
+            defs.iter()
+                .zip(0u32..)
+                .flat_map(|(d, r)| d.names.iter().map(move |p| (p, r))),
+        );
+        Flows {
+            rules,
+            names,
+            clients: flow_clients(defs),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// The first flow rule whose client matchers hold and whose names match any of `names`.
+    /// Does not allocate: each name is put in wire form on the stack, then looked up.
+    pub(crate) fn target(&self, client: IpAddr, mark: u32, names: &[Name]) -> Option<FlowTarget> {
+        if self.rules.is_empty() {
+            return None;
+        }
+        let mut best: Option<u32> = None;
+        let mut buf = [0u8; 256];
+        for name in names {
+            let Some(wire) = wire_form(name, &mut buf) else {
+                continue;
+            };
+            let (exact, below) = self.names.lookup(wire);
+            for list in [exact, below] {
+                // Each list is in rule order: its first candidate that holds is its best.
+                for &r in list {
+                    if best.is_some_and(|b| r >= b) {
+                        break;
+                    }
+                    if self
+                        .rules
+                        .get(r as usize)
+                        .is_some_and(|f| f.holds(client, mark))
+                    {
+                        best = Some(r);
+                        break;
+                    }
+                }
+            }
+        }
+        best.and_then(|r| self.rules.get(r as usize))
+            .map(|f| f.target)
+    }
+
+    /// Source prefixes the flow rules can match, per family (IPv4, IPv6): `None` when no flow
+    /// rule can match a client of that family, an empty list when one matches every client.
+    pub(crate) fn clients(&self) -> &FlowClients {
+        &self.clients
+    }
+}
+
+/// `name` in lower-case wire form (length-prefixed labels, ending in 0), written into `buf`;
+/// `None` if it cannot be a DNS name (longer than 255 bytes, or a label over 63).
+fn wire_form<'b>(name: &Name, buf: &'b mut [u8; 256]) -> Option<&'b [u8]> {
+    let mut n = 0;
+    for label in name.iter() {
+        let len = u8::try_from(label.len()).ok().filter(|l| *l <= 63)?;
+        let (head, rest) = buf.get_mut(n..=n + label.len())?.split_first_mut()?;
+        *head = len;
+        for (d, s) in rest.iter_mut().zip(label) {
+            *d = s.to_ascii_lowercase();
+        }
+        n += 1 + label.len();
+    }
+    *buf.get_mut(n)? = 0;
+    buf.get(..=n).filter(|w| w.len() <= 255)
+}
+
+/// What the flow rules need queued, per family: see [`Flows::clients`]. A rule with positive
+/// `src` matchers can only match clients inside each of them, so the one covering the fewest
+/// addresses of a family stands for the rule (a superset of its clients when it has several);
+/// a rule without one (no `src`, or only `! src`) can match any client. Rules without names
+/// can never match and need nothing.
+fn flow_clients(defs: &[FlowDef]) -> FlowClients {
+    #[derive(Default)]
+    struct Family<K> {
+        all: bool,
+        ranges: Vec<(K, K)>,
+        any: bool,
+    }
+    let mut v4: Family<u32> = Family::default();
+    let mut v6: Family<u128> = Family::default();
+    for def in defs.iter().filter(|d| !d.names.is_empty()) {
+        let positive: Vec<&[AddrRange]> = def
+            .conds
+            .iter()
+            .filter(|c| !c.negated)
+            .filter_map(|c| match &c.test {
+                Test::Src(v) => Some(v.as_slice()),
+                _ => None,
+            })
+            .collect();
+        if positive.is_empty() {
+            v4.all = true;
+            v6.all = true;
+            continue;
+        }
+        let pick4: Vec<Vec<(u32, u32)>> = positive
+            .iter()
+            .map(|v| {
+                v.iter()
+                    .filter_map(|r| match r {
+                        AddrRange::V4(a, b) => Some((*a, *b)),
+                        AddrRange::V6(..) => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        let pick6: Vec<Vec<(u128, u128)>> = positive
+            .iter()
+            .map(|v| {
+                v.iter()
+                    .filter_map(|r| match r {
+                        AddrRange::V6(a, b) => Some((*a, *b)),
+                        AddrRange::V4(..) => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        add_tightest(&mut v4, pick4, |(a, b)| f64::from(b - a) + 1.0);
+        add_tightest(&mut v6, pick6, |(a, b)| (b - a) as f64 + 1.0);
+    }
+
+    /// Of one rule's positive `src` matchers (their ranges in this family), file the one that
+    /// covers the fewest addresses; none if any of them has no range in this family.
+    fn add_tightest<K: Key>(
+        family: &mut Family<K>,
+        matchers: Vec<Vec<(K, K)>>,
+        size: impl Fn((K, K)) -> f64,
+    ) {
+        if matchers.iter().any(Vec::is_empty) {
+            return;
+        }
+        let tightest = matchers.into_iter().min_by(|a, b| {
+            let total = |v: &Vec<(K, K)>| v.iter().map(|r| size(*r)).sum::<f64>();
+            total(a).total_cmp(&total(b))
+        });
+        if let Some(ranges) = tightest {
+            family.any = true;
+            family.ranges.extend(ranges);
+        }
+    }
+
+    /// Sorted, without prefixes inside other prefixes; `None` for a whole family.
+    fn outermost<K: Key>(mut ranges: Vec<(K, K)>, whole: (K, K)) -> Option<Vec<(K, K)>> {
+        if ranges.contains(&whole) {
+            return None;
+        }
+        ranges.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        let mut out: Vec<(K, K)> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            match out.last() {
+                Some(last) if r.1 <= last.1 => {}
+                _ => out.push(r),
+            }
+        }
+        Some(out)
+    }
+
+    let text4 = |(a, b): (u32, u32)| format!("{}/{}", Ipv4Addr::from(a), (a ^ b).leading_zeros());
+    let text6 = |(a, b): (u128, u128)| format!("{}/{}", Ipv6Addr::from(a), (a ^ b).leading_zeros());
+    let v4 = match v4 {
+        Family { all: true, .. } => Some(Vec::new()),
+        Family { any: false, .. } => None,
+        Family { ranges, .. } => Some(
+            outermost(ranges, (0, u32::MAX))
+                .map_or_else(Vec::new, |r| r.into_iter().map(text4).collect()),
+        ),
+    };
+    let v6 = match v6 {
+        Family { all: true, .. } => Some(Vec::new()),
+        Family { any: false, .. } => None,
+        Family { ranges, .. } => Some(
+            outermost(ranges, (0, u128::MAX))
+                .map_or_else(Vec::new, |r| r.into_iter().map(text6).collect()),
+        ),
+    };
+    (v4, v6)
 }
 
 #[cfg(test)]
@@ -1747,5 +2036,379 @@ mod tests {
         assert!(matched > evaluations / 4, "{matched} of {evaluations}");
         assert!(matched < evaluations, "{matched} of {evaluations}");
         eprintln!("{evaluations} evaluations, {matched} matched, {examined_total} candidates");
+    }
+
+    // --- flow rules ---------------------------------------------------------------------------
+
+    /// Names as the engine passes them: lower-case, question first, then each CNAME target.
+    fn chain(names: &[&str]) -> Vec<Name> {
+        names
+            .iter()
+            .map(|n| match Name::from_ascii(n) {
+                Ok(name) => name.to_lowercase(),
+                Err(e) => panic!("bad test name {n}: {e}"),
+            })
+            .collect()
+    }
+
+    /// (rule index, mark, by_mark) of the flow target, for short assertions.
+    fn flow(rs: &RuleSet, client: &str, mark: u32, names: &[&str]) -> Option<usize> {
+        rs.flow_target(ip(client), mark, &chain(names))
+            .map(|t| t.rule)
+    }
+
+    const VIDEO: &str = "\
+flow src 198.18.1.0/24, 2001:db8:1::/64 names *.video.example, video.example set-mark 0x20/0xff
+";
+
+    #[test]
+    fn flow_rule_matches_its_clients_and_names() {
+        let rs = rules(VIDEO);
+        assert!(rs.has_flow_rules());
+        assert_eq!(rs.flow_len(), 1);
+        assert_eq!(rs.len(), 0, "flow rules are not packet rules");
+        let target = rs.flow_target(ip("198.18.1.7"), 0, &chain(&["www.video.example."]));
+        assert_eq!(
+            target,
+            Some(FlowTarget {
+                rule: 0,
+                mark: (0x20, 0xff),
+                by_mark: None
+            })
+        );
+        assert_eq!(flow(&rs, "198.18.1.7", 0, &["video.example."]), Some(0));
+        assert_eq!(flow(&rs, "198.18.1.7", 0, &["a.b.video.example"]), Some(0));
+        assert_eq!(
+            flow(&rs, "2001:db8:1::99", 0, &["x.video.example."]),
+            Some(0)
+        );
+        // Another client, in either family.
+        assert_eq!(flow(&rs, "198.18.2.7", 0, &["www.video.example."]), None);
+        assert_eq!(flow(&rs, "2001:db8:2::99", 0, &["x.video.example."]), None);
+        // Other names, and a name that only ends like one.
+        assert_eq!(flow(&rs, "198.18.1.7", 0, &["video.example.org."]), None);
+        assert_eq!(flow(&rs, "198.18.1.7", 0, &["evilvideo.example."]), None);
+        assert_eq!(flow(&rs, "198.18.1.7", 0, &[]), None);
+        // Names the engine did not lower-case still match.
+        let upper = [Name::from_ascii("WWW.Video.Example.").unwrap_or_else(|e| panic!("{e}"))];
+        assert_eq!(
+            rs.flow_target(ip("198.18.1.7"), 0, &upper).map(|t| t.rule),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn alias_name_anywhere_in_the_cname_chain_matches() {
+        let rs = rules(VIDEO);
+        // www.news.example -> cdn.video.example -> edge-7.cdn.example: the alias in the middle
+        // is the one the rule names.
+        let names = [
+            "www.news.example.",
+            "cdn.video.example.",
+            "edge-7.cdn.example.",
+        ];
+        assert_eq!(flow(&rs, "198.18.1.7", 0, &names), Some(0));
+        assert_eq!(
+            flow(
+                &rs,
+                "198.18.1.7",
+                0,
+                &["www.news.example.", "edge-7.cdn.example."]
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn first_flow_rule_in_file_order_wins_over_names_and_chain_order() {
+        let rs = rules(
+            "flow src 198.18.1.0/24 names *.cdn.example set-mark 0x1/0xff\n\
+             dport 443 set-mark 0x7\n\
+             flow names *.video.example set-mark 0x2/0xff\n\
+             flow names www.video.example set-mark 0x3/0xff\n\
+             flow src 198.18.2.0/24 names *.example set-mark 0x4/0xff\n",
+        );
+        assert_eq!(rs.flow_len(), 4);
+        assert_eq!(flow(&rs, "198.18.1.7", 0, &["www.video.example."]), Some(1));
+        // The chain's later name (rule 0) beats its first name (rule 1).
+        assert_eq!(
+            flow(
+                &rs,
+                "198.18.1.7",
+                0,
+                &["www.video.example.", "a.cdn.example."]
+            ),
+            Some(0)
+        );
+        // ... but only for clients rule 0 names.
+        assert_eq!(
+            flow(
+                &rs,
+                "198.18.2.7",
+                0,
+                &["www.video.example.", "a.cdn.example."]
+            ),
+            Some(1)
+        );
+        assert_eq!(flow(&rs, "198.18.2.7", 0, &["other.example."]), Some(3));
+        assert_eq!(flow(&rs, "198.18.3.7", 0, &["other.example."]), None);
+        let t = rs.flow_target(ip("198.18.1.7"), 0, &chain(&["a.cdn.example."]));
+        assert_eq!(t.map(|t| t.mark), Some((0x1, 0xff)));
+        assert_eq!(rs.describe_flow(0).as_deref(), Some("t.rules:1"));
+        assert_eq!(rs.describe_flow(3).as_deref(), Some("t.rules:5"));
+        assert_eq!(rs.describe_flow(4), None);
+        assert_eq!(rs.describe(0).as_deref(), Some("t.rules:2"));
+    }
+
+    #[test]
+    fn flow_rules_do_not_take_part_in_packet_rules() {
+        let rs = rules(
+            "flow names *.video.example set-mark 0x20/0xff\n\
+             dport 443 set-mark 0x1\n",
+        );
+        assert_eq!(
+            tcp("198.18.1.7", 40000, "198.18.7.7", 443).rule(&rs),
+            Some(0)
+        );
+        assert_eq!(
+            query("www.video.example.", RecordType::A).eval(&rs),
+            Outcome::DEFAULT
+        );
+    }
+
+    #[test]
+    fn negated_src_and_client_marks() {
+        let rs = rules(
+            "flow ! src 198.18.9.0/24 mark 0x100/0x100 names a.example set-mark 0x1/0xf\n\
+             flow ! mark 0x100/0x100 names a.example set-mark 0x2/0xf\n",
+        );
+        assert_eq!(flow(&rs, "198.18.1.7", 0x100, &["a.example."]), Some(0));
+        assert_eq!(flow(&rs, "2001:db8::7", 0x1ff, &["a.example."]), Some(0));
+        assert_eq!(flow(&rs, "198.18.9.7", 0x100, &["a.example."]), None);
+        assert_eq!(flow(&rs, "198.18.9.7", 0, &["a.example."]), Some(1));
+        assert_eq!(flow(&rs, "198.18.1.7", 0x0ff, &["a.example."]), Some(1));
+    }
+
+    #[test]
+    fn per_mark_keys_by_the_rules_mark_bits_or_the_whole_mark() {
+        let rs = rules(
+            "flow mark 0x100/0xff00 names a.example set-mark 0x20/0xff per-mark\n\
+             flow names a.example set-mark 0x30/0xff per-mark\n\
+             flow names b.example set-mark 0x40/0xff\n",
+        );
+        let t = |mark: u32, name: &str| rs.flow_target(ip("198.18.1.7"), mark, &chain(&[name]));
+        assert_eq!(
+            t(0x1ab, "a.example."),
+            Some(FlowTarget {
+                rule: 0,
+                mark: (0x20, 0xff),
+                by_mark: Some(0xff00)
+            })
+        );
+        assert_eq!(
+            t(0x2ab, "a.example."),
+            Some(FlowTarget {
+                rule: 1,
+                mark: (0x30, 0xff),
+                by_mark: Some(u32::MAX)
+            })
+        );
+        assert_eq!(t(0x2ab, "b.example.").and_then(|t| t.by_mark), None);
+    }
+
+    #[test]
+    fn flow_clients_per_family() {
+        let clients = |text: &str| rules(text).flow_clients();
+        let none: (Option<Vec<String>>, Option<Vec<String>>) = (None, None);
+        assert_eq!(clients("dport 443 accept\n"), none);
+        assert_eq!(
+            clients(VIDEO),
+            (
+                Some(vec!["198.18.1.0/24".to_string()]),
+                Some(vec!["2001:db8:1::/64".to_string()])
+            )
+        );
+        // Mixed rules: v4 only from these, sorted, nested prefixes and repeats left out.
+        assert_eq!(
+            clients(
+                "set lan addrs { 198.18.2.0/24, 198.18.1.7 }\n\
+                 flow src 198.18.1.0/24 names a.example set-mark 1\n\
+                 flow src @lan, 198.18.1.0/24 names b.example set-mark 2\n\
+                 flow src 198.18.3.4 names c.example set-mark 3\n"
+            ),
+            (
+                Some(vec![
+                    "198.18.1.0/24".to_string(),
+                    "198.18.2.0/24".to_string(),
+                    "198.18.3.4/32".to_string()
+                ]),
+                None
+            )
+        );
+        // A rule for every client of one family.
+        assert_eq!(
+            clients(
+                "flow src 198.18.1.0/24 names a.example set-mark 1\n\
+                 flow src ::/0 names b.example set-mark 2\n"
+            ),
+            (Some(vec!["198.18.1.0/24".to_string()]), Some(vec![]))
+        );
+        // No src, or only a negated one: every client of both families.
+        for text in [
+            "flow names a.example set-mark 1\n",
+            "flow ! src 198.18.9.0/24 names a.example set-mark 1\n",
+            "flow mark 0x1/0x1 names a.example set-mark 1\n\
+             flow src 198.18.1.0/24 names a.example set-mark 1\n",
+        ] {
+            assert_eq!(clients(text), (Some(vec![]), Some(vec![])), "{text}");
+        }
+        // Several positive src matchers: the tightest stands for the rule; a family one of them
+        // leaves out is out.
+        assert_eq!(
+            clients(
+                "flow src 198.18.0.0/16, 2001:db8::/32 src 198.18.5.0/24 names a.example \
+                 set-mark 1\n"
+            ),
+            (Some(vec!["198.18.5.0/24".to_string()]), None)
+        );
+        // A rule whose names are an empty set can never match.
+        assert_eq!(
+            clients("set none names { }\nflow names @none set-mark 1\n"),
+            none
+        );
+    }
+
+    #[test]
+    fn summary_counts_flow_rules_only_when_there_are_some() {
+        assert_eq!(
+            rules("dport 25 set-mark 1\nflow names a.example set-mark 2\n").summary(),
+            "1 rule, 1 flow rule, 0 sets, default accept"
+        );
+        assert_eq!(
+            rules(&format!("{VIDEO}flow names b.example set-mark 3\n")).summary(),
+            "0 rules, 2 flow rules, 0 sets, default accept"
+        );
+        assert_eq!(
+            rules("dport 25 set-mark 1\n").summary(),
+            "1 rule, 0 sets, default accept"
+        );
+        assert!(!rules("dport 25 set-mark 1\n").has_flow_rules());
+        assert_eq!(
+            RuleSet::empty().flow_target(ip("198.18.1.7"), 0, &chain(&["a.example."])),
+            None
+        );
+    }
+
+    #[test]
+    fn wire_form_lower_cases_and_refuses_nothing_real() {
+        let mut buf = [0u8; 256];
+        let n = Name::from_ascii("WWW.Example.COM").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            wire_form(&n, &mut buf),
+            Some(&b"\x03www\x07example\x03com\x00"[..])
+        );
+        assert_eq!(wire_form(&Name::root(), &mut buf), Some(&b"\x00"[..]));
+        let long = vec!["a".repeat(63); 3].join(".") + "." + &"b".repeat(61);
+        let n = Name::from_ascii(&long).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(wire_form(&n, &mut buf).map(<[u8]>::len), Some(255));
+    }
+
+    /// What a flow rule should do, by a plain scan over the parsed rules and text comparison.
+    fn naive_flow(parsed: &Parsed, client: IpAddr, mark: u32, names: &[String]) -> Option<usize> {
+        let in_range = |r: &AddrRange| match (r, client) {
+            (AddrRange::V4(a, b), IpAddr::V4(c)) => (*a..=*b).contains(&u32::from(c)),
+            (AddrRange::V6(a, b), IpAddr::V6(c)) => (*a..=*b).contains(&u128::from(c)),
+            _ => false,
+        };
+        parsed.flows.iter().position(|f| {
+            let client_ok = f.conds.iter().all(|c| {
+                let holds = match &c.test {
+                    parse::Test::Src(v) => v.iter().any(in_range),
+                    parse::Test::Mark(v) => v.iter().any(|(value, mask)| mark & mask == *value),
+                    _ => panic!("flow rule with {:?}", c.test),
+                };
+                holds != c.negated
+            });
+            client_ok
+                && names.iter().any(|name| {
+                    f.names.iter().any(|pat| {
+                        let text = wire_to_text(&pat.wire);
+                        if pat.wildcard {
+                            name.ends_with(&format!(".{text}"))
+                        } else {
+                            *name == text
+                        }
+                    })
+                })
+        })
+    }
+
+    #[test]
+    fn flow_index_agrees_with_a_linear_scan_on_random_rules() {
+        let mut rng = Rng(0xf10e_5eed_0000_0004);
+        let (mut matched, mut lookups) = (0usize, 0usize);
+        for round in 0..20 {
+            let count = [1, 4, 30, 200][round % 4];
+            let mut text = String::new();
+            for _ in 0..count {
+                text.push_str("flow");
+                if rng.chance(60) {
+                    let neg = if rng.chance(25) { "! " } else { "" };
+                    text.push_str(&format!(
+                        " {neg}src {}",
+                        random_values(&mut rng, ADDR_PATTERNS)
+                    ));
+                }
+                if rng.chance(30) {
+                    let neg = if rng.chance(25) { "! " } else { "" };
+                    text.push_str(&format!(
+                        " {neg}mark {}",
+                        random_values(&mut rng, MARK_PATTERNS)
+                    ));
+                }
+                text.push_str(&format!(
+                    " names {}",
+                    random_values(&mut rng, NAME_PATTERNS)
+                ));
+                text.push_str(&format!(" set-mark {}", rng.below(256)));
+                if rng.chance(20) {
+                    text.push_str(" per-mark");
+                }
+                text.push('\n');
+            }
+            let parsed = match parse::parse(&text, "r.rules", &ifaces) {
+                Ok(p) => p,
+                Err(d) => panic!("generated flow rules do not parse: {d:#?}\n{text}"),
+            };
+            let rs = rules(&text);
+            for _ in 0..500 {
+                let hosts = if rng.chance(50) { V4_HOSTS } else { V6_HOSTS };
+                let host: &&str = rng.pick(hosts);
+                let client = ip(host);
+                let mark = *rng.pick(MARKS);
+                let names: Vec<String> = (0..rng.below(4))
+                    .map(|_| rng.pick(NAMES).to_string())
+                    .collect();
+                let hickory: Vec<Name> = names
+                    .iter()
+                    .map(|n| Name::from_ascii(n).unwrap_or_else(|e| panic!("{e}")))
+                    .collect();
+                let want = naive_flow(&parsed, client, mark, &names);
+                let got = rs.flow_target(client, mark, &hickory);
+                assert_eq!(
+                    got.map(|t| t.rule),
+                    want,
+                    "round {round}: {client} mark {mark:#x} names {names:?}\nrules:\n{text}"
+                );
+                if let (Some(t), Some(f)) = (got, want.and_then(|i| parsed.flows.get(i))) {
+                    assert_eq!(t.mark, f.set_mark);
+                    assert_eq!(t.by_mark, f.per_mark);
+                }
+                lookups += 1;
+                matched += usize::from(want.is_some());
+            }
+        }
+        assert!(matched > lookups / 5, "{matched} of {lookups}");
+        assert!(matched < lookups, "{matched} of {lookups}");
     }
 }

@@ -5,19 +5,28 @@
 //! a hint), `matcher.rs` indexes them and evaluates a packet (first match wins). The syntax is
 //! documented in `docs/rules.md`; example files live in `rules/`.
 //!
+//! Flow rules (`flow ... names ... set-mark ...`) live beside the packet rules but apart from
+//! them: [`RuleSet::flow_target`] tells which flow rule, if any, learns a DNS answer's addresses
+//! for a client; the learned table itself is `crate::flows`.
+//!
 //! With no rules file, the rule set is empty: every packet is accepted, DNS pairing applies to
 //! all DNS packets, and no static mark is set; that is the zero-configuration dnsmasq
 //! `--conntrack` replacement. This module never does I/O on the packet path (only [`load`]
-//! reads a file, at load time), never allocates in [`RuleSet::evaluate`] and never panics.
+//! reads a file, at load time), never allocates in [`RuleSet::evaluate`] or
+//! [`RuleSet::flow_target`] and never panics.
 
 mod matcher;
 mod parse;
 
 use std::fmt;
+use std::net::IpAddr;
 use std::path::Path;
+
+use hickory_proto::rr::Name;
 
 use crate::dns::Dns;
 use crate::engine::{Meta, Verdict};
+use crate::flows::FlowTarget;
 use crate::packet::Packet;
 
 /// What a rule sees of a packet.
@@ -102,6 +111,9 @@ pub struct RuleSet {
     source: String,
     /// The line of each rule, by rule index.
     lines: Vec<usize>,
+    flows: matcher::Flows,
+    /// The line of each flow rule, by flow-rule index.
+    flow_lines: Vec<usize>,
     sets: SetCounts,
 }
 
@@ -119,6 +131,8 @@ impl RuleSet {
             default: Outcome::DEFAULT,
             source: String::new(),
             lines: Vec::new(),
+            flows: matcher::Flows::default(),
+            flow_lines: Vec::new(),
             sets: SetCounts::default(),
         }
     }
@@ -152,29 +166,35 @@ impl RuleSet {
             default,
             source: source.to_string(),
             lines: parsed.rules.iter().map(|r| r.line).collect(),
+            flows: matcher::Flows::build(&parsed.flows),
+            flow_lines: parsed.flows.iter().map(|f| f.line).collect(),
             sets,
         })
     }
 
-    /// The number of rules (the default not counted).
+    /// The number of packet rules (the default and flow rules not counted).
     pub fn len(&self) -> usize {
         self.matcher.len()
     }
 
-    /// True when there are no rules (the default may still say something other than accept).
+    /// True when there are no packet rules (the default may still say something other than
+    /// accept, and there may be flow rules: see [`RuleSet::has_flow_rules`]).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// One line for logs, e.g. `12 rules, 2 sets (205 names), default accept`.
+    /// One line for logs, e.g. `12 rules, 2 flow rules, 2 sets (205 names), default accept`
+    /// (flow rules only when there are some).
     pub fn summary(&self) -> String {
         let plural =
             |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
-        let mut out = format!(
-            "{}, {}",
-            plural(self.len(), "rule", "rules"),
-            plural(self.sets.sets, "set", "sets")
-        );
+        let mut out = plural(self.len(), "rule", "rules");
+        if self.has_flow_rules() {
+            out.push_str(", ");
+            out.push_str(&plural(self.flow_len(), "flow rule", "flow rules"));
+        }
+        out.push_str(", ");
+        out.push_str(&plural(self.sets.sets, "set", "sets"));
         let held: Vec<String> = [
             (self.sets.names, "name", "names"),
             (self.sets.addrs, "address", "addresses"),
@@ -207,6 +227,45 @@ impl RuleSet {
     /// First matching rule wins; the default applies when none matches. Does not allocate.
     pub fn evaluate(&self, ctx: &Ctx<'_>) -> Outcome {
         self.matcher.evaluate(ctx).unwrap_or(self.default)
+    }
+
+    /// True when the file has flow rules (the engine then learns from DNS answers).
+    pub fn has_flow_rules(&self) -> bool {
+        self.flows.len() > 0
+    }
+
+    /// The first flow rule (file order) whose `src`/`mark` matchers hold for this client and
+    /// whose names match ANY of `names` (lower-case hickory Names: the question then each CNAME
+    /// target). `rule` in the result is a flow-rule index usable with
+    /// [`RuleSet::describe_flow`]. Does not allocate.
+    pub fn flow_target(
+        &self,
+        client: IpAddr,
+        client_mark: u32,
+        names: &[Name],
+    ) -> Option<FlowTarget> {
+        self.flows.target(client, client_mark, names)
+    }
+
+    /// `FILE:LINE` of flow rule `index`.
+    pub fn describe_flow(&self, index: usize) -> Option<String> {
+        self.flow_lines
+            .get(index)
+            .map(|line| format!("{}:{line}", self.source))
+    }
+
+    /// Number of flow rules.
+    pub fn flow_len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Source prefixes the flow rules name, as text (`198.18.1.0/24`), per family: (IPv4,
+    /// IPv6). `None` for a family no flow rule can match; `Some(empty vec)` when some flow rule
+    /// matches every client of that family (no `src`, or only negated `src`). Prefixes inside
+    /// other listed prefixes are left out. Used by `nfqmark setup` to queue only those clients'
+    /// new flows.
+    pub fn flow_clients(&self) -> (Option<Vec<String>>, Option<Vec<String>>) {
+        self.flows.clients().clone()
     }
 }
 

@@ -5,6 +5,10 @@
 //! interfaces as indexes, set references expanded) and collects every error in the file, each
 //! with its line, column and, where one helps, a hint, so a user fixes a file in one pass.
 //!
+//! Flow rules (`flow ... names ... set-mark ...`) are read here too, into [`FlowDef`]s kept apart
+//! from the packet rules: they have their own order and never take part in a packet's
+//! first-match-wins.
+//!
 //! It never opens files (the caller reads them and hands us the text), never panics whatever the
 //! input, and never looks at a packet: matching and indexing belong to `matcher.rs`.
 
@@ -99,6 +103,22 @@ pub(crate) struct RuleDef {
     pub action: Action,
 }
 
+/// One flow rule: which clients (`src`, `mark`), which names it learns the addresses of, and
+/// the mark that flows from those clients to those addresses get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FlowDef {
+    pub line: usize,
+    /// `src` and `mark` matchers on the client (possibly negated); all must hold.
+    pub conds: Vec<Cond>,
+    /// The names whose addresses are learned (any of them; set references expanded).
+    pub names: Vec<NamePattern>,
+    /// (value, mask) for the flows.
+    pub set_mark: (u32, u32),
+    /// With `per-mark`: the bits of the client's mark that key learned addresses (the masks of
+    /// the rule's `mark` matchers together, or every bit when it has none).
+    pub per_mark: Option<u32>,
+}
+
 /// What a set holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SetKind {
@@ -137,6 +157,8 @@ pub(crate) struct SetSummary {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Parsed {
     pub rules: Vec<RuleDef>,
+    /// Flow rules, in file order.
+    pub flows: Vec<FlowDef>,
     pub default: Action,
     pub sets: Vec<SetSummary>,
 }
@@ -155,10 +177,12 @@ pub(crate) fn parse(
         sets: HashMap::new(),
         set_order: Vec::new(),
         rules: Vec::new(),
+        flows: Vec::new(),
         default: None,
     };
     st.parse_all(&toks);
     let rules = st.resolve();
+    let flows = st.resolve_flows();
     if !st.diags.is_empty() {
         let mut diags = st.diags;
         diags.sort_by_key(|d| (d.line, d.col));
@@ -175,6 +199,7 @@ pub(crate) fn parse(
         .collect();
     Ok(Parsed {
         rules,
+        flows,
         default: st.default.map_or(Action::ACCEPT, |(_, a)| a),
         sets,
     })
@@ -299,6 +324,8 @@ enum Field {
     Dns,
     DnsName,
     DnsType,
+    /// `names` in a flow rule (not a packet-rule field, so not in [`FIELDS`]).
+    Names,
 }
 
 const FIELDS: &[(&str, Field)] = &[
@@ -319,6 +346,9 @@ const FIELDS: &[(&str, Field)] = &[
 
 impl Field {
     fn name(self) -> &'static str {
+        if self == Field::Names {
+            return "names";
+        }
         FIELDS
             .iter()
             .find(|(_, f)| *f == self)
@@ -341,6 +371,7 @@ impl Field {
             Field::Dns => "dns query",
             Field::DnsName => "dns-name *.portal.example",
             Field::DnsType => "dns-type AAAA",
+            Field::Names => "names *.video.example, video.example",
         }
     }
 
@@ -349,7 +380,7 @@ impl Field {
         match self {
             Field::Src | Field::Dst => Some(SetKind::Addrs),
             Field::Sport | Field::Dport => Some(SetKind::Ports),
-            Field::DnsName => Some(SetKind::Names),
+            Field::DnsName | Field::Names => Some(SetKind::Names),
             _ => None,
         }
     }
@@ -367,7 +398,7 @@ impl Field {
             Field::Dport => Test::Dport(Vec::new()),
             Field::Mark => Test::Mark(Vec::new()),
             Field::Dns => Test::Dns(Vec::new()),
-            Field::DnsName => Test::DnsName(Vec::new()),
+            Field::DnsName | Field::Names => Test::DnsName(Vec::new()),
             Field::DnsType => Test::DnsType(Vec::new()),
         }
     }
@@ -413,6 +444,18 @@ fn keyword(word: &str) -> Option<Keyword> {
         .find(|(n, _)| *n == lower)
         .map(|(_, a)| Keyword::Act(*a))
 }
+
+/// The words a flow rule is made of, for did-you-mean.
+const FLOW_WORDS: &[&str] = &["src", "mark", "names", "set-mark", "per-mark"];
+
+/// The words only flow rules know (they are not keywords elsewhere: a set may be called `names`).
+fn flow_only(word: &str) -> bool {
+    word.eq_ignore_ascii_case("names") || word.eq_ignore_ascii_case("per-mark")
+}
+
+/// How a flow rule reads, for hints.
+const FLOW_USAGE: &str =
+    "flow [src CIDR, ...] [mark VALUE[/MASK]] names NAME, ... set-mark VALUE[/MASK] [per-mark]";
 
 /// Words from iptables and nftables that people will type, and what they are called here.
 const ALIASES: &[(&str, &str)] = &[
@@ -946,6 +989,15 @@ struct RawRule {
     action: Action,
 }
 
+#[derive(Debug)]
+struct RawFlow {
+    line: usize,
+    /// `src`, `mark` and (once) `names`.
+    conds: Vec<RawCond>,
+    set_mark: (u32, u32),
+    per_mark: bool,
+}
+
 /// A word value with its position.
 #[derive(Debug, Clone, Copy)]
 struct Val<'t> {
@@ -975,6 +1027,8 @@ struct ActionParts {
     set_mark: Option<((u32, u32), usize, usize)>,
     pair: Option<(bool, &'static str, usize, usize)>,
     started: bool,
+    /// In a flow rule: `names` and `per-mark` are words there, not values.
+    flow: bool,
     /// An action word had an error (already reported): "missing action" would only repeat it.
     broken: bool,
 }
@@ -986,6 +1040,7 @@ struct State<'a> {
     sets: HashMap<String, SetDef>,
     set_order: Vec<String>,
     rules: Vec<RawRule>,
+    flows: Vec<RawFlow>,
     /// The `default` line's number and action, once seen.
     default: Option<(usize, Action)>,
 }
@@ -1026,6 +1081,9 @@ impl State<'_> {
                     match tok {
                         Tok::Word(w) if w.eq_ignore_ascii_case("default") => {
                             self.parse_default(line, eol)
+                        }
+                        Tok::Word(w) if w.eq_ignore_ascii_case("flow") => {
+                            self.parse_flow(line, eol)
                         }
                         _ => self.parse_rule(line, eol),
                     }
@@ -1291,11 +1349,11 @@ impl State<'_> {
                                 .to_string(),
                         ),
                     );
-                    i = skip_values(line, i);
+                    i = skip_values(line, i, false);
                 }
                 None => {
                     parts.broken |= self.unknown_word(t, word, true);
-                    i = skip_values(line, i);
+                    i = skip_values(line, i, false);
                 }
             }
         }
@@ -1333,31 +1391,8 @@ impl State<'_> {
                     i = self.negation(line, i, t, &mut rule);
                     continue;
                 }
-                Tok::Comma => {
-                    self.error_at(
-                        t,
-                        "unexpected ','".to_string(),
-                        Some(
-                            "commas separate the values of one field, as in 'dport 80, 443'"
-                                .to_string(),
-                        ),
-                    );
-                    continue;
-                }
-                Tok::Open => {
-                    self.error_at(
-                        t,
-                        "unexpected '{'".to_string(),
-                        Some(
-                            "braces hold the items of a set: set NAME names { ... }; in a rule, \
-                             separate values with commas"
-                                .to_string(),
-                        ),
-                    );
-                    continue;
-                }
-                Tok::Close | Tok::Newline => {
-                    self.error_at(t, format!("unexpected {}", t.describe()), None);
+                Tok::Comma | Tok::Open | Tok::Close | Tok::Newline => {
+                    self.stray(t);
                     continue;
                 }
             };
@@ -1367,7 +1402,7 @@ impl State<'_> {
                 Some(Keyword::Act(a)) => i = self.action_word(line, i, t, a, &mut rule.action),
                 None => {
                     rule.action.broken |= self.unknown_word(t, word, rule.action.started);
-                    i = skip_values(line, i);
+                    i = skip_values(line, i, false);
                 }
             }
         }
@@ -1395,6 +1430,283 @@ impl State<'_> {
                 action,
             });
         }
+    }
+
+    /// `flow [src ...] [mark ...] names ... set-mark VALUE[/MASK] [per-mark]`: a flow rule.
+    fn parse_flow(&mut self, line: &[Token], eol: (usize, usize)) {
+        let Some(first) = line.first() else { return };
+        let before = self.diags.len();
+        if let Some((default_line, _)) = self.default {
+            self.error_at(
+                first,
+                "flow rule after 'default'".to_string(),
+                Some(format!(
+                    "'default' on line {default_line} ends the rules; move it to the end of the \
+                     file"
+                )),
+            );
+        }
+        let mut rule = RuleParts::default();
+        rule.action.flow = true;
+        let mut names: Option<&Token> = None;
+        // A misspelt `names` was reported; "without names" would only repeat it.
+        let mut names_misspelt = false;
+        let mut per_mark: Option<&Token> = None;
+        let mut set_mark_at: Option<&Token> = None;
+        let mut i = 1;
+        while let Some(t) = line.get(i) {
+            i += 1;
+            let word = match &t.tok {
+                Tok::Word(w) => w.as_str(),
+                Tok::Bang => {
+                    i = self.flow_negation(line, i, t, &mut rule);
+                    continue;
+                }
+                Tok::Comma | Tok::Open | Tok::Close | Tok::Newline => {
+                    self.stray(t);
+                    continue;
+                }
+            };
+            if word.eq_ignore_ascii_case("names") {
+                if let Some(prev) = names {
+                    self.error_at(
+                        t,
+                        "'names' is given twice".to_string(),
+                        Some(format!(
+                            "list all names after the first 'names', at column {}, separated by \
+                             commas",
+                            prev.col
+                        )),
+                    );
+                }
+                names.get_or_insert(t);
+                i = self.field(line, i, t, Field::Names, false, &mut rule);
+                continue;
+            }
+            if word.eq_ignore_ascii_case("per-mark") {
+                if per_mark.is_some() {
+                    self.error_at(
+                        t,
+                        "'per-mark' is given twice".to_string(),
+                        Some("remove one".to_string()),
+                    );
+                }
+                per_mark.get_or_insert(t);
+                rule.action.started = true;
+                continue;
+            }
+            match keyword(word) {
+                Some(Keyword::Not) => i = self.flow_negation(line, i, t, &mut rule),
+                Some(Keyword::Field(f @ (Field::Src | Field::Mark))) => {
+                    i = self.field(line, i, t, f, false, &mut rule);
+                }
+                Some(Keyword::Field(f)) => {
+                    let hint = match f {
+                        Field::DnsName => "did you mean 'names'?",
+                        Field::Dst => {
+                            "a flow rule's destinations are the addresses its names resolve to"
+                        }
+                        _ => {
+                            "a flow rule matches clients with src and mark, and marks every \
+                              new flow of theirs to an address its names resolved to"
+                        }
+                    };
+                    self.error_at(
+                        t,
+                        format!("'{}' cannot be used in a flow rule", f.name()),
+                        Some(hint.to_string()),
+                    );
+                    names_misspelt |= f == Field::DnsName;
+                    i = skip_values(line, i, true);
+                }
+                Some(Keyword::Act(ActWord::SetMark)) => {
+                    rule.action.started = true;
+                    set_mark_at.get_or_insert(t);
+                    i = self.set_mark(line, i, t, &mut rule.action);
+                }
+                Some(Keyword::Act(a)) => {
+                    let name = ACTIONS
+                        .iter()
+                        .find(|(_, w)| *w == a)
+                        .map_or(word, |(n, _)| n);
+                    let hint = if matches!(a, ActWord::Pair | ActWord::NoPair) {
+                        "DNS pairing is chosen by packet rules; a flow rule only marks flows, \
+                         with set-mark"
+                    } else {
+                        "a flow rule only marks flows, with set-mark; to accept, drop or repeat \
+                         packets, write a packet rule: a line without 'flow'"
+                    };
+                    self.error_at(
+                        t,
+                        format!("'{name}' in a flow rule"),
+                        Some(hint.to_string()),
+                    );
+                }
+                None => {
+                    match self.unknown_flow_word(t, word, rule.action.started) {
+                        Some("names") => names_misspelt = true,
+                        Some("set-mark") => rule.action.broken = true,
+                        _ => {}
+                    }
+                    i = skip_values(line, i, true);
+                }
+            }
+        }
+        let set_mark = rule.action.set_mark.map(|(m, _, _)| m);
+        let has_set_mark = set_mark.is_some() || rule.action.broken;
+        if names.is_none() && !names_misspelt {
+            if has_set_mark {
+                let (line_no, col) = set_mark_at.map_or(eol, |t| (t.line, t.col));
+                self.error(
+                    line_no,
+                    col,
+                    "flow rule without 'names'".to_string(),
+                    Some(
+                        "say whose addresses it learns before set-mark, e.g. 'names \
+                         *.video.example'"
+                            .to_string(),
+                    ),
+                );
+            } else {
+                self.error(
+                    eol.0,
+                    eol.1,
+                    "flow rule without 'names' and 'set-mark'".to_string(),
+                    Some(format!("write: {FLOW_USAGE}")),
+                );
+            }
+        } else if !has_set_mark {
+            // `flow names x.example mark 0x20`: 'mark' where 'set-mark' was meant.
+            let ends_in_mark = rule
+                .conds
+                .last()
+                .is_some_and(|c| c.field == Field::Mark && !c.cond.negated);
+            let hint = if ends_in_mark {
+                "'mark' matches the client's mark; to mark the flows, write 'set-mark \
+                 VALUE[/MASK]'"
+            } else {
+                "end it with the mark for the flows, e.g. 'set-mark 0x20/0xff'"
+            };
+            self.error(
+                eol.0,
+                eol.1,
+                "flow rule without 'set-mark'".to_string(),
+                Some(hint.to_string()),
+            );
+        }
+        if self.diags.len() == before
+            && let Some(set_mark) = set_mark
+        {
+            self.flows.push(RawFlow {
+                line: first.line,
+                conds: rule.conds,
+                set_mark,
+                per_mark: per_mark.is_some(),
+            });
+        }
+    }
+
+    /// After `!` / `not` at `line[i-1]` in a flow rule: a negated `src` or `mark`.
+    fn flow_negation(
+        &mut self,
+        line: &[Token],
+        i: usize,
+        bang: &Token,
+        rule: &mut RuleParts,
+    ) -> usize {
+        let Some(
+            t @ Token {
+                tok: Tok::Word(w), ..
+            },
+        ) = line.get(i)
+        else {
+            self.error_at(
+                bang,
+                "negation without a matcher".to_string(),
+                Some("put '!' before src or mark, as in '! src 198.18.1.0/24'".to_string()),
+            );
+            return i;
+        };
+        let hint = match keyword(w) {
+            Some(Keyword::Field(f @ (Field::Src | Field::Mark))) => {
+                return self.field(line, i + 1, t, f, true, rule);
+            }
+            Some(Keyword::Not) => {
+                self.error_at(
+                    t,
+                    "negation twice in a row".to_string(),
+                    Some("remove both".to_string()),
+                );
+                return i + 1;
+            }
+            _ if w.eq_ignore_ascii_case("names") => {
+                "a flow rule learns the names it lists; to leave some out, give them an earlier \
+                 flow rule of their own"
+            }
+            Some(Keyword::Act(_)) => "negate a matcher instead, as in '! src 198.18.1.0/24'",
+            _ if flow_only(w) => "negate a matcher instead, as in '! src 198.18.1.0/24'",
+            // Other words are reported on their own, next.
+            _ => return i,
+        };
+        self.error_at(
+            bang,
+            format!("'{w}' cannot be negated"),
+            Some(hint.to_string()),
+        );
+        // The word itself is read next, as if it were not negated.
+        i
+    }
+
+    /// Report a word a flow rule does not know. Returns the flow word it was taken for, if any.
+    fn unknown_flow_word(
+        &mut self,
+        tok: &Token,
+        word: &str,
+        in_action: bool,
+    ) -> Option<&'static str> {
+        let alias = ALIASES
+            .iter()
+            .find(|(a, _)| a.eq_ignore_ascii_case(word))
+            .map(|(_, to)| if *to == "dns-name" { "names" } else { *to })
+            .filter(|to| FLOW_WORDS.contains(to));
+        let suggestion = alias.or_else(|| did_you_mean(word.trim_start_matches('-'), FLOW_WORDS));
+        let is_action = in_action || matches!(suggestion, Some("set-mark" | "per-mark"));
+        let message = if is_action {
+            format!("unknown action '{word}' in a flow rule")
+        } else {
+            format!("unknown field '{word}' in a flow rule")
+        };
+        let looks_like_value = word
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit() || c == '@' || c == '*')
+            || word.contains(['.', ':', '/']);
+        let hint = match suggestion {
+            Some(s) => format!("did you mean '{s}'?"),
+            None if looks_like_value => "to give a field several values, separate them with \
+                                         commas, as in 'names a.example, b.example'"
+                .to_string(),
+            None => format!("a flow rule reads: {FLOW_USAGE}"),
+        };
+        self.error_at(tok, message, Some(hint));
+        suggestion
+    }
+
+    /// A `,`, `{` or `}` where a field or an action word was expected.
+    fn stray(&mut self, t: &Token) {
+        let hint = match t.tok {
+            Tok::Comma => Some("commas separate the values of one field, as in 'dport 80, 443'"),
+            Tok::Open => Some(
+                "braces hold the items of a set: set NAME names { ... }; in a rule, separate \
+                 values with commas",
+            ),
+            _ => None,
+        };
+        self.error_at(
+            t,
+            format!("unexpected {}", t.describe()),
+            hint.map(str::to_string),
+        );
     }
 
     /// After `!` / `not` at `line[i-1]`: the negated matcher.
@@ -1494,7 +1806,7 @@ impl State<'_> {
                 }
             }
         } else {
-            match value_word(line.get(i)) {
+            match value_word(line.get(i), rule.action.flow) {
                 Some(v) => {
                     vals.push(v);
                     i += 1;
@@ -1512,7 +1824,7 @@ impl State<'_> {
         }
         while let Some(comma) = line.get(i).filter(|t| t.tok == Tok::Comma) {
             i += 1;
-            match value_word(line.get(i)) {
+            match value_word(line.get(i), rule.action.flow) {
                 Some(v) => {
                     vals.push(v);
                     i += 1;
@@ -1529,11 +1841,16 @@ impl State<'_> {
         for v in &vals {
             if let Some(set) = v.text.strip_prefix('@') {
                 if field.set_kind().is_none() {
+                    let takers = if rule.action.flow {
+                        "in a flow rule, only src and names take sets"
+                    } else {
+                        "only dns-name, src, dst, sport and dport take sets"
+                    };
                     self.error(
                         v.line,
                         v.col,
                         format!("'{name}' does not take a set"),
-                        Some("only dns-name, src, dst, sport and dport take sets".to_string()),
+                        Some(takers.to_string()),
                     );
                     ok = false;
                 } else if set.is_empty() {
@@ -1644,7 +1961,7 @@ impl State<'_> {
         tok: &Token,
         parts: &mut ActionParts,
     ) -> usize {
-        let Some(value) = value_word(line.get(i)) else {
+        let Some(value) = value_word(line.get(i), parts.flow) else {
             self.error(
                 tok.line,
                 tok.end_col(),
@@ -1745,6 +2062,21 @@ impl State<'_> {
     /// Report a word that is neither a field nor an action.
     /// Returns true when the word was taken for a misspelt action.
     fn unknown_word(&mut self, tok: &Token, word: &str, in_action: bool) -> bool {
+        if flow_only(word) || word.eq_ignore_ascii_case("flow") {
+            let lower = word.to_ascii_lowercase();
+            let hint = if lower == "flow" {
+                "'flow' starts a flow rule: put it first on the line".to_string()
+            } else {
+                format!(
+                    "'{lower}' belongs in a flow rule: start the line with 'flow', as in 'flow \
+                     names *.video.example set-mark 0x20/0xff'"
+                )
+            };
+            let is_action = lower == "per-mark";
+            let kind = if is_action { "action" } else { "field" };
+            self.error_at(tok, format!("unknown {kind} '{word}'"), Some(hint));
+            return is_action;
+        }
         let alias = ALIASES
             .iter()
             .find(|(a, _)| a.eq_ignore_ascii_case(word))
@@ -1796,77 +2128,9 @@ impl State<'_> {
     /// Expand set references and produce the final rules.
     fn resolve(&mut self) -> Vec<RuleDef> {
         let raw = std::mem::take(&mut self.rules);
-        let names: Vec<String> = self.sets.keys().cloned().collect();
         let mut out = Vec::with_capacity(raw.len());
         for rule in raw {
-            let mut ok = true;
-            let mut conds = Vec::with_capacity(rule.conds.len());
-            for rc in rule.conds {
-                let mut cond = rc.cond;
-                for r in &rc.refs {
-                    let Some(def) = self.sets.get(&r.name) else {
-                        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-                        let hint = did_you_mean(&r.name, &refs)
-                            .map(|n| format!("did you mean '@{n}'?"))
-                            .or_else(|| {
-                                rc.field.set_kind().map(|k| {
-                                    format!(
-                                        "define it with: set {} {} {{ ... }}",
-                                        r.name,
-                                        k.keyword()
-                                    )
-                                })
-                            });
-                        self.diags.push(Diagnostic {
-                            source: self.source.to_string(),
-                            line: r.line,
-                            col: r.col,
-                            message: format!("unknown set '@{}'", r.name),
-                            hint,
-                        });
-                        ok = false;
-                        continue;
-                    };
-                    let Some(values) = &def.values else {
-                        // The definition's errors are reported; its uses are not errors too.
-                        ok = false;
-                        continue;
-                    };
-                    let extended = match (&mut cond.test, values) {
-                        (Test::DnsName(l), SetValues::Names(v)) => {
-                            l.extend(v.iter().cloned());
-                            true
-                        }
-                        (Test::Src(l) | Test::Dst(l), SetValues::Addrs(v)) => {
-                            l.extend_from_slice(v);
-                            true
-                        }
-                        (Test::Sport(l) | Test::Dport(l), SetValues::Ports(v)) => {
-                            l.extend_from_slice(v);
-                            true
-                        }
-                        _ => false,
-                    };
-                    if !extended {
-                        let want = rc.field.set_kind().map_or("values", SetKind::noun);
-                        self.diags.push(Diagnostic {
-                            source: self.source.to_string(),
-                            line: r.line,
-                            col: r.col,
-                            message: format!(
-                                "set '@{}' holds {}, but '{}' needs {want}",
-                                r.name,
-                                values.kind().noun(),
-                                rc.field.name()
-                            ),
-                            hint: Some(format!("the set is defined on line {}", def.line)),
-                        });
-                        ok = false;
-                    }
-                }
-                conds.push(cond);
-            }
-            if ok {
+            if let Some(conds) = self.resolve_conds(rule.conds) {
                 out.push(RuleDef {
                     line: rule.line,
                     conds,
@@ -1876,16 +2140,121 @@ impl State<'_> {
         }
         out
     }
+
+    /// Expand set references in the flow rules and produce the final flow rules.
+    fn resolve_flows(&mut self) -> Vec<FlowDef> {
+        let raw = std::mem::take(&mut self.flows);
+        let mut out = Vec::with_capacity(raw.len());
+        for flow in raw {
+            let Some(conds) = self.resolve_conds(flow.conds) else {
+                continue;
+            };
+            let mut names = Vec::new();
+            let mut client = Vec::with_capacity(conds.len());
+            for cond in conds {
+                match cond.test {
+                    // Only `names` reads into DnsName in a flow rule, and only once.
+                    Test::DnsName(v) => names.extend(v),
+                    _ => client.push(cond),
+                }
+            }
+            let per_mark = flow.per_mark.then(|| {
+                let masks = client.iter().filter_map(|c| match &c.test {
+                    Test::Mark(v) => Some(v.iter().fold(0, |acc, (_, m)| acc | m)),
+                    _ => None,
+                });
+                masks.reduce(|a, b| a | b).unwrap_or(u32::MAX)
+            });
+            out.push(FlowDef {
+                line: flow.line,
+                conds: client,
+                names,
+                set_mark: flow.set_mark,
+                per_mark,
+            });
+        }
+        out
+    }
+
+    /// Expand the set references of one rule's matchers; `None` (errors reported) when one
+    /// cannot be expanded.
+    fn resolve_conds(&mut self, raw: Vec<RawCond>) -> Option<Vec<Cond>> {
+        let mut ok = true;
+        let mut conds = Vec::with_capacity(raw.len());
+        for rc in raw {
+            let mut cond = rc.cond;
+            for r in &rc.refs {
+                let Some(def) = self.sets.get(&r.name) else {
+                    let names: Vec<&str> = self.sets.keys().map(String::as_str).collect();
+                    let hint = did_you_mean(&r.name, &names)
+                        .map(|n| format!("did you mean '@{n}'?"))
+                        .or_else(|| {
+                            rc.field.set_kind().map(|k| {
+                                format!("define it with: set {} {} {{ ... }}", r.name, k.keyword())
+                            })
+                        });
+                    self.diags.push(Diagnostic {
+                        source: self.source.to_string(),
+                        line: r.line,
+                        col: r.col,
+                        message: format!("unknown set '@{}'", r.name),
+                        hint,
+                    });
+                    ok = false;
+                    continue;
+                };
+                let Some(values) = &def.values else {
+                    // The definition's errors are reported; its uses are not errors too.
+                    ok = false;
+                    continue;
+                };
+                let extended = match (&mut cond.test, values) {
+                    (Test::DnsName(l), SetValues::Names(v)) => {
+                        l.extend(v.iter().cloned());
+                        true
+                    }
+                    (Test::Src(l) | Test::Dst(l), SetValues::Addrs(v)) => {
+                        l.extend_from_slice(v);
+                        true
+                    }
+                    (Test::Sport(l) | Test::Dport(l), SetValues::Ports(v)) => {
+                        l.extend_from_slice(v);
+                        true
+                    }
+                    _ => false,
+                };
+                if !extended {
+                    let want = rc.field.set_kind().map_or("values", SetKind::noun);
+                    self.diags.push(Diagnostic {
+                        source: self.source.to_string(),
+                        line: r.line,
+                        col: r.col,
+                        message: format!(
+                            "set '@{}' holds {}, but '{}' needs {want}",
+                            r.name,
+                            values.kind().noun(),
+                            rc.field.name()
+                        ),
+                        hint: Some(format!("the set is defined on line {}", def.line)),
+                    });
+                    ok = false;
+                }
+            }
+            conds.push(cond);
+        }
+        ok.then_some(conds)
+    }
 }
 
-/// A value word (a word that is not a keyword), with its position.
-fn value_word(t: Option<&Token>) -> Option<Val<'_>> {
+/// A value word (a word that is not a keyword; in a flow rule, nor a flow word), with its
+/// position.
+fn value_word(t: Option<&Token>, flow: bool) -> Option<Val<'_>> {
     match t {
         Some(Token {
             tok: Tok::Word(w),
             line,
             col,
-        }) if keyword(w).is_none() => Some(Val {
+        }) if keyword(w).is_none() && !(flow && flow_only(w)) => Some(Val {
             text: w.as_str(),
             line: *line,
             col: *col,
@@ -1895,17 +2264,21 @@ fn value_word(t: Option<&Token>) -> Option<Val<'_>> {
 }
 
 /// Skip the values that follow an unknown word, up to the next `!` or word that is, or looks
-/// like, a keyword (so `prot udp dropp` reports both `prot` and `dropp`).
-fn skip_values(line: &[Token], mut i: usize) -> usize {
-    let keywords: Vec<&str> = FIELDS
+/// like, a keyword (so `prot udp dropp` reports both `prot` and `dropp`). In a flow rule
+/// (`flow`), its own words count as keywords too.
+fn skip_values(line: &[Token], mut i: usize, flow: bool) -> usize {
+    let mut keywords: Vec<&str> = FIELDS
         .iter()
         .map(|(n, _)| *n)
         .chain(ACTIONS.iter().map(|(n, _)| *n))
         .collect();
+    if flow {
+        keywords.extend_from_slice(FLOW_WORDS);
+    }
     while let Some(t) = line.get(i) {
         match &t.tok {
             Tok::Bang => break,
-            Tok::Word(w) if keyword(w).is_some() => break,
+            Tok::Word(w) if keyword(w).is_some() || (flow && flow_only(w)) => break,
             Tok::Word(w)
                 if ALIASES.iter().any(|(a, _)| a.eq_ignore_ascii_case(w))
                     || (w.starts_with('-') && keyword(w.trim_start_matches('-')).is_some())
@@ -2137,6 +2510,112 @@ mod tests {
     fn set_may_be_used_before_it_is_defined_and_may_be_empty() {
         let p = ok("dport @mail set-mark 1\nset mail ports { 25, 465, 587 }\nset none names {}\n");
         assert_eq!(p.rules.len(), 1);
+        assert_eq!(p.sets.len(), 2);
+    }
+
+    fn only_flow(text: &str) -> FlowDef {
+        let mut p = ok(text);
+        assert_eq!(p.flows.len(), 1, "{text}");
+        p.flows.remove(0)
+    }
+
+    #[test]
+    fn flow_rule_parses_to_clients_names_and_mark() {
+        let f = only_flow(
+            "FLOW src 198.18.1.0/24, 2001:db8:1::/64 names *.Video.Example, video.example. \
+             set-mark 0x20/0xff",
+        );
+        assert_eq!(f.line, 1);
+        assert_eq!(
+            f.conds,
+            vec![Cond {
+                negated: false,
+                test: Test::Src(vec![
+                    AddrRange::V4(0xc612_0100, 0xc612_01ff),
+                    AddrRange::V6(
+                        0x2001_0db8_0001 << 80,
+                        (0x2001_0db8_0001 << 80) | ((1u128 << 64) - 1)
+                    ),
+                ]),
+            }]
+        );
+        assert_eq!(
+            f.names,
+            vec![
+                NamePattern {
+                    wire: wire("video.example"),
+                    wildcard: true
+                },
+                NamePattern {
+                    wire: wire("video.example"),
+                    wildcard: false
+                },
+            ]
+        );
+        assert_eq!(f.set_mark, (0x20, 0xff));
+        assert_eq!(f.per_mark, None);
+    }
+
+    #[test]
+    fn flow_rules_are_kept_apart_from_packet_rules() {
+        let p = ok("dport 25 set-mark 1
+                    flow names a.example set-mark 2
+                    dport 80 accept
+                    flow names b.example set-mark 3
+                    default accept
+");
+        assert_eq!(
+            p.rules.iter().map(|r| r.line).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        assert_eq!(
+            p.flows
+                .iter()
+                .map(|f| (f.line, f.set_mark))
+                .collect::<Vec<_>>(),
+            vec![(2, (2, u32::MAX)), (4, (3, u32::MAX))]
+        );
+    }
+
+    #[test]
+    fn flow_rule_with_negation_marks_sets_and_per_mark() {
+        let f = only_flow(
+            "set vids names { *.video.example }
+set lan addrs { 198.18.0.0/16 }
+\
+             flow src @lan ! src 198.18.9.0/24 not mark 0/0x100 mark 0x1/0xf \
+             names @vids, cdn.example set-mark 0x20/0xff per-mark",
+        );
+        assert_eq!(f.line, 3);
+        assert_eq!(
+            f.conds.iter().map(|c| c.negated).collect::<Vec<_>>(),
+            vec![false, true, true, false]
+        );
+        assert_eq!(f.names.len(), 2);
+        // per-mark keys by the bits the rule's mark matchers look at.
+        assert_eq!(f.per_mark, Some(0x10f));
+        assert_eq!(
+            only_flow("flow names a.example set-mark 1 per-mark").per_mark,
+            Some(u32::MAX)
+        );
+        assert_eq!(
+            only_flow("flow mark 0x100/0xff00 names a.example PER-MARK set-mark 1").per_mark,
+            Some(0xff00),
+            "per-mark may come before set-mark"
+        );
+    }
+
+    #[test]
+    fn flow_words_are_no_keywords_elsewhere() {
+        // A set may be called 'names' or 'flow'; 'names' may be a DNS name in a packet rule.
+        let p = ok("set names names { names.example }
+set flow addrs { 198.18.0.0/24 }
+\
+                    dns-name @names, names accept
+flow src @flow names @names set-mark 1
+");
+        assert_eq!(p.rules.len(), 1);
+        assert_eq!(p.flows.len(), 1);
         assert_eq!(p.sets.len(), 2);
     }
 
@@ -2545,6 +3024,232 @@ mod tests {
             "dport 25 pair nopair accept",
             &["t.rules:1:15: 'nopair' after 'pair' (keep one of pair and nopair)"],
         ),
+        (
+            "flow rule without names",
+            "flow src 198.18.1.0/24 set-mark 0x20",
+            &[
+                "t.rules:1:24: flow rule without 'names' (say whose addresses it learns before \
+               set-mark, e.g. 'names *.video.example')",
+            ],
+        ),
+        (
+            "flow rule without set-mark",
+            "flow src 198.18.1.0/24 names a.example",
+            &[
+                "t.rules:1:39: flow rule without 'set-mark' (end it with the mark for the flows, \
+               e.g. 'set-mark 0x20/0xff')",
+            ],
+        ),
+        (
+            "flow rule with 'mark' where 'set-mark' was meant",
+            "flow names a.example mark 0x20",
+            &[
+                "t.rules:1:31: flow rule without 'set-mark' ('mark' matches the client's mark; to \
+               mark the flows, write 'set-mark VALUE[/MASK]')",
+            ],
+        ),
+        (
+            "bare flow",
+            "flow",
+            &[
+                "t.rules:1:5: flow rule without 'names' and 'set-mark' (write: flow [src CIDR, \
+               ...] [mark VALUE[/MASK]] names NAME, ... set-mark VALUE[/MASK] [per-mark])",
+            ],
+        ),
+        (
+            "drop in a flow rule",
+            "flow names a.example set-mark 1 drop",
+            &[
+                "t.rules:1:33: 'drop' in a flow rule (a flow rule only marks flows, with \
+               set-mark; to accept, drop or repeat packets, write a packet rule: a line without \
+               'flow')",
+            ],
+        ),
+        (
+            "accept, repeat and pair in a flow rule",
+            "flow names a.example accept set-mark 1 REPEAT nopair",
+            &[
+                "t.rules:1:22: 'accept' in a flow rule (a flow rule only marks flows, with \
+               set-mark; to accept, drop or repeat packets, write a packet rule: a line without \
+               'flow')",
+                "t.rules:1:40: 'repeat' in a flow rule (a flow rule only marks flows, with \
+               set-mark; to accept, drop or repeat packets, write a packet rule: a line without \
+               'flow')",
+                "t.rules:1:47: 'nopair' in a flow rule (DNS pairing is chosen by packet rules; a \
+               flow rule only marks flows, with set-mark)",
+            ],
+        ),
+        (
+            "misspelt names",
+            "flow nmaes a.example set-mark 1",
+            &["t.rules:1:6: unknown field 'nmaes' in a flow rule (did you mean 'names'?)"],
+        ),
+        (
+            "misspelt set-mark",
+            "flow names a.example setmark 1",
+            &["t.rules:1:22: unknown action 'setmark' in a flow rule (did you mean 'set-mark'?)"],
+        ),
+        (
+            "misspelt per-mark",
+            "flow names a.example set-mark 1 per_mark",
+            &["t.rules:1:33: unknown action 'per_mark' in a flow rule (did you mean 'per-mark'?)"],
+        ),
+        (
+            "iptables source in a flow rule",
+            "flow -s 198.18.1.0/24 names a.example set-mark 1",
+            &["t.rules:1:6: unknown field '-s' in a flow rule (did you mean 'src'?)"],
+        ),
+        (
+            "unknown word in a flow rule, nothing close",
+            "flow client 198.18.1.0/24 names a.example set-mark 1",
+            &[
+                "t.rules:1:6: unknown field 'client' in a flow rule (a flow rule reads: flow [src \
+               CIDR, ...] [mark VALUE[/MASK]] names NAME, ... set-mark VALUE[/MASK] [per-mark])",
+            ],
+        ),
+        (
+            "names without commas in a flow rule",
+            "flow names a.example b.example set-mark 1",
+            &[
+                "t.rules:1:22: unknown field 'b.example' in a flow rule (to give a field several \
+               values, separate them with commas, as in 'names a.example, b.example')",
+            ],
+        ),
+        (
+            "dns-name in a flow rule",
+            "flow dns-name *.video.example set-mark 1",
+            &["t.rules:1:6: 'dns-name' cannot be used in a flow rule (did you mean 'names'?)"],
+        ),
+        (
+            "dst in a flow rule",
+            "flow dst 198.18.7.0/24 names a.example set-mark 1",
+            &[
+                "t.rules:1:6: 'dst' cannot be used in a flow rule (a flow rule's destinations are \
+               the addresses its names resolve to)",
+            ],
+        ),
+        (
+            "dport in a flow rule",
+            "flow names a.example dport 443 set-mark 1",
+            &[
+                "t.rules:1:22: 'dport' cannot be used in a flow rule (a flow rule matches clients \
+               with src and mark, and marks every new flow of theirs to an address its names \
+               resolved to)",
+            ],
+        ),
+        (
+            "negated names",
+            "flow ! names a.example set-mark 1",
+            &[
+                "t.rules:1:6: 'names' cannot be negated (a flow rule learns the names it lists; to \
+               leave some out, give them an earlier flow rule of their own)",
+            ],
+        ),
+        (
+            "negated set-mark in a flow rule",
+            "flow names a.example not set-mark 1",
+            &[
+                "t.rules:1:22: 'set-mark' cannot be negated (negate a matcher instead, as in '! src \
+               198.18.1.0/24')",
+            ],
+        ),
+        (
+            "names twice",
+            "flow names a.example names b.example set-mark 1",
+            &[
+                "t.rules:1:22: 'names' is given twice (list all names after the first 'names', at \
+               column 6, separated by commas)",
+            ],
+        ),
+        (
+            "per-mark twice",
+            "flow names a.example set-mark 1 per-mark per-mark",
+            &["t.rules:1:42: 'per-mark' is given twice (remove one)"],
+        ),
+        (
+            "set-mark twice in a flow rule",
+            "flow names a.example set-mark 1 set-mark 2",
+            &[
+                "t.rules:1:33: 'set-mark' is given twice (a rule sets one mark; combine the bits \
+               into one VALUE/MASK)",
+            ],
+        ),
+        (
+            "client matcher after set-mark",
+            "flow names a.example set-mark 1 src 198.18.0.0/24",
+            &["t.rules:1:33: matcher 'src' after the action (put matchers before the action)"],
+        ),
+        (
+            "src without a value before names",
+            "flow src names a.example set-mark 1",
+            &["t.rules:1:9: 'src' needs a value (e.g. 'src 198.18.0.0/15')"],
+        ),
+        (
+            "set-mark without a value before per-mark",
+            "flow names a.example set-mark per-mark",
+            &[
+                "t.rules:1:30: 'set-mark' needs a value (e.g. set-mark 0x1 or set-mark \
+               0x100/0xff00)",
+            ],
+        ),
+        (
+            "flow set-mark value outside its mask",
+            "flow names a.example set-mark 0x3/0x1",
+            &[
+                "t.rules:1:31: value 0x3 has bits outside mask 0x1: those bits would not be set \
+               (did you mean 0x1/0x1?)",
+            ],
+        ),
+        (
+            "bad name in a flow rule",
+            "flow names a..example set-mark 1",
+            &["t.rules:1:12: empty label in 'a..example' (two dots in a row, or a leading dot)"],
+        ),
+        (
+            "set of addresses for names",
+            "set lan addrs { 198.18.0.0/24 }\nflow names @lan set-mark 1",
+            &[
+                "t.rules:2:12: set '@lan' holds addresses, but 'names' needs names (the set is \
+               defined on line 1)",
+            ],
+        ),
+        (
+            "unknown set in a flow rule",
+            "flow names @vidoes set-mark 1\nset videos names { a.example }",
+            &["t.rules:1:12: unknown set '@vidoes' (did you mean '@videos'?)"],
+        ),
+        (
+            "set for mark in a flow rule",
+            "flow mark @m names a.example set-mark 1",
+            &[
+                "t.rules:1:11: 'mark' does not take a set (in a flow rule, only src and names take \
+               sets)",
+            ],
+        ),
+        (
+            "flow rule after default",
+            "default accept\nflow names a.example set-mark 1",
+            &[
+                "t.rules:2:1: flow rule after 'default' ('default' on line 1 ends the rules; move it \
+               to the end of the file)",
+            ],
+        ),
+        (
+            "names in a packet rule",
+            "src 198.18.1.0/24 names a.example set-mark 1",
+            &[
+                "t.rules:1:19: unknown field 'names' ('names' belongs in a flow rule: start the \
+               line with 'flow', as in 'flow names *.video.example set-mark 0x20/0xff')",
+            ],
+        ),
+        (
+            "flow not first on the line",
+            "src 198.18.1.0/24 flow names a.example set-mark 1",
+            &[
+                "t.rules:1:19: unknown field 'flow' ('flow' starts a flow rule: put it first on \
+               the line)",
+            ],
+        ),
     ];
 
     #[test]
@@ -2690,15 +3395,64 @@ default accept
     }
 
     #[test]
+    fn every_error_in_a_flow_file_is_reported_at_once_in_order() {
+        let text = "\
+set vids names { *.video.example, bad..example }
+flow src 198.18.1.0/24 names @vids set-mark 0x20/0xff
+flow names a.example
+dport 443 accept
+flow src 198.18.1.300 nmaes b.example set-mark 1 drop
+flow names c.example set-mark 1
+";
+        let e = errors(text);
+        let places: Vec<&str> = e
+            .iter()
+            .map(|d| d.split(' ').next().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            places,
+            vec![
+                "t.rules:1:35:",
+                "t.rules:3:21:",
+                "t.rules:5:10:",
+                "t.rules:5:23:",
+                "t.rules:5:50:",
+            ],
+            "{e:#?}"
+        );
+    }
+
+    #[test]
     fn garbage_never_panics() {
         // A crude fuzz: every prefix of a rich file, and a few odd byte soups.
         let text = "set g names { a.example, *.b.example }\n! dport 1-2,3 src ::1/128 \
-                    dns-name @g mark 0x1/0x1 set-mark 2/3 repeat nopair # c\ndefault drop\n";
+                    dns-name @g mark 0x1/0x1 set-mark 2/3 repeat nopair # c\n\
+                    flow ! src 198.18.0.0/24 mark 1/1 names @g, x.example set-mark 1/1 per-mark\n\
+                    default drop\n";
         for end in (0..=text.len()).filter(|i| text.is_char_boundary(*i)) {
             let _ = parse(&text[..end], "t", &ifaces);
         }
         for soup in [
-            "{{{", "}}}", "!!!", ",,,", "set", "set {", "@", "! ! !", "-", "/", "*.*",
+            "{{{",
+            "}}}",
+            "!!!",
+            ",,,",
+            "set",
+            "set {",
+            "@",
+            "! ! !",
+            "-",
+            "/",
+            "*.*",
+            "flow",
+            "flow !",
+            "flow names",
+            "flow names ,",
+            "flow set-mark",
+            "flow { names }",
+            "flow per-mark names",
+            "flow not not",
+            "flow names @",
         ] {
             let _ = parse(soup, "t", &ifaces);
         }
