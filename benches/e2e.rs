@@ -1,0 +1,780 @@
+//! End-to-end resolver throughput with and without marking, on the lab's network namespaces
+//! (`nfqmark::lab`): client A runs dnsperf (unique names, 100 queries outstanding) against the
+//! router's resolver, which forwards to the upstream host over link 1, or over link 2 when the
+//! upstream query carries client A's mark.
+//!
+//! Configurations, alternated within every round (the starting one rotates each round, so a
+//! slow drift of the machine does not favour one of them):
+//!
+//! 1. dnsmasq forwarding, no marking (no mangle rules at all, so no conntrack either);
+//! 2. dnsmasq `--conntrack` with the seed's rules (the dnsmasq README's);
+//! 3. dnsmasq without `--conntrack` + nfqmark (the seed's rules and the README's queue rules);
+//! 4. unbound + nfqmark;
+//! 5. unbound, no marking.
+//!
+//! (and 0, with `--direct`: dnsperf straight to the upstream responder through the router, no
+//! resolver: what the lab's upstream host can answer at most).
+//!
+//! Every run builds a fresh lab, starts the resolver (and nfqmark), runs dnsperf for a short
+//! warm-up and then for `--duration` seconds, and reads queries per second, latency, lost
+//! queries, the share of the upstream queries that arrived over link 2 (carried the mark), and
+//! the CPU time of each party (resolver, nfqmark, the lab's responder and sniffer threads,
+//! dnsperf, the whole machine). The summary gives medians over rounds and the ratios 3/1, 3/2
+//! and 4/5 (median of the per-round ratios).
+//!
+//! Run it with `benches/e2e.sh` (root). Under `cargo test --benches` it does nothing.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nfqmark::lab::netns::{self, Netns};
+use nfqmark::lab::upstream::Sniffer;
+use nfqmark::lab::{self, Family, LinkCounts, Options, Resolver, World};
+
+#[path = "common/procstat.rs"]
+mod procstat;
+use procstat::{comm, machine_ticks, stat_ticks, ticks_per_second};
+
+/// One configuration of the router.
+#[derive(Debug, Clone, Copy)]
+struct Config {
+    id: u8,
+    label: &'static str,
+    resolver: Resolver,
+    /// Run nfqmark with the README's queue rules.
+    nfqmark: bool,
+    /// The seed's mangle rules (client A -> mark 137, connmark save/restore).
+    marking: bool,
+    /// No resolver: dnsperf asks the upstream responder directly.
+    direct: bool,
+}
+
+const CONFIGS: [Config; 6] = [
+    Config {
+        id: 0,
+        label: "upstream responder direct",
+        resolver: Resolver::Dnsmasq,
+        nfqmark: false,
+        marking: false,
+        direct: true,
+    },
+    Config {
+        id: 1,
+        label: "dnsmasq, no marking",
+        resolver: Resolver::Dnsmasq,
+        nfqmark: false,
+        marking: false,
+        direct: false,
+    },
+    Config {
+        id: 2,
+        label: "dnsmasq --conntrack",
+        resolver: Resolver::DnsmasqConntrack,
+        nfqmark: false,
+        marking: true,
+        direct: false,
+    },
+    Config {
+        id: 3,
+        label: "dnsmasq + nfqmark",
+        resolver: Resolver::Dnsmasq,
+        nfqmark: true,
+        marking: true,
+        direct: false,
+    },
+    Config {
+        id: 4,
+        label: "unbound + nfqmark",
+        resolver: Resolver::Unbound,
+        nfqmark: true,
+        marking: true,
+        direct: false,
+    },
+    Config {
+        id: 5,
+        label: "unbound, no marking",
+        resolver: Resolver::Unbound,
+        nfqmark: false,
+        marking: false,
+        direct: false,
+    },
+];
+
+/// How the link of each upstream query is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Count {
+    /// iptables counters on the upstream host's links (in the kernel: costs next to nothing).
+    Counters,
+    /// The lab's sniffer threads (AF_PACKET, every frame copied to this process and parsed).
+    Sniffer,
+}
+
+#[derive(Debug, Clone)]
+struct Args {
+    bench: bool,
+    rounds: usize,
+    duration: u32,
+    warmup: u32,
+    clients: u32,
+    outstanding: u32,
+    configs: Vec<u8>,
+    count: Count,
+    nfqmark: PathBuf,
+    nfqmark_args: Vec<String>,
+}
+
+const USAGE: &str = "\
+benches/e2e.sh [--rounds N] [--duration S] [--warmup S] [--clients N] [--outstanding N]
+               [--configs 1,2,3,4,5] [--direct] [--count counters|sniffer]
+               [--nfqmark PATH] [--nfqmark-arg ARG]...
+  --rounds N         rounds; every round runs every configuration once (default 3)
+  --duration S       measured seconds of dnsperf per run (default 10)
+  --warmup S         dnsperf seconds before the measured ones, other names (default 2)
+  --clients N        dnsperf -c (default 10)
+  --outstanding N    dnsperf -q: queries in flight (default 100)
+  --configs LIST     which configurations (default 1,2,3,4,5; 0 = responder direct)
+  --direct           add configuration 0: dnsperf straight to the upstream responder
+  --count MODE       how upstream queries are counted per link: kernel counters (default)
+                     or the lab's sniffer threads (costs CPU on this 2-core machine)
+  --nfqmark PATH     nfqmark binary (default: the one cargo built with this benchmark)
+  --nfqmark-arg ARG  extra argument for `nfqmark run` (repeatable), e.g. --rules FILE";
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        bench: false,
+        rounds: 3,
+        duration: 10,
+        warmup: 2,
+        clients: 10,
+        outstanding: 100,
+        configs: vec![1, 2, 3, 4, 5],
+        count: Count::Counters,
+        nfqmark: PathBuf::from(env!("CARGO_BIN_EXE_nfqmark")),
+        nfqmark_args: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    let num = |name: &str, v: Option<String>| -> Result<u32, String> {
+        v.as_deref()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{name} needs a number\n{USAGE}"))
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--bench" => a.bench = true,
+            "--rounds" => a.rounds = num("--rounds", it.next())?.max(1) as usize,
+            "--duration" => a.duration = num("--duration", it.next())?.max(1),
+            "--warmup" => a.warmup = num("--warmup", it.next())?,
+            "--clients" => a.clients = num("--clients", it.next())?.max(1),
+            "--outstanding" => a.outstanding = num("--outstanding", it.next())?.max(1),
+            "--configs" => {
+                let v = it.next().unwrap_or_default();
+                a.configs = v
+                    .split(',')
+                    .map(|c| c.trim().parse::<u8>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .ok()
+                    .filter(|c| !c.is_empty() && c.iter().all(|&c| c <= 5))
+                    .ok_or_else(|| format!("--configs takes numbers 0-5, e.g. 1,3\n{USAGE}"))?;
+            }
+            "--direct" => {
+                if !a.configs.contains(&0) {
+                    a.configs.insert(0, 0);
+                }
+            }
+            "--count" => {
+                a.count = match it.next().as_deref() {
+                    Some("counters") => Count::Counters,
+                    Some("sniffer") => Count::Sniffer,
+                    _ => return Err(format!("--count takes counters or sniffer\n{USAGE}")),
+                }
+            }
+            "--nfqmark" => {
+                a.nfqmark = PathBuf::from(
+                    it.next()
+                        .ok_or_else(|| format!("--nfqmark needs a path\n{USAGE}"))?,
+                )
+            }
+            "--nfqmark-arg" => a.nfqmark_args.push(
+                it.next()
+                    .ok_or_else(|| format!("--nfqmark-arg needs a value\n{USAGE}"))?,
+            ),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
+        }
+    }
+    Ok(a)
+}
+
+// ------------------------------------------------------------------------------------------------
+// dnsperf
+
+/// What dnsperf reports.
+#[derive(Debug, Clone, Default)]
+struct Perf {
+    sent: u64,
+    lost: u64,
+    qps: f64,
+    /// Average and standard deviation of the latency, in milliseconds.
+    latency_ms: f64,
+    stddev_ms: f64,
+    /// Response codes other than NOERROR, as dnsperf prints them.
+    other_rcodes: String,
+}
+
+/// The number after `key` on the line that starts with it (after spaces).
+fn field(text: &str, key: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.trim_start().strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn parse_dnsperf(text: &str) -> Option<Perf> {
+    let rcodes = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("Response codes:"))
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.starts_with("NOERROR"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(Perf {
+        sent: field(text, "Queries sent:")? as u64,
+        lost: field(text, "Queries lost:")? as u64,
+        qps: field(text, "Queries per second:")?,
+        latency_ms: field(text, "Average Latency (s):")? * 1e3,
+        stddev_ms: field(text, "Latency StdDev (s):").unwrap_or(f64::NAN) * 1e3,
+        other_rcodes: rcodes,
+    })
+}
+
+// ------------------------------------------------------------------------------------------------
+// CPU time, from /proc (clock ticks).
+
+/// CPU ticks so far of each party: processes in the router namespace by name, this process's
+/// lab threads by name, dnsperf by pid, and the whole machine (busy, total).
+#[derive(Debug, Clone, Default)]
+struct CpuSnap {
+    by_name: BTreeMap<String, u64>,
+    machine_busy: u64,
+    machine_total: u64,
+}
+
+fn cpu_snap(router: &Netns, dnsperf: Option<u32>) -> CpuSnap {
+    let mut s = CpuSnap::default();
+    if let Ok(out) = netns::run("ip", ["netns", "pids", router.name()]) {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let name = comm(&format!("/proc/{pid}/comm"));
+            if let Some(t) = stat_ticks(&format!("/proc/{pid}/stat")) {
+                *s.by_name.entry(name).or_default() += t;
+            }
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for task in dir.flatten() {
+            let p = task.path().display().to_string();
+            let name = comm(&format!("{p}/comm"));
+            if name.starts_with("lab-")
+                && let Some(t) = stat_ticks(&format!("{p}/stat"))
+            {
+                *s.by_name.entry(name).or_default() += t;
+            }
+        }
+    }
+    if let Some(pid) = dnsperf
+        && let Some(t) = stat_ticks(&format!("/proc/{pid}/stat"))
+    {
+        s.by_name.insert("dnsperf".into(), t);
+    }
+    (s.machine_busy, s.machine_total) = machine_ticks();
+    s
+}
+
+/// Share of one CPU each party used between two snapshots, in percent of one core.
+#[derive(Debug, Clone, Default)]
+struct CpuUse {
+    resolver: f64,
+    nfqmark: f64,
+    responder: f64,
+    sniffer: f64,
+    dnsperf: f64,
+    /// Both cores: 200 % is a saturated machine.
+    machine: f64,
+}
+
+fn cpu_use(a: &CpuSnap, b: &CpuSnap, wall: Duration) -> CpuUse {
+    let hz = ticks_per_second();
+    let secs = wall.as_secs_f64().max(1e-3);
+    let pct = |names: &[&str]| {
+        let d: u64 = names
+            .iter()
+            .map(|n| {
+                b.by_name
+                    .get(*n)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(a.by_name.get(*n).copied().unwrap_or(0))
+            })
+            .sum();
+        d as f64 / hz / secs * 100.0
+    };
+    let machine_total = b.machine_total.saturating_sub(a.machine_total).max(1);
+    let machine_busy = b.machine_busy.saturating_sub(a.machine_busy);
+    CpuUse {
+        resolver: pct(&["dnsmasq", "unbound"]),
+        nfqmark: pct(&["nfqmark"]),
+        responder: pct(&["lab-udp53", "lab-tcp53"]),
+        sniffer: pct(&["lab-sniffer"]),
+        dnsperf: pct(&["dnsperf"]),
+        machine: machine_busy as f64 / machine_total as f64 * 100.0 * num_cpus(),
+    }
+}
+
+fn num_cpus() -> f64 {
+    thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
+// ------------------------------------------------------------------------------------------------
+// One run.
+
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    perf: Perf,
+    link1: u64,
+    link2: u64,
+    cpu: CpuUse,
+    /// nfqmark's counter line at the end, when it ran.
+    counters: String,
+}
+
+impl Sample {
+    /// Share of upstream queries that arrived over link 2 (carried client A's mark).
+    fn marked(&self) -> f64 {
+        let all = self.link1 + self.link2;
+        if all == 0 {
+            f64::NAN
+        } else {
+            self.link2 as f64 / all as f64
+        }
+    }
+}
+
+/// Per-link counter rules on the upstream host (no target: they only count).
+fn install_link_counters(up: &Netns) -> io::Result<()> {
+    for link in ["link1", "link2"] {
+        for proto in ["udp", "tcp"] {
+            up.exec(
+                "iptables",
+                &[
+                    "-w",
+                    "-t",
+                    "raw",
+                    "-A",
+                    "PREROUTING",
+                    "-i",
+                    link,
+                    "-p",
+                    proto,
+                    "--dport",
+                    "53",
+                ],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Packets counted so far per link (link1, link2).
+fn link_counters(up: &Netns) -> io::Result<(u64, u64)> {
+    let out = up.exec(
+        "iptables",
+        &["-w", "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n"],
+    )?;
+    let (mut l1, mut l2) = (0, 0);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let Some(pkts) = f.first().and_then(|p| p.parse::<u64>().ok()) else {
+            continue;
+        };
+        if f.contains(&"link1") {
+            l1 += pkts;
+        } else if f.contains(&"link2") {
+            l2 += pkts;
+        }
+    }
+    Ok((l1, l2))
+}
+
+/// A query file of `n` unique names for client A (`a-LABEL-N.nfqm.example`).
+fn write_names(path: &std::path::Path, label: &str, n: u64) -> io::Result<()> {
+    let mut text = String::with_capacity(n as usize * 40);
+    for i in 0..n {
+        let _ = writeln!(text, "a-{label}-{i}.nfqm.example A");
+    }
+    std::fs::write(path, text)
+}
+
+/// Run dnsperf in client A's namespace; returns its report and its pid's CPU ticks sampler.
+fn dnsperf(
+    world: &World,
+    server: &str,
+    file: &std::path::Path,
+    seconds: u32,
+    args: &Args,
+    mut during: impl FnMut(u32),
+) -> io::Result<(Perf, String)> {
+    let mut cmd = world.a.command("dnsperf");
+    cmd.args(["-s", server, "-f", "inet", "-d"])
+        .arg(file)
+        .args(["-l", &seconds.to_string()])
+        .args(["-c", &args.clients.to_string()])
+        .args(["-q", &args.outstanding.to_string()])
+        .args(["-t", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn()?;
+    let pid = child.id();
+    // `ip netns exec` execs dnsperf in place: the pid is dnsperf's.
+    let waiter = thread::spawn(move || child.wait_with_output());
+    let deadline = Instant::now() + Duration::from_secs(u64::from(seconds) + 30);
+    while !waiter.is_finished() {
+        during(pid);
+        if Instant::now() > deadline {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let out = waiter
+        .join()
+        .map_err(|_| io::Error::other("dnsperf waiter panicked"))??;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    match parse_dnsperf(&text) {
+        Some(p) => Ok((p, text)),
+        None => Err(io::Error::other(format!(
+            "dnsperf gave no statistics ({}): {}{}",
+            out.status,
+            text.lines().rev().take(5).collect::<Vec<_>>().join(" | "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
+    }
+}
+
+fn run_one(cfg: Config, round: usize, args: &Args, names: u64) -> io::Result<Sample> {
+    let mut opts = Options::new(
+        &format!("e2e{}", cfg.id),
+        cfg.resolver,
+        cfg.nfqmark.then(|| args.nfqmark.clone()),
+    );
+    opts.marking = cfg.marking;
+    opts.nfqmark_args = args.nfqmark_args.clone();
+    let mut world = World::build(opts)?;
+    if !cfg.marking {
+        // The lab installs the seed's mangle rules whatever `marking` says (see the README of
+        // the benchmarks): take them out, so "no marking" means no mangle rules and no conntrack.
+        for tool in ["iptables", "ip6tables"] {
+            world.router.exec(tool, &["-w", "-t", "mangle", "-F"])?;
+        }
+    }
+    if args.count == Count::Counters {
+        // Stop the sniffer threads: they would take CPU from what is measured.
+        world.sniffer = Sniffer::start(&world.upstream, &[])?;
+    }
+    install_link_counters(&world.upstream)?;
+    world.start_nfqmark()?;
+    let server = if cfg.direct {
+        lab::addr::UPSTREAM_V4
+    } else {
+        world.start_resolver(Family::V4)?;
+        lab::addr::ROUTER_A_V4
+    };
+    let label = format!("r{round}c{}", cfg.id);
+    if args.warmup > 0 {
+        let warm = world.path("warmup.txt");
+        write_names(&warm, &format!("{label}w"), names / 4)?;
+        dnsperf(&world, server, &warm, args.warmup, args, |_| {})?;
+        // Let the last answers of the warm-up come back before counting.
+        thread::sleep(Duration::from_millis(300));
+    }
+    let file = world.path("names.txt");
+    write_names(&file, &label, names)?;
+    world.sniffer.clear();
+    let (l1_before, l2_before) = link_counters(&world.upstream)?;
+    let mut first: Option<(CpuSnap, Instant)> = None;
+    let mut last: Option<(CpuSnap, Instant)> = None;
+    let (perf, _text) = dnsperf(&world, server, &file, args.duration, args, |pid| {
+        let snap = (cpu_snap(&world.router, Some(pid)), Instant::now());
+        // Once dnsperf has exited (and was reaped) its ticks are gone: keep the last snapshot
+        // that still has them.
+        if !snap.0.by_name.contains_key("dnsperf") {
+            return;
+        }
+        if first.is_none() {
+            first = Some(snap);
+        } else {
+            last = Some(snap);
+        }
+    })?;
+    thread::sleep(Duration::from_millis(300));
+    let (l1_after, l2_after) = link_counters(&world.upstream)?;
+    let (link1, link2) = match args.count {
+        Count::Counters => (l1_after - l1_before, l2_after - l2_before),
+        Count::Sniffer => {
+            let c = LinkCounts::from_sniffer(&world.sniffer, &label);
+            (c.a_link1 as u64, c.a_link2 as u64)
+        }
+    };
+    let cpu = match (first, last) {
+        (Some((a, ta)), Some((b, tb))) => cpu_use(&a, &b, tb - ta),
+        _ => CpuUse::default(),
+    };
+    let counters = if cfg.nfqmark {
+        world.nfqmark_counters()
+    } else {
+        String::new()
+    };
+    Ok(Sample {
+        perf,
+        link1,
+        link2,
+        cpu,
+        counters,
+    })
+}
+
+// ------------------------------------------------------------------------------------------------
+// Summary.
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn summary(args: &Args, results: &BTreeMap<u8, Vec<Option<Sample>>>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\ne2e summary: {} round(s) x {} s, dnsperf -c {} -q {}, unique names; medians over \
+         rounds (min-max of QPS); CPU in % of one core (machine: {} cores, 100 % each)",
+        args.rounds,
+        args.duration,
+        args.clients,
+        args.outstanding,
+        num_cpus()
+    );
+    let _ = writeln!(
+        out,
+        "{:<28} {:>18} {:>8} {:>8} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}",
+        "configuration",
+        "QPS",
+        "lat ms",
+        "sd ms",
+        "lost %",
+        "marked",
+        "resolv",
+        "nfqm",
+        "upstr",
+        "sniff",
+        "perf",
+        "mach"
+    );
+    for cfg in CONFIGS.iter().filter(|c| results.contains_key(&c.id)) {
+        let samples: Vec<&Sample> = results[&cfg.id].iter().flatten().collect();
+        let col = |f: &dyn Fn(&Sample) -> f64| median(samples.iter().map(|s| f(s)).collect());
+        let qps: Vec<f64> = samples.iter().map(|s| s.perf.qps).collect();
+        let (lo, hi) = qps
+            .iter()
+            .fold((f64::INFINITY, 0.0f64), |(a, b), &q| (a.min(q), b.max(q)));
+        let marked = if cfg.marking {
+            format!("{:.3}", col(&|s| s.marked()))
+        } else {
+            "-".to_string()
+        };
+        let _ = writeln!(
+            out,
+            "{:<28} {:>18} {:>8.2} {:>8.2} {:>7.2} {:>7} {:>6.0} {:>6.0} {:>6.0} {:>6.0} {:>6.0} {:>6.0}",
+            format!("{}. {}", cfg.id, cfg.label),
+            format!("{:.0} ({:.0}-{:.0})", median(qps.clone()), lo, hi),
+            col(&|s| s.perf.latency_ms),
+            col(&|s| s.perf.stddev_ms),
+            col(&|s| {
+                if s.perf.sent == 0 {
+                    f64::NAN
+                } else {
+                    s.perf.lost as f64 / s.perf.sent as f64 * 100.0
+                }
+            }),
+            marked,
+            col(&|s| s.cpu.resolver),
+            col(&|s| s.cpu.nfqmark),
+            col(&|s| s.cpu.responder),
+            col(&|s| s.cpu.sniffer),
+            col(&|s| s.cpu.dnsperf),
+            col(&|s| s.cpu.machine),
+        );
+        let failed = results[&cfg.id].iter().filter(|s| s.is_none()).count();
+        if failed > 0 {
+            let _ = writeln!(out, "    ({failed} run(s) failed; see above)");
+        }
+        let rcodes: Vec<&str> = samples
+            .iter()
+            .map(|s| s.perf.other_rcodes.as_str())
+            .filter(|r| !r.is_empty())
+            .collect();
+        if !rcodes.is_empty() {
+            let _ = writeln!(out, "    other response codes: {}", rcodes.join(" | "));
+        }
+    }
+    // Ratios: per round, then the median.
+    let ratio = |num: u8, den: u8| -> Option<(f64, Vec<f64>)> {
+        let a = results.get(&num)?;
+        let b = results.get(&den)?;
+        let v: Vec<f64> = a
+            .iter()
+            .zip(b)
+            .filter_map(|(x, y)| Some(x.as_ref()?.perf.qps / y.as_ref()?.perf.qps))
+            .collect();
+        (!v.is_empty()).then(|| (median(v.clone()), v))
+    };
+    let _ = writeln!(
+        out,
+        "\nratios of QPS (median of per-round ratios; per round):"
+    );
+    for (num, den, what, goal) in [
+        (3, 1, "dnsmasq + nfqmark / dnsmasq, no marking", Some(0.95)),
+        (3, 2, "dnsmasq + nfqmark / dnsmasq --conntrack", Some(1.5)),
+        (4, 5, "unbound + nfqmark / unbound, no marking", None),
+        (2, 1, "dnsmasq --conntrack / dnsmasq, no marking", None),
+    ] {
+        if let Some((m, v)) = ratio(num, den) {
+            let per: Vec<String> = v.iter().map(|x| format!("{x:.3}")).collect();
+            let verdict = match goal {
+                Some(g) if m >= g => format!("  goal >= {g}: met"),
+                Some(g) => format!("  goal >= {g}: NOT met"),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "  {num}/{den} {what:<44} {m:.3}  [{}]{verdict}",
+                per.join(", ")
+            );
+        }
+    }
+    out
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("{msg}");
+            std::process::exit(2);
+        }
+    };
+    if !args.bench {
+        println!("e2e: not run under `cargo test`; use benches/e2e.sh (root)");
+        return;
+    }
+    if !netns::is_root() {
+        eprintln!("e2e: needs root (network namespaces, iptables, NFQUEUE): sudo benches/e2e.sh");
+        std::process::exit(2);
+    }
+    if let Err(missing) = lab::check_programs(&[("dnsperf", "dnsperf"), ("unbound", "unbound")]) {
+        eprintln!("e2e: {missing}");
+        std::process::exit(2);
+    }
+    if !args.nfqmark.is_file() {
+        eprintln!("e2e: no nfqmark binary at {}", args.nfqmark.display());
+        std::process::exit(2);
+    }
+    let configs: Vec<Config> = CONFIGS
+        .iter()
+        .filter(|c| args.configs.contains(&c.id))
+        .copied()
+        .collect();
+    println!(
+        "e2e: {} round(s) of {:?}, {} s each (+{} s warm-up), nfqmark {}",
+        args.rounds,
+        args.configs,
+        args.duration,
+        args.warmup,
+        args.nfqmark.display()
+    );
+    let mut results: BTreeMap<u8, Vec<Option<Sample>>> = BTreeMap::new();
+    // Enough names that no run wraps around its file; grown from what was seen.
+    let mut best_qps = 40_000.0f64;
+    for round in 1..=args.rounds {
+        let n = configs.len();
+        for k in 0..n {
+            let cfg = configs[(k + round - 1) % n];
+            let expect = if cfg.direct {
+                best_qps.max(150_000.0)
+            } else {
+                best_qps
+            };
+            let names = (expect * 1.5 * f64::from(args.duration)) as u64 + 10_000;
+            let started = Instant::now();
+            let sample = run_one(cfg, round, &args, names);
+            match &sample {
+                Ok(s) => {
+                    if !cfg.direct {
+                        best_qps = best_qps.max(s.perf.qps);
+                    }
+                    println!(
+                        "round {round} {:<28} {:>8.0} QPS  lat {:.2} ms (sd {:.2})  lost {}  \
+                         link1/link2 {}/{}  cpu resolver {:.0}% nfqmark {:.0}% responder {:.0}% \
+                         sniffer {:.0}% dnsperf {:.0}% machine {:.0}%  [{:.0} s]{}{}",
+                        format!("{}. {}", cfg.id, cfg.label),
+                        s.perf.qps,
+                        s.perf.latency_ms,
+                        s.perf.stddev_ms,
+                        s.perf.lost,
+                        s.link1,
+                        s.link2,
+                        s.cpu.resolver,
+                        s.cpu.nfqmark,
+                        s.cpu.responder,
+                        s.cpu.sniffer,
+                        s.cpu.dnsperf,
+                        s.cpu.machine,
+                        started.elapsed().as_secs_f64(),
+                        if s.perf.sent > names {
+                            "  (names wrapped)"
+                        } else {
+                            ""
+                        },
+                        if s.counters.is_empty() {
+                            String::new()
+                        } else {
+                            format!("\n    nfqmark: {}", s.counters)
+                        }
+                    );
+                }
+                Err(e) => println!("round {round} {}: FAILED: {e}", cfg.label),
+            }
+            results.entry(cfg.id).or_default().push(sample.ok());
+        }
+    }
+    print!("{}", summary(&args, &results));
+}

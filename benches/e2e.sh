@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# End-to-end benchmark of issue 6: dnsperf through the lab's router with dnsmasq and unbound,
+# with and without marking (dnsmasq --conntrack, nfqmark), alternating configurations round by
+# round. Prints each run and a summary (median QPS and latency, marked share, CPU per party, and
+# the ratios 3/1, 3/2, 4/5); the whole output is also kept in target/bench-e2e-DATE.txt.
+#
+#   sudo -E env "PATH=$PATH" benches/e2e.sh                 # 3 rounds x 10 s: about 4 minutes
+#   sudo -E env "PATH=$PATH" benches/e2e.sh --rounds 5 --duration 20 --direct
+#   benches/e2e.sh --help                                   # every option
+#
+# Needs root (network namespaces, iptables, NFQUEUE), dnsperf, dnsmasq and unbound
+# (bash .ci/run installs them). Uses only 198.18.0.0/15 inside its own namespaces, removed at
+# the end of every run, pass or fail.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+case " $* " in
+*" -h "* | *" --help "*) exec cargo bench --quiet --bench e2e -- --help ;;
+esac
+if [[ $(id -u) -ne 0 ]]; then
+    echo "e2e.sh: needs root: sudo -E env \"PATH=\$PATH\" benches/e2e.sh $*" >&2
+    exit 2
+fi
+
+# The release nfqmark the benchmark runs (cargo bench builds the same binary in the same place).
+cargo build --release --quiet
+target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+target_dir=${target_dir:-target}
+log="$target_dir/bench-e2e-$(date +%Y%m%d-%H%M%S).txt"
+cargo bench --quiet --bench e2e -- "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+echo "e2e.sh: output kept in $log" >&2
+exit "$status"
