@@ -26,6 +26,8 @@ pub enum Command {
     Run(RunArgs),
     /// Check a rules file: every error as FILE:LINE:COL, exit status 1 if any.
     Check(CheckArgs),
+    /// Print the firewall rules a rules file needs, for iptables-restore or nft -f.
+    Setup(SetupArgs),
     /// Show nfqmark at work in a throw-away network of namespaces (needs root; touches nothing
     /// outside its namespaces).
     Demo(DemoArgs),
@@ -39,6 +41,31 @@ pub struct CheckArgs {
     /// Accept interface names that do not exist on this machine (checking a file for another).
     #[arg(long)]
     pub any_interface: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// The rules file nfqmark will run with (without it: DNS pairing only).
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
+    /// Queue number or range, as given to `nfqmark run`.
+    #[arg(short, long = "queue", value_name = "N|A-B", value_parser = parse_queue_range, default_value = "0")]
+    pub queue: (u16, u16),
+    /// Bits of the mark nfqmark owns (CONNMARK saves and restores only these).
+    #[arg(long, value_name = "MASK", value_parser = parse_u32, default_value = "0xffffffff")]
+    pub mark_mask: u32,
+    /// Port(s) that carry DNS, repeatable.
+    #[arg(long = "dns-port", value_name = "PORT", default_value = "53")]
+    pub dns_ports: Vec<u16>,
+    /// Print iptables-restore input (the default when the kernel lacks the nft queue expression).
+    #[arg(long, conflicts_with = "nft")]
+    pub iptables: bool,
+    /// Print nft -f input.
+    #[arg(long)]
+    pub nft: bool,
+    /// With --iptables: the IPv6 rules (for ip6tables-restore).
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +125,16 @@ pub struct RunArgs {
     /// Drop packets, instead of accepting them unmarked, when a queue is full.
     #[arg(long)]
     pub fail_closed: bool,
+    /// Flow rules: shortest time a learned address is kept (answers with a smaller TTL are
+    /// raised to it).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub flow_ttl_min: Duration,
+    /// Flow rules: longest time a learned address is kept (larger TTLs are lowered to it).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1h")]
+    pub flow_ttl_max: Duration,
+    /// Flow rules: most (client, address) entries remembered; the one closest to expiry goes.
+    #[arg(long, value_name = "N", default_value_t = 65_536)]
+    pub flow_capacity: usize,
     /// Serve Prometheus metrics over HTTP on ADDR:PORT (a bare PORT binds 127.0.0.1).
     #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen)]
     pub metrics: Option<std::net::SocketAddr>,

@@ -13,7 +13,7 @@ use std::thread;
 
 use crossbeam_channel::{Receiver, bounded};
 
-use crate::cli::{CheckArgs, RunArgs};
+use crate::cli::{CheckArgs, RunArgs, SetupArgs};
 use crate::engine::EngineConfig;
 use crate::flows::LearnConfig;
 use crate::pairing::PairingConfig;
@@ -29,6 +29,7 @@ pub enum Error {
     Metrics(std::io::Error),
     Signals(std::io::Error),
     Spawn(std::io::Error),
+    Config(String),
 }
 
 impl fmt::Display for Error {
@@ -48,6 +49,7 @@ impl fmt::Display for Error {
             Error::Metrics(e) => write!(f, "cannot serve metrics: {e} (is the port in use?)"),
             Error::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
             Error::Spawn(e) => write!(f, "cannot start a worker thread: {e}"),
+            Error::Config(e) => f.write_str(e),
         }
     }
 }
@@ -141,6 +143,68 @@ pub fn check(args: &CheckArgs) -> i32 {
     }
 }
 
+/// `nfqmark setup`: print the firewall rules for a rules file. Exit status 1 when the rules
+/// file has errors, 0 otherwise.
+pub fn setup(args: &SetupArgs) -> i32 {
+    use crate::setup::{self as s, Family, Plan};
+    let (rules, source) = match &args.rules {
+        Some(path) => match rules::load(path, &|_: &str| Some(1u32)) {
+            Ok(r) => (r, path.display().to_string()),
+            Err(diags) => {
+                for d in &diags {
+                    eprintln!("{d}");
+                }
+                return 1;
+            }
+        },
+        None => (
+            RuleSet::empty(),
+            "no rules file (DNS pairing only)".to_string(),
+        ),
+    };
+    let (v4, v6) = rules.flow_clients();
+    let plan = Plan {
+        queues: args.queue,
+        mask: args.mark_mask,
+        dns_ports: args.dns_ports.clone(),
+        flow_clients_v4: v4,
+        flow_clients_v6: v6,
+        source,
+    };
+    let nft = if args.nft {
+        match s::probe_nft_queue() {
+            Ok(true) => {}
+            Ok(false) => eprintln!(
+                "nfqmark setup: this kernel rejects the nft 'queue' expression (no nft_queue \
+                 module): these rules will not load here; use `nfqmark setup --iptables`"
+            ),
+            Err(e) => eprintln!("nfqmark setup: could not probe nft ({e})"),
+        }
+        true
+    } else if args.iptables {
+        false
+    } else {
+        match s::probe_nft_queue() {
+            Ok(true) => true,
+            Ok(false) => {
+                eprintln!(
+                    "nfqmark setup: this kernel rejects the nft 'queue' expression; printing \
+                     the iptables form (pipe it into iptables-restore --noflush)"
+                );
+                false
+            }
+            Err(_) => false,
+        }
+    };
+    if nft {
+        print!("{}", s::nft(&plan));
+    } else {
+        let family = if args.ipv6 { Family::V6 } else { Family::V4 };
+        print!("{}", s::iptables(&plan, family));
+    }
+    0
+}
+
 fn engine_config(args: &RunArgs) -> EngineConfig {
     EngineConfig {
         pairing: PairingConfig {
@@ -165,12 +229,18 @@ pub fn run(args: &RunArgs) -> Result<(), Error> {
         None => RuleSet::empty(),
     };
     let nums = args.queue_numbers();
-    let shared = Arc::new(Shared::new(
-        engine_config(args),
-        LearnConfig::default(),
-        rules,
-        &nums,
-    ));
+    if args.flow_ttl_min > args.flow_ttl_max {
+        return Err(Error::Config(format!(
+            "--flow-ttl-min ({:?}) is above --flow-ttl-max ({:?}): lower the first or raise the second",
+            args.flow_ttl_min, args.flow_ttl_max
+        )));
+    }
+    let learn = LearnConfig {
+        ttl_floor: args.flow_ttl_min,
+        ttl_ceiling: args.flow_ttl_max,
+        capacity: args.flow_capacity,
+    };
+    let shared = Arc::new(Shared::new(engine_config(args), learn, rules, &nums));
     // Bind every queue before serving any, so a bad queue fails the start, not the night.
     let mut queues = Vec::new();
     for &num in &nums {

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::dns::{self, Dns};
+use crate::flows::{self, Learned};
 use crate::packet::{self, Packet, Proto};
 use crate::pairing::{FlowKey, Pairing, PairingConfig, UpstreamMatch};
 use crate::rules::{Ctx, RuleSet};
@@ -100,6 +101,8 @@ pub enum Role {
     ClientAnswer {
         paired: bool,
     },
+    /// A new flow to an address a flow rule learned for this client.
+    FlowMarked,
 }
 
 /// The engine's answer for one packet.
@@ -146,11 +149,28 @@ pub fn apply_mask(old: u32, value: u32, mask: u32) -> u32 {
     (old & !mask) | (value & mask)
 }
 
-/// Decide one packet. Pure: all state is passed in, `now` included.
+/// Decide one packet with DNS pairing only (no flow learning). Pure: all state is passed in,
+/// `now` included.
 pub fn decide(
     config: &EngineConfig,
     rules: &RuleSet,
     pairing: &Mutex<Pairing>,
+    stats: &Stats,
+    meta: &Meta,
+    bytes: &[u8],
+    now: Instant,
+) -> Decision {
+    decide_with_flows(config, rules, pairing, None, stats, meta, bytes, now)
+}
+
+/// Decide one packet; with `learned`, flow rules learn addresses from DNS answers to clients and
+/// mark new flows to them.
+#[allow(clippy::too_many_arguments)]
+pub fn decide_with_flows(
+    config: &EngineConfig,
+    rules: &RuleSet,
+    pairing: &Mutex<Pairing>,
+    learned: Option<&Mutex<Learned>>,
     stats: &Stats,
     meta: &Meta,
     bytes: &[u8],
@@ -204,7 +224,88 @@ pub fn decide(
             mark = apply_mask(mark, carried, mask);
         }
     }
+    if let Some(learned) = learned
+        && rules.has_flow_rules()
+    {
+        match dns.as_ref() {
+            Some(d) if d.response => learn(rules, learned, meta, &packet, mark, stats, now),
+            Some(_) => {}
+            None if !config.dns_ports.contains(&packet.dport) => {
+                if let Some(flow_mark) = flow_mark(learned, meta, &packet, mark, now) {
+                    mark = flow_mark;
+                    role = Role::FlowMarked;
+                }
+            }
+            None => {}
+        }
+    }
     finish(meta, outcome.verdict, mark, outcome.rule, role)
+}
+
+/// A DNS answer going to a client (leaving this host, or routed through it): remember the
+/// addresses it gives for names a flow rule names, for that client.
+fn learn(
+    rules: &RuleSet,
+    learned: &Mutex<Learned>,
+    meta: &Meta,
+    packet: &Packet<'_>,
+    client_mark: u32,
+    stats: &Stats,
+    now: Instant,
+) {
+    if meta.direction() == Direction::Incoming {
+        // An upstream answer for the resolver itself: its client is not known here; the answer
+        // to the client, a moment later, teaches the same addresses.
+        return;
+    }
+    let message = match packet.proto {
+        Proto::Udp => packet.payload,
+        Proto::Tcp => packet.payload.get(2..).unwrap_or_default(),
+        _ => return,
+    };
+    let Some(resolution) = flows::answer_addresses(message) else {
+        return;
+    };
+    if resolution.addresses.is_empty() {
+        return;
+    }
+    let Some(target) = rules.flow_target(packet.dst, client_mark, &resolution.names) else {
+        return;
+    };
+    let mut table = crate::worker::lock(learned);
+    for a in &resolution.addresses {
+        log::debug!(
+            "flow rule {}: {} resolved {} -> {} (ttl {} s)",
+            target.rule,
+            packet.dst,
+            resolution
+                .names
+                .first()
+                .map(|n| n.to_ascii())
+                .unwrap_or_default(),
+            a.addr,
+            a.ttl
+        );
+        table.learn(packet.dst, client_mark, a.addr, a.ttl, target, now);
+        stats.flows_learned.inc();
+    }
+}
+
+/// A packet opening a flow from a client (arriving, or routed through): the learned mark for
+/// its destination, applied to `mark`.
+fn flow_mark(
+    learned: &Mutex<Learned>,
+    meta: &Meta,
+    packet: &Packet<'_>,
+    mark: u32,
+    now: Instant,
+) -> Option<u32> {
+    if meta.direction() == Direction::LocalOut {
+        return None;
+    }
+    let target = crate::worker::lock(learned).lookup(packet.src, mark, packet.dst, now)?;
+    let (value, mask) = target.mark;
+    Some(apply_mask(mark, value, mask))
 }
 
 /// The decision, with the mark reported only when it differs from the packet's.

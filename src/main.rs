@@ -27,6 +27,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Check(args) => ExitCode::from(nfqmark::daemon::check(&args) as u8),
+        Command::Setup(args) => ExitCode::from(nfqmark::daemon::setup(&args) as u8),
         Command::Demo(args) => run_demo(&args),
     }
 }

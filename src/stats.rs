@@ -44,6 +44,8 @@ pub struct Stats {
     pub repeated: Counter,
     /// Packets whose mark we changed.
     pub marked: Counter,
+    /// Addresses learned from DNS answers for flow rules.
+    pub flows_learned: Counter,
     /// Verdicts the kernel would not take (the packet then waits for the queue's timeout).
     pub verdict_errors: Counter,
     /// Receive errors, ENOBUFS (the socket buffer overflowed and the kernel dropped packets

@@ -293,10 +293,11 @@ fn decide_item(
             return (d.verdict, None);
         }
     };
-    let decision = engine::decide(
+    let decision = engine::decide_with_flows(
         &shared.config,
         &loaded.rules,
         &shared.pairing,
+        Some(&shared.learned),
         stats,
         &meta,
         payload,

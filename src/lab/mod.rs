@@ -133,6 +133,9 @@ pub struct Options {
     pub nfqmark_args: Vec<String>,
     /// NFQUEUE number on the router.
     pub queue: u16,
+    /// Install the README's DNS queue rules when nfqmark starts. Off when a test installs the
+    /// rules `nfqmark setup` prints instead.
+    pub queue_rules: bool,
     /// Install the dnsmasq README's marking rules (client A -> mark 137) on the router. Off
     /// for "no marking at all" baselines.
     pub marking: bool,
@@ -147,6 +150,7 @@ impl Options {
             nfqmark,
             nfqmark_args: Vec::new(),
             queue: 0,
+            queue_rules: true,
             marking: true,
         }
     }
@@ -314,6 +318,18 @@ impl World {
         ] {
             upstream.ip(&["addr", "add", a, "dev", "lo"])?;
         }
+        // Every address of the service prefixes is this host's (flow tests answer names with
+        // addresses of their own choosing there).
+        upstream.ip(&["route", "add", "local", "198.18.9.0/24", "dev", "lo"])?;
+        upstream.ip(&[
+            "-6",
+            "route",
+            "add",
+            "local",
+            "2001:db8:9::/64",
+            "dev",
+            "lo",
+        ])?;
         for (ns, v4, v6) in [
             (&a, "198.18.1.1", "2001:db8:1::1"),
             (&b, "198.18.2.1", "2001:db8:2::1"),
@@ -355,17 +371,12 @@ impl World {
         }
         router.ip(&["rule", "add", "fwmark", &mark, "table", &table])?;
         router.ip(&["-6", "rule", "add", "fwmark", &mark, "table", &table])?;
-        for rule in seed_rules(addr::A_V4) {
-            router.exec(
-                "iptables",
-                &rule.iter().map(String::as_str).collect::<Vec<_>>(),
-            )?;
-        }
-        for rule in seed_rules(addr::A_V6) {
-            router.exec(
-                "ip6tables",
-                &rule.iter().map(String::as_str).collect::<Vec<_>>(),
-            )?;
+        if options.marking {
+            for (tool, client) in [("iptables", addr::A_V4), ("ip6tables", addr::A_V6)] {
+                for rule in seed_rules(client) {
+                    router.exec(tool, &rule.iter().map(String::as_str).collect::<Vec<_>>())?;
+                }
+            }
         }
         let responder = Responder::start(
             &upstream,
@@ -376,7 +387,8 @@ impl World {
         )?;
         let sink = Sink::start(
             &upstream,
-            &[ip(addr::SERVICE_V4)?, ip(addr::SERVICE_V6)?],
+            // One dual-stack socket per port serves IPv4 (mapped) and IPv6.
+            &[ip("::")?],
             &SERVICE_TCP_PORTS,
             &SERVICE_UDP_PORTS,
         )?;
@@ -418,7 +430,7 @@ impl World {
             return Ok(());
         };
         let q = self.options.queue;
-        if !self.queue_rules_installed {
+        if self.options.queue_rules && !self.queue_rules_installed {
             for tool in ["iptables", "ip6tables"] {
                 for rule in queue_rules(q) {
                     self.router
@@ -506,6 +518,26 @@ impl World {
     pub fn udp_flow(&self, client: Client, family: Family, port: u16) -> io::Result<()> {
         let ns = self.client_ns(client);
         upstream::udp_exchange_from(ns, self.service(family, port)?, Duration::from_secs(2))
+    }
+
+    /// Open a TCP connection from a client to any address and port.
+    pub fn connect_to(&self, client: Client, to: IpAddr, port: u16) -> io::Result<()> {
+        let ns = self.client_ns(client);
+        upstream::tcp_connect_from(
+            ns,
+            std::net::SocketAddr::new(to, port),
+            Duration::from_secs(2),
+        )
+    }
+
+    /// Send a UDP datagram from a client to any address and port, and wait for its echo.
+    pub fn udp_to(&self, client: Client, to: IpAddr, port: u16) -> io::Result<()> {
+        let ns = self.client_ns(client);
+        upstream::udp_exchange_from(
+            ns,
+            std::net::SocketAddr::new(to, port),
+            Duration::from_secs(2),
+        )
     }
 
     fn client_ns(&self, client: Client) -> &Netns {

@@ -3,9 +3,14 @@
 //!
 //! Both run as threads of the calling process that enter the upstream namespace before opening
 //! their sockets, so tests and the demo need no extra program. The responder answers every A
-//! query with 198.18.9.99 and every AAAA with 2001:db8:9::99; a name containing `tc-` gets a truncated (TC) empty answer over UDP, so the resolver or the client retries
-//! over TCP. The sniffer reads every frame on the named links (AF_PACKET) and keeps the DNS
-//! queries, which is how the tests count "arrived over link 2".
+//! query with 198.18.9.99 and every AAAA with 2001:db8:9::99, except that a first label
+//! `ip-198-18-9-81` (or `ip6-2001-db8-9--81`) names the address to answer, `alias-ip-...` answers
+//! with a CNAME to `ip-....cdn.nfqm.example` and its address, and a label `ttl-N` sets the TTL
+//! (60 s otherwise). A first label containing `tc-` gets a truncated (TC) empty answer over UDP,
+//! so the resolver or the client retries over TCP. The sniffer reads every frame on the named
+//! links (AF_PACKET) and keeps DNS queries and flow openings, which is how the tests count
+//! "arrived over link 2". The sink accepts TCP and echoes UDP on a few ports of every address
+//! of the upstream host's 198.18.9.0/24 and 2001:db8:9::/64.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -19,8 +24,8 @@ use std::time::Duration;
 
 use crossbeam_channel::bounded;
 use hickory_proto::op::{Message, MessageType};
-use hickory_proto::rr::rdata::{A, AAAA};
-use hickory_proto::rr::{RData, Record, RecordType};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use super::netns::Netns;
 use crate::dns;
@@ -106,13 +111,39 @@ pub fn answer(query: &[u8], over_udp: bool) -> Option<Vec<u8>> {
         if truncate {
             reply.metadata.truncation = true;
         } else {
-            let rdata = match q.query_type() {
-                RecordType::A => Some(RData::A(A::from(ANSWER_V4))),
-                RecordType::AAAA => Some(RData::AAAA(AAAA::from(ANSWER_V6))),
+            let labels: Vec<String> = q
+                .name()
+                .iter()
+                .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+                .collect();
+            let ttl = labels
+                .iter()
+                .find_map(|l| l.strip_prefix("ttl-").and_then(|t| t.parse().ok()))
+                .unwrap_or(60);
+            let first = labels.first().map(String::as_str).unwrap_or_default();
+            // `alias-ip-...`: a CNAME to `ip-....cdn.nfqm.example.`, then its address.
+            let (owner, first) = match first.strip_prefix("alias-") {
+                Some(target) => {
+                    let cname = Name::from_ascii(format!("{target}.cdn.nfqm.example."))
+                        .unwrap_or_else(|_| Name::root());
+                    reply.add_answer(Record::from_rdata(
+                        q.name().clone(),
+                        ttl,
+                        RData::CNAME(CNAME(cname.clone())),
+                    ));
+                    (cname, target.to_string())
+                }
+                None => (q.name().clone(), first.to_string()),
+            };
+            let rdata = match (q.query_type(), named_address(&first)) {
+                (RecordType::A, Some(IpAddr::V4(a))) => Some(RData::A(A::from(a))),
+                (RecordType::AAAA, Some(IpAddr::V6(a))) => Some(RData::AAAA(AAAA::from(a))),
+                (RecordType::A, _) => Some(RData::A(A::from(ANSWER_V4))),
+                (RecordType::AAAA, _) => Some(RData::AAAA(AAAA::from(ANSWER_V6))),
                 _ => None,
             };
             if let Some(rdata) = rdata {
-                reply.add_answer(Record::from_rdata(q.name().clone(), 60, rdata));
+                reply.add_answer(Record::from_rdata(owner, ttl, rdata));
             }
         }
     }
@@ -122,6 +153,14 @@ pub fn answer(query: &[u8], over_udp: bool) -> Option<Vec<u8>> {
         reply.edns = Some(e);
     }
     reply.to_vec().ok()
+}
+
+/// The address a label names: `ip-198-18-9-81` or `ip6-2001-db8-9--81` (`-` for `:`).
+fn named_address(label: &str) -> Option<IpAddr> {
+    if let Some(v4) = label.strip_prefix("ip-") {
+        return v4.replace('-', ".").parse().ok();
+    }
+    label.strip_prefix("ip6-")?.replace('-', ":").parse().ok()
 }
 
 /// The responder: UDP and TCP on port 53 of each given address.

@@ -1,0 +1,210 @@
+//! End to end, DNS-learned flow marks: a client resolves a name a flow rule names through the
+//! router's resolver, then opens a TCP connection and a UDP flow to the answered address: both
+//! are marked and leave over the cheap link. A client that did not resolve the name, and a name
+//! no rule names, are not marked; an alias (CNAME) of a named name is; after the record's TTL a
+//! new flow is no longer marked. The router's firewall rules come from `nfqmark setup`.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::thread::sleep;
+use std::time::Duration;
+
+use nfqmark::lab::{self, Client, Family, Options, Resolver, World};
+
+const RULES: &str = "\
+# Flows from clients in 198.18.1.0/24 to what *.video.nfqm.example resolves to: mark 0x20/0xff.
+flow src 198.18.1.0/24 names *.video.nfqm.example set-mark 0x20/0xff
+default accept
+";
+
+fn ip(s: &str) -> std::net::IpAddr {
+    s.parse().expect("address")
+}
+
+fn links(w: &World, client: &str, dst: &str, port: u16) -> Vec<String> {
+    w.sniffer.flow_links(ip(client), ip(dst), port)
+}
+
+#[test]
+fn flows_to_resolved_addresses_get_the_rule_mark_until_the_ttl_passes() {
+    if !common::require_root("flows") {
+        return;
+    }
+    let mut options = Options::new("flows", Resolver::Dnsmasq, Some(common::nfqmark_bin()));
+    options.queue = 11;
+    options.queue_rules = false; // the rules `nfqmark setup` prints instead
+    options.marking = false;
+    let mut w = World::build(options).expect("build the lab");
+    let rules = w.path("flows.rules");
+    std::fs::write(&rules, RULES).expect("write rules");
+    w.options_mut().nfqmark_args = vec![
+        "--rules".into(),
+        rules.display().to_string(),
+        "--flow-ttl-min".into(),
+        "1s".into(),
+    ];
+    // The firewall rules, as `nfqmark setup` prints them, loaded with iptables-restore.
+    let setup = Command::new(common::nfqmark_bin())
+        .args(["setup", "--iptables", "--queue", "11", "--rules"])
+        .arg(&rules)
+        .output()
+        .expect("run nfqmark setup");
+    assert!(
+        setup.status.success(),
+        "setup: {}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let text = String::from_utf8_lossy(&setup.stdout).to_string();
+    println!("{text}");
+    let mut restore = w
+        .router
+        .command("iptables-restore")
+        .arg("--noflush")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("iptables-restore");
+    restore
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed iptables-restore");
+    assert!(
+        restore.wait().expect("iptables-restore").success(),
+        "iptables-restore rejected:\n{text}"
+    );
+    w.router
+        .ip(&[
+            "rule",
+            "add",
+            "fwmark",
+            "0x20/0xff",
+            "table",
+            &lab::CHEAP_TABLE.to_string(),
+        ])
+        .expect("ip rule");
+    w.start_nfqmark().expect("start nfqmark");
+    w.start_resolver(Family::V4).expect("start the resolver");
+
+    let dig = |client: Client, name: &str, expect: &str| {
+        let ns = if client == Client::A { &w.a } else { &w.b };
+        let out = ns
+            .exec(
+                "dig",
+                &[
+                    &format!(
+                        "@{}",
+                        if client == Client::A {
+                            lab::addr::ROUTER_A_V4
+                        } else {
+                            lab::addr::ROUTER_B_V4
+                        }
+                    ),
+                    "+short",
+                    "+tries=2",
+                    "+time=2",
+                    name,
+                ],
+            )
+            .expect("dig");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            text.lines().any(|l| l.trim() == expect),
+            "{name} -> {text:?}, expected {expect}"
+        );
+    };
+
+    // A matching name, resolved by client A: its TCP and UDP flows are marked.
+    dig(
+        Client::A,
+        "ip-198-18-9-81.video.nfqm.example",
+        "198.18.9.81",
+    );
+    w.connect_to(Client::A, ip("198.18.9.81"), 80)
+        .expect("A connects");
+    w.udp_to(Client::A, ip("198.18.9.81"), 5000)
+        .expect("A sends UDP");
+    // Client B never resolved it (and no flow rule names B): not marked.
+    w.connect_to(Client::B, ip("198.18.9.81"), 80)
+        .expect("B connects");
+    // A name no rule names: not marked.
+    dig(
+        Client::A,
+        "ip-198-18-9-82.other.nfqm.example",
+        "198.18.9.82",
+    );
+    w.connect_to(Client::A, ip("198.18.9.82"), 80)
+        .expect("A connects");
+    // An alias of a named name: the addresses at the end of the CNAME chain are marked.
+    dig(
+        Client::A,
+        "alias-ip-198-18-9-83.video.nfqm.example",
+        "198.18.9.83",
+    );
+    w.connect_to(Client::A, ip("198.18.9.83"), 80)
+        .expect("A connects");
+    // A 2-second TTL: marked now, not after it passed.
+    dig(
+        Client::A,
+        "ip-198-18-9-84.ttl-2.video.nfqm.example",
+        "198.18.9.84",
+    );
+    w.connect_to(Client::A, ip("198.18.9.84"), 80)
+        .expect("A connects");
+    sleep(Duration::from_millis(3200));
+    w.connect_to(Client::A, ip("198.18.9.84"), 443)
+        .expect("A connects after the TTL");
+    sleep(Duration::from_millis(200));
+
+    let a = lab::addr::A_V4;
+    let b = lab::addr::B_V4;
+    let results = [
+        (
+            "A tcp to resolved name",
+            links(&w, a, "198.18.9.81", 80),
+            "link2",
+        ),
+        (
+            "A udp to resolved name",
+            links(&w, a, "198.18.9.81", 5000),
+            "link2",
+        ),
+        (
+            "B tcp, never resolved",
+            links(&w, b, "198.18.9.81", 80),
+            "link1",
+        ),
+        (
+            "A tcp, name not in a rule",
+            links(&w, a, "198.18.9.82", 80),
+            "link1",
+        ),
+        (
+            "A tcp to a CNAME's address",
+            links(&w, a, "198.18.9.83", 80),
+            "link2",
+        ),
+        (
+            "A tcp within the TTL",
+            links(&w, a, "198.18.9.84", 80),
+            "link2",
+        ),
+        (
+            "A tcp after the TTL",
+            links(&w, a, "198.18.9.84", 443),
+            "link1",
+        ),
+    ];
+    let log = w.stop_nfqmark();
+    println!("{log}");
+    let mut failures = Vec::new();
+    for (what, seen, want) in &results {
+        println!("{what}: {seen:?}");
+        if seen.is_empty() || seen.iter().any(|l| l != want) {
+            failures.push(format!("{what}: seen on {seen:?}, expected {want}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}\n{log}", failures.join("\n"));
+}
