@@ -84,10 +84,13 @@ pub fn iptables(plan: &Plan, family: Family) -> String {
         plan.source,
         env!("CARGO_PKG_VERSION")
     );
-    let _ = writeln!(o, "# apply:  nfqmark setup ... | {restore} --noflush");
     let _ = writeln!(
         o,
-        "# remove: {tool} -t mangle -S | grep -e NFQMARK -e 'CONNMARK' (and delete those lines with -D)"
+        "# apply once (e.g. at boot): nfqmark setup ... | {restore} --noflush"
+    );
+    let _ = writeln!(
+        o,
+        "# remove: {tool}-save -t mangle | grep -v -e '--comment nfqmark' -e '^:NFQMARK' | {restore} -T mangle"
     );
     o.push_str("*mangle\n");
     o.push_str(":NFQMARK-DNS-IN - [0:0]\n:NFQMARK-DNS-OUT - [0:0]\n");

@@ -1,0 +1,53 @@
+//! The README shows `nfqmark setup`'s output instead of hand-written rules; this keeps that copy
+//! true, and checks the README's first lines still give the two commands a newcomer needs.
+
+use nfqmark::setup::{self, Family, Plan};
+
+fn readme() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md")
+}
+
+#[test]
+fn readme_setup_block_is_what_nfqmark_setup_prints() {
+    let plan = Plan {
+        queues: (0, 0),
+        mask: u32::MAX,
+        dns_ports: vec![53],
+        flow_clients_v4: None,
+        flow_clients_v6: None,
+        source: "no rules file (DNS pairing only)".into(),
+    };
+    let expected: String = setup::iptables(&plan, Family::V4)
+        .lines()
+        .map(|l| {
+            if l.is_empty() {
+                "\n".to_string()
+            } else {
+                format!("   {l}\n")
+            }
+        })
+        .collect();
+    let text = readme();
+    assert!(
+        text.contains(&expected),
+        "README's setup block differs from `nfqmark setup`; paste this in:\n{expected}"
+    );
+}
+
+#[test]
+fn readme_opens_with_install_and_test_commands() {
+    let text = readme();
+    let head: Vec<&str> = text.lines().take(6).collect();
+    assert!(
+        head.iter()
+            .any(|l| l.contains("./install.sh") && l.contains("nfqmark demo")),
+        "{head:?}"
+    );
+    assert!(head.iter().any(|l| l.contains("cargo test")), "{head:?}");
+    let ci =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/run")).expect(".ci/run");
+    assert!(
+        ci.contains("cargo test"),
+        ".ci/run runs the README's test command"
+    );
+}
