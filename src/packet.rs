@@ -9,7 +9,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use etherparse::{IpNumber, LaxNetSlice, LaxSlicedPacket, TcpSlice, UdpSlice};
+use etherparse::{IpNumber, LaxIpSlice, TcpSlice, UdpSlice};
 
 /// Transport protocol of a packet, with unknown protocols kept as data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -105,26 +105,11 @@ impl std::error::Error for Error {}
 
 /// Parse a packet that starts at its IP header (what NFQUEUE delivers).
 pub fn parse(bytes: &[u8]) -> Result<Packet<'_>, Error> {
-    let sliced = LaxSlicedPacket::from_ip(bytes).map_err(|_| Error::BadIp)?;
-    let (src, dst, ip_payload) = match &sliced.net {
-        Some(LaxNetSlice::Ipv4(v4)) => {
-            let h = v4.header();
-            (
-                IpAddr::V4(h.source_addr()),
-                IpAddr::V4(h.destination_addr()),
-                v4.payload(),
-            )
-        }
-        Some(LaxNetSlice::Ipv6(v6)) => {
-            let h = v6.header();
-            (
-                IpAddr::V6(h.source_addr()),
-                IpAddr::V6(h.destination_addr()),
-                v6.payload(),
-            )
-        }
-        _ => return Err(Error::BadIp),
-    };
+    // The IP layer alone (not `LaxSlicedPacket`, which also looks for link layers and costs
+    // several times more per packet); the transport header is read below.
+    let (ip, _) = LaxIpSlice::from_slice(bytes).map_err(|_| Error::BadIp)?;
+    let (src, dst) = (ip.source_addr(), ip.destination_addr());
+    let ip_payload = ip.payload();
     let proto = Proto::from_number(ip_payload.ip_number.0);
     let truncated = ip_payload.incomplete || ip_payload.fragmented;
     let mut packet = Packet {

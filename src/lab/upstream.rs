@@ -587,7 +587,7 @@ pub fn query_in_frame(frame: &[u8], link: &str) -> Option<Seen> {
         return None;
     }
     let q = d.question?;
-    let mut name = q.name.to_ascii().to_ascii_lowercase();
+    let mut name = q.name().to_ascii().to_ascii_lowercase();
     if name.ends_with('.') {
         name.pop();
     }

@@ -1971,7 +1971,7 @@ mod tests {
             }),
             T::DnsName(v) => question.is_some_and(|q| {
                 // Text comparison on the name as sent, independent of the wire-form code.
-                let name = q.name.to_ascii().to_ascii_lowercase();
+                let name = q.name().to_ascii().to_ascii_lowercase();
                 let name = name.trim_end_matches('.');
                 v.iter().any(|pat| {
                     let text = wire_to_text(&pat.wire);
