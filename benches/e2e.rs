@@ -33,7 +33,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nfqmark::lab::netns::{self, Netns};
-use nfqmark::lab::upstream::Sniffer;
+use nfqmark::lab::upstream::{self, Sniffer};
 use nfqmark::lab::{self, Family, LinkCounts, Options, Resolver, World};
 
 #[path = "common/procstat.rs"]
@@ -126,12 +126,15 @@ struct Args {
     count: Count,
     nfqmark: PathBuf,
     nfqmark_args: Vec<String>,
+    /// Pin the resolver to CPU 0 and everything else (dnsperf, nfqmark, the lab's threads) to
+    /// the other CPUs.
+    pin: bool,
 }
 
 const USAGE: &str = "\
 benches/e2e.sh [--rounds N] [--duration S] [--warmup S] [--clients N] [--outstanding N]
                [--configs 1,2,3,4,5] [--direct] [--count counters|sniffer]
-               [--nfqmark PATH] [--nfqmark-arg ARG]...
+               [--nfqmark PATH] [--nfqmark-arg ARG]... [--pin]
   --rounds N         rounds; every round runs every configuration once (default 3)
   --duration S       measured seconds of dnsperf per run (default 10)
   --warmup S         dnsperf seconds before the measured ones, other names (default 2)
@@ -142,7 +145,9 @@ benches/e2e.sh [--rounds N] [--duration S] [--warmup S] [--clients N] [--outstan
   --count MODE       how upstream queries are counted per link: kernel counters (default)
                      or the lab's sniffer threads (costs CPU on this 2-core machine)
   --nfqmark PATH     nfqmark binary (default: the one cargo built with this benchmark)
-  --nfqmark-arg ARG  extra argument for `nfqmark run` (repeatable), e.g. --rules FILE";
+  --nfqmark-arg ARG  extra argument for `nfqmark run` (repeatable), e.g. --rules FILE
+  --pin              resolver alone on CPU 0; dnsperf, nfqmark and the lab's upstream threads
+                     on the other CPUs (what a router with a core for its resolver looks like)";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -156,6 +161,7 @@ fn parse_args() -> Result<Args, String> {
         count: Count::Counters,
         nfqmark: PathBuf::from(env!("CARGO_BIN_EXE_nfqmark")),
         nfqmark_args: Vec::new(),
+        pin: false,
     };
     let mut it = std::env::args().skip(1);
     let num = |name: &str, v: Option<String>| -> Result<u32, String> {
@@ -181,6 +187,7 @@ fn parse_args() -> Result<Args, String> {
                     .filter(|c| !c.is_empty() && c.iter().all(|&c| c <= 5))
                     .ok_or_else(|| format!("--configs takes numbers 0-5, e.g. 1,3\n{USAGE}"))?;
             }
+            "--pin" => a.pin = true,
             "--direct" => {
                 if !a.configs.contains(&0) {
                     a.configs.insert(0, 0);
@@ -432,7 +439,13 @@ fn dnsperf(
     args: &Args,
     mut during: impl FnMut(u32),
 ) -> io::Result<(Perf, String)> {
-    let mut cmd = world.a.command("dnsperf");
+    let mut cmd = if args.pin {
+        let mut c = world.a.command("taskset");
+        c.args(["-c", &others_cpus(), "dnsperf"]);
+        c
+    } else {
+        world.a.command("dnsperf")
+    };
     cmd.args(["-s", server, "-f", "inet", "-d"])
         .arg(file)
         .args(["-l", &seconds.to_string()])
@@ -444,7 +457,7 @@ fn dnsperf(
         .stderr(Stdio::piped());
     let child = cmd.spawn()?;
     let pid = child.id();
-    // `ip netns exec` execs dnsperf in place: the pid is dnsperf's.
+    // `ip netns exec` (and taskset) exec dnsperf in place: the pid is dnsperf's.
     let waiter = thread::spawn(move || child.wait_with_output());
     let deadline = Instant::now() + Duration::from_secs(u64::from(seconds) + 30);
     while !waiter.is_finished() {
@@ -472,6 +485,72 @@ fn dnsperf(
     }
 }
 
+/// The CPUs other than 0, as taskset writes them ("1" or "1-3").
+fn others_cpus() -> String {
+    let n = num_cpus() as usize;
+    if n <= 2 {
+        "1".to_string()
+    } else {
+        format!("1-{}", n - 1)
+    }
+}
+
+/// Set the CPU affinity of every thread of `pid` (a thread id works too: just that thread).
+fn pin_threads(pid: &str, cpus: &[usize], all_threads: bool) -> io::Result<()> {
+    let tids: Vec<String> = if all_threads {
+        std::fs::read_dir(format!("/proc/{pid}/task"))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect()
+    } else {
+        vec![pid.to_string()]
+    };
+    for tid in tids {
+        let Ok(tid) = tid.parse::<libc::pid_t>() else {
+            continue;
+        };
+        // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET initialise it, and
+        // sched_setaffinity only reads it.
+        let rc = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_ZERO(&mut set);
+            for &c in cpus {
+                libc::CPU_SET(c, &mut set);
+            }
+            libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// `--pin`: the resolver alone on CPU 0; nfqmark and the lab's upstream threads (responder,
+/// sniffer, sinks) on the others. dnsperf is started under taskset.
+fn pin_parties(world: &World) -> io::Result<()> {
+    let n = num_cpus() as usize;
+    if n < 2 {
+        return Ok(());
+    }
+    let others: Vec<usize> = (1..n).collect();
+    let out = netns::run("ip", ["netns", "pids", world.router.name()])?;
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        match comm(&format!("/proc/{pid}/comm")).as_str() {
+            "dnsmasq" | "unbound" => pin_threads(pid, &[0], true)?,
+            "nfqmark" => pin_threads(pid, &others, true)?,
+            _ => {}
+        }
+    }
+    for task in std::fs::read_dir("/proc/self/task")?.flatten() {
+        let tid = task.file_name().to_string_lossy().to_string();
+        if comm(&format!("/proc/self/task/{tid}/comm")).starts_with("lab-") {
+            pin_threads(&tid, &others, false)?;
+        }
+    }
+    Ok(())
+}
+
 fn run_one(cfg: Config, round: usize, args: &Args, names: u64) -> io::Result<Sample> {
     let mut opts = Options::new(
         &format!("e2e{}", cfg.id),
@@ -481,13 +560,6 @@ fn run_one(cfg: Config, round: usize, args: &Args, names: u64) -> io::Result<Sam
     opts.marking = cfg.marking;
     opts.nfqmark_args = args.nfqmark_args.clone();
     let mut world = World::build(opts)?;
-    if !cfg.marking {
-        // The lab installs the seed's mangle rules whatever `marking` says (see the README of
-        // the benchmarks): take them out, so "no marking" means no mangle rules and no conntrack.
-        for tool in ["iptables", "ip6tables"] {
-            world.router.exec(tool, &["-w", "-t", "mangle", "-F"])?;
-        }
-    }
     if args.count == Count::Counters {
         // Stop the sniffer threads: they would take CPU from what is measured.
         world.sniffer = Sniffer::start(&world.upstream, &[])?;
@@ -500,6 +572,9 @@ fn run_one(cfg: Config, round: usize, args: &Args, names: u64) -> io::Result<Sam
         world.start_resolver(Family::V4)?;
         lab::addr::ROUTER_A_V4
     };
+    if args.pin {
+        pin_parties(&world)?;
+    }
     let label = format!("r{round}c{}", cfg.id);
     if args.warmup > 0 {
         let warm = world.path("warmup.txt");
@@ -585,23 +660,22 @@ fn summary(args: &Args, results: &BTreeMap<u8, Vec<Option<Sample>>>) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<28} {:>18} {:>8} {:>8} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}",
-        "configuration",
-        "QPS",
-        "lat ms",
-        "sd ms",
-        "lost %",
-        "marked",
-        "resolv",
-        "nfqm",
-        "upstr",
-        "sniff",
-        "perf",
-        "mach"
+        "{:<30} {:>22} {:>7} {:>7} {:>7} {:>7}",
+        "configuration", "QPS", "lat ms", "sd ms", "lost %", "marked"
     );
-    for cfg in CONFIGS.iter().filter(|c| results.contains_key(&c.id)) {
-        let samples: Vec<&Sample> = results[&cfg.id].iter().flatten().collect();
-        let col = |f: &dyn Fn(&Sample) -> f64| median(samples.iter().map(|s| f(s)).collect());
+    let configs: Vec<&Config> = CONFIGS
+        .iter()
+        .filter(|c| results.contains_key(&c.id))
+        .collect();
+    let samples_of = |cfg: &Config| -> Vec<Sample> {
+        results
+            .get(&cfg.id)
+            .map(|v| v.iter().flatten().cloned().collect())
+            .unwrap_or_default()
+    };
+    for cfg in &configs {
+        let samples = samples_of(cfg);
+        let col = |f: &dyn Fn(&Sample) -> f64| median(samples.iter().map(f).collect());
         let qps: Vec<f64> = samples.iter().map(|s| s.perf.qps).collect();
         let (lo, hi) = qps
             .iter()
@@ -613,7 +687,7 @@ fn summary(args: &Args, results: &BTreeMap<u8, Vec<Option<Sample>>>) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<28} {:>18} {:>8.2} {:>8.2} {:>7.2} {:>7} {:>6.0} {:>6.0} {:>6.0} {:>6.0} {:>6.0} {:>6.0}",
+            "{:<30} {:>22} {:>7.2} {:>7.2} {:>7.2} {:>7}",
             format!("{}. {}", cfg.id, cfg.label),
             format!("{:.0} ({:.0}-{:.0})", median(qps.clone()), lo, hi),
             col(&|s| s.perf.latency_ms),
@@ -626,12 +700,6 @@ fn summary(args: &Args, results: &BTreeMap<u8, Vec<Option<Sample>>>) -> String {
                 }
             }),
             marked,
-            col(&|s| s.cpu.resolver),
-            col(&|s| s.cpu.nfqmark),
-            col(&|s| s.cpu.responder),
-            col(&|s| s.cpu.sniffer),
-            col(&|s| s.cpu.dnsperf),
-            col(&|s| s.cpu.machine),
         );
         let failed = results[&cfg.id].iter().filter(|s| s.is_none()).count();
         if failed > 0 {
@@ -645,6 +713,48 @@ fn summary(args: &Args, results: &BTreeMap<u8, Vec<Option<Sample>>>) -> String {
         if !rcodes.is_empty() {
             let _ = writeln!(out, "    other response codes: {}", rcodes.join(" | "));
         }
+    }
+    let _ = writeln!(
+        out,
+        "\nCPU, % of one core (medians): resolver, nfqmark, the lab's upstream responder and \
+         sniffer threads, dnsperf, whole machine; and CPU microseconds per query"
+    );
+    let _ = writeln!(
+        out,
+        "{:<30} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>10} {:>10}",
+        "configuration",
+        "resolv",
+        "nfqm",
+        "upstr",
+        "sniff",
+        "dnsperf",
+        "machine",
+        "resolv/q",
+        "nfqm/q"
+    );
+    for cfg in &configs {
+        let samples = samples_of(cfg);
+        let col = |f: &dyn Fn(&Sample) -> f64| median(samples.iter().map(f).collect());
+        let per_query = |pct: f64, qps: f64| {
+            if qps > 0.0 && pct > 0.0 {
+                pct / 100.0 / qps * 1e6
+            } else {
+                f64::NAN
+            }
+        };
+        let _ = writeln!(
+            out,
+            "{:<30} {:>7.0} {:>7.0} {:>7.0} {:>7.0} {:>7.0} {:>7.0} {:>10.1} {:>10.1}",
+            format!("{}. {}", cfg.id, cfg.label),
+            col(&|s| s.cpu.resolver),
+            col(&|s| s.cpu.nfqmark),
+            col(&|s| s.cpu.responder),
+            col(&|s| s.cpu.sniffer),
+            col(&|s| s.cpu.dnsperf),
+            col(&|s| s.cpu.machine),
+            col(&|s| per_query(s.cpu.resolver, s.perf.qps)),
+            col(&|s| per_query(s.cpu.nfqmark, s.perf.qps)),
+        );
     }
     // Ratios: per round, then the median.
     let ratio = |num: u8, den: u8| -> Option<(f64, Vec<f64>)> {
@@ -684,6 +794,19 @@ fn summary(args: &Args, results: &BTreeMap<u8, Vec<Option<Sample>>>) -> String {
     out
 }
 
+/// CPU time the lab's responder spends building one answer (`upstream::answer`, userspace
+/// only: its two syscalls per query come on top), in ns: tells whether the responder thread
+/// can keep up, and what it takes from the machine.
+fn responder_answer_ns() -> f64 {
+    let query = nfqmark::fixtures::dns_query(0x1234, "a-r1c1-123456.nfqm.example");
+    let n = 20_000u32;
+    let start = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(upstream::answer(std::hint::black_box(&query), true));
+    }
+    start.elapsed().as_nanos() as f64 / f64::from(n)
+}
+
 fn main() {
     let args = match parse_args() {
         Ok(a) => a,
@@ -720,6 +843,11 @@ fn main() {
         args.duration,
         args.warmup,
         args.nfqmark.display()
+    );
+    println!(
+        "e2e: the lab's upstream responder builds an answer in {:.0} ns (one thread, plus a \
+         recvfrom and a sendto per query)",
+        responder_answer_ns()
     );
     let mut results: BTreeMap<u8, Vec<Option<Sample>>> = BTreeMap::new();
     // Enough names that no run wraps around its file; grown from what was seen.

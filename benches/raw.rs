@@ -602,7 +602,7 @@ fn main() {
         }
     };
     let rules_file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("raw-1000.rules");
-    if let Err(e) = std::fs::write(&rules_file, rulegen::rules_text(1000, false)) {
+    if let Err(e) = std::fs::write(&rules_file, rulegen::rules_text(1000)) {
         eprintln!("raw: cannot write {}: {e}", rules_file.display());
         std::process::exit(2);
     }
