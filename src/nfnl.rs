@@ -831,6 +831,61 @@ fn encode_verdict(
     req
 }
 
+/// Verdicts collected for one datagram ([`Socket::send_verdicts`]): per-packet verdicts and
+/// batch verdicts, in the order they must take effect.
+#[derive(Debug, Default)]
+pub struct Verdicts {
+    bytes: Vec<u8>,
+    seq: u32,
+}
+
+impl Verdicts {
+    pub fn new() -> Verdicts {
+        Verdicts::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// A verdict for one packet.
+    pub fn verdict(
+        &mut self,
+        queue: u16,
+        id: u32,
+        verdict: Verdict,
+        mark: Option<u32>,
+    ) -> io::Result<()> {
+        self.push(NFQNL_MSG_VERDICT, queue, id, verdict, mark)
+    }
+
+    /// A verdict for every packet of the queue with an id up to `up_to_id` still waiting.
+    pub fn batch(
+        &mut self,
+        queue: u16,
+        up_to_id: u32,
+        verdict: Verdict,
+        mark: Option<u32>,
+    ) -> io::Result<()> {
+        self.push(NFQNL_MSG_VERDICT_BATCH, queue, up_to_id, verdict, mark)
+    }
+
+    fn push(
+        &mut self,
+        msg_type: u16,
+        queue: u16,
+        id: u32,
+        verdict: Verdict,
+        mark: Option<u32>,
+    ) -> io::Result<()> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut req = encode_verdict(msg_type, self.seq, queue, id, verdict, mark);
+        // Every message is a multiple of 4 bytes long, so messages line up as netlink wants.
+        self.bytes.extend_from_slice(req.bytes()?);
+        Ok(())
+    }
+}
+
 /// The configuration requests [`Socket`] sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConfigMsg {
@@ -1113,6 +1168,27 @@ impl Socket {
         self.send(req.bytes()?)
     }
 
+    /// Send every verdict collected in `verdicts` in one datagram (the kernel handles each
+    /// message of a datagram in order), then empty it.
+    pub fn send_verdicts(&self, verdicts: &mut Verdicts) -> io::Result<()> {
+        if verdicts.bytes.is_empty() {
+            return Ok(());
+        }
+        let result = self.send(&verdicts.bytes);
+        verdicts.bytes.clear();
+        result
+    }
+
+    /// Receive what is already waiting, without waiting (no `poll`): `Ok(0)` when nothing is.
+    /// For reading the rest of a burst after [`Socket::recv`] returned something.
+    pub fn try_recv(&self, buf: &mut RecvBuf) -> io::Result<usize> {
+        if self.has_early.load(Ordering::Acquire) {
+            return self.recv(buf, Some(Duration::ZERO));
+        }
+        buf.clear();
+        self.recv_now(buf)
+    }
+
     /// Unbind the queue and wait for the kernel to confirm. Packets still waiting for a verdict
     /// are dropped by the kernel. Unbinding an unbound socket does nothing.
     /// Change the queue's length limit while bound. With fail-open, a limit of 0 makes the
@@ -1239,6 +1315,11 @@ impl Socket {
         if ready == 0 {
             return Ok(0);
         }
+        self.recv_now(buf)
+    }
+
+    /// `recvfrom` with `MSG_DONTWAIT`: what is waiting now, or `Ok(0)`.
+    fn recv_now(&self, buf: &mut RecvBuf) -> io::Result<usize> {
         let mut from = kernel_addr();
         let mut from_len = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
         let storage = buf.storage_mut();
@@ -1911,6 +1992,32 @@ mod tests {
                  00000000 \
                  0c000200 00000004 fffe0001")
         );
+    }
+
+    #[test]
+    fn verdicts_of_a_burst_are_whole_messages_back_to_back() {
+        let mut v = Verdicts::new();
+        v.batch(300, 7, Verdict::Accept, None).unwrap();
+        v.verdict(300, 8, Verdict::Accept, Some(0x89)).unwrap();
+        let first = bytes(encode_verdict(
+            NFQNL_MSG_VERDICT_BATCH,
+            1,
+            300,
+            7,
+            Verdict::Accept,
+            None,
+        ));
+        let second = bytes(encode_verdict(
+            NFQNL_MSG_VERDICT,
+            2,
+            300,
+            8,
+            Verdict::Accept,
+            Some(0x89),
+        ));
+        assert_eq!(first.len() % 4, 0);
+        assert_eq!(v.bytes, [first, second].concat());
+        assert!(!v.is_empty());
     }
 
     #[test]

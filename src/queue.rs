@@ -10,7 +10,7 @@ use std::io;
 use std::time::Duration;
 
 use crate::engine::{Hook, Meta, Verdict};
-use crate::nfnl::{self, MsgError, PacketMsg, RecvBuf, Socket};
+use crate::nfnl::{self, MsgError, PacketMsg, RecvBuf, Socket, Verdicts};
 
 pub use crate::nfnl::OpenError;
 
@@ -47,6 +47,8 @@ pub struct Queue {
     fail_open: bool,
     /// Consecutive packets that all get "accept, unchanged": answered with one batch verdict.
     run_end: Option<u32>,
+    /// Verdicts of the burst being served, sent in one datagram.
+    verdicts: Verdicts,
 }
 
 /// Metadata of a queued packet, as the engine wants it.
@@ -67,11 +69,22 @@ fn kernel_verdict(v: Verdict) -> nfnl::Verdict {
     }
 }
 
-/// Send the pending batch verdict, if any.
-fn flush(sock: &Socket, run_end: &mut Option<u32>) -> io::Result<()> {
+/// Most datagrams read in one burst before the verdicts go out.
+pub const BURST: usize = 64;
+
+/// Add the pending run of unchanged accepts to `verdicts`: a plain verdict for a run of one
+/// packet's length is no cheaper, so runs always go as one batch verdict.
+fn close_run(verdicts: &mut Verdicts, queue: u16, run_end: &mut Option<u32>) -> io::Result<()> {
     match run_end.take() {
-        Some(id) => sock.verdict_batch(id, nfnl::Verdict::Accept, None),
+        Some(id) => verdicts.batch(queue, id, nfnl::Verdict::Accept, None),
         None => Ok(()),
+    }
+}
+
+fn note(served: &mut Served, r: io::Result<()>) {
+    if let Err(e) = r {
+        served.verdict_errors += 1;
+        served.last_error = Some(e);
     }
 }
 
@@ -83,6 +96,8 @@ pub struct Served {
     /// Verdict messages the kernel refused.
     pub verdict_errors: usize,
     pub last_error: Option<io::Error>,
+    /// A receive error met while reading the rest of a burst (reported after the verdicts).
+    pub deferred: Option<io::Error>,
 }
 
 /// One item of a received batch.
@@ -117,6 +132,7 @@ impl Queue {
             buf: RecvBuf::new(u32::from(opts.copy_range)),
             fail_open: opts.fail_open,
             run_end: None,
+            verdicts: Verdicts::new(),
         })
     }
 
@@ -124,49 +140,68 @@ impl Queue {
         self.sock.queue()
     }
 
-    /// Wait up to `timeout` for packets and hand each (in order) to `handle`, which returns the
-    /// verdict and new mark. Every packet received gets its verdict before this returns. `Err`
-    /// is a receive error (ENOBUFS among them); verdicts the kernel refused are counted in
-    /// [`Served`].
+    /// Wait up to `timeout` for packets, then read the whole burst that is waiting (up to
+    /// [`BURST`] datagrams, without waiting again) and hand each packet, in order, to `handle`,
+    /// which returns the verdict and new mark. All verdicts of the burst leave in one datagram:
+    /// runs of "accept, unchanged" as one batch verdict each, other packets one by one. Every
+    /// packet received gets its verdict before this returns. `Err` is a receive error (ENOBUFS
+    /// among them) on the first receive; the verdicts of what was read are still sent.
     pub fn serve<F>(&mut self, timeout: Duration, mut handle: F) -> io::Result<Served>
     where
         F: FnMut(Item<'_>) -> (Verdict, Option<u32>),
     {
-        let n = self.sock.recv(&mut self.buf, Some(timeout))?;
         let mut served = Served::default();
-        if n == 0 {
+        if self.sock.recv(&mut self.buf, Some(timeout))? == 0 {
             return Ok(served);
         }
-        let mut note = |r: io::Result<()>| {
-            if let Err(e) = r {
-                served.verdict_errors += 1;
-                served.last_error = Some(e);
-            }
-        };
-        for item in self.buf.messages() {
-            served.handled += 1;
-            let (id, verdict, mark) = match item {
-                Ok(msg) => {
-                    let id = msg.id;
-                    let (v, m) = handle(Item::Packet(msg));
-                    (Some(id), v, m)
+        let queue = self.sock.queue();
+        let mut datagrams = 0;
+        loop {
+            datagrams += 1;
+            for item in self.buf.messages() {
+                served.handled += 1;
+                let (id, verdict, mark) = match item {
+                    Ok(msg) => {
+                        let id = msg.id;
+                        let (v, m) = handle(Item::Packet(msg));
+                        (Some(id), v, m)
+                    }
+                    Err(e) => {
+                        let id = e.packet_id();
+                        let (v, m) = handle(Item::Unreadable(e));
+                        (id, v, m)
+                    }
+                };
+                let Some(id) = id else { continue };
+                if verdict == Verdict::Accept && mark.is_none() {
+                    self.run_end = Some(id);
+                    continue;
                 }
+                // Close the run first so verdicts take effect in id order.
+                let closed = close_run(&mut self.verdicts, queue, &mut self.run_end);
+                note(&mut served, closed);
+                let one = self
+                    .verdicts
+                    .verdict(queue, id, kernel_verdict(verdict), mark);
+                note(&mut served, one);
+            }
+            if datagrams >= BURST {
+                break;
+            }
+            match self.sock.try_recv(&mut self.buf) {
+                Ok(0) => break,
+                Ok(_) => {}
                 Err(e) => {
-                    let id = e.packet_id();
-                    let (v, m) = handle(Item::Unreadable(e));
-                    (id, v, m)
+                    // Give what was read its verdicts first; the error shows up next time.
+                    served.deferred = Some(e);
+                    break;
                 }
-            };
-            let Some(id) = id else { continue };
-            if verdict == Verdict::Accept && mark.is_none() {
-                self.run_end = Some(id);
-                continue;
             }
-            // Close the run first so verdicts go out in id order.
-            note(flush(&self.sock, &mut self.run_end));
-            note(self.sock.verdict(id, kernel_verdict(verdict), mark));
         }
-        note(flush(&self.sock, &mut self.run_end));
+        let closed = close_run(&mut self.verdicts, queue, &mut self.run_end);
+        note(&mut served, closed);
+        let sent = self.sock.send_verdicts(&mut self.verdicts);
+        note(&mut served, sent);
         Ok(served)
     }
 

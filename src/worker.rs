@@ -240,25 +240,31 @@ fn serve_once(
     match queue.serve(wait, |item| decide_item(item, shared, stats, loaded)) {
         Ok(served) => {
             count_verdict_errors(num, stats, &served);
+            match served.deferred {
+                Some(e) => receive_error(num, stats, &e),
+                None => true,
+            }
+        }
+        Err(e) => receive_error(num, stats, &e),
+    }
+}
+
+/// Count a receive error; false when the socket failed for good.
+fn receive_error(num: u16, stats: &Stats, e: &std::io::Error) -> bool {
+    stats.recv_errors.inc();
+    match e.raw_os_error() {
+        Some(libc::ENOBUFS) => {
+            stats.enobufs.inc();
+            log::warn!(
+                "queue {num}: receive buffer overflowed (ENOBUFS); the kernel dropped or, \
+                 fail-open, accepted packets unmarked (raise --rcvbuf or add queues)"
+            );
             true
         }
-        Err(e) => {
-            stats.recv_errors.inc();
-            match e.raw_os_error() {
-                Some(libc::ENOBUFS) => {
-                    stats.enobufs.inc();
-                    log::warn!(
-                        "queue {num}: receive buffer overflowed (ENOBUFS); the kernel dropped or, \
-                         fail-open, accepted packets unmarked (raise --rcvbuf or add queues)"
-                    );
-                    true
-                }
-                Some(libc::EINTR) | Some(libc::EAGAIN) => true,
-                _ => {
-                    log::error!("queue {num}: receive failed: {e}");
-                    false
-                }
-            }
+        Some(libc::EINTR) | Some(libc::EAGAIN) => true,
+        _ => {
+            log::error!("queue {num}: receive failed: {e}");
+            false
         }
     }
 }
