@@ -10,14 +10,66 @@
 //! name in lower case, in wire form.
 
 use std::fmt;
+use std::sync::Arc;
 
 use hickory_proto::rr::Name;
 
+/// A lower-cased wire-form name. Names that fit (almost all) live inline, so building, cloning
+/// and dropping a key costs no allocation on the packet path; longer ones are shared.
+#[derive(Clone)]
+enum NameBuf {
+    Inline { len: u8, bytes: [u8; INLINE_NAME] },
+    Shared(Arc<[u8]>),
+}
+
+/// Wire-form names up to this long are stored inline (`www.example.com` is 17 bytes).
+const INLINE_NAME: usize = 62;
+
+impl NameBuf {
+    fn new(wire: &[u8]) -> NameBuf {
+        match u8::try_from(wire.len()) {
+            Ok(len) if wire.len() <= INLINE_NAME => {
+                let mut bytes = [0u8; INLINE_NAME];
+                bytes[..wire.len()].copy_from_slice(wire);
+                NameBuf::Inline { len, bytes }
+            }
+            _ => NameBuf::Shared(wire.into()),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            NameBuf::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or_default(),
+            NameBuf::Shared(b) => b,
+        }
+    }
+}
+
+impl PartialEq for NameBuf {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for NameBuf {}
+
+impl std::hash::Hash for NameBuf {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl fmt::Debug for NameBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_bytes())
+    }
+}
+
 /// The question section's identity, as pairing compares it: lower-cased wire-form name, type and
-/// class. Cheap to hash (one byte slice and two integers).
+/// class. Cheap to hash (one byte slice and two integers) and to copy.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct QKey {
-    name: Box<[u8]>,
+    name: NameBuf,
     pub qtype: u16,
     pub qclass: u16,
 }
@@ -33,7 +85,7 @@ impl QKey {
         }
         wire.push(0);
         QKey {
-            name: wire.into_boxed_slice(),
+            name: NameBuf::new(&wire),
             qtype,
             qclass,
         }
@@ -41,7 +93,7 @@ impl QKey {
 
     /// The lower-cased name in wire form (length-prefixed labels, ending with the root's 0).
     pub fn wire_name(&self) -> &[u8] {
-        &self.name
+        self.name.as_bytes()
     }
 }
 
@@ -239,7 +291,7 @@ fn parse_message(bytes: &[u8]) -> Result<Dns, Error> {
         let qclass = be16(bytes, after + 2).ok_or(Error::BadQuestion)?;
         Some(Question {
             key: QKey {
-                name: name.get(..len).unwrap_or_default().into(),
+                name: NameBuf::new(name.get(..len).unwrap_or_default()),
                 qtype,
                 qclass,
             },
@@ -317,6 +369,22 @@ mod tests {
         let upstream = question(&fixtures::dns_query(2, "wWw.ExAmPle.CoM"));
         assert_eq!(client.key, upstream.key);
         assert_eq!(upstream.name().to_ascii(), "www.example.com.");
+    }
+
+    #[test]
+    fn long_names_beyond_the_inline_buffer_key_the_same_way() {
+        let long = format!("{}.{}.example", "a".repeat(50), "B".repeat(40));
+        let upper = long.to_ascii_uppercase();
+        let a = question(&fixtures::dns_query(1, &long));
+        let b = question(&fixtures::dns_query(2, &upper));
+        assert!(a.key.wire_name().len() > INLINE_NAME);
+        assert_eq!(a.key, b.key);
+        assert_eq!(
+            a.name().to_ascii(),
+            format!("{}.", long.to_ascii_lowercase())
+        );
+        let short = question(&fixtures::dns_query(3, "x.example"));
+        assert_ne!(a.key, short.key);
     }
 
     #[test]
