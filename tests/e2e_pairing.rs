@@ -62,6 +62,7 @@ fn carries_marks(resolver: Resolver, tag: &str) {
     }
     let mut options = Options::new(tag, resolver, Some(common::nfqmark_bin()));
     options.queue = 7;
+    options.nfqmark_args = vec!["--metrics".into(), "9120".into()];
     let mut world = World::build(options).expect("build the lab");
     world.start_nfqmark().expect("start nfqmark");
     let mut failures = Vec::new();
@@ -86,8 +87,21 @@ fn carries_marks(resolver: Resolver, tag: &str) {
             }
         }
     }
+    // The metrics endpoint (loopback only) reports what happened.
+    let metrics = world
+        .router_http_get(9120, "/metrics")
+        .expect("GET /metrics");
+    let paired = metric(&metrics, "nfqmark_pairing_total{outcome=\"paired\"}");
     let log = world.stop_nfqmark();
     println!("nfqmark log:\n{log}");
+    assert!(
+        metrics.starts_with("HTTP/1.") && metrics.contains("text/plain"),
+        "{metrics}"
+    );
+    assert!(
+        paired >= (PER_CLIENT * 8) as u64,
+        "paired {paired} in\n{metrics}"
+    );
     assert!(
         failures.is_empty(),
         "{}\nnfqmark log:\n{log}",
@@ -97,6 +111,14 @@ fn carries_marks(resolver: Resolver, tag: &str) {
         log.contains("paired="),
         "nfqmark did not report its counters:\n{log}"
     );
+}
+
+/// The value of one sample in a Prometheus text page.
+fn metric(page: &str, sample: &str) -> u64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(sample).map(str::trim))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {sample} in\n{page}"))
 }
 
 #[test]

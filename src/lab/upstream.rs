@@ -305,7 +305,8 @@ pub fn udp_exchange_from(ns: &Netns, to: SocketAddr, timeout: Duration) -> io::R
         .map_err(|_| io::Error::other("udp thread panicked"))?
 }
 
-fn enter(ns_name: &str) -> io::Result<()> {
+/// Enter namespace `ns_name` from the calling thread (use on threads of your own).
+pub fn enter(ns_name: &str) -> io::Result<()> {
     let f = std::fs::File::open(format!("/run/netns/{ns_name}"))?;
     // SAFETY: setns on an open namespace fd, kept open by `f` for the call.
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
