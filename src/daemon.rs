@@ -35,6 +35,8 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            // A busy queue's message names the queue already.
+            Error::Open(_, e @ OpenError::Busy(_)) => write!(f, "{e}"),
             Error::Open(n, e) => write!(f, "queue {n}: {e}"),
             Error::Rules(diags) => {
                 for d in diags {

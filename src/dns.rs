@@ -233,7 +233,8 @@ const MAX_POINTERS: usize = 16;
 /// Read the name at `at` into `out` in lower case, following compression pointers (RFC 1035
 /// §4.1.4), which must point backwards. Returns the name's length in `out` and the offset just
 /// after the name where it started (after its first pointer, if any).
-fn read_name(bytes: &[u8], mut at: usize, out: &mut [u8; MAX_NAME]) -> Option<(usize, usize)> {
+fn read_name(bytes: &[u8], start: usize, out: &mut [u8; MAX_NAME]) -> Option<(usize, usize)> {
+    let mut at = start;
     let mut len = 0usize;
     let mut end = None;
     let mut pointers = 0;
@@ -257,9 +258,12 @@ fn read_name(bytes: &[u8], mut at: usize, out: &mut [u8; MAX_NAME]) -> Option<(u
                 at += l + 1;
             }
             0xc0 => {
+                // A pointer refers to a name that occurs earlier in the message (RFC 1035
+                // §4.1.4): after the header, and before the name being read. For the question,
+                // the first name of a message, there is none, as hickory-proto also rules.
                 let target = usize::from(be16(bytes, at)? & 0x3fff);
                 pointers += 1;
-                if target >= at || pointers > MAX_POINTERS {
+                if target < HEADER_LEN || target >= start || pointers > MAX_POINTERS {
                     return None;
                 }
                 end.get_or_insert(at + 2);
@@ -369,6 +373,29 @@ mod tests {
         let upstream = question(&fixtures::dns_query(2, "wWw.ExAmPle.CoM"));
         assert_eq!(client.key, upstream.key);
         assert_eq!(upstream.name().to_ascii(), "www.example.com.");
+    }
+
+    fn unhex(s: &str) -> Vec<u8> {
+        let s: String = s.split_whitespace().collect();
+        (0..s.len() / 2)
+            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn question_pointers_into_the_header_or_the_name_itself_are_bad_questions() {
+        // Found by the fuzzer (hickory-proto rejects both): the question's name is the first in
+        // the message, so no compression pointer in it can point at an earlier name.
+        let into_header = unhex(
+            "1234 0000 1a1a 1a1a 1a1a 0003 c000 0289 4000 4006 4500 0043 0000 0001 0000 0000 \
+             0000 0377 7777 07ff 0600 0000 0101 2001",
+        );
+        assert_eq!(parse_udp(&into_header), Err(Error::BadQuestion));
+        let into_own_label = unhex(
+            "45002f2fffff2f2f2f2f2f00202f78000000002df0f0f00000004000401132b625c0000289c000020000\
+             004000c010027f2600786e2d2d45af40",
+        );
+        assert_eq!(parse_udp(&into_own_label), Err(Error::BadQuestion));
     }
 
     #[test]
