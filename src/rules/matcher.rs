@@ -1,14 +1,18 @@
 //! Checked rules -> an index, and the per-packet evaluation: first matching rule wins.
 //!
 //! This module owns the hot path of the rule language. Each rule is filed in the index under one
-//! of its (non-negated) matchers, the one expected to select the fewest packets: exact DNS names
-//! in a hash map, `*.suffix` names in a hash map of wire-form suffixes, addresses and ports in
+//! of its (non-negated) matchers, the one expected to select the fewest packets: DNS names in a
+//! trie of labels read from the right (exact names and `*.suffix` patterns together: one hash
+//! probe per label, stopping at the first label no pattern names), addresses and ports in
 //! interval tables (a sorted partition of the key space, each cell listing the rules that cover
-//! it), interfaces, protocols, hooks and directions in small maps, marks in one hash map per
-//! mask (for the few most used masks); rules with nothing to index on go to a catch-all list. A packet looks up one list per kind of key (at most [`LISTS`] lists), and
-//! the lists, each sorted by rule number, are merged in rule order while each candidate's full
-//! conjunction is checked: the first candidate that matches is the first rule that matches,
-//! because a rule can only match a packet that lies in the list it was filed under.
+//! it, with a bitmap of the keys' high bits that answers most misses at once), interfaces and
+//! marks (one map per mask, for the few most used masks) in small maps, protocols, hooks and
+//! directions in arrays; rules with nothing to index on go to a catch-all list. A packet looks
+//! up one list per kind of key (at most [`LISTS`] lists), keeps those that are not empty, and
+//! merges them in rule order while each candidate's conjunction is checked: the first candidate
+//! that matches is the first rule that matches, because a rule can only match a packet that lies
+//! in the list it was filed under. For the same reason the matcher a rule is filed under is not
+//! checked again: reaching the rule through its list proves it.
 //!
 //! Flow rules are matched here too ([`Flows`]): filed by their names in the same kind of name
 //! index, they answer "which flow rule, if any, learns this answer for this client", first flow
@@ -17,9 +21,10 @@
 //! Evaluation never allocates, never panics and never reads a clock; building the index happens
 //! once per load, off the packet path. Nothing here parses text (that is `parse.rs`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use hickory_proto::rr::Name;
 
@@ -58,9 +63,16 @@ impl FxHasher {
 
 impl Hasher for FxHasher {
     fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            if let Some(word) = chunk.first_chunk::<8>() {
+                self.add(u64::from_le_bytes(*word));
+            }
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
             let mut word = [0u8; 8];
-            for (w, b) in word.iter_mut().zip(chunk) {
+            for (w, b) in word.iter_mut().zip(rest) {
                 *w = *b;
             }
             self.add(u64::from_le_bytes(word));
@@ -87,42 +99,83 @@ impl Hasher for FxHasher {
         self.add(i as u64);
     }
 
+    /// hashbrown picks the bucket with the low bits of the hash, where a product holds little
+    /// of its inputs (keys like `mark & 0xffff0000` would share one bucket): bring the well
+    /// mixed high bits down, as rustc-hash 2 does.
     fn finish(&self) -> u64 {
-        self.hash
+        self.hash.rotate_left(26)
     }
 }
 
 type FxBuild = BuildHasherDefault<FxHasher>;
 type FxMap<K, V> = HashMap<K, V, FxBuild>;
-type FxSet<K> = HashSet<K, FxBuild>;
 
 // ------------------------------------------------------------------------------------------------
 // Value sets used inside matchers (membership in O(log n) or O(1), whatever their size).
 
 /// Key types of interval tables: ports, IPv4 and IPv6 addresses as integers.
-trait Key: Copy + Ord + std::fmt::Debug {
+trait Key: Copy + Ord + Default + std::fmt::Debug {
     const MIN: Self;
+    const MAX: Self;
     fn succ(self) -> Option<Self>;
+    fn pred(self) -> Option<Self>;
+    /// The key's 16 high bits, for an occupancy bitmap; `None` where they tell nothing
+    /// (IPv6: most addresses share them).
+    fn bucket(self) -> Option<usize>;
+    /// The first and last key of a bucket.
+    fn bucket_keys(bucket: usize) -> Option<(Self, Self)>;
 }
 
 impl Key for u16 {
     const MIN: Self = 0;
+    const MAX: Self = u16::MAX;
     fn succ(self) -> Option<Self> {
         self.checked_add(1)
+    }
+    fn pred(self) -> Option<Self> {
+        self.checked_sub(1)
+    }
+    fn bucket(self) -> Option<usize> {
+        Some(usize::from(self))
+    }
+    fn bucket_keys(bucket: usize) -> Option<(Self, Self)> {
+        let k = u16::try_from(bucket).ok()?;
+        Some((k, k))
     }
 }
 
 impl Key for u32 {
     const MIN: Self = 0;
+    const MAX: Self = u32::MAX;
     fn succ(self) -> Option<Self> {
         self.checked_add(1)
+    }
+    fn pred(self) -> Option<Self> {
+        self.checked_sub(1)
+    }
+    fn bucket(self) -> Option<usize> {
+        Some((self >> 16) as usize)
+    }
+    fn bucket_keys(bucket: usize) -> Option<(Self, Self)> {
+        let first = u32::try_from(bucket).ok()?.checked_mul(1 << 16)?;
+        Some((first, first | 0xffff))
     }
 }
 
 impl Key for u128 {
     const MIN: Self = 0;
+    const MAX: Self = u128::MAX;
     fn succ(self) -> Option<Self> {
         self.checked_add(1)
+    }
+    fn pred(self) -> Option<Self> {
+        self.checked_sub(1)
+    }
+    fn bucket(self) -> Option<usize> {
+        None
+    }
+    fn bucket_keys(_: usize) -> Option<(Self, Self)> {
+        None
     }
 }
 
@@ -196,57 +249,338 @@ fn port_set(ranges: &[PortRange]) -> RangeSet<u16> {
     RangeSet::new(ranges.iter().map(|r| (r.lo, r.hi)).collect())
 }
 
-/// The proper suffixes of a wire-form name, longest first, at label boundaries, without the
-/// root: for `www.a.example` that is `a.example`, then `example`.
-struct Suffixes<'a> {
-    wire: &'a [u8],
-    pos: usize,
+// ------------------------------------------------------------------------------------------------
+// Names: a trie of labels, read from the right, with hashed edges.
+//
+// `www.a.example` is found by following `example`, then `a` under it, then `www` under that: the
+// walk hashes each label once, copies nothing and stops at the first label the rules never
+// named below the suffix walked so far, so a name under no pattern costs one or two probes
+// whatever its length. Each node keeps the rules naming it exactly and the rules of every
+// `*.suffix` at or above it, so the deepest node reached answers for all wildcards at once.
+
+/// The most labels a wire-form name of at most 255 bytes can have (each takes at least 2).
+const MAX_LABELS: usize = 127;
+
+/// The offset of each label's length byte in a wire-form name, left to right, written into
+/// `starts`, and the number of labels (the root not counted). `None` unless `wire` is exactly one
+/// name of at most 255 bytes: labels within the bytes, ending in the root label, nothing after.
+fn label_starts(wire: &[u8], starts: &mut [u8; MAX_LABELS]) -> Option<usize> {
+    if wire.len() > 255 {
+        return None;
+    }
+    let (mut pos, mut n) = (0usize, 0usize);
+    loop {
+        let len = usize::from(*wire.get(pos)?);
+        if len == 0 {
+            return (pos + 1 == wire.len()).then_some(n);
+        }
+        *starts.get_mut(n)? = u8::try_from(pos).ok()?;
+        n += 1;
+        pos += 1 + len;
+    }
 }
 
-impl<'a> Iterator for Suffixes<'a> {
-    type Item = &'a [u8];
-
-    fn next(&mut self) -> Option<&'a [u8]> {
-        let len = usize::from(*self.wire.get(self.pos)?);
-        if len == 0 {
-            return None;
+/// `n` (at most 8) bytes of `wire` from `at`, as a little-endian word, the other bytes zero:
+/// one 8-byte load when the name goes on that far, which it does for all but its last labels.
+fn word(wire: &[u8], at: usize, n: usize) -> u64 {
+    let tail = wire.get(at..).unwrap_or_default();
+    let raw = match tail.first_chunk::<8>() {
+        Some(bytes) => u64::from_le_bytes(*bytes),
+        None => {
+            let mut bytes = [0u8; 8];
+            for (d, s) in bytes.iter_mut().zip(tail) {
+                *d = *s;
+            }
+            u64::from_le_bytes(bytes)
         }
-        self.pos += 1 + len;
-        let rest = self.wire.get(self.pos..)?;
-        match rest.first() {
-            Some(0) | None => None,
-            Some(_) => Some(rest),
+    };
+    if n >= 8 {
+        raw
+    } else {
+        raw & ((1u64 << (8 * n)) - 1)
+    }
+}
+
+/// The parent of the nodes of top-level labels (`example` in `www.a.example`).
+const ROOT: u32 = u32::MAX;
+
+/// A label under a node, as the trie compares it: the hash of (parent, label), and the parent,
+/// length and first 8 bytes, which settle equality for labels of up to 8 bytes.
+#[derive(Debug, Clone, Copy)]
+struct Edge {
+    hash: u64,
+    parent: u32,
+    len: u8,
+    head: u64,
+}
+
+impl Edge {
+    /// The label whose length byte is `wire[start]`, under `parent`.
+    fn new(parent: u32, wire: &[u8], start: usize) -> Edge {
+        let len = wire.get(start).copied().unwrap_or(0);
+        let (n, at) = (usize::from(len), start + 1);
+        let head = word(wire, at, n.min(8));
+        let mut h = FxHasher::default();
+        h.add((u64::from(parent) << 8) | u64::from(len));
+        h.add(head);
+        let mut off = 8;
+        while off < n {
+            h.add(word(wire, at + off, (n - off).min(8)));
+            off += 8;
+        }
+        Edge {
+            hash: h.hash,
+            parent,
+            len,
+            head,
         }
     }
 }
 
-fn suffixes(wire: &[u8]) -> Suffixes<'_> {
-    Suffixes { wire, pos: 0 }
+/// The part of a hash kept in a slot, to pass over most other nodes without reading them.
+fn tag(hash: u64) -> u32 {
+    (hash >> 16) as u32
 }
 
-/// Exact names and `*.suffix` patterns, in lower-case wire form.
+/// A run of rule numbers in [`NameIndex::lists`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    parent: u32,
+    len: u8,
+    head: u64,
+    /// The label's bytes after the first 8.
+    tail: Box<[u8]>,
+    /// No pattern names anything below this node.
+    leaf: bool,
+    /// Rules that name this node's name exactly.
+    exact: Span,
+    /// Rules with `*.S` for S this node's name or any suffix of it: all the wildcard rules of
+    /// any name below this node.
+    below: Span,
+}
+
+/// Rules filed by name (exact names and `*.suffix` patterns), in a trie of labels: shared by the
+/// packet-rule index (`dns-name`), the `dns-name` check itself, and flow rules (`names`).
+#[derive(Debug, Clone, Default)]
+struct NameIndex {
+    /// Open addressing, linear probing, at most half full: `tag << 32 | (node + 1)`, 0 for an
+    /// empty slot. A power of two long, or empty when there are no nodes.
+    slots: Box<[u64]>,
+    /// 64 - log2(slots.len()): the first slot of a hash is its top bits.
+    shift: u32,
+    nodes: Vec<Node>,
+    /// Every node's rule lists, end to end; each list is sorted, without duplicates.
+    lists: Vec<u32>,
+    /// Rules naming the root exactly, and `*.` rules (any name but the root).
+    root_exact: Span,
+    root_below: Span,
+}
+
+impl NameIndex {
+    /// From (pattern, rule) entries. Patterns that are not wire-form names are left out.
+    fn build<'p>(entries: impl IntoIterator<Item = (&'p NamePattern, u32)>) -> NameIndex {
+        struct Raw {
+            edge: Edge,
+            tail: Box<[u8]>,
+            exact: Vec<u32>,
+            below: Vec<u32>,
+        }
+        let mut ids: FxMap<(u32, Box<[u8]>), u32> = FxMap::default();
+        let mut raw: Vec<Raw> = Vec::new();
+        let (mut root_exact, mut root_below) = (Vec::new(), Vec::new());
+        let mut starts = [0u8; MAX_LABELS];
+        for (p, rule) in entries {
+            let Some(n) = label_starts(&p.wire, &mut starts) else {
+                continue;
+            };
+            let mut node = ROOT;
+            for start in starts.get(..n).unwrap_or_default().iter().rev() {
+                let start = usize::from(*start);
+                let len = usize::from(p.wire.get(start).copied().unwrap_or(0));
+                let label = p.wire.get(start + 1..start + 1 + len).unwrap_or_default();
+                let next = u32::try_from(raw.len()).unwrap_or(ROOT);
+                let id = *ids.entry((node, label.into())).or_insert_with(|| {
+                    raw.push(Raw {
+                        edge: Edge::new(node, &p.wire, start),
+                        tail: label.get(8..).unwrap_or_default().into(),
+                        exact: Vec::new(),
+                        below: Vec::new(),
+                    });
+                    next
+                });
+                node = id;
+            }
+            let (exact, below) = match raw.get_mut(node as usize) {
+                Some(r) => (&mut r.exact, &mut r.below),
+                None => (&mut root_exact, &mut root_below),
+            };
+            if p.wildcard {
+                below.push(rule);
+            } else {
+                exact.push(rule);
+            }
+        }
+
+        let mut ix = NameIndex::default();
+        ix.root_exact = ix.push_list(root_exact);
+        ix.root_below = ix.push_list(root_below);
+        let mut hashes = Vec::with_capacity(raw.len());
+        for r in raw {
+            // Parents come before their children: a node's parent is complete already.
+            let inherited = match ix.nodes.get_mut(r.edge.parent as usize) {
+                Some(p) => {
+                    p.leaf = false;
+                    p.below
+                }
+                None => ix.root_below,
+            };
+            let below = if r.below.is_empty() {
+                inherited
+            } else {
+                let mut all = ix.list(inherited).to_vec();
+                all.extend(r.below);
+                ix.push_list(all)
+            };
+            let exact = ix.push_list(r.exact);
+            hashes.push(r.edge.hash);
+            ix.nodes.push(Node {
+                parent: r.edge.parent,
+                len: r.edge.len,
+                head: r.edge.head,
+                tail: r.tail,
+                leaf: true,
+                exact,
+                below,
+            });
+        }
+
+        let size = (ix.nodes.len() * 2).next_power_of_two().max(8);
+        let mask = size - 1;
+        ix.shift = 64 - size.trailing_zeros();
+        let mut slots = vec![0u64; size];
+        for (id, hash) in (1u32..).zip(hashes) {
+            let mut s = (hash >> ix.shift) as usize;
+            while let Some(slot) = slots.get_mut(s & mask) {
+                if *slot == 0 {
+                    *slot = (u64::from(tag(hash)) << 32) | u64::from(id);
+                    break;
+                }
+                s = (s & mask) + 1;
+            }
+        }
+        if !ix.nodes.is_empty() {
+            ix.slots = slots.into_boxed_slice();
+        }
+        ix
+    }
+
+    /// Sort and deduplicate `rules` and append them to the lists.
+    fn push_list(&mut self, mut rules: Vec<u32>) -> Span {
+        rules.sort_unstable();
+        rules.dedup();
+        let start = u32::try_from(self.lists.len()).unwrap_or(u32::MAX);
+        let len = u32::try_from(rules.len()).unwrap_or(0);
+        self.lists.extend(rules);
+        Span { start, len }
+    }
+
+    fn list(&self, span: Span) -> &[u32] {
+        let start = span.start as usize;
+        self.lists
+            .get(start..start + span.len as usize)
+            .unwrap_or_default()
+    }
+
+    /// The node for the label whose length byte is `wire[start]`, under `parent`.
+    fn find(&self, parent: u32, wire: &[u8], start: usize) -> Option<(u32, &Node)> {
+        let mask = self.slots.len().checked_sub(1)?;
+        let edge = Edge::new(parent, wire, start);
+        let tag = tag(edge.hash);
+        let mut s = (edge.hash >> self.shift) as usize;
+        loop {
+            // At most half the slots are taken: the probe ends at an empty one.
+            let slot = *self.slots.get(s & mask)?;
+            if slot == 0 {
+                return None;
+            }
+            if (slot >> 32) as u32 == tag {
+                let id = (slot as u32).wrapping_sub(1);
+                if let Some(node) = self.nodes.get(id as usize)
+                    && node.parent == parent
+                    && node.len == edge.len
+                    && node.head == edge.head
+                    && (edge.len <= 8
+                        || wire.get(start + 9..start + 1 + usize::from(edge.len))
+                            == Some(&node.tail[..]))
+                {
+                    return Some((id, node));
+                }
+            }
+            s = (s & mask) + 1;
+        }
+    }
+
+    /// The rules that name `wire` (a lower-case wire-form name) exactly, and those with a
+    /// `*.suffix` above it; each sorted. A malformed name matches nothing.
+    fn lookup(&self, wire: &[u8]) -> (&[u32], &[u32]) {
+        if self.lists.is_empty() {
+            return (&[], &[]);
+        }
+        let mut starts = [0u8; MAX_LABELS];
+        let Some(n) = label_starts(wire, &mut starts) else {
+            return (&[], &[]);
+        };
+        if n == 0 {
+            return (self.list(self.root_exact), &[]);
+        }
+        let (mut exact, mut below) = (Span::default(), self.root_below);
+        let mut parent = ROOT;
+        for (k, start) in starts.get(..n).unwrap_or_default().iter().enumerate().rev() {
+            let Some((id, node)) = self.find(parent, wire, usize::from(*start)) else {
+                break;
+            };
+            if k == 0 {
+                exact = node.exact;
+            } else {
+                below = node.below;
+            }
+            if node.leaf {
+                break;
+            }
+            parent = id;
+        }
+        (self.list(exact), self.list(below))
+    }
+
+    /// Rule numbers stored (memory use, in tests).
+    #[cfg(test)]
+    fn entries(&self) -> usize {
+        self.lists.len()
+    }
+}
+
+/// Exact names and `*.suffix` patterns, for the `dns-name` check.
 #[derive(Debug, Clone, Default)]
 struct NameSet {
-    exact: FxSet<Box<[u8]>>,
-    below: FxSet<Box<[u8]>>,
+    index: NameIndex,
 }
 
 impl NameSet {
     fn new(patterns: &[NamePattern]) -> NameSet {
-        let mut set = NameSet::default();
-        for p in patterns {
-            if p.wildcard {
-                set.below.insert(p.wire.clone());
-            } else {
-                set.exact.insert(p.wire.clone());
-            }
+        NameSet {
+            index: NameIndex::build(patterns.iter().map(|p| (p, 0))),
         }
-        set
     }
 
     fn contains(&self, wire: &[u8]) -> bool {
-        self.exact.contains(wire)
-            || (!self.below.is_empty() && suffixes(wire).any(|s| self.below.contains(s)))
+        let (exact, below) = self.index.lookup(wire);
+        !exact.is_empty() || !below.is_empty()
     }
 }
 
@@ -265,8 +599,12 @@ enum Check {
     Sport(RangeSet<u16>),
     Dport(RangeSet<u16>),
     Mark(Vec<(u32, u32)>),
-    Dns { query: bool, response: bool },
-    DnsName(NameSet),
+    Dns {
+        query: bool,
+        response: bool,
+    },
+    /// Shared by the rules that name the same patterns (a named set used by many rules).
+    DnsName(Arc<NameSet>),
     DnsType(Vec<u16>),
 }
 
@@ -275,7 +613,7 @@ fn has_ports(proto: Proto) -> bool {
 }
 
 impl Check {
-    fn new(test: &Test) -> Check {
+    fn new(test: &Test, name_sets: &mut NameSets) -> Check {
         match test {
             Test::Hook(v) => Check::Hook(v.clone()),
             Test::Dir(v) => Check::Dir(v.clone()),
@@ -295,8 +633,26 @@ impl Check {
                     .iter()
                     .any(|k| matches!(k, DnsKind::Response | DnsKind::Any)),
             },
-            Test::DnsName(v) => Check::DnsName(NameSet::new(v)),
+            Test::DnsName(v) => {
+                let key = v.iter().map(|p| (p.wire.clone(), p.wildcard)).collect();
+                let set = name_sets
+                    .entry(key)
+                    .or_insert_with(|| Arc::new(NameSet::new(v)));
+                Check::DnsName(Arc::clone(set))
+            }
             Test::DnsType(v) => Check::DnsType(v.clone()),
+        }
+    }
+
+    /// A rough rank of what checking costs: fields of the packet, then small lists, then
+    /// binary searches, then name lookups.
+    fn cost(&self) -> u8 {
+        match self {
+            Check::Hook(_) | Check::Dir(_) | Check::Iif(_) | Check::Oif(_) | Check::Proto(_) => 0,
+            Check::Dns { .. } | Check::Mark(_) | Check::DnsType(_) => 1,
+            Check::Sport(_) | Check::Dport(_) => 2,
+            Check::Src(_) | Check::Dst(_) => 3,
+            Check::DnsName(_) => 4,
         }
     }
 
@@ -323,6 +679,9 @@ impl Check {
     }
 }
 
+/// The name sets built so far, by their patterns.
+type NameSets = FxMap<Vec<(Box<[u8]>, bool)>, Arc<NameSet>>;
+
 #[derive(Debug, Clone)]
 struct Compiled {
     /// (negated, check): all must hold.
@@ -331,6 +690,34 @@ struct Compiled {
 }
 
 impl Compiled {
+    /// Rule `index`, without its condition number `proven` (the one it is filed under in the
+    /// index: a packet that reaches the rule through the index meets it already), the cheapest
+    /// checks first (all must hold, so their order changes nothing but the cost).
+    fn new(
+        rule: &RuleDef,
+        index: usize,
+        proven: Option<usize>,
+        name_sets: &mut NameSets,
+    ) -> Compiled {
+        let mut checks: Vec<(bool, Check)> = rule
+            .conds
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != proven)
+            .map(|(_, c)| (c.negated, Check::new(&c.test, name_sets)))
+            .collect();
+        checks.sort_by_key(|(_, c)| c.cost());
+        Compiled {
+            checks,
+            outcome: Outcome {
+                verdict: rule.action.verdict,
+                set_mark: rule.action.set_mark,
+                pairing: rule.action.pairing,
+                rule: Some(index),
+            },
+        }
+    }
+
     fn matches(&self, ctx: &Ctx<'_>) -> bool {
         self.checks.iter().all(|(neg, c)| c.holds(ctx) != *neg)
     }
@@ -340,22 +727,35 @@ impl Compiled {
 // The index.
 
 /// A partition of the key space into cells; each cell lists (sorted, no duplicates) the rules
-/// whose ranges cover all of it. Lookup is a binary search.
+/// whose ranges cover all of it. Lookup is a binary search. For ports and IPv4 addresses, a
+/// bitmap of the key's 16 high bits first rules out the keys no rule covers (one load instead
+/// of ten probes), and narrows the search to the few cells of the key's bucket.
 #[derive(Debug, Clone, Default)]
 struct IntervalIndex<K> {
     /// Cell starts, ascending; a cell runs to the next start.
     starts: Vec<K>,
     lists: Vec<Vec<u32>>,
+    /// Bit `Key::bucket(k)` is set when a cell with rules holds keys of that bucket; empty when
+    /// there is no bitmap (no rules, or keys without buckets).
+    occupied: Box<[u64]>,
+    /// Per word of `occupied`, the set bits in the words before it.
+    rank: Box<[u32]>,
+    /// Per set bit of `occupied`, in order, the cells that hold keys of its bucket (first,
+    /// last + 1); empty when too many buckets are set to be worth it.
+    spans: Box<[(u32, u32)]>,
 }
+
+/// Buckets: 16 bits' worth.
+const BUCKETS: usize = 1 << 16;
+
+/// Above this many set buckets, an interval index keeps no spans (at 8 bytes each).
+const MAX_SPANS: usize = 8192;
 
 impl<K: Key> IntervalIndex<K> {
     /// From (lo, hi, rule) entries, rules ascending.
     fn build(entries: &[(K, K, u32)]) -> IntervalIndex<K> {
         if entries.is_empty() {
-            return IntervalIndex {
-                starts: Vec::new(),
-                lists: Vec::new(),
-            };
+            return IntervalIndex::default();
         }
         let mut bounds: Vec<K> = Vec::with_capacity(entries.len() * 2 + 1);
         bounds.push(K::MIN);
@@ -377,6 +777,7 @@ impl<K: Key> IntervalIndex<K> {
         let mut index = IntervalIndex {
             starts: Vec::with_capacity(bounds.len()),
             lists: Vec::with_capacity(bounds.len()),
+            ..IntervalIndex::default()
         };
         for bound in bounds {
             while let Some((lo, _, rule)) = by_lo.get(a).copied().copied() {
@@ -405,11 +806,79 @@ impl<K: Key> IntervalIndex<K> {
                 index.lists.push(list);
             }
         }
+        if K::MIN.bucket().is_some() {
+            index.bucket_map();
+        }
         index
     }
 
+    /// Fill `occupied`, `rank` and `spans` from the cells.
+    fn bucket_map(&mut self) {
+        let mut bits = vec![0u64; BUCKETS / 64];
+        for (j, (start, list)) in self.starts.iter().zip(&self.lists).enumerate() {
+            let end = match self.starts.get(j + 1) {
+                Some(next) => next.pred(),
+                None => Some(K::MAX),
+            };
+            if let (false, Some(first), Some(last)) =
+                (list.is_empty(), start.bucket(), end.and_then(Key::bucket))
+            {
+                for b in first..=last {
+                    if let Some(word) = bits.get_mut(b / 64) {
+                        *word |= 1 << (b % 64);
+                    }
+                }
+            }
+        }
+        let mut rank = Vec::with_capacity(bits.len());
+        let mut set = 0u32;
+        for word in &bits {
+            rank.push(set);
+            set += word.count_ones();
+        }
+        let mut spans = Vec::new();
+        if set as usize <= MAX_SPANS {
+            // The cell holding a key: the last one starting at or below it.
+            let cell = |k: K| self.starts.partition_point(|s| *s <= k).saturating_sub(1);
+            for b in
+                (0..BUCKETS).filter(|b| bits.get(b / 64).is_some_and(|w| w >> (b % 64) & 1 == 1))
+            {
+                if let Some((first, last)) = K::bucket_keys(b) {
+                    let span = (cell(first), cell(last) + 1);
+                    spans.push((
+                        u32::try_from(span.0).unwrap_or(0),
+                        u32::try_from(span.1).unwrap_or(u32::MAX),
+                    ));
+                }
+            }
+        }
+        self.occupied = bits.into_boxed_slice();
+        self.rank = rank.into_boxed_slice();
+        self.spans = spans.into_boxed_slice();
+    }
+
+    #[inline]
     fn lookup(&self, k: K) -> &[u32] {
-        let i = self.starts.partition_point(|s| *s <= k);
+        let (mut lo, mut hi) = (0, self.starts.len());
+        if hi == 0 {
+            return &[];
+        }
+        if let Some(b) = k.bucket()
+            && let Some(&word) = self.occupied.get(b / 64)
+        {
+            let bit = 1u64 << (b % 64);
+            if word & bit == 0 {
+                return &[];
+            }
+            let before =
+                self.rank.get(b / 64).copied().unwrap_or(0) + (word & (bit - 1)).count_ones();
+            if let Some(&(first, end)) = self.spans.get(before as usize) {
+                (lo, hi) = (first as usize, end as usize);
+            }
+        }
+        // Every cell in lo..hi starts at or below the key's bucket: the key is in one of them.
+        let cells = self.starts.get(lo..hi).unwrap_or_default();
+        let i = lo + cells.partition_point(|s| *s <= k);
         i.checked_sub(1)
             .and_then(|j| self.lists.get(j))
             .map_or(&[], Vec::as_slice)
@@ -467,16 +936,17 @@ fn selectivity(test: &Test, masks: &[u32]) -> Option<f64> {
     }
 }
 
-/// The positive matcher a rule is filed under, or `None` for the catch-all list. `masks` are
-/// the mark masks that have an index.
-fn choose<'r>(conds: &'r [Cond], masks: &[u32]) -> Option<&'r Test> {
+/// The positive matcher a rule is filed under (its index in `conds`), or `None` for the
+/// catch-all list. `masks` are the mark masks that have an index.
+fn choose(conds: &[Cond], masks: &[u32]) -> Option<usize> {
     conds
         .iter()
-        .filter(|c| !c.negated)
-        .filter_map(|c| selectivity(&c.test, masks).map(|s| (s, &c.test)))
+        .enumerate()
+        .filter(|(_, c)| !c.negated)
+        .filter_map(|(i, c)| selectivity(&c.test, masks).map(|s| (s, i)))
         .filter(|(s, _)| *s < 1.0)
         .min_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, t)| t)
+        .map(|(_, i)| i)
 }
 
 /// The masks of positive `mark` matchers, most used first, at most [`MARK_MASKS`].
@@ -523,65 +993,6 @@ fn file(list: &mut Vec<u32>, rule: u32) {
     }
 }
 
-/// Rules filed by name: exact names in one hash map, `*.suffix` patterns in another. Shared by
-/// the packet-rule index (`dns-name`) and the flow rules (`names`).
-#[derive(Debug, Clone, Default)]
-struct NameIndex {
-    exact: FxMap<Box<[u8]>, Vec<u32>>,
-    /// `*.S` patterns by the wire form of S; each list also holds the rules of every shorter
-    /// suffix of S, so the longest suffix of a name found here gives all its wildcard rules.
-    below: FxMap<Box<[u8]>, Vec<u32>>,
-}
-
-impl NameIndex {
-    /// From (pattern, rule) entries, rules ascending.
-    fn build<'p>(entries: impl IntoIterator<Item = (&'p NamePattern, u32)>) -> NameIndex {
-        let mut ix = NameIndex::default();
-        let mut below_raw: FxMap<Box<[u8]>, Vec<u32>> = FxMap::default();
-        for (p, r) in entries {
-            let map = if p.wildcard {
-                &mut below_raw
-            } else {
-                &mut ix.exact
-            };
-            file(map.entry(p.wire.clone()).or_default(), r);
-        }
-        ix.below = below_raw
-            .keys()
-            .map(|key| {
-                let mut list: Vec<u32> = std::iter::once(&key[..])
-                    .chain(suffixes(key))
-                    .filter_map(|s| below_raw.get(s))
-                    .flatten()
-                    .copied()
-                    .collect();
-                list.sort_unstable();
-                list.dedup();
-                (key.clone(), list)
-            })
-            .collect();
-        ix
-    }
-
-    /// The rules that name `wire` exactly, and those with a `*.suffix` above it; each sorted.
-    fn lookup(&self, wire: &[u8]) -> (&[u32], &[u32]) {
-        let exact = self.exact.get(wire).map_or(&[][..], Vec::as_slice);
-        let below = if self.below.is_empty() {
-            &[][..]
-        } else {
-            suffixes(wire)
-                .find_map(|s| self.below.get(s))
-                .map_or(&[][..], Vec::as_slice)
-        };
-        (exact, below)
-    }
-
-    #[cfg(test)]
-    fn entries(&self) -> usize {
-        map_entries(&self.exact) + map_entries(&self.below)
-    }
-}
-
 #[derive(Debug, Clone, Default)]
 struct Index {
     names: NameIndex,
@@ -591,14 +1002,14 @@ struct Index {
     dst6: IntervalIndex<u128>,
     sport: IntervalIndex<u16>,
     dport: IntervalIndex<u16>,
-    iif: FxMap<u32, Vec<u32>>,
-    oif: FxMap<u32, Vec<u32>>,
+    iif: KeyMap,
+    oif: KeyMap,
     /// By protocol number; 256 entries once built.
     proto: Vec<Vec<u32>>,
     hook: [Vec<u32>; 5],
     dir: [Vec<u32>; 3],
     /// (mask, rules by `mark & mask`), at most [`MARK_MASKS`].
-    marks: Vec<(u32, FxMap<u32, Vec<u32>>)>,
+    marks: Vec<(u32, KeyMap)>,
     any: Vec<u32>,
 }
 
@@ -613,15 +1024,18 @@ struct Entries {
 }
 
 impl Index {
-    fn build(rules: &[RuleDef]) -> Index {
+    /// The index of `rules`, and for each rule the condition it is filed under (its index in
+    /// the rule's conditions), `None` for rules in the catch-all list.
+    fn build(rules: &[RuleDef]) -> (Index, Vec<Option<usize>>) {
         let mut ix = Index {
             proto: vec![Vec::new(); 256],
             ..Index::default()
         };
         let masks = busiest_masks(rules);
-        ix.marks = masks.iter().map(|m| (*m, FxMap::default())).collect();
+        ix.marks = masks.iter().map(|m| (*m, KeyMap::default())).collect();
         let mut e = Entries::default();
         let mut names: Vec<(&NamePattern, u32)> = Vec::new();
+        let mut filed = Vec::with_capacity(rules.len());
         for (i, rule) in rules.iter().enumerate() {
             let Ok(r) = u32::try_from(i) else { break };
             let addrs = |v: &[AddrRange], four: &mut Vec<_>, six: &mut Vec<_>| {
@@ -632,18 +1046,15 @@ impl Index {
                     }
                 }
             };
-            match choose(&rule.conds, &masks) {
+            let chosen = choose(&rule.conds, &masks);
+            match chosen.and_then(|c| rule.conds.get(c)).map(|c| &c.test) {
                 Some(Test::DnsName(v)) => names.extend(v.iter().map(|p| (p, r))),
                 Some(Test::Src(v)) => addrs(v, &mut e.src4, &mut e.src6),
                 Some(Test::Dst(v)) => addrs(v, &mut e.dst4, &mut e.dst6),
                 Some(Test::Sport(v)) => e.sport.extend(v.iter().map(|p| (p.lo, p.hi, r))),
                 Some(Test::Dport(v)) => e.dport.extend(v.iter().map(|p| (p.lo, p.hi, r))),
-                Some(Test::Iif(v)) => v
-                    .iter()
-                    .for_each(|x| file(ix.iif.entry(*x).or_default(), r)),
-                Some(Test::Oif(v)) => v
-                    .iter()
-                    .for_each(|x| file(ix.oif.entry(*x).or_default(), r)),
+                Some(Test::Iif(v)) => v.iter().for_each(|x| ix.iif.file(*x, r)),
+                Some(Test::Oif(v)) => v.iter().for_each(|x| ix.oif.file(*x, r)),
                 Some(Test::Proto(v)) => {
                     for p in v {
                         if let Some(list) = ix.proto.get_mut(usize::from(*p)) {
@@ -668,12 +1079,17 @@ impl Index {
                 Some(Test::Mark(v)) => {
                     for (value, mask) in v {
                         if let Some((_, map)) = ix.marks.iter_mut().find(|(m, _)| m == mask) {
-                            file(map.entry(*value).or_default(), r);
+                            map.file(*value, r);
                         }
                     }
                 }
-                Some(_) | None => ix.any.push(r),
+                Some(_) | None => {
+                    ix.any.push(r);
+                    filed.push(None);
+                    continue;
+                }
             }
+            filed.push(chosen);
         }
         ix.names = NameIndex::build(names);
         ix.src4 = IntervalIndex::build(&e.src4);
@@ -682,69 +1098,54 @@ impl Index {
         ix.dst6 = IntervalIndex::build(&e.dst6);
         ix.sport = IntervalIndex::build(&e.sport);
         ix.dport = IntervalIndex::build(&e.dport);
-        ix
+        (ix, filed)
     }
 
-    /// The candidate lists for one packet, each sorted by rule number.
-    fn lists<'s>(&'s self, ctx: &Ctx<'_>) -> [&'s [u32]; LISTS] {
+    /// Add the candidate lists for one packet that are not empty, each sorted by rule number,
+    /// to `c` (filled in place: the lists are too big to return by value cheaply).
+    fn candidates<'s>(&'s self, ctx: &Ctx<'_>, c: &mut Candidates<'s>) {
         let p = ctx.packet;
-        let wire = ctx
-            .dns
-            .and_then(|d| d.question.as_ref())
-            .map(|q| q.key.wire_name());
-        let (exact, below) = wire.map_or((&[][..], &[][..]), |w| self.names.lookup(w));
-        let (src, dst) = match (p.src, p.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => (
-                self.src4.lookup(u32::from(s)),
-                self.dst4.lookup(u32::from(d)),
-            ),
-            (s, d) => (self.lookup6(s, true), self.lookup6(d, false)),
-        };
-        let (sport, dport) = if has_ports(p.proto) {
-            (self.sport.lookup(p.sport), self.dport.lookup(p.dport))
-        } else {
-            (&[][..], &[][..])
-        };
-        let iif = self.iif.get(&ctx.meta.indev).map_or(&[][..], Vec::as_slice);
-        let oif = self
-            .oif
-            .get(&ctx.meta.outdev)
-            .map_or(&[][..], Vec::as_slice);
-        let proto = self
-            .proto
-            .get(usize::from(p.proto.number()))
-            .map_or(&[][..], Vec::as_slice);
-        let hook = hook_slot(ctx.meta.hook)
-            .and_then(|s| self.hook.get(s))
-            .map_or(&[][..], Vec::as_slice);
-        let dir = self
-            .dir
-            .get(dir_slot(ctx.meta.direction()))
-            .map_or(&[][..], Vec::as_slice);
-        let mark = |k: usize| {
-            self.marks
-                .get(k)
-                .and_then(|(mask, map)| map.get(&(ctx.meta.mark & mask)))
-                .map_or(&[][..], Vec::as_slice)
-        };
-        [
-            exact,
-            below,
-            src,
-            dst,
-            sport,
-            dport,
-            iif,
-            oif,
-            proto,
-            hook,
-            dir,
-            mark(0),
-            mark(1),
-            mark(2),
-            mark(3),
-            &self.any,
-        ]
+        let meta = ctx.meta;
+        if let Some(q) = ctx.dns.and_then(|d| d.question.as_ref()) {
+            let (exact, below) = self.names.lookup(q.key.wire_name());
+            c.push(exact);
+            c.push(below);
+        }
+        match (p.src, p.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                c.push(self.src4.lookup(u32::from(s)));
+                c.push(self.dst4.lookup(u32::from(d)));
+            }
+            (s, d) => {
+                c.push(self.lookup6(s, true));
+                c.push(self.lookup6(d, false));
+            }
+        }
+        if has_ports(p.proto) {
+            c.push(self.sport.lookup(p.sport));
+            c.push(self.dport.lookup(p.dport));
+        }
+        c.push(self.iif.get(meta.indev));
+        c.push(self.oif.get(meta.outdev));
+        c.push(
+            self.proto
+                .get(usize::from(p.proto.number()))
+                .map_or(&[], Vec::as_slice),
+        );
+        c.push(
+            hook_slot(meta.hook)
+                .and_then(|s| self.hook.get(s))
+                .map_or(&[], Vec::as_slice),
+        );
+        c.push(
+            self.dir
+                .get(dir_slot(meta.direction()))
+                .map_or(&[], Vec::as_slice),
+        );
+        for (mask, rules) in &self.marks {
+            c.push(rules.get(meta.mark & mask));
+        }
+        c.push(&self.any);
     }
 
     fn lookup6(&self, addr: IpAddr, src: bool) -> &[u32] {
@@ -763,8 +1164,8 @@ impl Index {
     #[cfg(test)]
     fn entries(&self) -> usize {
         self.names.entries()
-            + map_entries(&self.iif)
-            + map_entries(&self.oif)
+            + self.iif.entries()
+            + self.oif.entries()
             + self.src4.cells()
             + self.dst4.cells()
             + self.src6.cells()
@@ -774,19 +1175,60 @@ impl Index {
             + self.proto.iter().map(Vec::len).sum::<usize>()
             + self.hook.iter().map(Vec::len).sum::<usize>()
             + self.dir.iter().map(Vec::len).sum::<usize>()
-            + self
-                .marks
-                .iter()
-                .map(|(_, m)| map_entries(m))
-                .sum::<usize>()
+            + self.marks.iter().map(|(_, m)| m.entries()).sum::<usize>()
             + self.any.len()
     }
 }
 
-/// Rule numbers stored in a map's lists.
-#[cfg(test)]
-fn map_entries<K>(m: &FxMap<K, Vec<u32>>) -> usize {
-    m.values().map(Vec::len).sum()
+/// Rules by a 32-bit key (an interface index, a mark under a mask), with the range of keys the
+/// rules name: most misses (mark 0, an interface no rule names) need no hashing.
+#[derive(Debug, Clone, Default)]
+struct KeyMap {
+    map: FxMap<u32, Vec<u32>>,
+    min: u32,
+    max: u32,
+}
+
+impl KeyMap {
+    /// File `rule` under `key` (rules ascending).
+    fn file(&mut self, key: u32, rule: u32) {
+        if self.map.is_empty() {
+            (self.min, self.max) = (key, key);
+        }
+        self.min = self.min.min(key);
+        self.max = self.max.max(key);
+        file(self.map.entry(key).or_default(), rule);
+    }
+
+    fn get(&self, key: u32) -> &[u32] {
+        if key < self.min || key > self.max {
+            return &[];
+        }
+        self.map.get(&key).map_or(&[], Vec::as_slice)
+    }
+
+    /// Rule numbers stored (memory use, in tests).
+    #[cfg(test)]
+    fn entries(&self) -> usize {
+        self.map.values().map(Vec::len).sum()
+    }
+}
+
+/// The non-empty candidate lists of one packet.
+struct Candidates<'s> {
+    lists: [&'s [u32]; LISTS],
+    len: usize,
+}
+
+impl<'s> Candidates<'s> {
+    fn push(&mut self, list: &'s [u32]) {
+        if !list.is_empty()
+            && let Some(slot) = self.lists.get_mut(self.len)
+        {
+            *slot = list;
+            self.len += 1;
+        }
+    }
 }
 
 /// The rules, compiled and indexed.
@@ -798,26 +1240,16 @@ pub(crate) struct Matcher {
 
 impl Matcher {
     pub(crate) fn build(rules: &[RuleDef]) -> Matcher {
+        let (index, filed) = Index::build(rules);
+        let mut name_sets = NameSets::default();
         let compiled = rules
             .iter()
             .enumerate()
-            .map(|(i, r)| Compiled {
-                checks: r
-                    .conds
-                    .iter()
-                    .map(|c| (c.negated, Check::new(&c.test)))
-                    .collect(),
-                outcome: Outcome {
-                    verdict: r.action.verdict,
-                    set_mark: r.action.set_mark,
-                    pairing: r.action.pairing,
-                    rule: Some(i),
-                },
-            })
+            .map(|(i, r)| Compiled::new(r, i, filed.get(i).copied().flatten(), &mut name_sets))
             .collect();
         Matcher {
             rules: compiled,
-            index: Index::build(rules),
+            index,
         }
     }
 
@@ -835,23 +1267,46 @@ impl Matcher {
         if self.rules.is_empty() {
             return None;
         }
-        let mut lists = self.index.lists(ctx);
-        loop {
-            let next = lists.iter().filter_map(|l| l.first()).min().copied()?;
-            for list in lists.iter_mut() {
+        let mut check = |r: u32| {
+            *examined += 1;
+            self.rules
+                .get(r as usize)
+                .filter(|rule| rule.matches(ctx))
+                .map(|rule| rule.outcome)
+        };
+        let mut c = Candidates {
+            lists: [&[]; LISTS],
+            len: 0,
+        };
+        self.index.candidates(ctx, &mut c);
+        // Several lists: merge them in rule order (a rule can be in more than one), dropping
+        // each list as it runs out.
+        while c.len > 1 {
+            let live = c.lists.get_mut(..c.len).unwrap_or_default();
+            let next = live.iter().filter_map(|l| l.first()).min().copied()?;
+            let (mut i, mut n) = (0, live.len());
+            while i < n {
+                let Some(list) = live.get_mut(i) else { break };
                 if let Some((&head, rest)) = list.split_first()
                     && head == next
                 {
                     *list = rest;
+                    if rest.is_empty() {
+                        n -= 1;
+                        live.swap(i, n);
+                        continue;
+                    }
                 }
+                i += 1;
             }
-            *examined += 1;
-            if let Some(rule) = self.rules.get(next as usize)
-                && rule.matches(ctx)
-            {
-                return Some(rule.outcome);
+            c.len = n;
+            if let Some(outcome) = check(next) {
+                return Some(outcome);
             }
         }
+        // One list (or none) left: its rules in order.
+        let last = c.lists.first().filter(|_| c.len == 1).copied();
+        last.unwrap_or_default().iter().find_map(|&r| check(r))
     }
 
     /// Rule numbers stored in the index (memory use, roughly, in units of 4 bytes).
@@ -1671,19 +2126,379 @@ mod tests {
         assert!(all.contains(0) && all.contains(u16::MAX));
     }
 
+    // --- names, interval tables and key maps on their own ---------------------------------------
+
+    /// Wire form of a dotted name (no checks: tests feed it what they mean).
+    fn wire(name: &str) -> Box<[u8]> {
+        let mut out = Vec::new();
+        for label in name.split('.').filter(|l| !l.is_empty()) {
+            out.push(u8::try_from(label.len()).unwrap_or(0));
+            out.extend(label.bytes());
+        }
+        out.push(0);
+        out.into_boxed_slice()
+    }
+
+    fn pattern(text: &str) -> NamePattern {
+        match text.strip_prefix("*.") {
+            Some(rest) => NamePattern {
+                wire: wire(rest),
+                wildcard: true,
+            },
+            None if text == "*" => NamePattern {
+                wire: wire(""),
+                wildcard: true,
+            },
+            None => NamePattern {
+                wire: wire(text),
+                wildcard: false,
+            },
+        }
+    }
+
+    /// A name trie of `patterns`, rule i for pattern i.
+    fn trie(patterns: &[&str]) -> NameIndex {
+        let owned: Vec<NamePattern> = patterns.iter().map(|p| pattern(p)).collect();
+        NameIndex::build(owned.iter().zip(0u32..))
+    }
+
+    /// What the trie should answer, by comparing byte strings: the patterns equal to the name,
+    /// and the wildcards whose suffix is a proper suffix of it at a label boundary.
+    fn naive_names(patterns: &[NamePattern], name: &[u8]) -> (Vec<u32>, Vec<u32>) {
+        let mut suffixes = Vec::new();
+        let mut pos = 0;
+        while let Some(&len) = name.get(pos) {
+            if len == 0 {
+                break;
+            }
+            pos += 1 + usize::from(len);
+            if let Some(rest) = name.get(pos..) {
+                suffixes.push(rest);
+            }
+        }
+        let (mut exact, mut below) = (Vec::new(), Vec::new());
+        for (p, r) in patterns.iter().zip(0u32..) {
+            if !p.wildcard && *p.wire == *name {
+                exact.push(r);
+            }
+            if p.wildcard && suffixes.contains(&&p.wire[..]) {
+                below.push(r);
+            }
+        }
+        (exact, below)
+    }
+
     #[test]
-    fn suffixes_walk_label_boundaries() {
-        let wire = b"\x03www\x01a\x07example\x00";
-        let got: Vec<&[u8]> = suffixes(wire).collect();
+    fn label_starts_take_exactly_one_well_formed_name() {
+        let mut starts = [0u8; MAX_LABELS];
         assert_eq!(
-            got,
-            vec![&b"\x01a\x07example\x00"[..], &b"\x07example\x00"[..]]
+            label_starts(b"\x03www\x01a\x07example\x00", &mut starts),
+            Some(3)
         );
-        assert_eq!(suffixes(b"\x00").count(), 0);
-        assert_eq!(suffixes(b"\x07example\x00").count(), 0);
-        // Malformed input ends the walk instead of panicking.
-        assert_eq!(suffixes(b"\x09ab").count(), 0);
-        assert_eq!(suffixes(b"").count(), 0);
+        assert_eq!(&starts[..3], &[0, 4, 6]);
+        assert_eq!(label_starts(b"\x00", &mut starts), Some(0));
+        // Truncated, without its root label, with bytes after it, empty, too long.
+        assert_eq!(label_starts(b"\x09ab", &mut starts), None);
+        assert_eq!(label_starts(b"\x07example", &mut starts), None);
+        assert_eq!(label_starts(b"\x07example\x00\x00", &mut starts), None);
+        assert_eq!(label_starts(b"", &mut starts), None);
+        let mut long = b"\x01a".repeat(127);
+        long.push(0);
+        assert_eq!(label_starts(&long, &mut starts), Some(127));
+        long.insert(0, b'a');
+        long.insert(0, 1);
+        assert_eq!(label_starts(&long, &mut starts), None);
+    }
+
+    #[test]
+    fn word_reads_at_most_n_bytes_and_never_past_the_name() {
+        let name = b"\x03www\x0aabcdefghij\x00";
+        assert_eq!(word(name, 1, 3), u64::from_le_bytes(*b"www\0\0\0\0\0"));
+        assert_eq!(word(name, 5, 8), u64::from_le_bytes(*b"abcdefgh"));
+        assert_eq!(word(name, 13, 2), u64::from_le_bytes(*b"ij\0\0\0\0\0\0"));
+        assert_eq!(word(name, 13, 8), u64::from_le_bytes(*b"ij\0\0\0\0\0\0"));
+        assert_eq!(word(name, 99, 4), 0);
+        assert_eq!(word(name, 0, 0), 0);
+    }
+
+    #[test]
+    fn name_trie_files_exact_names_and_wildcards_by_label() {
+        let long = "a-label-longer-than-sixteen-bytes";
+        let ix = trie(&[
+            "a.example",                 // 0
+            "*.a.example",               // 1
+            "*.example",                 // 2
+            "www.a.example",             // 3
+            &format!("{long}.example"),  // 4
+            &format!("{long}x.example"), // 5: same first 8 and 16 bytes, one longer
+            "abcdefgh.example",          // 6: exactly 8 bytes
+            "abcdefgi.example",          // 7
+            "*.test",                    // 8
+            "a.example",                 // 9: the same name again
+        ]);
+        let look = |name: &str| {
+            let (e, b) = ix.lookup(&wire(name));
+            (e.to_vec(), b.to_vec())
+        };
+        assert_eq!(look("a.example"), (vec![0, 9], vec![2]));
+        assert_eq!(look("www.a.example"), (vec![3], vec![1, 2]));
+        assert_eq!(look("x.www.a.example"), (vec![], vec![1, 2]));
+        assert_eq!(look("b.example"), (vec![], vec![2]));
+        assert_eq!(look("example"), (vec![], vec![]));
+        assert_eq!(look(&format!("{long}.example")), (vec![4], vec![2]));
+        assert_eq!(look(&format!("{long}x.example")), (vec![5], vec![2]));
+        assert_eq!(look(&format!("{long}y.example")), (vec![], vec![2]));
+        assert_eq!(look("abcdefgh.example"), (vec![6], vec![2]));
+        assert_eq!(look("abcdefgi.example"), (vec![7], vec![2]));
+        assert_eq!(look("abcdefg.example"), (vec![], vec![2]));
+        assert_eq!(look("deep.under.test"), (vec![], vec![8]));
+        assert_eq!(look("test"), (vec![], vec![]));
+        assert_eq!(look("other"), (vec![], vec![]));
+        assert_eq!(look(""), (vec![], vec![]));
+        // A label of 63 bytes, and names that are not wire-form names.
+        let max = "m".repeat(63);
+        let ix63 = trie(&[&format!("{max}.{max}.example")]);
+        assert_eq!(ix63.lookup(&wire(&format!("{max}.{max}.example"))).0, &[0]);
+        assert_eq!(ix.lookup(b"\x01a\x07example").0, &[] as &[u32]);
+        assert_eq!(ix.lookup(b"\x01a\x07example\x00\x00").1, &[] as &[u32]);
+        // One node per distinct suffix; the rules of shared wildcards are stored once.
+        assert_eq!(ix.nodes.len(), 8);
+        assert!(ix.nodes.iter().filter(|n| n.leaf).count() >= 6);
+    }
+
+    #[test]
+    fn name_trie_handles_the_root() {
+        let ix = trie(&[".", "*", "a.example"]);
+        assert_eq!(ix.lookup(b"\x00"), (&[0u32][..], &[][..]));
+        assert_eq!(ix.lookup(&wire("x")), (&[][..], &[1u32][..]));
+        assert_eq!(ix.lookup(&wire("a.example")), (&[2u32][..], &[1u32][..]));
+        let empty = NameIndex::default();
+        assert_eq!(empty.lookup(&wire("a.example")), (&[][..], &[][..]));
+        assert_eq!(trie(&["*.example"]).lookup(b"\x00"), (&[][..], &[][..]));
+    }
+
+    #[test]
+    fn name_trie_agrees_with_suffix_comparison_on_random_names() {
+        let mut rng = Rng(0x7e1e_5eed_0000_0007);
+        // Labels that share prefixes of 8 bytes and more, short and long ones.
+        let labels = [
+            "a",
+            "b",
+            "www",
+            "example",
+            "examples",
+            "abcdefgh",
+            "abcdefghi",
+            "abcdefghijklmnopq",
+            "abcdefghijklmnopr",
+            "x-y",
+        ];
+        let name = |rng: &mut Rng| {
+            (0..1 + rng.below(4))
+                .map(|_| *rng.pick(&labels))
+                .collect::<Vec<_>>()
+                .join(".")
+        };
+        let (mut exact_hits, mut below_hits) = (0, 0);
+        for round in 0..40 {
+            let patterns: Vec<NamePattern> = (0..1 + rng.below(30))
+                .map(|_| {
+                    let n = name(&mut rng);
+                    pattern(&if rng.chance(40) { format!("*.{n}") } else { n })
+                })
+                .collect();
+            let ix = NameIndex::build(patterns.iter().zip(0u32..));
+            for _ in 0..300 {
+                let q = wire(&name(&mut rng));
+                let (exact, below) = ix.lookup(&q);
+                let want = naive_names(&patterns, &q);
+                assert_eq!(
+                    (exact.to_vec(), below.to_vec()),
+                    want,
+                    "round {round}: {q:?} in {patterns:?}"
+                );
+                exact_hits += usize::from(!exact.is_empty());
+                below_hits += usize::from(!below.is_empty());
+            }
+        }
+        // Worth something only if both kinds match, and not always.
+        assert!(
+            exact_hits > 200 && below_hits > 500,
+            "{exact_hits} {below_hits}"
+        );
+        assert!(below_hits < 40 * 300, "{below_hits}");
+    }
+
+    #[test]
+    fn name_set_is_the_trie_as_a_set() {
+        let set = NameSet::new(&[pattern("portal.example"), pattern("*.cdn.example")]);
+        assert!(set.contains(&wire("portal.example")));
+        assert!(set.contains(&wire("a.b.cdn.example")));
+        assert!(!set.contains(&wire("cdn.example")));
+        assert!(!set.contains(&wire("www.portal.example")));
+        assert!(!NameSet::new(&[]).contains(&wire("portal.example")));
+    }
+
+    /// The rules of `entries` whose range holds `k`, by a scan.
+    fn naive_cells<K: Key>(entries: &[(K, K, u32)], k: K) -> Vec<u32> {
+        let mut v: Vec<u32> = entries
+            .iter()
+            .filter(|(lo, hi, _)| *lo <= k && k <= *hi)
+            .map(|e| e.2)
+            .collect();
+        v.dedup();
+        v
+    }
+
+    #[test]
+    fn interval_bitmap_and_spans_agree_with_a_scan() {
+        let mut rng = Rng(0xb17_5eed_0000_0003);
+        for round in 0..30 {
+            // Ports: one bucket per port.
+            let mut e16: Vec<(u16, u16, u32)> = (0..1 + rng.below(20))
+                .map(|r| {
+                    let lo = *rng.pick(&[0u16, 1, 22, 53, 1023, 1024, 40000, 65534, 65535]);
+                    let hi = lo.saturating_add(*rng.pick(&[0u16, 1, 10, 1000, 65535]));
+                    (lo, hi, u32::try_from(r).unwrap_or(0))
+                })
+                .collect();
+            e16.sort_by_key(|e| e.2);
+            let ix = IntervalIndex::build(&e16);
+            for k in [
+                0u16, 1, 2, 21, 22, 23, 53, 1023, 1024, 1025, 2047, 40000, 65534, 65535,
+            ] {
+                assert_eq!(
+                    ix.lookup(k),
+                    naive_cells(&e16, k),
+                    "round {round}: {k} {e16:?}"
+                );
+            }
+            // IPv4: buckets of /16; wide ranges (over MAX_SPANS buckets) on some rounds.
+            let e32: Vec<(u32, u32, u32)> = (0..1 + rng.below(20))
+                .map(|r| {
+                    let base =
+                        *rng.pick(&[0u32, 0x0a00_0000, 0x0a01_ff00, 0xc612_0100, 0xffff_ff00]);
+                    let size = *rng.pick(&[1u32, 256, 0x1_0000, 0x1_0100, 0x4000_0000]);
+                    let size = if round % 3 == 0 {
+                        size
+                    } else {
+                        size.min(0x1_0100)
+                    };
+                    (
+                        base,
+                        base.saturating_add(size - 1),
+                        u32::try_from(r).unwrap_or(0),
+                    )
+                })
+                .collect();
+            let ix = IntervalIndex::build(&e32);
+            let keys = [
+                0u32,
+                1,
+                0xffff,
+                0x1_0000,
+                0x0a00_0000,
+                0x0a00_00ff,
+                0x0a00_0100,
+                0x0a01_ffff,
+                0x0a02_0000,
+                0x0a02_00ff,
+                0x4a00_0000,
+                0xc612_0101,
+                0xc612_0200,
+                0xc613_0000,
+                0xffff_feff,
+                0xffff_ffff,
+            ];
+            for k in keys {
+                assert_eq!(
+                    ix.lookup(k),
+                    naive_cells(&e32, k),
+                    "round {round}: {k:#x} {e32:?}"
+                );
+            }
+        }
+        // The bitmap answers for addresses no rule covers; a wide range keeps no spans.
+        let ix = IntervalIndex::build(&[(0x0a00_0000u32, 0x0a00_00ff, 0)]);
+        assert_eq!(ix.occupied.iter().map(|w| w.count_ones()).sum::<u32>(), 1);
+        assert_eq!(ix.spans.len(), 1);
+        let wide = IntervalIndex::build(&[(0u32, 0x3fff_ffff, 0), (0x0a00_0000, 0x0a00_00ff, 1)]);
+        assert!(wide.spans.is_empty());
+        assert_eq!(wide.lookup(0x0a00_0001), &[0, 1]);
+        assert_eq!(wide.lookup(0x4000_0000), &[] as &[u32]);
+        // IPv6 has no bitmap.
+        let v6 = IntervalIndex::build(&[(1u128, 2, 0)]);
+        assert!(v6.occupied.is_empty());
+        assert_eq!(v6.lookup(2), &[0]);
+    }
+
+    #[test]
+    fn key_map_holds_its_keys_and_their_range() {
+        let mut m = KeyMap::default();
+        assert_eq!(m.get(0), &[] as &[u32]);
+        for (key, rule) in [(7u32 << 16, 0u32), (3 << 16, 1), (7 << 16, 2), (7 << 16, 2)] {
+            m.file(key, rule);
+        }
+        assert_eq!((m.min, m.max), (3 << 16, 7 << 16));
+        assert_eq!(m.get(7 << 16), &[0, 2]);
+        assert_eq!(m.get(3 << 16), &[1]);
+        assert_eq!(m.get(5 << 16), &[] as &[u32]);
+        assert_eq!(m.get(0), &[] as &[u32]);
+        assert_eq!(m.get(u32::MAX), &[] as &[u32]);
+    }
+
+    #[test]
+    fn fx_hash_spreads_keys_that_differ_only_in_high_bits() {
+        let low = |key: u32| {
+            let mut h = FxHasher::default();
+            h.write_u32(key);
+            h.finish() & 0x3ff
+        };
+        let buckets: std::collections::BTreeSet<u64> = (1..=256u32).map(|i| low(i << 16)).collect();
+        assert!(buckets.len() > 128, "{}", buckets.len());
+    }
+
+    #[test]
+    fn filed_matcher_is_not_checked_again_and_cheap_checks_come_first() {
+        let parsed = match parse::parse(
+            "src 198.18.0.0/15 dns-name a.example dport 53 proto udp set-mark 1\n\
+             dns query dns-type A set-mark 2\n",
+            "t.rules",
+            &ifaces,
+        ) {
+            Ok(p) => p,
+            Err(d) => panic!("{d:#?}"),
+        };
+        let m = Matcher::build(&parsed.rules);
+        let kinds =
+            |i: usize| -> Vec<u8> { m.rules[i].checks.iter().map(|(_, c)| c.cost()).collect() };
+        // Filed under its name: proto, then the port, then the address.
+        assert_eq!(kinds(0), vec![0, 2, 3]);
+        assert!(matches!(m.rules[0].checks[0].1, Check::Proto(_)));
+        // Nothing to index on: every matcher stays.
+        assert_eq!(kinds(1), vec![1, 1]);
+        assert_eq!(m.index.any, vec![1]);
+    }
+
+    #[test]
+    fn rules_in_several_lists_are_examined_once() {
+        // Rule 0 is in two mark maps (two masks), rule 1 in the exact and the wildcard lists.
+        let rs = rules(
+            "mark 0x10/0xf0, 0x100/0xf00 proto tcp set-mark 1\n\
+             dns-name a.example, *.example set-mark 2\n\
+             dns query set-mark 3\n",
+        );
+        let run = |name: &str, mark: u32| {
+            query(name, RecordType::A).mark(mark).with(|ctx| {
+                let mut n = 0;
+                let o = rs.matcher.first_match(ctx, &mut n);
+                (o.and_then(|o| o.rule), n)
+            })
+        };
+        assert_eq!(run("a.example.", 0x110), (Some(1), 2));
+        assert_eq!(run("b.example.", 0x110), (Some(1), 2));
+        assert_eq!(run("a.other.", 0x110), (Some(2), 2));
+        assert_eq!(run("a.other.", 0), (Some(2), 1));
     }
 
     // --- the index against a naive linear scan -------------------------------------------------
