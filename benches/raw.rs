@@ -28,7 +28,7 @@ use std::io;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
@@ -382,14 +382,7 @@ struct ConfigDef {
 }
 
 /// A running consumer: killed (and reaped) on drop.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use nfqmark::lab::netns::Guarded as Running;
 
 fn start_consumer(
     net: &Net,
@@ -444,17 +437,7 @@ fn start_consumer(
 
 /// Stop a consumer with SIGTERM and return what it printed (its counters).
 fn stop_consumer(mut c: Running) -> String {
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(c.0.id() as i32, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = c.0.try_wait() {
-            break;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+    c.terminate(Duration::from_secs(5));
     drop(c);
     std::fs::read_to_string(consumer_log()).unwrap_or_default()
 }

@@ -579,17 +579,7 @@ impl World {
     /// Stop nfqmark with SIGTERM and return its log (which ends with its counters).
     pub fn stop_nfqmark(&mut self) -> String {
         if let Some(mut child) = self.nfqmark.take() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(child.0.id() as i32, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.0.try_wait() {
-                    break;
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
+            child.terminate(Duration::from_secs(3));
         }
         self.nfqmark_log()
     }

@@ -9,6 +9,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 /// A unique prefix for this process's namespaces: tests run in parallel, in one process and in
 /// several, so names carry the process id and a counter.
@@ -145,6 +146,27 @@ impl Drop for Netns {
 /// A child process killed (and reaped) on drop.
 #[derive(Debug)]
 pub struct Guarded(pub Child);
+
+impl Guarded {
+    /// Ask the process to stop (SIGTERM) and wait up to `grace` for it; the drop that follows
+    /// kills it if it is still there.
+    pub fn terminate(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
 
 impl Drop for Guarded {
     fn drop(&mut self) {
