@@ -27,7 +27,7 @@ use std::fmt;
 use std::io;
 use std::mem;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -831,6 +831,9 @@ fn encode_verdict(
     req
 }
 
+/// Most datagrams [`Socket::recv_many`] takes in one call.
+pub const MAX_BURST: usize = 16;
+
 /// Verdicts collected for one datagram ([`Socket::send_verdicts`]): per-packet verdicts and
 /// batch verdicts, in the order they must take effect.
 #[derive(Debug, Default)]
@@ -971,6 +974,8 @@ pub struct Socket {
     /// Datagrams that arrived while `open` waited for its last acknowledgement.
     early: Mutex<VecDeque<Box<[u8]>>>,
     has_early: AtomicBool,
+    /// The receive timeout (SO_RCVTIMEO) last set for [`Socket::recv_many`], in microseconds.
+    rcvtimeo_us: AtomicU64,
 }
 
 impl fmt::Debug for Socket {
@@ -1027,6 +1032,7 @@ impl Socket {
             bound: AtomicBool::new(false),
             early: Mutex::new(VecDeque::new()),
             has_early: AtomicBool::new(false),
+            rcvtimeo_us: AtomicU64::new(0),
         };
         if let Some(size) = cfg.rcvbuf {
             sock.rcvbuf_forced = sock
@@ -1179,14 +1185,95 @@ impl Socket {
         result
     }
 
-    /// Receive what is already waiting, without waiting (no `poll`): `Ok(0)` when nothing is.
-    /// For reading the rest of a burst after [`Socket::recv`] returned something.
-    pub fn try_recv(&self, buf: &mut RecvBuf) -> io::Result<usize> {
+    /// Receive a burst in one system call: wait up to `timeout` for the first datagram, then
+    /// take every datagram already waiting, up to `bufs.len()` (at most [`MAX_BURST`]), one per
+    /// buffer (`recvmmsg` with `MSG_WAITFORONE`). Returns how many buffers were filled; 0 on
+    /// timeout or interruption. One call per burst instead of poll + receive per packet.
+    pub fn recv_many(&self, bufs: &mut [RecvBuf], timeout: Duration) -> io::Result<usize> {
         if self.has_early.load(Ordering::Acquire) {
-            return self.recv(buf, Some(Duration::ZERO));
+            return match bufs.first_mut() {
+                Some(first) => self
+                    .recv(first, Some(Duration::ZERO))
+                    .map(|n| usize::from(n > 0)),
+                None => Ok(0),
+            };
         }
-        buf.clear();
-        self.recv_now(buf)
+        self.set_rcvtimeo(timeout)?;
+        let n = bufs.len().min(MAX_BURST);
+        // SAFETY: all-zero is a valid value for these plain C structs.
+        let mut iov: [libc::iovec; MAX_BURST] = unsafe { mem::zeroed() };
+        // SAFETY: as above.
+        let mut hdrs: [libc::mmsghdr; MAX_BURST] = unsafe { mem::zeroed() };
+        let mut from = [kernel_addr(); MAX_BURST];
+        for (i, buf) in bufs.iter_mut().take(n).enumerate() {
+            buf.clear();
+            let storage = buf.storage_mut();
+            iov[i].iov_base = storage.as_mut_ptr().cast::<libc::c_void>();
+            iov[i].iov_len = storage.len();
+            hdrs[i].msg_hdr.msg_iov = &raw mut iov[i];
+            hdrs[i].msg_hdr.msg_iovlen = 1;
+            hdrs[i].msg_hdr.msg_name = (&raw mut from[i]).cast::<libc::c_void>();
+            hdrs[i].msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        }
+        // SAFETY: `hdrs[..n]` point at `iov[..n]` and `from[..n]`, which point at the buffers'
+        // storage; all outlive the call, and the count says `n`.
+        let got = unsafe {
+            libc::recvmmsg(
+                self.fd.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_WAITFORONE | libc::MSG_TRUNC,
+                std::ptr::null_mut(),
+            )
+        };
+        if got < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => Ok(0),
+                _ => Err(e),
+            };
+        }
+        let got = (got as usize).min(n);
+        for (i, buf) in bufs.iter_mut().take(got).enumerate() {
+            if from[i].nl_pid != 0 {
+                // Only the kernel may talk to us.
+                continue;
+            }
+            let len = hdrs[i].msg_len as usize;
+            buf.len = len.min(buf.capacity());
+            buf.truncated = len > buf.len;
+        }
+        Ok(got)
+    }
+
+    fn set_rcvtimeo(&self, timeout: Duration) -> io::Result<()> {
+        // At least a millisecond: a zero SO_RCVTIMEO would mean "wait forever".
+        let us = u64::try_from(timeout.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1_000);
+        if self.rcvtimeo_us.load(Ordering::Relaxed) == us {
+            return Ok(());
+        }
+        let tv = libc::timeval {
+            tv_sec: (us / 1_000_000) as libc::time_t,
+            tv_usec: (us % 1_000_000) as libc::suseconds_t,
+        };
+        // SAFETY: `tv` is a valid timeval for the duration of the call and the length is its
+        // size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast::<libc::c_void>(),
+                mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.rcvtimeo_us.store(us, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Unbind the queue and wait for the kernel to confirm. Packets still waiting for a verdict
@@ -1890,6 +1977,7 @@ mod tests {
             bound: AtomicBool::new(false),
             early: Mutex::new(VecDeque::new()),
             has_early: AtomicBool::new(false),
+            rcvtimeo_us: AtomicU64::new(0),
         }
     }
 

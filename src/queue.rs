@@ -43,7 +43,8 @@ impl Default for QueueOptions {
 /// A bound NFQUEUE with its receive buffer.
 pub struct Queue {
     sock: Socket,
-    buf: RecvBuf,
+    /// One buffer per datagram of a burst.
+    bufs: Vec<RecvBuf>,
     fail_open: bool,
     /// Consecutive packets that all get "accept, unchanged": answered with one batch verdict.
     run_end: Option<u32>,
@@ -69,9 +70,6 @@ fn kernel_verdict(v: Verdict) -> nfnl::Verdict {
     }
 }
 
-/// Most datagrams read in one burst before the verdicts go out.
-pub const BURST: usize = 64;
-
 /// Add the pending run of unchanged accepts to `verdicts`: a plain verdict for a run of one
 /// packet's length is no cheaper, so runs always go as one batch verdict.
 fn close_run(verdicts: &mut Verdicts, queue: u16, run_end: &mut Option<u32>) -> io::Result<()> {
@@ -96,8 +94,6 @@ pub struct Served {
     /// Verdict messages the kernel refused.
     pub verdict_errors: usize,
     pub last_error: Option<io::Error>,
-    /// A receive error met while reading the rest of a burst (reported after the verdicts).
-    pub deferred: Option<io::Error>,
 }
 
 /// One item of a received batch.
@@ -129,7 +125,9 @@ impl Queue {
         }
         Ok(Queue {
             sock,
-            buf: RecvBuf::new(u32::from(opts.copy_range)),
+            bufs: (0..nfnl::MAX_BURST)
+                .map(|_| RecvBuf::new(u32::from(opts.copy_range)))
+                .collect(),
             fail_open: opts.fail_open,
             run_end: None,
             verdicts: Verdicts::new(),
@@ -140,25 +138,25 @@ impl Queue {
         self.sock.queue()
     }
 
-    /// Wait up to `timeout` for packets, then read the whole burst that is waiting (up to
-    /// [`BURST`] datagrams, without waiting again) and hand each packet, in order, to `handle`,
-    /// which returns the verdict and new mark. All verdicts of the burst leave in one datagram:
-    /// runs of "accept, unchanged" as one batch verdict each, other packets one by one. Every
+    /// Wait up to `timeout` for packets and take the whole burst that is waiting in one
+    /// system call (up to [`nfnl::MAX_BURST`] datagrams, `recvmmsg`), hand each packet, in
+    /// order, to `handle`, which returns the verdict and new mark, and send all verdicts of the
+    /// burst in one datagram: runs of "accept, unchanged" as one batch verdict each, other
+    /// packets one by one. Two system calls per burst, however many packets it holds. Every
     /// packet received gets its verdict before this returns. `Err` is a receive error (ENOBUFS
-    /// among them) on the first receive; the verdicts of what was read are still sent.
+    /// among them).
     pub fn serve<F>(&mut self, timeout: Duration, mut handle: F) -> io::Result<Served>
     where
         F: FnMut(Item<'_>) -> (Verdict, Option<u32>),
     {
         let mut served = Served::default();
-        if self.sock.recv(&mut self.buf, Some(timeout))? == 0 {
+        let got = self.sock.recv_many(&mut self.bufs, timeout)?;
+        if got == 0 {
             return Ok(served);
         }
         let queue = self.sock.queue();
-        let mut datagrams = 0;
-        loop {
-            datagrams += 1;
-            for item in self.buf.messages() {
+        for buf in self.bufs.iter().take(got) {
+            for item in buf.messages() {
                 served.handled += 1;
                 let (id, verdict, mark) = match item {
                     Ok(msg) => {
@@ -184,18 +182,6 @@ impl Queue {
                     .verdicts
                     .verdict(queue, id, kernel_verdict(verdict), mark);
                 note(&mut served, one);
-            }
-            if datagrams >= BURST {
-                break;
-            }
-            match self.sock.try_recv(&mut self.buf) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    // Give what was read its verdicts first; the error shows up next time.
-                    served.deferred = Some(e);
-                    break;
-                }
             }
         }
         let closed = close_run(&mut self.verdicts, queue, &mut self.run_end);

@@ -240,10 +240,7 @@ fn serve_once(
     match queue.serve(wait, |item| decide_item(item, shared, stats, loaded)) {
         Ok(served) => {
             count_verdict_errors(num, stats, &served);
-            match served.deferred {
-                Some(e) => receive_error(num, stats, &e),
-                None => true,
-            }
+            true
         }
         Err(e) => receive_error(num, stats, &e),
     }
