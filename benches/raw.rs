@@ -287,7 +287,7 @@ impl Sender {
                 .name("raw-sender".into())
                 .spawn(move || -> io::Result<()> {
                     let setup = (|| -> io::Result<UdpSocket> {
-                        enter(&ns_name)?;
+                        netns::enter(&ns_name)?;
                         let sock = UdpSocket::bind(format!("{SENDER}:0"))?;
                         sock.connect(format!("{SINK}:53"))?;
                         Ok(sock)
@@ -328,16 +328,6 @@ impl Drop for Sender {
             let _ = h.join();
         }
     }
-}
-
-/// Enter a namespace from the calling thread (our own, fresh thread).
-fn enter(ns_name: &str) -> io::Result<()> {
-    let f = std::fs::File::open(format!("/run/netns/{ns_name}"))?;
-    // SAFETY: setns on an open namespace fd, kept open by `f` for the call.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 fn blast(sock: &UdpSocket, stop: &AtomicBool, sent: &AtomicU64) {

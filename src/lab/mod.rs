@@ -548,7 +548,7 @@ impl World {
         thread::Builder::new()
             .name("lab-http".into())
             .spawn(move || {
-                upstream::enter(&ns)?;
+                netns::enter(&ns)?;
                 let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
                 let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
                 conn.set_read_timeout(Some(Duration::from_secs(2)))?;

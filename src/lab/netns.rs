@@ -41,6 +41,19 @@ where
     Ok(out)
 }
 
+/// Enter the namespace named `name` (made by `ip netns add`) from the calling thread: sockets
+/// it opens afterwards live there. Use only on threads of your own; the thread stays in the
+/// namespace until it ends.
+pub fn enter(name: &str) -> io::Result<()> {
+    let file = File::open(format!("/run/netns/{name}"))?;
+    // SAFETY: setns takes an open namespace fd, which `file` keeps open for the call.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A network namespace, deleted on drop.
 #[derive(Debug)]
 pub struct Netns {
@@ -100,13 +113,7 @@ impl Netns {
     /// Enter the namespace from the calling thread: sockets it opens afterwards live there.
     /// Use only on threads of your own; the thread stays in the namespace until it ends.
     pub fn enter(&self) -> io::Result<()> {
-        let file = File::open(format!("/run/netns/{}", self.name))?;
-        // SAFETY: setns takes an open namespace fd, which `file` keeps open for the call.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        enter(&self.name)
     }
 
     /// Interface index of `iface` inside the namespace.

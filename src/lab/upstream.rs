@@ -27,7 +27,7 @@ use hickory_proto::op::{Message, MessageType};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
-use super::netns::Netns;
+use super::netns::{Netns, enter};
 use crate::dns;
 use crate::packet::{self, Proto};
 
@@ -303,18 +303,6 @@ pub fn udp_exchange_from(ns: &Netns, to: SocketAddr, timeout: Duration) -> io::R
         })?
         .join()
         .map_err(|_| io::Error::other("udp thread panicked"))?
-}
-
-/// Enter namespace `ns_name` from the calling thread (use on threads of your own).
-pub fn enter(ns_name: &str) -> io::Result<()> {
-    let f = std::fs::File::open(format!("/run/netns/{ns_name}"))?;
-    // SAFETY: setns on an open namespace fd, kept open by `f` for the call.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 fn serve_udp(socket: UdpSocket, stop: &AtomicBool) {
