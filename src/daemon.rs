@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, bounded};
 use crate::cli::{CheckArgs, RunArgs, SetupArgs};
 use crate::engine::EngineConfig;
 use crate::flows::LearnConfig;
+use crate::metrics::QueueSnapshot;
 use crate::pairing::PairingConfig;
 use crate::queue::{OpenError, Queue, QueueOptions};
 use crate::rules::{self, Diagnostic, RuleSet};
@@ -333,8 +334,9 @@ fn reload(args: &RunArgs, shared: &Shared) {
 
 /// One line with every counter, for SIGUSR1 and the exit log.
 pub fn report(shared: &Shared) -> String {
-    let t = shared.totals();
+    // One read of every counter: the totals are summed from the same snapshot.
     let s = shared.snapshot();
+    let t = QueueSnapshot::sum(&s.queues);
     let p = s.pairing;
     format!(
         "packets={} marked={} accepted={} dropped={} repeated={} parse_errors={} dns={} dns_errors={} \

@@ -37,6 +37,26 @@ pub struct QueueSnapshot {
 }
 
 impl QueueSnapshot {
+    /// Field by field sum of several queues (the `num` of the result is 0).
+    pub fn sum(queues: &[QueueSnapshot]) -> QueueSnapshot {
+        let mut t = QueueSnapshot::default();
+        for q in queues {
+            t.packets += q.packets;
+            t.accepted += q.accepted;
+            t.dropped += q.dropped;
+            t.repeated += q.repeated;
+            t.marked += q.marked;
+            t.parse_errors += q.parse_errors;
+            t.dns += q.dns;
+            t.dns_errors += q.dns_errors;
+            t.not_dns += q.not_dns;
+            t.enobufs += q.enobufs;
+            t.recv_errors += q.recv_errors;
+            t.verdict_errors += q.verdict_errors;
+        }
+        t
+    }
+
     pub fn of(num: u16, s: &Stats) -> QueueSnapshot {
         QueueSnapshot {
             num,

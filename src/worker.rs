@@ -114,27 +114,6 @@ impl Shared {
         (generation, self.rules())
     }
 
-    /// Per-queue counters summed over all queues.
-    pub fn totals(&self) -> QueueSnapshot {
-        let mut t = QueueSnapshot::default();
-        for q in &self.queues {
-            let s = QueueSnapshot::of(q.num, &q.stats);
-            t.packets += s.packets;
-            t.accepted += s.accepted;
-            t.dropped += s.dropped;
-            t.repeated += s.repeated;
-            t.marked += s.marked;
-            t.parse_errors += s.parse_errors;
-            t.dns += s.dns;
-            t.dns_errors += s.dns_errors;
-            t.not_dns += s.not_dns;
-            t.enobufs += s.enobufs;
-            t.recv_errors += s.recv_errors;
-            t.verdict_errors += s.verdict_errors;
-        }
-        t
-    }
-
     /// Everything the metrics page and the counter log line show.
     pub fn snapshot(&self) -> Snapshot {
         let (pairing, waiting_clients, waiting_upstream) = {
