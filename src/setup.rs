@@ -102,7 +102,6 @@ pub fn iptables(plan: &Plan, family: Family) -> String {
         "# Packets of a marked connection get the mark back first, before anything routes them.\n",
     );
     let _ = writeln!(o, "-A PREROUTING -j CONNMARK --restore-mark{m}");
-    let _ = writeln!(o, "-A OUTPUT -j CONNMARK --restore-mark{m}");
     if flows.is_some() {
         o.push_str("# New flows from clients that flow rules name: nfqmark marks those to learned addresses.\n");
         let _ = writeln!(
@@ -114,8 +113,14 @@ pub fn iptables(plan: &Plan, family: Family) -> String {
         "# Client queries and upstream answers, after PREROUTING marked them and after DNAT.\n",
     );
     o.push_str("-A INPUT -j NFQMARK-DNS-IN\n");
-    o.push_str("# The resolver's upstream queries and its answers to clients.\n");
+    o.push_str(
+        "# The resolver's upstream queries and its answers to clients, before the restore below:\n",
+    );
+    o.push_str(
+        "# the kernel routes a queued packet again only if its mark changed while queued.\n",
+    );
     o.push_str("-A OUTPUT -j NFQMARK-DNS-OUT\n");
+    let _ = writeln!(o, "-A OUTPUT -j CONNMARK --restore-mark{m}");
     if flows.is_some() {
         o.push_str(
             "# DNS answers routed through this host to clients (they teach flow marks too).\n",
@@ -259,7 +264,7 @@ pub fn nft(plan: &Plan) -> String {
     );
     let _ = writeln!(
         o,
-        "\tchain output {{\n\t\ttype route hook output priority mangle; policy accept;\n\t\t{restore}\n\t\tudp dport {ports} {q}\n\t\ttcp dport {ports} {q}\n\t\tudp sport {ports} {q}\n\t\ttcp sport {ports} {q}\n\t}}"
+        "\tchain output {{\n\t\ttype route hook output priority mangle; policy accept;\n\t\tudp dport {ports} {q}\n\t\ttcp dport {ports} {q}\n\t\tudp sport {ports} {q}\n\t\ttcp sport {ports} {q}\n\t\t{restore}\n\t}}"
     );
     let _ = writeln!(
         o,
@@ -333,6 +338,34 @@ mod tests {
         assert!(!text.contains("NFQMARK-FLOWS"));
         assert!(text.starts_with("# nfqmark setup"));
         assert!(text.ends_with("COMMIT\n"));
+    }
+
+    /// The kernel routes a packet coming back from the queue again only if its mark changed
+    /// while it was queued: a restore-mark before the queue would hide nfqmark's mark from the
+    /// routing decision whenever the connection already carried it.
+    #[test]
+    fn output_queues_dns_before_restoring_the_connection_mark() {
+        let text = iptables(&plan(), Family::V4).replace(" -m comment --comment nfqmark", "");
+        let output: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("-A OUTPUT "))
+            .collect();
+        assert_eq!(
+            output,
+            [
+                "-A OUTPUT -j NFQMARK-DNS-OUT",
+                "-A OUTPUT -j CONNMARK --restore-mark --nfmask 0xff --ctmask 0xff"
+            ]
+        );
+        let nft = nft(&plan());
+        let chain = nft
+            .split("chain output {")
+            .nth(1)
+            .and_then(|c| c.split('}').next())
+            .unwrap_or_default();
+        let queue = chain.find("queue flags").unwrap_or(usize::MAX);
+        let restore = chain.find("meta mark set").unwrap_or(0);
+        assert!(queue < restore, "{chain}");
     }
 
     #[test]

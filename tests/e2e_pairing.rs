@@ -157,3 +157,53 @@ fn without_nfqmark_upstream_queries_are_unmarked() {
     );
     assert_eq!((a_answered, b_answered), (PER_CLIENT, PER_CLIENT));
 }
+
+/// A resolver that sends every upstream query from one port (dnsmasq `--query-port`, or any
+/// resolver once its random ports repeat within conntrack's timeout) puts all of them on one
+/// connection, whose saved mark is that of the last marked query. Each upstream query must still
+/// leave with its own client's mark: client A's over link 2, client B's over link 1, with the two
+/// clients taking turns so the connection's mark changes every query.
+#[test]
+fn one_upstream_connection_for_all_queries_keeps_each_querys_mark() {
+    const TURNS: usize = 8;
+    if !common::require_root("fixedport") {
+        return;
+    }
+    let mut options = Options::new("fixedport", Resolver::Dnsmasq, Some(common::nfqmark_bin()));
+    options.queue = 9;
+    options.dnsmasq_args = vec!["--query-port=5300".into()];
+    let mut world = World::build(options).expect("build the lab");
+    world.start_nfqmark().expect("start nfqmark");
+    world
+        .start_resolver(Family::V4)
+        .expect("start the resolver");
+    world.sniffer.clear();
+    let mut answered = 0;
+    for i in 0..TURNS {
+        for client in [Client::A, Client::B] {
+            let name = format!("{}-turn{i}-fixedport.nfqm.example", client.letter());
+            answered += world
+                .query(client, Family::V4, &[name], false)
+                .expect("dig")
+                .answered;
+        }
+    }
+    thread::sleep(Duration::from_millis(300));
+    let counts = LinkCounts::from_sniffer(&world.sniffer, "fixedport");
+    let log = world.stop_nfqmark();
+    println!(
+        "one upstream port: {counts}; answered {answered}/{}",
+        2 * TURNS
+    );
+    assert_eq!(
+        (
+            counts.a_link1,
+            counts.a_link2,
+            counts.b_link1,
+            counts.b_link2
+        ),
+        (0, TURNS, TURNS, 0),
+        "{counts}\nnfqmark log:\n{log}"
+    );
+    assert_eq!(answered, 2 * TURNS);
+}

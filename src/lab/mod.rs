@@ -21,7 +21,7 @@ pub mod netns;
 pub mod upstream;
 
 use std::fmt;
-use std::io;
+use std::io::{self, Write as _};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -133,9 +133,11 @@ pub struct Options {
     pub nfqmark_args: Vec<String>,
     /// NFQUEUE number on the router.
     pub queue: u16,
-    /// Install the README's DNS queue rules when nfqmark starts. Off when a test installs the
-    /// rules `nfqmark setup` prints instead.
+    /// Install the DNS queue rules `nfqmark setup` prints (no rules file, this queue) when
+    /// nfqmark starts. Off when a test installs its own (for a rules file with flow rules).
     pub queue_rules: bool,
+    /// Extra dnsmasq arguments (e.g. `--query-port=5300`).
+    pub dnsmasq_args: Vec<String>,
     /// Install the dnsmasq README's marking rules (client A -> mark 137) on the router. Off
     /// for "no marking at all" baselines.
     pub marking: bool,
@@ -151,6 +153,7 @@ impl Options {
             nfqmark_args: Vec::new(),
             queue: 0,
             queue_rules: true,
+            dnsmasq_args: Vec::new(),
             marking: true,
         }
     }
@@ -184,41 +187,22 @@ impl Drop for TempDir {
     }
 }
 
-/// iptables rules that queue DNS to nfqmark, for one family (`iptables` or `ip6tables`). These
-/// are the README's rules: client queries and upstream answers in mangle INPUT (after
-/// PREROUTING set the client's mark, after DNAT), the resolver's queries and its answers to
-/// clients in mangle OUTPUT; the mark is saved to the connection in POSTROUTING, because the
-/// queue's ACCEPT ends the OUTPUT chain.
-pub fn queue_rules(queue: u16) -> Vec<Vec<String>> {
-    let q = queue.to_string();
-    let mut rules = Vec::new();
-    for chain in ["INPUT", "OUTPUT"] {
-        for proto in ["udp", "tcp"] {
-            for port in ["--dport", "--sport"] {
-                rules.push(
-                    [
-                        "-t",
-                        "mangle",
-                        "-A",
-                        chain,
-                        "-p",
-                        proto,
-                        port,
-                        "53",
-                        "-j",
-                        "NFQUEUE",
-                        "--queue-num",
-                        &q,
-                        "--queue-bypass",
-                    ]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
-                );
-            }
-        }
-    }
-    rules
+/// The rules `nfqmark setup` prints for DNS pairing only (no rules file) on `queue`, as
+/// `iptables-restore --noflush` input for one family: the same text the README shows.
+pub fn queue_rules(queue: u16, family: Family) -> String {
+    let plan = crate::setup::Plan {
+        queues: (queue, queue),
+        mask: u32::MAX,
+        dns_ports: vec![53],
+        flow_clients_v4: None,
+        flow_clients_v6: None,
+        source: "the lab".into(),
+    };
+    let family = match family {
+        Family::V4 => crate::setup::Family::V4,
+        Family::V6 => crate::setup::Family::V6,
+    };
+    crate::setup::iptables(&plan, family)
 }
 
 /// The dnsmasq `--conntrack` README's marking rules, for client A's address.
@@ -431,11 +415,8 @@ impl World {
         };
         let q = self.options.queue;
         if self.options.queue_rules && !self.queue_rules_installed {
-            for tool in ["iptables", "ip6tables"] {
-                for rule in queue_rules(q) {
-                    self.router
-                        .exec(tool, &rule.iter().map(String::as_str).collect::<Vec<_>>())?;
-                }
+            for family in [Family::V4, Family::V6] {
+                self.router_iptables_restore(family, &queue_rules(q, family))?;
             }
             self.queue_rules_installed = true;
         }
@@ -505,6 +486,34 @@ impl World {
     /// Run iptables (or ip6tables) on the router.
     pub fn router_iptables(&self, tool: &str, args: &[&str]) -> io::Result<()> {
         self.router.exec(tool, args).map(drop)
+    }
+
+    /// Feed `iptables-restore --noflush` (or `ip6tables-restore`) on the router with `rules`.
+    pub fn router_iptables_restore(&self, family: Family, rules: &str) -> io::Result<()> {
+        let tool = match family {
+            Family::V4 => "iptables-restore",
+            Family::V6 => "ip6tables-restore",
+        };
+        let mut child = self
+            .router
+            .command(tool)
+            .arg("--noflush")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(rules.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "{tool} rejected the rules: {}\n{rules}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
     }
 
     /// Open a TCP connection from a client to the upstream host's service address.
@@ -628,6 +637,7 @@ impl World {
                 if self.options.resolver == Resolver::DnsmasqConntrack {
                     args.push("--conntrack".into());
                 }
+                args.extend(self.options.dnsmasq_args.iter().cloned());
                 self.router
                     .command("dnsmasq")
                     .args(&args)
