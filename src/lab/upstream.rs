@@ -11,6 +11,12 @@
 //! links (AF_PACKET) and keeps DNS queries and flow openings, which is how the tests count
 //! "arrived over link 2". The sink accepts TCP and echoes UDP on a few ports of every address
 //! of the upstream host's 198.18.9.0/24 and 2001:db8:9::/64.
+//!
+//! The responder shares the machine with the system under test, so it must stay cheap at
+//! benchmark rates: UDP takes up to 64 queries per `recvmmsg` and sends their answers with
+//! one `sendmmsg`, and the common query (one A or AAAA question for a name without any of the
+//! labels above) is answered straight from its bytes, giving the same bytes as the general path
+//! built with hickory-proto, which handles everything else.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -37,6 +43,15 @@ pub const ANSWER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 99);
 pub const ANSWER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 0x99);
 
 const POLL: Duration = Duration::from_millis(100);
+
+/// The TTL of every answer without a `ttl-N` label.
+const DEFAULT_TTL: u32 = 60;
+/// The UDP payload size the responder advertises in its OPT record.
+const EDNS_PAYLOAD: u16 = 1232;
+/// UDP queries taken (and answered) per system call.
+const BATCH: usize = 64;
+/// Room for the largest UDP datagram.
+const DGRAM: usize = 65_535;
 
 /// Threads that stop when this is dropped.
 #[derive(Debug)]
@@ -92,6 +107,11 @@ where
 
 /// Build the answer for a query; `None` for what is not a query.
 pub fn answer(query: &[u8], over_udp: bool) -> Option<Vec<u8>> {
+    plain_answer(query).or_else(|| full_answer(query, over_udp))
+}
+
+/// The answer built with hickory-proto: every query, every label convention.
+fn full_answer(query: &[u8], over_udp: bool) -> Option<Vec<u8>> {
     let msg = Message::from_vec(query).ok()?;
     if msg.metadata.message_type != MessageType::Query {
         return None;
@@ -119,7 +139,7 @@ pub fn answer(query: &[u8], over_udp: bool) -> Option<Vec<u8>> {
             let ttl = labels
                 .iter()
                 .find_map(|l| l.strip_prefix("ttl-").and_then(|t| t.parse().ok()))
-                .unwrap_or(60);
+                .unwrap_or(DEFAULT_TTL);
             let first = labels.first().map(String::as_str).unwrap_or_default();
             // `alias-ip-...`: a CNAME to `ip-....cdn.nfqm.example.`, then its address.
             let (owner, first) = match first.strip_prefix("alias-") {
@@ -149,10 +169,128 @@ pub fn answer(query: &[u8], over_udp: bool) -> Option<Vec<u8>> {
     }
     if let Some(edns) = msg.edns.as_ref() {
         let mut e = edns.clone();
-        e.set_max_payload(1232);
+        e.set_max_payload(EDNS_PAYLOAD);
         reply.edns = Some(e);
     }
     reply.to_vec().ok()
+}
+
+/// The answer to a plain query, built from its bytes without parsing it into a message: one
+/// question, type A or AAAA, class IN, an uncompressed name that is not the root, none of whose
+/// labels starts with `ttl-` and whose first label neither starts with `ip-`, `ip6-` or
+/// `alias-` nor contains `tc-` (any case); no answer or authority records, and at most one
+/// additional record, an OPT whose options hickory keeps as raw bytes. `None` declines: the
+/// query goes to [`full_answer`], whose bytes this reproduces for every query it takes.
+fn plain_answer(query: &[u8]) -> Option<Vec<u8>> {
+    let header: [u8; 12] = query.get(..12)?.try_into().ok()?;
+    let [id0, id1, flags0, _, qd0, qd1, an0, an1, ns0, ns1, ar0, ar1] = header;
+    // QR 0, OPCODE 0 (QUERY); one question, no answers or authorities, an OPT at most.
+    if flags0 & 0xf8 != 0 || [qd0, qd1, an0, an1, ns0, ns1, ar0] != [0, 1, 0, 0, 0, 0, 0] || ar1 > 1
+    {
+        return None;
+    }
+    let mut pos = 12;
+    loop {
+        let len = usize::from(*query.get(pos)?);
+        if len == 0 {
+            break;
+        }
+        // 64 and up: a compression pointer or a reserved label type.
+        if len > 63 {
+            return None;
+        }
+        let label = query.get(pos + 1..pos + 1 + len)?;
+        if has_prefix(label, b"ttl-")
+            || pos == 12
+                && (has_prefix(label, b"ip-")
+                    || has_prefix(label, b"ip6-")
+                    || has_prefix(label, b"alias-")
+                    || label.windows(3).any(|w| w.eq_ignore_ascii_case(b"tc-")))
+        {
+            return None;
+        }
+        pos += 1 + len;
+    }
+    pos += 1;
+    // Not the root (its answer's owner is not compressed), and no longer than a name may be.
+    if pos == 13 || pos - 12 > 255 {
+        return None;
+    }
+    let question = query.get(..pos + 4)?;
+    let qtype = query.get(pos..pos + 2)?;
+    let qclass = query.get(pos + 2..pos + 4)?;
+    let v4 = ANSWER_V4.octets();
+    let v6 = ANSWER_V6.octets();
+    let address: &[u8] = match qtype {
+        [0, 1] => &v4,
+        [0, 28] => &v6,
+        _ => return None,
+    };
+    if qclass != [0, 1] {
+        return None;
+    }
+    let rest = query.get(pos + 4..)?;
+    let opt = match ar1 {
+        0 if rest.is_empty() => None,
+        1 => Some(plain_opt(rest)?),
+        _ => return None,
+    };
+    let mut out = Vec::with_capacity(question.len() + 12 + address.len() + rest.len());
+    // QR, AA, RD as asked, RA; NOERROR. One answer, the OPT if asked with one.
+    let flags0 = 0x84 | (flags0 & 0x01);
+    out.extend_from_slice(&[id0, id1, flags0, 0x80, 0, 1, 0, 1, 0, 0, 0, ar1]);
+    out.extend_from_slice(question.get(12..)?);
+    // The owner is the question's name: a pointer to offset 12.
+    out.extend_from_slice(&[0xc0, 0x0c]);
+    out.extend_from_slice(qtype);
+    out.extend_from_slice(&[0, 1]);
+    out.extend_from_slice(&DEFAULT_TTL.to_be_bytes());
+    out.extend_from_slice(&u16::try_from(address.len()).ok()?.to_be_bytes());
+    out.extend_from_slice(address);
+    if let Some((version_flags, options)) = opt {
+        out.push(0);
+        out.extend_from_slice(&41u16.to_be_bytes());
+        out.extend_from_slice(&EDNS_PAYLOAD.to_be_bytes());
+        // Extended RCODE 0, then the query's version and flags.
+        out.push(0);
+        out.extend_from_slice(version_flags);
+        out.extend_from_slice(&u16::try_from(options.len()).ok()?.to_be_bytes());
+        out.extend_from_slice(options);
+    }
+    Some(out)
+}
+
+/// The OPT record that ends a plain query: root owner, type 41, RDATA made of whole options and
+/// nothing after it. Returns the version and flags (the TTL's last three bytes) and the options,
+/// or `None` for an option hickory parses into a value (NSID 3, DAU 5, ECS 8), which it may
+/// write back differently.
+fn plain_opt(rr: &[u8]) -> Option<(&[u8], &[u8])> {
+    if rr.get(..3)? != [0, 0, 41] {
+        return None;
+    }
+    let version_flags = rr.get(6..9)?;
+    let rdlen = usize::from(u16::from_be_bytes([*rr.get(9)?, *rr.get(10)?]));
+    let options = rr.get(11..)?;
+    if options.len() != rdlen {
+        return None;
+    }
+    let mut rest = options;
+    while !rest.is_empty() {
+        let code = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]);
+        let len = usize::from(u16::from_be_bytes([*rest.get(2)?, *rest.get(3)?]));
+        if matches!(code, 3 | 5 | 8) {
+            return None;
+        }
+        rest = rest.get(4 + len..)?;
+    }
+    Some((version_flags, options))
+}
+
+/// Whether `label` starts with `prefix`, ASCII case ignored.
+fn has_prefix(label: &[u8], prefix: &[u8]) -> bool {
+    label
+        .get(..prefix.len())
+        .is_some_and(|l| l.eq_ignore_ascii_case(prefix))
 }
 
 /// The address a label names: `ip-198-18-9-81` or `ip6-2001-db8-9--81` (`-` for `:`).
@@ -305,14 +443,90 @@ pub fn udp_exchange_from(ns: &Netns, to: SocketAddr, timeout: Duration) -> io::R
         .map_err(|_| io::Error::other("udp thread panicked"))?
 }
 
+/// Answer UDP queries in bursts: one `recvmmsg` takes up to [`BATCH`] waiting queries (blocking
+/// for the first only until the socket's read timeout, so `stop` is checked every [`POLL`]),
+/// one `sendmmsg` sends their answers.
 fn serve_udp(socket: UdpSocket, stop: &AtomicBool) {
-    let mut buf = vec![0u8; 65_535];
+    let fd = socket.as_raw_fd();
+    // Zeroed memory from the allocator: pages the kernel never writes stay unbacked.
+    let mut bufs = vec![0u8; BATCH * DGRAM];
+    // SAFETY: all-zero is a valid value for these plain C structs.
+    let zeroed = unsafe { mem::zeroed::<(libc::sockaddr_storage, libc::iovec, libc::mmsghdr)>() };
+    let mut peers = vec![zeroed.0; BATCH];
+    let mut recv_iov = vec![zeroed.1; BATCH];
+    let mut recv_hdrs = vec![zeroed.2; BATCH];
+    let mut send_iov = vec![zeroed.1; BATCH];
+    let mut send_hdrs = vec![zeroed.2; BATCH];
+    let mut replies: Vec<(usize, Vec<u8>)> = Vec::with_capacity(BATCH);
     while !stop.load(Ordering::Relaxed) {
-        let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+        for (i, (hdr, iov)) in recv_hdrs.iter_mut().zip(recv_iov.iter_mut()).enumerate() {
+            iov.iov_base = bufs.as_mut_ptr().wrapping_add(i * DGRAM).cast();
+            iov.iov_len = DGRAM;
+            hdr.msg_hdr.msg_iov = iov;
+            hdr.msg_hdr.msg_iovlen = 1;
+            hdr.msg_hdr.msg_name = peers.as_mut_ptr().wrapping_add(i).cast();
+            hdr.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        }
+        // SAFETY: each of the BATCH headers points at its own iovec, over its own DGRAM bytes of
+        // `bufs`, and at its own sockaddr_storage with the length of one; all of them outlive the
+        // call.
+        let got = unsafe {
+            libc::recvmmsg(
+                fd,
+                recv_hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        let Ok(got) = usize::try_from(got) else {
+            // The read timeout (EAGAIN) or a signal: check `stop`. Anything else: do not spin.
+            let e = io::Error::last_os_error();
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+            ) {
+                thread::sleep(Duration::from_millis(1));
+            }
             continue;
         };
-        if let Some(reply) = buf.get(..n).and_then(|q| answer(q, true)) {
-            let _ = socket.send_to(&reply, peer);
+        replies.clear();
+        for (i, hdr) in recv_hdrs.iter().take(got.min(BATCH)).enumerate() {
+            let start = i * DGRAM;
+            let len = (hdr.msg_len as usize).min(DGRAM);
+            if let Some(reply) = bufs.get(start..start + len).and_then(|q| answer(q, true)) {
+                replies.push((i, reply));
+            }
+        }
+        let n = replies.len();
+        for ((hdr, iov), (i, reply)) in send_hdrs.iter_mut().zip(send_iov.iter_mut()).zip(&replies)
+        {
+            iov.iov_base = reply.as_ptr().cast_mut().cast();
+            iov.iov_len = reply.len();
+            hdr.msg_hdr.msg_iov = iov;
+            hdr.msg_hdr.msg_iovlen = 1;
+            hdr.msg_hdr.msg_name = peers.as_mut_ptr().wrapping_add(*i).cast();
+            hdr.msg_hdr.msg_namelen = recv_hdrs.get(*i).map_or(0, |h| h.msg_hdr.msg_namelen);
+        }
+        send_all(fd, send_hdrs.get_mut(..n).unwrap_or_default());
+    }
+}
+
+/// Send every prepared datagram, calling `sendmmsg` again for what a call did not send. A
+/// datagram the kernel refuses (the call fails on it) is dropped, as a lone `send_to`'s error
+/// would be: the client retries.
+fn send_all(fd: std::os::fd::RawFd, hdrs: &mut [libc::mmsghdr]) {
+    let mut sent = 0;
+    while let Some(rest) = hdrs.get_mut(sent..)
+        && !rest.is_empty()
+    {
+        // SAFETY: each header in `rest` points at one iovec over a reply and at a peer address
+        // with its length, all alive until this function returns; the count is `rest.len()`.
+        let rc = unsafe { libc::sendmmsg(fd, rest.as_mut_ptr(), rest.len() as libc::c_uint, 0) };
+        match usize::try_from(rc) {
+            Ok(n) if n > 0 => sent += n,
+            Err(_) if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            _ => sent += 1,
         }
     }
 }
@@ -587,4 +801,326 @@ pub fn query_in_frame(frame: &[u8], link: &str) -> Option<Seen> {
         name,
         id: d.id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use hickory_proto::op::{Edns, OpCode, Query};
+    use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
+
+    use super::*;
+
+    fn query(name: &str, qtype: RecordType, rd: bool, edns: Option<Edns>) -> Vec<u8> {
+        let mut msg = Message::new(0xbeef, MessageType::Query, OpCode::Query);
+        msg.metadata.recursion_desired = rd;
+        msg.add_query(Query::query(
+            Name::from_ascii(name).expect("test name"),
+            qtype,
+        ));
+        msg.edns = edns;
+        msg.to_vec().expect("test query")
+    }
+
+    fn edns(dnssec_ok: bool, options: Vec<EdnsOption>) -> Edns {
+        let mut e = Edns::new();
+        e.set_max_payload(4096);
+        e.set_dnssec_ok(dnssec_ok);
+        for o in options {
+            e.options_mut().insert(o);
+        }
+        e
+    }
+
+    /// Whether the plain path took the query; when it did, its answer must be the full path's,
+    /// byte for byte, and parse to the same message.
+    fn plain_matches_full(q: &[u8]) -> bool {
+        let full = full_answer(q, true);
+        let Some(plain) = plain_answer(q) else {
+            return false;
+        };
+        let full = full.expect("the full path answers what the plain path answers");
+        let (p, f) = (
+            Message::from_vec(&plain).expect("plain answer parses"),
+            Message::from_vec(&full).expect("full answer parses"),
+        );
+        assert_eq!(p.metadata, f.metadata, "header");
+        assert_eq!(p.queries, f.queries, "question");
+        assert_eq!(p.answers, f.answers, "records, TTL, address");
+        assert_eq!(p.edns, f.edns, "EDNS");
+        assert_eq!(plain, full, "bytes");
+        true
+    }
+
+    #[test]
+    fn plain_a_and_aaaa_match_the_full_path() {
+        for (name, qtype) in [
+            ("a-r1c1-123456.nfqm.example.", RecordType::A),
+            ("a-r1c1-123456.nfqm.example.", RecordType::AAAA),
+            ("x.", RecordType::A),
+            ("flows.nfqm.example.", RecordType::AAAA),
+        ] {
+            for rd in [false, true] {
+                let q = query(name, qtype, rd, None);
+                assert!(plain_matches_full(&q), "{name} {qtype} rd={rd}");
+                let m = Message::from_vec(&plain_answer(&q).unwrap_or_default()).expect("parses");
+                assert_eq!(m.metadata.id, 0xbeef);
+                assert!(m.metadata.authoritative && m.metadata.recursion_available);
+                assert_eq!(m.metadata.recursion_desired, rd);
+                assert_eq!(m.answers.len(), 1);
+                assert_eq!(m.answers[0].ttl, DEFAULT_TTL);
+            }
+        }
+    }
+
+    #[test]
+    fn mixed_case_name_is_answered_with_its_case_kept() {
+        let q = query("A-R1c1-123456.NfQm.ExAmPlE.", RecordType::A, true, None);
+        assert!(plain_matches_full(&q));
+        let m = Message::from_vec(&plain_answer(&q).unwrap_or_default()).expect("parses");
+        assert_eq!(
+            m.queries[0].name().to_ascii(),
+            "A-R1c1-123456.NfQm.ExAmPlE."
+        );
+    }
+
+    #[test]
+    fn opt_record_is_answered_as_the_full_path_does() {
+        for e in [
+            edns(false, vec![]),
+            edns(true, vec![]),
+            // A cookie (10) and an unassigned code: kept as raw bytes by hickory.
+            edns(
+                true,
+                vec![EdnsOption::Unknown(10, vec![1, 2, 3, 4, 5, 6, 7, 8])],
+            ),
+            edns(false, vec![EdnsOption::Unknown(65001, vec![])]),
+        ] {
+            for qtype in [RecordType::A, RecordType::AAAA] {
+                let q = query("www.nfqm.example.", qtype, true, Some(e.clone()));
+                assert!(plain_matches_full(&q), "{e:?} {qtype}");
+                let m = Message::from_vec(&plain_answer(&q).unwrap_or_default()).expect("parses");
+                let got = m.edns.expect("OPT in the answer");
+                assert_eq!(got.max_payload(), EDNS_PAYLOAD);
+                assert_eq!(got.flags().dnssec_ok, e.flags().dnssec_ok);
+            }
+        }
+    }
+
+    #[test]
+    fn client_subnet_option_goes_to_the_full_path() {
+        let subnet = ClientSubnet::new(IpAddr::V4(Ipv4Addr::new(198, 18, 1, 0)), 24, 0);
+        let q = query(
+            "www.nfqm.example.",
+            RecordType::A,
+            true,
+            Some(edns(false, vec![EdnsOption::Subnet(subnet)])),
+        );
+        assert!(!plain_matches_full(&q));
+        assert!(answer(&q, true).is_some());
+    }
+
+    #[test]
+    fn special_labels_go_to_the_full_path() {
+        for name in [
+            "ip-198-18-9-81.nfqm.example.",
+            "IP-198-18-9-81.nfqm.example.",
+            "ip6-2001-db8-9--81.nfqm.example.",
+            "alias-ip-198-18-9-81.nfqm.example.",
+            "ttl-5.nfqm.example.",
+            "www.ttl-5.nfqm.example.",
+            "tc-big.nfqm.example.",
+            "etc-big.nfqm.example.",
+            "TC-big.nfqm.example.",
+        ] {
+            for qtype in [RecordType::A, RecordType::AAAA] {
+                for e in [None, Some(edns(false, vec![]))] {
+                    let q = query(name, qtype, true, e);
+                    assert!(!plain_matches_full(&q), "{name} {qtype}");
+                    assert!(answer(&q, true).is_some(), "{name}");
+                    assert!(answer(&q, false).is_some(), "{name}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tc_label_still_truncates_over_udp_only() {
+        let q = query("tc-big.nfqm.example.", RecordType::A, true, None);
+        let udp = Message::from_vec(&answer(&q, true).unwrap_or_default()).expect("parses");
+        assert!(udp.metadata.truncation && udp.answers.is_empty());
+        let tcp = Message::from_vec(&answer(&q, false).unwrap_or_default()).expect("parses");
+        assert!(!tcp.metadata.truncation && tcp.answers.len() == 1);
+    }
+
+    #[test]
+    fn other_types_and_shapes_go_to_the_full_path() {
+        for qtype in [RecordType::MX, RecordType::TXT, RecordType::ANY] {
+            let q = query("www.nfqm.example.", qtype, true, None);
+            assert!(!plain_matches_full(&q), "{qtype}");
+        }
+        // The root.
+        assert!(!plain_matches_full(&query(".", RecordType::A, true, None)));
+        // Two questions.
+        let mut msg = Message::new(7, MessageType::Query, OpCode::Query);
+        msg.add_query(Query::query(
+            Name::from_ascii("a.nfqm.example.").expect("name"),
+            RecordType::A,
+        ));
+        msg.add_query(Query::query(
+            Name::from_ascii("b.nfqm.example.").expect("name"),
+            RecordType::A,
+        ));
+        let two = msg.to_vec().expect("two questions");
+        assert!(!plain_matches_full(&two));
+        assert!(answer(&two, true).is_some());
+        // A compressed name: "www" then a pointer to offset 11, the zero low byte of ARCOUNT.
+        let mut compressed = vec![0, 7, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        compressed.extend_from_slice(b"\x03www\xc0\x0b\x00\x01\x00\x01");
+        assert!(!plain_matches_full(&compressed));
+        let full = Message::from_vec(&answer(&compressed, true).unwrap_or_default());
+        assert_eq!(full.expect("parses").answers.len(), 1);
+    }
+
+    #[test]
+    fn malformed_or_non_queries_are_declined() {
+        let q = query("www.nfqm.example.", RecordType::A, true, None);
+        for cut in 0..q.len() {
+            assert!(plain_answer(&q[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut trailing = q.clone();
+        trailing.push(0);
+        assert!(plain_answer(&trailing).is_none());
+        let mut response = q.clone();
+        response[2] |= 0x80;
+        assert!(plain_answer(&response).is_none());
+        assert!(answer(&response, true).is_none());
+        let mut notify = q.clone();
+        notify[2] |= 4 << 3;
+        assert!(plain_answer(&notify).is_none());
+        let mut class_ch = q.clone();
+        let last = class_ch.len() - 1;
+        class_ch[last] = 3;
+        assert!(!plain_matches_full(&class_ch));
+        let with_opt = query(
+            "www.nfqm.example.",
+            RecordType::A,
+            true,
+            Some(edns(false, vec![EdnsOption::Unknown(10, vec![1, 2])])),
+        );
+        // The option's length one byte longer than its data: not whole options.
+        let mut bad_opt = with_opt.clone();
+        let at = bad_opt.len() - 3;
+        bad_opt[at] += 1;
+        assert!(plain_answer(&bad_opt).is_none());
+    }
+
+    #[test]
+    fn mutated_queries_answered_plainly_match_the_full_path() {
+        let seeds = [
+            query("www.nfqm.example.", RecordType::A, true, None),
+            query(
+                "Ab.Ip-1.x.",
+                RecordType::AAAA,
+                false,
+                Some(edns(true, vec![])),
+            ),
+            query(
+                "t.c-.nfqm.example.",
+                RecordType::A,
+                true,
+                Some(edns(false, vec![EdnsOption::Unknown(10, vec![9; 8])])),
+            ),
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut taken = 0;
+        for round in 0..30_000 {
+            let mut q = seeds[round % seeds.len()].clone();
+            for _ in 0..=(next() % 3) {
+                let at = (next() as usize) % q.len();
+                q[at] = match next() % 4 {
+                    0 => b'-',
+                    1 => q[at] ^ 0x20,
+                    _ => next() as u8,
+                };
+            }
+            taken += usize::from(plain_matches_full(&q));
+        }
+        assert!(taken > 1_000, "only {taken} mutated queries taken");
+    }
+
+    #[test]
+    fn udp_bursts_are_answered_to_each_sender_and_stop_ends_the_loop() {
+        for local in ["127.0.0.1:0", "[::1]:0"] {
+            // No IPv6 loopback in some sandboxes: nothing to test there.
+            let Ok(server) = UdpSocket::bind(local) else {
+                continue;
+            };
+            server.set_read_timeout(Some(POLL)).expect("timeout");
+            let to = server.local_addr().expect("address");
+            let stop = Arc::new(AtomicBool::new(false));
+            let stop_server = Arc::clone(&stop);
+            let handle = thread::spawn(move || serve_udp(server, &stop_server));
+            let clients: Vec<UdpSocket> = (0..3)
+                .map(|_| UdpSocket::bind(local).expect("client"))
+                .collect();
+            // More than a burst, from three senders, sent before any is read.
+            let n = 3 * BATCH as u16;
+            for id in 0..n {
+                let mut q = crate::fixtures::dns_query(id, "www.nfqm.example");
+                if id.is_multiple_of(7) {
+                    q = query("tc-x.nfqm.example.", RecordType::A, true, None);
+                    q[..2].copy_from_slice(&id.to_be_bytes());
+                }
+                clients[usize::from(id) % 3].send_to(&q, to).expect("send");
+            }
+            let mut ids = Vec::new();
+            for (k, c) in clients.iter().enumerate() {
+                c.set_read_timeout(Some(Duration::from_secs(5)))
+                    .expect("timeout");
+                let mut buf = [0u8; 512];
+                for _ in 0..(0..n).filter(|id| usize::from(*id) % 3 == k).count() {
+                    let len = c.recv(&mut buf).expect("answer");
+                    let m = Message::from_vec(&buf[..len]).expect("parses");
+                    assert_eq!(usize::from(m.metadata.id) % 3, k, "answer to its sender");
+                    assert_eq!(m.metadata.truncation, m.metadata.id.is_multiple_of(7));
+                    ids.push(m.metadata.id);
+                }
+            }
+            ids.sort_unstable();
+            assert_eq!(ids, (0..n).collect::<Vec<_>>(), "{local}");
+            stop.store(true, Ordering::Relaxed);
+            handle.join().expect("serve_udp ends");
+        }
+    }
+
+    /// The userspace cost of one answer, plain and full path (`cargo test --release --lib
+    /// lab::upstream -- --ignored --nocapture`). The e2e bench prints the same for `answer`.
+    #[test]
+    #[ignore]
+    fn answer_cost() {
+        let q = crate::fixtures::dns_query(0x1234, "a-r1c1-123456.nfqm.example");
+        let n = 200_000u32;
+        for (what, f) in [
+            (
+                "answer (plain path)",
+                answer as fn(&[u8], bool) -> Option<Vec<u8>>,
+            ),
+            ("full_answer (hickory)", full_answer),
+        ] {
+            let start = Instant::now();
+            for _ in 0..n {
+                std::hint::black_box(f(std::hint::black_box(&q), true));
+            }
+            let ns = start.elapsed().as_nanos() as f64 / f64::from(n);
+            println!("{what}: {ns:.0} ns per answer");
+        }
+    }
 }
