@@ -22,6 +22,10 @@
 //! dnsperf, the whole machine). The summary gives medians over rounds and the ratios 3/1, 3/2
 //! and 4/5 (median of the per-round ratios).
 //!
+//! By default the resolver runs alone on CPU 0 and every other party on the remaining CPUs:
+//! three hosts share one machine here, and the client and upstream hosts would otherwise take
+//! CPU from the resolver under test. `--no-pin` lets the scheduler place everything.
+//!
 //! Run it with `benches/e2e.sh` (root). Under `cargo test --benches` it does nothing.
 
 use std::collections::BTreeMap;
@@ -127,14 +131,14 @@ struct Args {
     nfqmark: PathBuf,
     nfqmark_args: Vec<String>,
     /// Pin the resolver to CPU 0 and everything else (dnsperf, nfqmark, the lab's threads) to
-    /// the other CPUs.
+    /// the other CPUs (the default when there are at least two).
     pin: bool,
 }
 
 const USAGE: &str = "\
 benches/e2e.sh [--rounds N] [--duration S] [--warmup S] [--clients N] [--outstanding N]
                [--configs 1,2,3,4,5] [--direct] [--count counters|sniffer]
-               [--nfqmark PATH] [--nfqmark-arg ARG]... [--pin]
+               [--nfqmark PATH] [--nfqmark-arg ARG]... [--no-pin]
   --rounds N         rounds; every round runs every configuration once (default 3)
   --duration S       measured seconds of dnsperf per run (default 10)
   --warmup S         dnsperf seconds before the measured ones, other names (default 2)
@@ -146,8 +150,11 @@ benches/e2e.sh [--rounds N] [--duration S] [--warmup S] [--clients N] [--outstan
                      or the lab's sniffer threads (costs CPU on this 2-core machine)
   --nfqmark PATH     nfqmark binary (default: the one cargo built with this benchmark)
   --nfqmark-arg ARG  extra argument for `nfqmark run` (repeatable), e.g. --rules FILE
-  --pin              resolver alone on CPU 0; dnsperf, nfqmark and the lab's upstream threads
-                     on the other CPUs (what a router with a core for its resolver looks like)";
+  --no-pin           let the scheduler place every party. By default (with 2 or more CPUs) the
+                     resolver runs alone on CPU 0, and dnsperf, nfqmark and the lab's upstream
+                     threads share the others: the client and upstream hosts, which would be
+                     other machines, then do not take CPU from the resolver under test, and
+                     nfqmark gets no more than a router's second core (less: it shares it)";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -161,7 +168,7 @@ fn parse_args() -> Result<Args, String> {
         count: Count::Counters,
         nfqmark: PathBuf::from(env!("CARGO_BIN_EXE_nfqmark")),
         nfqmark_args: Vec::new(),
-        pin: false,
+        pin: num_cpus() >= 2.0,
     };
     let mut it = std::env::args().skip(1);
     let num = |name: &str, v: Option<String>| -> Result<u32, String> {
@@ -187,7 +194,8 @@ fn parse_args() -> Result<Args, String> {
                     .filter(|c| !c.is_empty() && c.iter().all(|&c| c <= 5))
                     .ok_or_else(|| format!("--configs takes numbers 0-5, e.g. 1,3\n{USAGE}"))?;
             }
-            "--pin" => a.pin = true,
+            "--pin" => a.pin = num_cpus() >= 2.0,
+            "--no-pin" => a.pin = false,
             "--direct" => {
                 if !a.configs.contains(&0) {
                     a.configs.insert(0, 0);
@@ -651,12 +659,19 @@ fn summary(args: &Args, results: &BTreeMap<u8, Vec<Option<Sample>>>) -> String {
     let _ = writeln!(
         out,
         "\ne2e summary: {} round(s) x {} s, dnsperf -c {} -q {}, unique names; medians over \
-         rounds (min-max of QPS); CPU in % of one core (machine: {} cores, 100 % each)",
+         rounds (min-max of QPS); CPU in % of one core (machine: {} cores, 100 % each)\n\
+         layout: {}",
         args.rounds,
         args.duration,
         args.clients,
         args.outstanding,
-        num_cpus()
+        num_cpus(),
+        if args.pin {
+            "pinned: the resolver alone on CPU 0; dnsperf, nfqmark, the upstream host's threads \
+             on the others (--no-pin: the scheduler places everything)"
+        } else {
+            "unpinned: the scheduler places every party (the default pins the resolver)"
+        }
     );
     let _ = writeln!(
         out,

@@ -6,6 +6,7 @@
 #
 #   sudo -E env "PATH=$PATH" benches/e2e.sh                 # 3 rounds x 10 s: about 4 minutes
 #   sudo -E env "PATH=$PATH" benches/e2e.sh --rounds 5 --duration 20 --direct
+#   sudo -E env "PATH=$PATH" benches/e2e.sh --no-pin        # let the scheduler place everything
 #   benches/e2e.sh --help                                   # every option
 #
 # Needs root (network namespaces, iptables, NFQUEUE), dnsperf, dnsmasq and unbound
