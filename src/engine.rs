@@ -214,8 +214,10 @@ pub fn decide_with_flows(
     let mut role = Role::NotPaired;
     if outcome.pairing
         && let Some(dns) = dns.as_ref()
-        && let Ok(mut table) = pairing.lock()
     {
+        // A poisoned lock (a panic elsewhere while holding it) does not stop pairing: the
+        // table's operations leave it usable at every step, as flow learning and metrics assume.
+        let mut table = crate::worker::lock(pairing);
         let (r, carried) = pair(&mut table, meta, &packet, dns, mark, now);
         role = r;
         let mask = table.config().mask;
@@ -1681,7 +1683,7 @@ mod tests {
     }
 
     #[test]
-    fn poisoned_pairing_lock_still_gives_a_verdict() {
+    fn poisoned_pairing_lock_still_pairs() {
         let lab = Lab::new();
         let r = Plan::v4().packets();
         lab.decide(Hook::Input, MARK, &r.client_query);
@@ -1694,7 +1696,9 @@ mod tests {
                 .join();
         });
         assert!(lab.pairing.is_poisoned());
-        assert_eq!(lab.decide(Hook::Output, 0, &r.upstream_query), not_paired());
+        let d = lab.decide(Hook::Output, 0, &r.upstream_query);
+        assert_eq!(d.verdict, Verdict::Accept);
+        assert_eq!(d.mark, Some(MARK));
     }
 
     #[test]
