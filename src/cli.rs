@@ -90,6 +90,8 @@ pub enum DemoResolver {
     Dnsmasq,
     /// unbound with a forward-zone
     Unbound,
+    /// knot-resolver (kresd) as a stub towards the upstream
+    Knot,
 }
 
 #[derive(Debug, Args)]

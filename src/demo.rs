@@ -108,6 +108,7 @@ pub fn run(opts: &DemoOptions, out: &mut impl Write) -> Result<Summary, Error> {
     }
     let extra: &[(&str, &str)] = match opts.resolver {
         Resolver::Unbound => &[("unbound", "unbound")],
+        Resolver::Knot => &[("kresd", "knot-resolver")],
         _ => &[],
     };
     lab::check_programs(extra).map_err(Error::Missing)?;

@@ -44,6 +44,7 @@ fn run_demo(args: &DemoArgs) -> ExitCode {
         resolver: match args.resolver {
             DemoResolver::Dnsmasq => Resolver::Dnsmasq,
             DemoResolver::Unbound => Resolver::Unbound,
+            DemoResolver::Knot => Resolver::Knot,
         },
         seconds: args.seconds,
         rate: args.rate,

@@ -131,6 +131,11 @@ fn unbound_carries_client_marks() {
     carries_marks(Resolver::Unbound, "unbound");
 }
 
+#[test]
+fn knot_resolver_carries_client_marks() {
+    carries_marks(Resolver::Knot, "knot");
+}
+
 /// The control: the same world without nfqmark. Client A's upstream queries must then leave
 /// over link 1, which shows the test above can fail and that the marks come from nfqmark.
 #[test]

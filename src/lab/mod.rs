@@ -61,6 +61,8 @@ pub enum Resolver {
     DnsmasqConntrack,
     /// unbound with a forward-zone, 0x20 case randomisation on.
     Unbound,
+    /// knot-resolver (kresd) in stub mode towards the upstream host.
+    Knot,
 }
 
 impl fmt::Display for Resolver {
@@ -69,6 +71,7 @@ impl fmt::Display for Resolver {
             Resolver::Dnsmasq => "dnsmasq",
             Resolver::DnsmasqConntrack => "dnsmasq --conntrack",
             Resolver::Unbound => "unbound",
+            Resolver::Knot => "knot-resolver",
         })
     }
 }
@@ -658,6 +661,23 @@ impl World {
                     .stderr(log)
                     .spawn()?
             }
+            Resolver::Knot => {
+                // kresd keeps its cache in its run directory: a fresh one per start.
+                let rundir = self.path("kresd");
+                let _ = std::fs::remove_dir_all(&rundir);
+                std::fs::create_dir_all(&rundir)?;
+                let conf = self.path("kresd.conf");
+                std::fs::write(&conf, kresd_conf(upstream))?;
+                self.router
+                    .command("kresd")
+                    .args(["-n", "-c"])
+                    .arg(&conf)
+                    .arg(&rundir)
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone()?)
+                    .stderr(log)
+                    .spawn()?
+            }
         };
         self.resolver = Some(Guarded(child));
         // Ready when client B gets an answer (counted as B's query, which is fine).
@@ -853,6 +873,25 @@ forward-zone:
         a6 = addr::ROUTER_A_V6,
         b6 = addr::ROUTER_B_V6,
     )
+}
+
+/// knot-resolver's configuration (Lua): listen on the router's client-side addresses, send every
+/// question to the upstream host as a stub (no DNSSEC validation: the lab's zone is unsigned).
+fn kresd_conf(upstream: &str) -> String {
+    let mut conf = String::from("-- nfqmark lab\n");
+    for a in [
+        addr::ROUTER_A_V4,
+        addr::ROUTER_B_V4,
+        addr::ROUTER_A_V6,
+        addr::ROUTER_B_V6,
+    ] {
+        conf.push_str(&format!("net.listen('{a}', 53, {{ kind = 'dns' }})\n"));
+    }
+    conf.push_str("trust_anchors.remove('.')\n");
+    conf.push_str(&format!(
+        "policy.add(policy.all(policy.STUB('{upstream}')))\n"
+    ));
+    conf
 }
 
 /// Which link each client's upstream queries arrived on, for a round whose names start with
