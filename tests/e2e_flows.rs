@@ -2,11 +2,13 @@
 //! router's resolver, then opens a TCP connection and a UDP flow to the answered address: both
 //! are marked and leave over the cheap link. A client that did not resolve the name, and a name
 //! no rule names, are not marked; an alias (CNAME) of a named name is; after the record's TTL a
-//! new flow is no longer marked. The router's firewall rules come from `nfqmark setup`.
+//! new flow is no longer marked. The router's firewall rules come from `nfqmark setup`. The same
+//! holds over IPv6: AAAA answers teach marks for flows to IPv6 addresses.
 
 mod common;
 
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::Duration;
@@ -25,6 +27,38 @@ fn ip(s: &str) -> std::net::IpAddr {
 
 fn links(w: &World, client: &str, dst: &str, port: u16) -> Vec<String> {
     w.sniffer.flow_links(ip(client), ip(dst), port)
+}
+
+/// The firewall rules `nfqmark setup --iptables ARGS --rules RULES` prints.
+fn setup(args: &[&str], rules: &Path) -> String {
+    let out = Command::new(common::nfqmark_bin())
+        .args(["setup", "--iptables"])
+        .args(args)
+        .arg("--rules")
+        .arg(rules)
+        .output()
+        .expect("run nfqmark setup");
+    assert!(
+        out.status.success(),
+        "setup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    println!("{text}");
+    text
+}
+
+/// Whether every flow in `results` was seen, and only on the link it should take; else the
+/// test fails with the list of those that were not, and nfqmark's log.
+fn check(results: &[(&str, Vec<String>, &str)], log: &str) {
+    let mut failures = Vec::new();
+    for (what, seen, want) in results {
+        println!("{what}: {seen:?}");
+        if seen.is_empty() || seen.iter().any(|l| l != want) {
+            failures.push(format!("{what}: seen on {seen:?}, expected {want}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}\n{log}", failures.join("\n"));
 }
 
 #[test]
@@ -46,18 +80,7 @@ fn flows_to_resolved_addresses_get_the_rule_mark_until_the_ttl_passes() {
         "1s".into(),
     ];
     // The firewall rules, as `nfqmark setup` prints them, loaded with iptables-restore.
-    let setup = Command::new(common::nfqmark_bin())
-        .args(["setup", "--iptables", "--queue", "11", "--rules"])
-        .arg(&rules)
-        .output()
-        .expect("run nfqmark setup");
-    assert!(
-        setup.status.success(),
-        "setup: {}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
-    let text = String::from_utf8_lossy(&setup.stdout).to_string();
-    println!("{text}");
+    let text = setup(&["--queue", "11"], &rules);
     let mut restore = w
         .router
         .command("iptables-restore")
@@ -199,12 +222,101 @@ fn flows_to_resolved_addresses_get_the_rule_mark_until_the_ttl_passes() {
     ];
     let log = w.stop_nfqmark();
     println!("{log}");
-    let mut failures = Vec::new();
-    for (what, seen, want) in &results {
-        println!("{what}: {seen:?}");
-        if seen.is_empty() || seen.iter().any(|l| l != want) {
-            failures.push(format!("{what}: seen on {seen:?}, expected {want}"));
-        }
+    check(&results, &log);
+}
+
+const RULES_V6: &str = "\
+# Flows from clients in 2001:db8:1::/64 to what *.video.nfqm.example resolves to: mark 0x20/0xff.
+flow src 2001:db8:1::/64 names *.video.nfqm.example set-mark 0x20/0xff
+default accept
+";
+
+#[test]
+fn ipv6_flows_to_resolved_addresses_get_the_rule_mark() {
+    if !common::require_root("flows6") {
+        return;
     }
-    assert!(failures.is_empty(), "{}\n{log}", failures.join("\n"));
+    let mut options = Options::new("flows6", Resolver::Dnsmasq, Some(common::nfqmark_bin()));
+    options.queue = 16;
+    options.queue_rules = false; // the rules `nfqmark setup -6` prints instead
+    options.marking = false;
+    let mut w = World::build(options).expect("build the lab");
+    let rules = w.path("flows6.rules");
+    std::fs::write(&rules, RULES_V6).expect("write rules");
+    w.options_mut().nfqmark_args = vec!["--rules".into(), rules.display().to_string()];
+    let text = setup(&["-6", "--queue", "16"], &rules);
+    w.router_iptables_restore(Family::V6, &text)
+        .expect("ip6tables-restore");
+    // The lab routes only its own mark (137) over link 2: route the rule's mark there too.
+    w.router
+        .ip(&[
+            "-6",
+            "rule",
+            "add",
+            "fwmark",
+            "0x20/0xff",
+            "table",
+            &lab::CHEAP_TABLE.to_string(),
+        ])
+        .expect("ip -6 rule");
+    w.start_nfqmark().expect("start nfqmark");
+    w.start_resolver(Family::V6).expect("start the resolver");
+    // The router solicits link 2's neighbour for forwarded packets from its link-local address
+    // only, which is tentative for a second or two after the lab is built (duplicate address
+    // detection): until then a first flow over link 2 waits for a retransmission.
+    let settled = lab::wait_for(Duration::from_secs(5), || {
+        w.router
+            .ip(&["-6", "addr", "show", "tentative"])
+            .is_ok_and(|out| out.stdout.is_empty())
+    });
+    assert!(settled, "the router's IPv6 addresses stayed tentative");
+
+    // AAAA from client A to the router's IPv6 resolver address.
+    let dig = |name: &str, expect: &str| {
+        let out =
+            w.a.exec(
+                "dig",
+                &[
+                    &format!("@{}", lab::addr::ROUTER_A_V6),
+                    "+short",
+                    "+tries=2",
+                    "+time=2",
+                    "AAAA",
+                    name,
+                ],
+            )
+            .expect("dig");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            text.lines().any(|l| l.trim() == expect),
+            "{name} -> {text:?}, expected {expect}"
+        );
+    };
+    let (named, other) = ("2001:db8:9::81", "2001:db8:9::82");
+
+    // A matching name, resolved by client A: its TCP and UDP flows are marked.
+    dig("ip6-2001-db8-9--81.video.nfqm.example", named);
+    w.connect_to(Client::A, ip(named), 80).expect("A connects");
+    w.udp_to(Client::A, ip(named), 5000).expect("A sends UDP");
+    // Client B never resolved it (and no flow rule names B): not marked.
+    w.connect_to(Client::B, ip(named), 80).expect("B connects");
+    // A name no rule names: not marked.
+    dig("ip6-2001-db8-9--82.other.nfqm.example", other);
+    w.connect_to(Client::A, ip(other), 80).expect("A connects");
+    sleep(Duration::from_millis(200));
+
+    let (a, b) = (lab::addr::A_V6, lab::addr::B_V6);
+    let results = [
+        ("A tcp to resolved name", links(&w, a, named, 80), "link2"),
+        ("A udp to resolved name", links(&w, a, named, 5000), "link2"),
+        ("B tcp, never resolved", links(&w, b, named, 80), "link1"),
+        (
+            "A tcp, name not in a rule",
+            links(&w, a, other, 80),
+            "link1",
+        ),
+    ];
+    let log = w.stop_nfqmark();
+    println!("{log}");
+    check(&results, &log);
 }
