@@ -68,6 +68,12 @@ impl Netns {
             name: name.to_string(),
         };
         ns.ip(&["link", "set", "lo", "up"])?;
+        // No duplicate address detection on the links: the lab's addresses are unique by
+        // construction, and a tentative link-local address keeps the router from soliciting
+        // neighbours for forwarded IPv6 packets for a second or two after the links come up.
+        for key in ["all", "default"] {
+            ns.sysctl(&format!("net.ipv6.conf.{key}.accept_dad"), "0")?;
+        }
         Ok(ns)
     }
 
