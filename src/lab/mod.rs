@@ -722,12 +722,29 @@ impl World {
         time: u32,
         tries: u32,
     ) -> io::Result<QueryReport> {
-        let (ns, server) = match (client, family) {
-            (Client::A, Family::V4) => (&self.a, addr::ROUTER_A_V4),
-            (Client::A, Family::V6) => (&self.a, addr::ROUTER_A_V6),
-            (Client::B, Family::V4) => (&self.b, addr::ROUTER_B_V4),
-            (Client::B, Family::V6) => (&self.b, addr::ROUTER_B_V6),
+        let server = match (client, family) {
+            (Client::A, Family::V4) => addr::ROUTER_A_V4,
+            (Client::A, Family::V6) => addr::ROUTER_A_V6,
+            (Client::B, Family::V4) => addr::ROUTER_B_V4,
+            (Client::B, Family::V6) => addr::ROUTER_B_V6,
         };
+        self.query_server(client, family, server, names, tcp, time, tries)
+    }
+
+    /// [`World::query_with`] to any server address (routed through the router, e.g. one the
+    /// router DNATs to its resolver).
+    #[allow(clippy::too_many_arguments)]
+    pub fn query_server(
+        &self,
+        client: Client,
+        family: Family,
+        server: &str,
+        names: &[String],
+        tcp: bool,
+        time: u32,
+        tries: u32,
+    ) -> io::Result<QueryReport> {
+        let ns = self.client_ns(client);
         let qtype = match family {
             Family::V4 => "A",
             Family::V6 => "AAAA",
