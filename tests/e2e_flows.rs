@@ -7,9 +7,8 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::thread::sleep;
 use std::time::Duration;
 
@@ -48,6 +47,55 @@ fn setup(args: &[&str], rules: &Path) -> String {
     text
 }
 
+/// The router's firewall as `nfqmark setup` prints it for `rules` and `queue` (loaded with
+/// iptables-restore or ip6tables-restore), and the rule's mark routed over link 2 (the lab
+/// routes only its own mark, 137, there).
+fn firewall(w: &World, family: Family, queue: u16, rules: &Path) {
+    let queue = queue.to_string();
+    let mut args = vec!["--queue", queue.as_str()];
+    if family == Family::V6 {
+        args.insert(0, "-6");
+    }
+    w.router_iptables_restore(family, &setup(&args, rules))
+        .expect("load setup's rules");
+    let table = lab::CHEAP_TABLE.to_string();
+    let mut rule = vec![
+        "rule",
+        "add",
+        "fwmark",
+        "0x20/0xff",
+        "table",
+        table.as_str(),
+    ];
+    if family == Family::V6 {
+        rule.insert(0, "-6");
+    }
+    w.router.ip(&rule).expect("ip rule");
+}
+
+/// Resolve `name` (A, or AAAA for IPv6) from `client` at the router's resolver and check the
+/// answer holds `expect`.
+fn resolve(w: &World, client: Client, family: Family, name: &str, expect: &str) {
+    let (ns, server, qtype) = match (client, family) {
+        (Client::A, Family::V4) => (&w.a, lab::addr::ROUTER_A_V4, "A"),
+        (Client::B, Family::V4) => (&w.b, lab::addr::ROUTER_B_V4, "A"),
+        (Client::A, Family::V6) => (&w.a, lab::addr::ROUTER_A_V6, "AAAA"),
+        (Client::B, Family::V6) => (&w.b, lab::addr::ROUTER_B_V6, "AAAA"),
+    };
+    let server = format!("@{server}");
+    let out = ns
+        .exec(
+            "dig",
+            &[&server, "+short", "+tries=2", "+time=2", qtype, name],
+        )
+        .expect("dig");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.lines().any(|l| l.trim() == expect),
+        "{name} -> {text:?}, expected {expect}"
+    );
+}
+
 /// Whether every flow in `results` was seen, and only on the link it should take; else the
 /// test fails with the list of those that were not, and nfqmark's log.
 fn check(results: &[(&str, Vec<String>, &str)], log: &str) {
@@ -79,65 +127,12 @@ fn flows_to_resolved_addresses_get_the_rule_mark_until_the_ttl_passes() {
         "--flow-ttl-min".into(),
         "1s".into(),
     ];
-    // The firewall rules, as `nfqmark setup` prints them, loaded with iptables-restore.
-    let text = setup(&["--queue", "11"], &rules);
-    let mut restore = w
-        .router
-        .command("iptables-restore")
-        .arg("--noflush")
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("iptables-restore");
-    restore
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("feed iptables-restore");
-    assert!(
-        restore.wait().expect("iptables-restore").success(),
-        "iptables-restore rejected:\n{text}"
-    );
-    w.router
-        .ip(&[
-            "rule",
-            "add",
-            "fwmark",
-            "0x20/0xff",
-            "table",
-            &lab::CHEAP_TABLE.to_string(),
-        ])
-        .expect("ip rule");
+    firewall(&w, Family::V4, 11, &rules);
     w.start_nfqmark().expect("start nfqmark");
     w.start_resolver(Family::V4).expect("start the resolver");
 
-    let dig = |client: Client, name: &str, expect: &str| {
-        let ns = if client == Client::A { &w.a } else { &w.b };
-        let out = ns
-            .exec(
-                "dig",
-                &[
-                    &format!(
-                        "@{}",
-                        if client == Client::A {
-                            lab::addr::ROUTER_A_V4
-                        } else {
-                            lab::addr::ROUTER_B_V4
-                        }
-                    ),
-                    "+short",
-                    "+tries=2",
-                    "+time=2",
-                    name,
-                ],
-            )
-            .expect("dig");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            text.lines().any(|l| l.trim() == expect),
-            "{name} -> {text:?}, expected {expect}"
-        );
-    };
+    let dig =
+        |client: Client, name: &str, expect: &str| resolve(&w, client, Family::V4, name, expect);
 
     // A matching name, resolved by client A: its TCP and UDP flows are marked.
     dig(
@@ -244,21 +239,7 @@ fn ipv6_flows_to_resolved_addresses_get_the_rule_mark() {
     let rules = w.path("flows6.rules");
     std::fs::write(&rules, RULES_V6).expect("write rules");
     w.options_mut().nfqmark_args = vec!["--rules".into(), rules.display().to_string()];
-    let text = setup(&["-6", "--queue", "16"], &rules);
-    w.router_iptables_restore(Family::V6, &text)
-        .expect("ip6tables-restore");
-    // The lab routes only its own mark (137) over link 2: route the rule's mark there too.
-    w.router
-        .ip(&[
-            "-6",
-            "rule",
-            "add",
-            "fwmark",
-            "0x20/0xff",
-            "table",
-            &lab::CHEAP_TABLE.to_string(),
-        ])
-        .expect("ip -6 rule");
+    firewall(&w, Family::V6, 16, &rules);
     w.start_nfqmark().expect("start nfqmark");
     w.start_resolver(Family::V6).expect("start the resolver");
     // No address is tentative (the lab turns duplicate address detection off), so the router
@@ -274,26 +255,7 @@ fn ipv6_flows_to_resolved_addresses_get_the_rule_mark() {
     );
 
     // AAAA from client A to the router's IPv6 resolver address.
-    let dig = |name: &str, expect: &str| {
-        let out =
-            w.a.exec(
-                "dig",
-                &[
-                    &format!("@{}", lab::addr::ROUTER_A_V6),
-                    "+short",
-                    "+tries=2",
-                    "+time=2",
-                    "AAAA",
-                    name,
-                ],
-            )
-            .expect("dig");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            text.lines().any(|l| l.trim() == expect),
-            "{name} -> {text:?}, expected {expect}"
-        );
-    };
+    let dig = |name: &str, expect: &str| resolve(&w, Client::A, Family::V6, name, expect);
     let (named, other) = ("2001:db8:9::81", "2001:db8:9::82");
 
     // A matching name, resolved by client A: its TCP and UDP flows are marked.
