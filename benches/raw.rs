@@ -245,17 +245,6 @@ fn queue_rule(net: &Net, queue: u16, add: bool) -> io::Result<()> {
         .map(drop)
 }
 
-fn queue_bound(net: &Net, queue: u16) -> bool {
-    net.router
-        .exec("cat", &["/proc/net/netfilter/nfnetlink_queue"])
-        .map(|out| {
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .any(|l| l.split_whitespace().next() == Some(&queue.to_string()))
-        })
-        .unwrap_or(false)
-}
-
 // ------------------------------------------------------------------------------------------------
 // The sender: one thread of ours in the sender namespace, sendmmsg in bursts until stopped.
 
@@ -407,7 +396,7 @@ fn start_consumer(
         .stderr(log);
     let mut child = Running(cmd.spawn()?);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !queue_bound(net, args.queue) {
+    while !net.router.queue_bound(args.queue) {
         if let Ok(Some(status)) = child.0.try_wait() {
             let err = std::fs::read_to_string(consumer_log()).unwrap_or_default();
             return Err(io::Error::other(format!(

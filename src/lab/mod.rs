@@ -443,14 +443,7 @@ impl World {
 
     /// Whether some process has bound NFQUEUE `queue` in the router.
     pub fn queue_bound(&self, queue: u16) -> bool {
-        self.router
-            .exec("cat", &["/proc/net/netfilter/nfnetlink_queue"])
-            .map(|out| {
-                String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .any(|l| l.split_whitespace().next() == Some(&queue.to_string()))
-            })
-            .unwrap_or(false)
+        self.router.queue_bound(queue)
     }
 
     /// nfqmark's counters: asks for a fresh report (SIGUSR1) and returns the newest report
@@ -616,7 +609,7 @@ impl World {
             Family::V6 => addr::UPSTREAM_V6,
         };
         let log = std::fs::File::create(self.path("resolver.log"))?;
-        let child = match self.options.resolver {
+        let mut cmd = match self.options.resolver {
             Resolver::Dnsmasq | Resolver::DnsmasqConntrack => {
                 let mut args = vec![
                     "-k".to_string(),
@@ -641,25 +634,16 @@ impl World {
                     args.push("--conntrack".into());
                 }
                 args.extend(self.options.dnsmasq_args.iter().cloned());
-                self.router
-                    .command("dnsmasq")
-                    .args(&args)
-                    .stdin(Stdio::null())
-                    .stdout(log.try_clone()?)
-                    .stderr(log)
-                    .spawn()?
+                let mut cmd = self.router.command("dnsmasq");
+                cmd.args(&args);
+                cmd
             }
             Resolver::Unbound => {
                 let conf = self.path("unbound.conf");
                 std::fs::write(&conf, unbound_conf(upstream, &self.dir.0))?;
-                self.router
-                    .command("unbound")
-                    .args(["-d", "-c"])
-                    .arg(&conf)
-                    .stdin(Stdio::null())
-                    .stdout(log.try_clone()?)
-                    .stderr(log)
-                    .spawn()?
+                let mut cmd = self.router.command("unbound");
+                cmd.args(["-d", "-c"]).arg(&conf);
+                cmd
             }
             Resolver::Knot => {
                 // kresd keeps its cache in its run directory: a fresh one per start.
@@ -668,17 +652,16 @@ impl World {
                 std::fs::create_dir_all(&rundir)?;
                 let conf = self.path("kresd.conf");
                 std::fs::write(&conf, kresd_conf(upstream))?;
-                self.router
-                    .command("kresd")
-                    .args(["-n", "-c"])
-                    .arg(&conf)
-                    .arg(&rundir)
-                    .stdin(Stdio::null())
-                    .stdout(log.try_clone()?)
-                    .stderr(log)
-                    .spawn()?
+                let mut cmd = self.router.command("kresd");
+                cmd.args(["-n", "-c"]).arg(&conf).arg(&rundir);
+                cmd
             }
         };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
         self.resolver = Some(Guarded(child));
         // Ready when client B gets an answer (counted as B's query, which is fine).
         let mut n = 0u32;

@@ -102,6 +102,19 @@ impl Netns {
         run("ip", all)
     }
 
+    /// Whether some process has bound NFQUEUE `queue` in this namespace (its line in
+    /// `/proc/net/netfilter/nfnetlink_queue`).
+    pub fn queue_bound(&self, queue: u16) -> bool {
+        let queue = queue.to_string();
+        self.exec("cat", &["/proc/net/netfilter/nfnetlink_queue"])
+            .map(|out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .any(|l| l.split_whitespace().next() == Some(queue.as_str()))
+            })
+            .unwrap_or(false)
+    }
+
     /// Set a sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> io::Result<()> {
         self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")])
