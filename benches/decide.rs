@@ -16,8 +16,8 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use nfqmark::engine::{Hook, Meta};
 use nfqmark::fixtures;
+use nfqmark::types::{Hook, Meta};
 
 #[path = "common/rulegen.rs"]
 mod rulegen;
@@ -32,10 +32,11 @@ mod api {
     use std::sync::Mutex;
     use std::time::Instant;
 
-    use nfqmark::engine::{self, Decision, EngineConfig, Meta};
+    use nfqmark::engine::{self, Decision, EngineConfig};
     use nfqmark::pairing::Pairing;
     use nfqmark::rules::RuleSet;
     use nfqmark::stats::Stats;
+    use nfqmark::types::Meta;
 
     /// Everything `decide` reads besides the packet.
     pub struct Engine {

@@ -16,74 +16,7 @@ use crate::packet::{self, Packet, Proto};
 use crate::pairing::{FlowKey, Pairing, PairingConfig, UpstreamMatch};
 use crate::rules::{Ctx, RuleSet};
 use crate::stats::Stats;
-
-/// The netfilter hook a packet was queued from (NFQUEUE tells us), kept as data when unknown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Hook {
-    PreRouting,
-    Input,
-    Forward,
-    Output,
-    PostRouting,
-    Other(u8),
-}
-
-impl Hook {
-    /// From the kernel's `NF_INET_*` numbering.
-    pub fn from_kernel(n: u8) -> Hook {
-        match n {
-            0 => Hook::PreRouting,
-            1 => Hook::Input,
-            2 => Hook::Forward,
-            3 => Hook::Output,
-            4 => Hook::PostRouting,
-            n => Hook::Other(n),
-        }
-    }
-}
-
-/// Which way a packet goes relative to this host, derived from hook and interfaces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// Arriving for this host, or not yet routed (PREROUTING, INPUT).
-    Incoming,
-    /// Sent by a process on this host (OUTPUT, or POSTROUTING with no input interface).
-    LocalOut,
-    /// Routed through this host.
-    Forwarded,
-}
-
-/// What the kernel tells us about a queued packet besides its bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Meta {
-    pub hook: Hook,
-    /// The packet's firewall mark when it was queued.
-    pub mark: u32,
-    /// Input interface index, 0 when none (locally generated).
-    pub indev: u32,
-    /// Output interface index, 0 when none (not routed yet, or for this host).
-    pub outdev: u32,
-}
-
-impl Meta {
-    pub fn direction(&self) -> Direction {
-        match self.hook {
-            Hook::PreRouting | Hook::Input => Direction::Incoming,
-            Hook::Output => Direction::LocalOut,
-            Hook::PostRouting if self.indev == 0 => Direction::LocalOut,
-            Hook::Forward | Hook::PostRouting | Hook::Other(_) => Direction::Forwarded,
-        }
-    }
-}
-
-/// Verdicts nfqmark gives. `Repeat` sends the packet through the hook again (with its new mark),
-/// so rules after the queue rule can act on the mark.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Accept,
-    Drop,
-    Repeat,
-}
+use crate::types::{Direction, Meta, Verdict, apply_mask};
 
 /// The role a DNS packet played in pairing, and whether it found its partner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,11 +75,6 @@ impl Default for EngineConfig {
             dns_ports: vec![53],
         }
     }
-}
-
-/// `old` with the bits under `mask` replaced by those of `value`.
-pub fn apply_mask(old: u32, value: u32, mask: u32) -> u32 {
-    (old & !mask) | (value & mask)
 }
 
 /// Decide one packet with DNS pairing only (no flow learning). Pure: all state is passed in,
@@ -448,6 +376,7 @@ mod tests {
 
     use super::*;
     use crate::fixtures;
+    use crate::types::Hook;
 
     const CLIENT4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 137));
     const CLIENT4B: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 138));

@@ -21,4 +21,5 @@ pub mod queue;
 pub mod rules;
 pub mod setup;
 pub mod stats;
+pub mod types;
 pub mod worker;

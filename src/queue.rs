@@ -9,8 +9,8 @@
 use std::io;
 use std::time::Duration;
 
-use crate::engine::{Hook, Meta, Verdict};
 use crate::nfnl::{self, MsgError, PacketMsg, RecvBuf, Socket, Verdicts};
+use crate::types::{Hook, Meta, Verdict};
 
 pub use crate::nfnl::OpenError;
 

@@ -8,13 +8,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::engine::{self, EngineConfig, Verdict};
+use crate::engine::{self, EngineConfig};
 use crate::flows::{LearnConfig, Learned};
 use crate::metrics::{KernelQueue, QueueSnapshot, RuleSnapshot, Snapshot};
 use crate::pairing::Pairing;
 use crate::queue::{self, Item, Queue, Served};
 use crate::rules::RuleSet;
 use crate::stats::{Counter, Stats};
+use crate::types::Verdict;
 
 /// A rule set in force, with its per-rule counters (which start again at a reload).
 #[derive(Debug)]

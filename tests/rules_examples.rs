@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 
 use hickory_proto::rr::{Name, RecordType};
 use nfqmark::dns;
-use nfqmark::engine::{Hook, Meta, Verdict};
 use nfqmark::fixtures;
 use nfqmark::flows::FlowTarget;
 use nfqmark::packet::{self, Proto};
 use nfqmark::rules::{self, Ctx, Outcome, RuleSet};
+use nfqmark::types::{Hook, Meta, Verdict};
 
 /// Counts allocations made by the current thread, so parallel tests do not disturb each other.
 struct Counting;

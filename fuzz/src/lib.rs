@@ -25,7 +25,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nfqmark::dns::{self, Dns, QKey};
-use nfqmark::engine::{self, EngineConfig, Hook, Meta, Verdict};
+use nfqmark::engine::{self, EngineConfig};
+use nfqmark::types::{Hook, Meta, Verdict};
 use nfqmark::fixtures;
 use nfqmark::nfnl::Messages;
 use nfqmark::packet::{self, Proto};

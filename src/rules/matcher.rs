@@ -30,9 +30,9 @@ use hickory_proto::rr::Name;
 
 use super::parse::{AddrRange, Cond, DnsKind, FlowDef, NamePattern, PortRange, RuleDef, Test};
 use super::{Ctx, Outcome};
-use crate::engine::{Direction, Hook};
 use crate::flows::FlowTarget;
 use crate::packet::Proto;
+use crate::types::{Direction, Hook};
 
 /// How many distinct `mark` masks get an index of their own; rules with other masks are filed
 /// under another matcher or in the catch-all list.
@@ -1583,7 +1583,7 @@ mod tests {
     use super::super::parse::{self, Action, Parsed};
     use super::super::{Ctx, Outcome, RuleSet};
     use super::*;
-    use crate::engine::{Meta, Verdict};
+    use crate::types::{Meta, Verdict};
     use crate::{dns, fixtures, packet};
 
     fn ifaces(name: &str) -> Option<u32> {

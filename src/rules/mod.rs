@@ -25,9 +25,9 @@ use std::path::Path;
 use hickory_proto::rr::Name;
 
 use crate::dns::Dns;
-use crate::engine::{Meta, Verdict};
 use crate::flows::FlowTarget;
 use crate::packet::Packet;
+use crate::types::{Meta, Verdict};
 
 /// What a rule sees of a packet.
 #[derive(Debug, Clone, Copy)]

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use super::Diagnostic;
-use crate::engine::{Direction, Hook, Verdict};
+use crate::types::{Direction, Hook, Verdict};
 
 // ------------------------------------------------------------------------------------------------
 // What the parser produces.
