@@ -113,12 +113,7 @@ fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
 }
 
 fn meta(hook: Hook, mark: u32, indev: u32, outdev: u32) -> Meta {
-    Meta {
-        hook,
-        mark,
-        indev,
-        outdev,
-    }
+    Meta::new(hook, mark, indev, outdev)
 }
 
 /// 0x20: the resolver randomises the case of the name it sends upstream.

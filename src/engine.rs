@@ -601,12 +601,7 @@ mod tests {
             Hook::Forward => (2, 3),
             Hook::Output | Hook::PostRouting | Hook::Other(_) => (0, 3),
         };
-        Meta {
-            hook,
-            mark,
-            indev,
-            outdev,
-        }
+        Meta::new(hook, mark, indev, outdev)
     }
 
     fn accepted(mark: Option<u32>, role: Role) -> Decision {
@@ -817,12 +812,7 @@ mod tests {
     fn postrouting_without_input_interface_counts_as_local_out() {
         let lab = Lab::new();
         let r = Plan::v4().packets();
-        let local = Meta {
-            hook: Hook::PostRouting,
-            mark: 0,
-            indev: 0,
-            outdev: 3,
-        };
+        let local = Meta::new(Hook::PostRouting, 0, 0, 3);
         lab.decide(Hook::Input, MARK, &r.client_query);
         assert_eq!(
             lab.decide_meta(local, &r.upstream_query, MS),
@@ -839,12 +829,7 @@ mod tests {
     fn postrouting_with_an_input_interface_is_forwarded_and_not_paired() {
         let lab = Lab::new();
         let r = Plan::v4().packets();
-        let routed = Meta {
-            hook: Hook::PostRouting,
-            mark: 0,
-            indev: 2,
-            outdev: 3,
-        };
+        let routed = Meta::new(Hook::PostRouting, 0, 2, 3);
         lab.decide(Hook::Input, MARK, &r.client_query);
         assert_eq!(lab.decide_meta(routed, &r.upstream_query, MS), not_paired());
         assert_eq!(lab.decide_meta(routed, &r.client_answer, MS), not_paired());
@@ -915,12 +900,7 @@ mod tests {
 
     #[test]
     fn direction_comes_from_hook_and_input_interface() {
-        let m = |hook, indev| Meta {
-            hook,
-            mark: 0,
-            indev,
-            outdev: 0,
-        };
+        let m = |hook, indev| Meta::new(hook, 0, indev, 0);
         assert_eq!(m(Hook::PreRouting, 2).direction(), Direction::Incoming);
         assert_eq!(m(Hook::Input, 2).direction(), Direction::Incoming);
         assert_eq!(m(Hook::Input, 0).direction(), Direction::Incoming);
@@ -1807,12 +1787,12 @@ mod tests {
 
     fn random_meta(rng: &mut XorShift) -> Meta {
         let any = rng.next() as u32;
-        Meta {
-            hook: Hook::from_kernel(rng.below(7) as u8),
-            mark: *rng.pick(&[0, MARK, 0x1200, 0xff00, u32::MAX, any]),
-            indev: *rng.pick(&[0, 0, 2, 3]),
-            outdev: *rng.pick(&[0, 2, 3]),
-        }
+        Meta::new(
+            Hook::from_kernel(rng.below(7) as u8),
+            *rng.pick(&[0, MARK, 0x1200, 0xff00, u32::MAX, any]),
+            *rng.pick(&[0, 0, 2, 3]),
+            *rng.pick(&[0, 2, 3]),
+        )
     }
 
     #[test]

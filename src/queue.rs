@@ -54,12 +54,7 @@ pub struct Queue {
 
 /// Metadata of a queued packet, as the engine wants it.
 pub fn meta(msg: &PacketMsg<'_>) -> Meta {
-    Meta {
-        hook: Hook::from_kernel(msg.hook),
-        mark: msg.mark,
-        indev: msg.indev,
-        outdev: msg.outdev,
-    }
+    Meta::new(Hook::from_kernel(msg.hook), msg.mark, msg.indev, msg.outdev)
 }
 
 fn kernel_verdict(v: Verdict) -> nfnl::Verdict {

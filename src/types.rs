@@ -50,9 +50,47 @@ pub struct Meta {
     pub indev: u32,
     /// Output interface index, 0 when none (not routed yet, or for this host).
     pub outdev: u32,
+    /// The packet's connection as conntrack saw it, when the queue reports it (packets queued
+    /// before conntrack, in the raw table, have none yet).
+    pub conn: Option<Conn>,
+    /// What the kernel knows of the transport checksum.
+    pub checksum: Checksum,
+}
+
+/// A packet's conntrack entry, as the queue reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conn {
+    /// The connection's mark.
+    pub mark: u32,
+    /// The entry is not confirmed yet: this packet is the connection's first, and its route and
+    /// NAT binding are still to be chosen. A mark set now starts the connection with it.
+    pub first: bool,
+}
+
+/// What the kernel says about a packet's transport checksum (NFQA_SKB_INFO).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksum {
+    /// Checked already (by the kernel or the network card), or nothing to check.
+    Verified,
+    /// Not computed yet: the packet was made on this host and the checksum is filled in later.
+    NotReady,
+    /// Nobody has checked it yet; the receiving socket will, and drops the packet if it is bad.
+    NotVerified,
 }
 
 impl Meta {
+    /// Metadata with no conntrack information and a checksum the kernel has verified.
+    pub const fn new(hook: Hook, mark: u32, indev: u32, outdev: u32) -> Meta {
+        Meta {
+            hook,
+            mark,
+            indev,
+            outdev,
+            conn: None,
+            checksum: Checksum::Verified,
+        }
+    }
+
     pub fn direction(&self) -> Direction {
         match self.hook {
             Hook::PreRouting | Hook::Input => Direction::Incoming,
@@ -109,12 +147,7 @@ mod tests {
 
     #[test]
     fn direction_follows_hook_and_input_interface() {
-        let meta = |hook, indev| Meta {
-            hook,
-            mark: 0,
-            indev,
-            outdev: 0,
-        };
+        let meta = |hook, indev| Meta::new(hook, 0, indev, 0);
         assert_eq!(meta(Hook::PreRouting, 3).direction(), Direction::Incoming);
         assert_eq!(meta(Hook::Output, 0).direction(), Direction::LocalOut);
         assert_eq!(meta(Hook::PostRouting, 0).direction(), Direction::LocalOut);

@@ -208,12 +208,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn meta(hook: Hook, mark: u32, indev: u32, outdev: u32) -> Meta {
-    Meta {
-        hook,
-        mark,
-        indev,
-        outdev,
-    }
+    Meta::new(hook, mark, indev, outdev)
 }
 
 /// Evaluate as the engine does: DNS is read for packets to or from port 53.

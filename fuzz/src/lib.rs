@@ -257,12 +257,7 @@ pub fn engine(data: &[u8]) {
     let mut decided = 0u64;
     while let Some((meta, tail)) = rest.split_first_chunk::<META_LEN>() {
         let [hook, m0, m1, m2, m3, indev, outdev, s0, s1, l0, l1] = *meta;
-        let meta = Meta {
-            hook: Hook::from_kernel(hook),
-            mark: u32::from_be_bytes([m0, m1, m2, m3]),
-            indev: u32::from(indev),
-            outdev: u32::from(outdev),
-        };
+        let meta = Meta::new(Hook::from_kernel(hook), u32::from_be_bytes([m0, m1, m2, m3]), u32::from(indev), u32::from(outdev));
         now += Duration::from_millis(u64::from(u16::from_be_bytes([s0, s1])));
         let len = usize::from(u16::from_be_bytes([l0, l1])).min(tail.len());
         let (bytes, next) = tail.split_at(len);
@@ -305,12 +300,7 @@ fn sample_packets() -> &'static [(Meta, Vec<u8>)] {
             .into_iter()
             .enumerate()
             .map(|(i, bytes)| {
-                let meta = Meta {
-                    hook: Hook::from_kernel((i % 6) as u8),
-                    mark: [0, 0x100, 137, 0xffff_ffff][i % 4],
-                    indev: (i % 3) as u32,
-                    outdev: (i % 2) as u32,
-                };
+                let meta = Meta::new(Hook::from_kernel((i % 6) as u8), [0, 0x100, 137, 0xffff_ffff][i % 4], (i % 3) as u32, (i % 2) as u32);
                 (meta, bytes)
             })
             .collect()

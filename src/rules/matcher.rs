@@ -1615,12 +1615,7 @@ mod tests {
         fn new(bytes: Vec<u8>) -> Pkt {
             Pkt {
                 bytes,
-                meta: Meta {
-                    hook: Hook::Input,
-                    mark: 0,
-                    indev: 2,
-                    outdev: 0,
-                },
+                meta: Meta::new(Hook::Input, 0, 2, 0),
             }
         }
 
