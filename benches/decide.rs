@@ -32,17 +32,18 @@ mod api {
     use std::sync::Mutex;
     use std::time::Instant;
 
-    use nfqmark::engine::{self, Decision, EngineConfig};
-    use nfqmark::pairing::Pairing;
+    use nfqmark::engine::{Decision, EngineConfig, Tables};
+    use nfqmark::flows::LearnConfig;
     use nfqmark::rules::RuleSet;
     use nfqmark::stats::Stats;
     use nfqmark::types::Meta;
+    use nfqmark::worker;
 
-    /// Everything `decide` reads besides the packet.
+    /// Everything the worker's decision reads besides the packet.
     pub struct Engine {
         config: EngineConfig,
         rules: RuleSet,
-        pairing: Mutex<Pairing>,
+        tables: Mutex<Tables>,
         stats: Stats,
     }
 
@@ -50,31 +51,27 @@ mod api {
         pub fn new(rules: RuleSet) -> Engine {
             let config = EngineConfig::default();
             Engine {
-                pairing: Mutex::new(Pairing::new(config.pairing)),
+                tables: Mutex::new(Tables::new(&config, LearnConfig::default())),
                 config,
                 rules,
                 stats: Stats::default(),
             }
         }
 
+        /// What a worker does per packet: plan, lock, apply, finish, count.
         #[inline]
         pub fn decide(&self, meta: &Meta, bytes: &[u8], now: Instant) -> Decision {
-            engine::decide(
-                &self.config,
-                &self.rules,
-                &self.pairing,
-                &self.stats,
-                meta,
-                bytes,
-                now,
-            )
+            let d =
+                worker::decide_locked(&self.config, &self.rules, &self.tables, meta, bytes, now);
+            self.stats.count(&d);
+            d
         }
 
         /// Waiting entries left in the pairing table (0 after whole cycles).
         pub fn waiting(&self) -> usize {
-            self.pairing
+            self.tables
                 .lock()
-                .map(|t| t.client_len() + t.upstream_len())
+                .map(|t| t.pairing.client_len() + t.pairing.upstream_len())
                 .unwrap_or(usize::MAX)
         }
     }

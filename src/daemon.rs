@@ -215,6 +215,10 @@ fn engine_config(args: &RunArgs) -> EngineConfig {
             client_capacity: args.capacity,
             upstream_capacity: args.capacity,
             mask: args.mark_mask,
+            // One host may hold a quarter of the table: a flood from one LAN host cannot evict
+            // every other client's waiting queries.
+            per_client: (args.capacity / 4).max(1),
+            ..PairingConfig::default()
         },
         dns_ports: args.dns_ports.clone(),
     }
@@ -340,10 +344,11 @@ pub fn report(shared: &Shared) -> String {
     let p = s.pairing;
     format!(
         "packets={} marked={} accepted={} dropped={} repeated={} parse_errors={} dns={} dns_errors={} \
-         not_dns={} client_queries={} paired={} ambiguous={} unpaired={} upstream_answers={} \
-         client_answers={} expired={} evicted={} waiting_clients={} waiting_upstream={} \
-         flows_learned={} flows_marked={} enobufs={} verdict_errors={} rules={} reloads={} \
-         reloads_rejected={}",
+         not_dns={} bad_checksums={} conn_conflicts={} client_queries={} over_quota={} paired={} \
+         ambiguous={} unpaired={} upstream_answers={} client_answers={} tcp_intents={} \
+         tcp_opened={} tcp_ambiguous={} tcp_unpaired={} expired={} evicted={} waiting_clients={} \
+         waiting_upstream={} flows_learned={} flows_marked={} enobufs={} verdict_errors={} \
+         rules={} reloads={} reloads_rejected={}",
         t.packets,
         t.marked,
         t.accepted,
@@ -353,12 +358,19 @@ pub fn report(shared: &Shared) -> String {
         t.dns,
         t.dns_errors,
         t.not_dns,
+        t.bad_checksums,
+        t.conn_conflicts,
         p.client_queries,
+        p.over_quota,
         p.paired,
         p.ambiguous,
         p.unpaired,
         p.upstream_answers,
         p.client_answers,
+        p.tcp_intents,
+        p.tcp_opened,
+        p.tcp_ambiguous,
+        p.tcp_unpaired,
         p.expired,
         p.evicted,
         s.waiting_clients,

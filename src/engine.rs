@@ -1,22 +1,34 @@
-//! The decision: packet bytes + metadata + rules + pairing state + `now` -> verdict and mark.
+//! The decision for one packet, in three steps: plan, apply, finish.
 //!
-//! This module owns what happens to a packet and nothing else: it does no I/O, reads no clock and
-//! never panics. The queue worker hands it what the kernel told us about the packet, applies the
-//! [`Decision`] it returns, and gives the packet exactly one verdict whatever happened here. A
-//! packet that cannot be parsed, or is not DNS, falls through to the rules' default (accept,
-//! unchanged, when there are no rules) and ends in a counter.
+//! - [`plan`] reads the packet (IP, transport, DNS header and question, the answer's addresses
+//!   when a flow rule may want them), evaluates the rules and says which pairing or learning
+//!   step the packet needs. It is a pure function of (config, rules, metadata, bytes): no state,
+//!   no lock, no clock, no counter.
+//! - [`apply`] performs that step on the [`Tables`] (`&mut`, with `now` passed in) and returns
+//!   what it found.
+//! - [`finish`] turns the plan and what was found into the [`Decision`]: verdict, mark, and
+//!   what the worker should count.
+//!
+//! The worker is the only place that takes the lock around [`apply`], reads the clock and
+//! counts; [`decide`] chains the three steps for tests, benchmarks and fuzzing. Nothing here
+//! does I/O or panics. A packet that cannot be parsed, or is not DNS, falls through to the
+//! rules' default (accept, unchanged, when there are no rules).
+//!
+//! A mark nfqmark carries from pairing never changes a connection's mark midway: when the queue
+//! reports the packet's conntrack entry and the packet is not the connection's first, the bits
+//! under the pairing mask keep the connection's value (on a router that masquerades each
+//! uplink, a packet rerouted midway by a new mark leaves with the wrong source address and is
+//! dropped). Such a packet is counted as a conflict when pairing wanted another mark.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::dns::{self, Dns};
-use crate::flows::{self, Learned};
+use crate::dns::{self, Dns, QKey};
+use crate::flows::{self, LearnConfig, Learned, Resolution};
 use crate::packet::{self, Packet, Proto};
-use crate::pairing::{FlowKey, Pairing, PairingConfig, UpstreamMatch};
+use crate::pairing::{Asker, FlowKey, Pairing, PairingConfig, UpstreamMatch};
 use crate::rules::{Ctx, RuleSet};
-use crate::stats::Stats;
-use crate::types::{Direction, Meta, Verdict, apply_mask};
+use crate::types::{Checksum, Direction, Meta, Verdict, apply_mask};
 
 /// The role a DNS packet played in pairing, and whether it found its partner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +46,28 @@ pub enum Role {
     ClientAnswer {
         paired: bool,
     },
+    /// The resolver opening a TCP connection to a DNS server (its SYN).
+    TcpOpen {
+        paired: bool,
+    },
     /// A new flow to an address a flow rule learned for this client.
     FlowMarked,
+}
+
+/// What reading the packet found, for counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// The IP or transport header could not be read.
+    Unparsed,
+    /// Not to or from a DNS port, or nothing to read (a bare TCP segment).
+    NotDns,
+    /// A DNS message was read.
+    Dns,
+    /// On a DNS port, but not a DNS message we can read.
+    DnsError,
+    /// A query whose transport checksum is wrong: the receiving socket will drop it, so it is
+    /// recorded nowhere.
+    BadChecksum,
 }
 
 /// The engine's answer for one packet.
@@ -47,6 +79,11 @@ pub struct Decision {
     pub role: Role,
     /// Index of the rule that matched, if any (for per-rule counters).
     pub rule: Option<usize>,
+    pub class: Class,
+    /// Pairing wanted a mark other than the connection's, and the connection's was kept.
+    pub conflict: bool,
+    /// Addresses learned from this packet for flow rules.
+    pub learned: u16,
 }
 
 impl Decision {
@@ -56,6 +93,9 @@ impl Decision {
             mark: None,
             role: Role::NotPaired,
             rule: None,
+            class: Class::NotDns,
+            conflict: false,
+            learned: 0,
         }
     }
 }
@@ -77,205 +117,249 @@ impl Default for EngineConfig {
     }
 }
 
-/// Decide one packet with DNS pairing only (no flow learning). Pure: all state is passed in,
-/// `now` included.
+/// The state [`apply`] works on. One per process; the worker keeps it behind one lock.
+#[derive(Debug)]
+pub struct Tables {
+    pub pairing: Pairing,
+    pub learned: Learned,
+}
+
+impl Tables {
+    pub fn new(config: &EngineConfig, learn: LearnConfig) -> Tables {
+        Tables {
+            pairing: Pairing::new(config.pairing),
+            learned: Learned::new(learn),
+        }
+    }
+}
+
+/// The pairing or learning step a packet needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    None,
+    /// A client's query for this host's resolver.
+    ClientQuery {
+        question: QKey,
+        asker: Asker,
+        mark: u32,
+        via: Proto,
+    },
+    /// The resolver's query to a server.
+    UpstreamQuery {
+        question: QKey,
+        flow: FlowKey,
+    },
+    /// A server's answer to the resolver.
+    UpstreamAnswer {
+        flow: FlowKey,
+        truncated: bool,
+    },
+    /// The resolver's answer to a client.
+    ClientAnswer {
+        question: QKey,
+        asker: Asker,
+    },
+    /// The resolver opens a TCP connection to a DNS server.
+    TcpOpen {
+        server: SocketAddr,
+    },
+    /// A query routed through this host.
+    ForwardedQuery {
+        question: QKey,
+        asker: Asker,
+        via: Proto,
+    },
+    /// The answer to a routed query, on its way to the client.
+    ForwardedAnswer {
+        question: QKey,
+        asker: Asker,
+        via: Proto,
+    },
+    /// A new flow from a client: is its destination an address the client resolved?
+    FlowOpen {
+        client: std::net::IpAddr,
+        dst: std::net::IpAddr,
+    },
+}
+
+/// What [`plan`] found: everything [`apply`] and [`finish`] need, and nothing borrowed from
+/// shared state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub class: Class,
+    pub verdict: Verdict,
+    pub rule: Option<usize>,
+    /// The packet's mark once the rule's mark is applied; pairing starts from it.
+    pub mark: u32,
+    /// Whether the rules let pairing mark this packet.
+    pub pairing: bool,
+    /// To or from a DNS port: a packet of a DNS connection.
+    pub dns_port: bool,
+    pub step: Step,
+    /// The answer's names and addresses, read when a flow rule may learn from it (the answer
+    /// is learned only if [`apply`] finds the query it answers).
+    pub answer: Option<Resolution>,
+}
+
+/// What [`apply`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub role: Role,
+    /// The mark pairing carries to this packet, under the pairing mask.
+    pub carried: Option<u32>,
+    /// The mark a flow rule gives this new flow (value already applied to the packet's mark).
+    pub flow_mark: Option<u32>,
+    pub learned: u16,
+}
+
+impl Applied {
+    pub const NOTHING: Applied = Applied {
+        role: Role::NotPaired,
+        carried: None,
+        flow_mark: None,
+        learned: 0,
+    };
+}
+
+/// Decide one packet: plan, apply, finish. Pure: all state is passed in, `now` included.
 pub fn decide(
     config: &EngineConfig,
     rules: &RuleSet,
-    pairing: &Mutex<Pairing>,
-    stats: &Stats,
+    tables: &mut Tables,
     meta: &Meta,
     bytes: &[u8],
     now: Instant,
 ) -> Decision {
-    decide_with_flows(config, rules, pairing, None, stats, meta, bytes, now)
+    let plan = plan(config, rules, meta, bytes);
+    let applied = apply(&plan, rules, tables, meta, now);
+    finish(meta, &plan, &applied, tables.pairing.config().mask)
 }
 
-/// Decide one packet; with `learned`, flow rules learn addresses from DNS answers to clients and
-/// mark new flows to them.
-#[allow(clippy::too_many_arguments)]
-pub fn decide_with_flows(
-    config: &EngineConfig,
-    rules: &RuleSet,
-    pairing: &Mutex<Pairing>,
-    learned: Option<&Mutex<Learned>>,
-    stats: &Stats,
-    meta: &Meta,
-    bytes: &[u8],
-    now: Instant,
-) -> Decision {
-    stats.packets.inc();
+/// Read the packet, evaluate the rules, and say which step it needs.
+pub fn plan(config: &EngineConfig, rules: &RuleSet, meta: &Meta, bytes: &[u8]) -> Plan {
     let packet = match packet::parse(bytes) {
         Ok(p) => p,
         Err(e) => {
-            stats.parse_errors.inc();
             log::trace!("unparsed packet ({} bytes): {e}", bytes.len());
             // Rules cannot look at what we could not read: the default verdict applies.
             let outcome = rules.default_outcome();
             let mark = outcome.set_mark.map_or(meta.mark, |(value, mask)| {
                 apply_mask(meta.mark, value, mask)
             });
-            return finish(meta, outcome.verdict, mark, None, Role::NotPaired);
+            return Plan {
+                class: Class::Unparsed,
+                verdict: outcome.verdict,
+                rule: outcome.rule,
+                mark,
+                pairing: false,
+                dns_port: false,
+                step: Step::None,
+                answer: None,
+            };
         }
     };
-    let dns = dns_of(config, &packet, stats);
+    let (class, dns) = dns_of(config, &packet);
     let ctx = Ctx {
         meta,
         packet: &packet,
         dns: dns.as_ref(),
     };
     let outcome = rules.evaluate(&ctx);
-    if outcome.verdict == Verdict::Drop {
-        return finish(
-            meta,
-            Verdict::Drop,
-            meta.mark,
-            outcome.rule,
-            Role::NotPaired,
-        );
-    }
-    // The mark the packet carries once the rule's mark is applied; pairing starts from it.
-    let mut mark = match outcome.set_mark {
+    let mark = match outcome.set_mark {
         Some((value, mask)) => apply_mask(meta.mark, value, mask),
         None => meta.mark,
     };
-    let mut role = Role::NotPaired;
-    if outcome.pairing
-        && let Some(dns) = dns.as_ref()
-    {
-        // A poisoned lock (a panic elsewhere while holding it) does not stop pairing: the
-        // table's operations leave it usable at every step, as flow learning and metrics assume.
-        let mut table = crate::worker::lock(pairing);
-        let (r, carried) = pair(&mut table, meta, &packet, dns, mark, now);
-        role = r;
-        let mask = table.config().mask;
-        // A client whose mark is empty under the mask carries nothing.
-        if let Some(carried) = carried.filter(|m| m & mask != 0) {
-            mark = apply_mask(mark, carried, mask);
-        }
+    let dns_port =
+        config.dns_ports.contains(&packet.dport) || config.dns_ports.contains(&packet.sport);
+    let mut plan = Plan {
+        class,
+        verdict: outcome.verdict,
+        rule: outcome.rule,
+        mark,
+        pairing: outcome.pairing,
+        dns_port,
+        step: Step::None,
+        answer: None,
+    };
+    if outcome.verdict == Verdict::Drop {
+        return plan;
     }
-    if let Some(learned) = learned
-        && rules.has_flow_rules()
-    {
-        match dns.as_ref() {
-            Some(d) if d.response => learn(rules, learned, meta, &packet, mark, stats, now),
-            Some(_) => {}
-            None if !config.dns_ports.contains(&packet.dport) => {
-                if let Some(flow_mark) = flow_mark(learned, meta, &packet, mark, now) {
-                    mark = flow_mark;
-                    role = Role::FlowMarked;
-                }
+    let flow_rules = rules.has_flow_rules();
+    match dns.as_ref() {
+        Some(dns) => {
+            // Flow learning needs the query an answer answers, so the tables follow DNS for it
+            // even where a rule turns pairing's marks off.
+            if outcome.pairing || flow_rules {
+                plan.step = dns_step(meta, &packet, dns, mark);
             }
-            None => {}
+            if flow_rules && dns.response && meta.direction() != Direction::Incoming {
+                // An answer going to a client (from the local resolver, or routed through):
+                // read its addresses now, outside any lock; [`apply`] learns them only if it
+                // answers a query seen from that client.
+                plan.answer = dns_message(&packet).and_then(flows::answer_addresses);
+            }
         }
+        None if packet.proto == Proto::Tcp
+            && outcome.pairing
+            && packet.tcp.syn
+            && !packet.tcp.ack
+            && meta.direction() == Direction::LocalOut
+            && config.dns_ports.contains(&packet.dport) =>
+        {
+            plan.step = Step::TcpOpen {
+                server: SocketAddr::new(packet.dst, packet.dport),
+            };
+        }
+        None if flow_rules
+            && !config.dns_ports.contains(&packet.dport)
+            && meta.direction() != Direction::LocalOut =>
+        {
+            plan.step = Step::FlowOpen {
+                client: packet.src,
+                dst: packet.dst,
+            };
+        }
+        None => {}
     }
-    finish(meta, outcome.verdict, mark, outcome.rule, role)
+    if let Step::ClientQuery { .. } | Step::ForwardedQuery { .. } = plan.step
+        && meta.checksum == Checksum::NotVerified
+        && !crate::checksum::transport_ok(bytes)
+    {
+        // The receiving socket drops it: recording it would let a host that sends queries no
+        // resolver ever sees hold a slot against other clients.
+        plan.class = Class::BadChecksum;
+        plan.step = Step::None;
+    }
+    plan
 }
 
-/// A DNS answer going to a client (leaving this host, or routed through it): remember the
-/// addresses it gives for names a flow rule names, for that client.
-fn learn(
-    rules: &RuleSet,
-    learned: &Mutex<Learned>,
-    meta: &Meta,
-    packet: &Packet<'_>,
-    client_mark: u32,
-    stats: &Stats,
-    now: Instant,
-) {
-    if meta.direction() == Direction::Incoming {
-        // An upstream answer for the resolver itself: its client is not known here; the answer
-        // to the client, a moment later, teaches the same addresses.
-        return;
-    }
-    let message = match packet.proto {
-        Proto::Udp => packet.payload,
-        Proto::Tcp => packet.payload.get(2..).unwrap_or_default(),
-        _ => return,
-    };
-    let Some(resolution) = flows::answer_addresses(message) else {
-        return;
-    };
-    if resolution.addresses.is_empty() {
-        return;
-    }
-    let Some(target) = rules.flow_target(packet.dst, client_mark, &resolution.names) else {
-        return;
-    };
-    let mut table = crate::worker::lock(learned);
-    for a in &resolution.addresses {
-        log::debug!(
-            "flow rule {}: {} resolved {} -> {} (ttl {} s)",
-            target.rule,
-            packet.dst,
-            resolution
-                .names
-                .first()
-                .map(|n| n.to_ascii())
-                .unwrap_or_default(),
-            a.addr,
-            a.ttl
-        );
-        table.learn(packet.dst, client_mark, a.addr, a.ttl, target, now);
-        stats.flows_learned.inc();
-    }
-}
-
-/// A packet opening a flow from a client (arriving, or routed through): the learned mark for
-/// its destination, applied to `mark`.
-fn flow_mark(
-    learned: &Mutex<Learned>,
-    meta: &Meta,
-    packet: &Packet<'_>,
-    mark: u32,
-    now: Instant,
-) -> Option<u32> {
-    if meta.direction() == Direction::LocalOut {
-        return None;
-    }
-    let target = crate::worker::lock(learned).lookup(packet.src, mark, packet.dst, now)?;
-    let (value, mask) = target.mark;
-    Some(apply_mask(mark, value, mask))
-}
-
-/// The decision, with the mark reported only when it differs from the packet's.
-fn finish(meta: &Meta, verdict: Verdict, mark: u32, rule: Option<usize>, role: Role) -> Decision {
-    Decision {
-        verdict,
-        mark: (mark != meta.mark).then_some(mark),
-        role,
-        rule,
+/// The DNS message in a packet: the UDP payload, or the message after a TCP segment's length
+/// prefix.
+fn dns_message<'a>(packet: &Packet<'a>) -> Option<&'a [u8]> {
+    match packet.proto {
+        Proto::Udp => Some(packet.payload),
+        Proto::Tcp => packet.payload.get(2..),
+        _ => None,
     }
 }
 
 /// Parse the DNS message in a packet to or from a DNS port. Anything else is `None`.
-fn dns_of(config: &EngineConfig, packet: &Packet<'_>, stats: &Stats) -> Option<Dns> {
+fn dns_of(config: &EngineConfig, packet: &Packet<'_>) -> (Class, Option<Dns>) {
     let to_dns = config.dns_ports.contains(&packet.dport);
     let from_dns = config.dns_ports.contains(&packet.sport);
     if !to_dns && !from_dns {
-        stats.not_dns.inc();
-        return None;
+        return (Class::NotDns, None);
     }
     let parsed = match packet.proto {
         Proto::Udp => dns::parse_udp(packet.payload),
-        Proto::Tcp if packet.payload.is_empty() => {
-            // Handshake and bare ACKs of a DNS-over-TCP connection: nothing to read.
-            stats.not_dns.inc();
-            return None;
-        }
+        // Handshake and bare ACKs of a DNS-over-TCP connection: nothing to read.
+        Proto::Tcp if packet.payload.is_empty() => return (Class::NotDns, None),
         Proto::Tcp => dns::parse_tcp(packet.payload),
-        _ => {
-            stats.not_dns.inc();
-            return None;
-        }
+        _ => return (Class::NotDns, None),
     };
     match parsed {
-        Ok(d) => {
-            stats.dns.inc();
-            Some(d)
-        }
+        Ok(d) => (Class::Dns, Some(d)),
         Err(e) => {
-            stats.dns_errors.inc();
             log::trace!(
                 "{} {}:{} -> {}:{}: {e}",
                 packet.proto,
@@ -284,91 +368,251 @@ fn dns_of(config: &EngineConfig, packet: &Packet<'_>, stats: &Stats) -> Option<D
                 packet.dst,
                 packet.dport
             );
-            None
+            (Class::DnsError, None)
         }
     }
 }
 
-/// Run the pairing step for a DNS packet; returns its role and the mark it should carry.
-fn pair(
-    table: &mut Pairing,
-    meta: &Meta,
-    packet: &Packet<'_>,
-    dns: &Dns,
-    mark: u32,
-    now: Instant,
-) -> (Role, Option<u32>) {
+/// The pairing step for a DNS message, from the packet's direction and whether it is an answer.
+fn dns_step(meta: &Meta, packet: &Packet<'_>, dns: &Dns, mark: u32) -> Step {
     let Some(question) = dns.question.as_ref() else {
-        return (Role::NotPaired, None);
+        return Step::None;
     };
     // Standard queries only; a "query" with answers is not one a stub or resolver sends, and is
     // most likely a misread fragment of something else.
     if dns.opcode != 0 || (!dns.response && dns.answer_count != 0) {
-        return (Role::NotPaired, None);
+        return Step::None;
     }
     let src = SocketAddr::new(packet.src, packet.sport);
     let dst = SocketAddr::new(packet.dst, packet.dport);
+    let question = question.key.clone();
     match (meta.direction(), dns.response) {
-        (Direction::Incoming, false) => {
-            table.client_query(&question.key, src, dns.id, mark, now);
-            (Role::ClientQuery, None)
-        }
-        (Direction::LocalOut, false) => {
-            let flow = FlowKey {
+        (Direction::Incoming, false) => Step::ClientQuery {
+            question,
+            asker: Asker {
+                client: src,
+                server: dst,
+                id: dns.id,
+            },
+            mark,
+            via: packet.proto,
+        },
+        (Direction::LocalOut, false) => Step::UpstreamQuery {
+            question,
+            flow: FlowKey {
                 proto: packet.proto,
                 local: src,
                 remote: dst,
                 id: dns.id,
-            };
-            match table.upstream_query(&question.key, flow, now) {
-                UpstreamMatch::Paired { mark, ambiguous } => (
-                    Role::UpstreamQuery {
-                        paired: true,
-                        ambiguous,
-                    },
-                    Some(mark),
-                ),
-                UpstreamMatch::Unpaired => (
-                    Role::UpstreamQuery {
-                        paired: false,
-                        ambiguous: false,
-                    },
-                    None,
-                ),
-            }
-        }
-        (Direction::Incoming, true) => {
-            let flow = FlowKey {
+            },
+        },
+        (Direction::Incoming, true) => Step::UpstreamAnswer {
+            flow: FlowKey {
                 proto: packet.proto,
                 local: dst,
                 remote: src,
                 id: dns.id,
+            },
+            truncated: dns.truncated,
+        },
+        (Direction::LocalOut, true) => Step::ClientAnswer {
+            question,
+            asker: Asker {
+                client: dst,
+                server: src,
+                id: dns.id,
+            },
+        },
+        (Direction::Forwarded, false) => Step::ForwardedQuery {
+            question,
+            asker: Asker {
+                client: src,
+                server: dst,
+                id: dns.id,
+            },
+            via: packet.proto,
+        },
+        (Direction::Forwarded, true) => Step::ForwardedAnswer {
+            question,
+            asker: Asker {
+                client: dst,
+                server: src,
+                id: dns.id,
+            },
+            via: packet.proto,
+        },
+    }
+}
+
+/// Perform the plan's step on the tables.
+pub fn apply(
+    plan: &Plan,
+    rules: &RuleSet,
+    tables: &mut Tables,
+    meta: &Meta,
+    now: Instant,
+) -> Applied {
+    let pairing = &mut tables.pairing;
+    let paired = |m: UpstreamMatch| match m {
+        UpstreamMatch::Paired { mark, ambiguous } => (true, ambiguous, Some(mark)),
+        UpstreamMatch::Unpaired => (false, false, None),
+    };
+    let mut applied = Applied::NOTHING;
+    // The client an answer goes to, and its mark, when the answer may teach flow rules.
+    let mut learn_for = None;
+    match &plan.step {
+        Step::None => {}
+        Step::ClientQuery {
+            question,
+            asker,
+            mark,
+            via,
+        } => {
+            pairing.client_query(question, *asker, *mark, *via, now);
+            applied.role = Role::ClientQuery;
+        }
+        Step::UpstreamQuery { question, flow } => {
+            let (ok, ambiguous, carried) = paired(pairing.upstream_query(question, *flow, now));
+            applied.role = Role::UpstreamQuery {
+                paired: ok,
+                ambiguous,
             };
-            let carried = table.upstream_answer(&flow, now);
-            (
-                Role::UpstreamAnswer {
-                    paired: carried.is_some(),
-                },
-                carried,
-            )
+            applied.carried = carried;
         }
-        (Direction::LocalOut, true) => {
-            let carried = table.client_answer(&question.key, dst, dns.id, now);
-            (
-                Role::ClientAnswer {
-                    paired: carried.is_some(),
-                },
-                carried,
-            )
+        Step::UpstreamAnswer { flow, truncated } => {
+            let carried = pairing.upstream_answer(flow, *truncated, now);
+            applied.role = Role::UpstreamAnswer {
+                paired: carried.is_some(),
+            };
+            applied.carried = carried;
         }
-        (Direction::Forwarded, _) => (Role::NotPaired, None),
+        Step::ClientAnswer { question, asker } => {
+            let carried = pairing.client_answer(question, *asker, now);
+            applied.role = Role::ClientAnswer {
+                paired: carried.is_some(),
+            };
+            applied.carried = carried;
+            if carried.is_some() {
+                let mask = pairing.config().mask;
+                let mark = carried
+                    .filter(|m| m & mask != 0)
+                    .map_or(plan.mark, |c| apply_mask(plan.mark, c, mask));
+                learn_for = Some((asker.client.ip(), mark));
+            }
+        }
+        Step::TcpOpen { server } => {
+            let (ok, _, carried) = paired(pairing.tcp_open(*server, now));
+            applied.role = Role::TcpOpen { paired: ok };
+            applied.carried = carried;
+        }
+        Step::ForwardedQuery {
+            question,
+            asker,
+            via,
+        } => pairing.forwarded_query(question, *asker, *via, now),
+        Step::ForwardedAnswer {
+            question,
+            asker,
+            via,
+        } => {
+            if pairing.forwarded_answer(question, *asker, *via, now) {
+                learn_for = Some((asker.client.ip(), plan.mark));
+            }
+        }
+        Step::FlowOpen { client, dst } => {
+            if let Some(target) = tables.learned.lookup(*client, plan.mark, *dst, now) {
+                let (value, mask) = target.mark;
+                applied.flow_mark = Some(apply_mask(plan.mark, value, mask));
+                applied.role = Role::FlowMarked;
+            }
+        }
+    }
+    if let (Some((client, client_mark)), Some(answer)) = (learn_for, plan.answer.as_ref()) {
+        applied.learned = learn(rules, &mut tables.learned, client, client_mark, answer, now);
+    } else if plan.answer.is_some() && meta.direction() != Direction::Incoming {
+        log::trace!("answer to a query nfqmark did not see: not learned");
+    }
+    applied
+}
+
+/// Remember the addresses of an answer a client asked for, when a flow rule names one of its
+/// names. Returns how many were learned.
+fn learn(
+    rules: &RuleSet,
+    learned: &mut Learned,
+    client: std::net::IpAddr,
+    client_mark: u32,
+    resolution: &Resolution,
+    now: Instant,
+) -> u16 {
+    if resolution.addresses.is_empty() {
+        return 0;
+    }
+    let Some(target) = rules.flow_target(client, client_mark, &resolution.names) else {
+        return 0;
+    };
+    let mut n: u16 = 0;
+    for a in &resolution.addresses {
+        log::debug!(
+            "flow rule {}: {} resolved {} -> {} (ttl {} s)",
+            target.rule,
+            client,
+            resolution
+                .names
+                .first()
+                .map(|n| n.to_ascii())
+                .unwrap_or_default(),
+            a.addr,
+            a.ttl
+        );
+        learned.learn(client, client_mark, a.addr, a.ttl, target, now);
+        n = n.saturating_add(1);
+    }
+    n
+}
+
+/// The decision: the plan's verdict, and the mark once pairing or a flow rule has spoken, with
+/// the connection's mark kept where the packet is not its connection's first.
+pub fn finish(meta: &Meta, plan: &Plan, applied: &Applied, mask: u32) -> Decision {
+    let mut mark = plan.mark;
+    let mut conflict = false;
+    if plan.verdict == Verdict::Drop {
+        mark = meta.mark;
+    } else {
+        if plan.pairing {
+            // A client whose mark is empty under the mask carries nothing.
+            if let Some(carried) = applied.carried.filter(|m| m & mask != 0) {
+                mark = apply_mask(mark, carried, mask);
+            }
+            // Any packet of a DNS connection that is not its first keeps the connection's
+            // mark under the mask: its route and NAT binding were chosen with it.
+            if plan.dns_port
+                && let Some(conn) = meta.conn.filter(|c| !c.first)
+            {
+                let kept = apply_mask(mark, conn.mark, mask);
+                conflict = applied.carried.is_some() && kept != mark;
+                mark = kept;
+            }
+        }
+        if let Some(flow_mark) = applied.flow_mark {
+            mark = flow_mark;
+        }
+    }
+    Decision {
+        verdict: plan.verdict,
+        mark: (mark != meta.mark).then_some(mark),
+        role: applied.role,
+        rule: plan.rule,
+        class: plan.class,
+        conflict,
+        learned: applied.learned,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::cell::{RefCell, RefMut};
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-    use std::sync::MutexGuard;
     use std::time::Duration;
 
     use hickory_proto::op::OpCode;
@@ -529,8 +773,8 @@ mod tests {
     struct Lab {
         config: EngineConfig,
         rules: RuleSet,
-        pairing: Mutex<Pairing>,
-        stats: Stats,
+        tables: RefCell<Tables>,
+        stats: crate::stats::Stats,
         t0: Instant,
     }
 
@@ -541,10 +785,10 @@ mod tests {
 
         fn with(config: EngineConfig) -> Lab {
             Lab {
-                pairing: Mutex::new(Pairing::new(config.pairing)),
+                tables: RefCell::new(Tables::new(&config, LearnConfig::default())),
+                stats: crate::stats::Stats::default(),
                 config,
                 rules: RuleSet::empty(),
-                stats: Stats::default(),
                 t0: Instant::now(),
             }
         }
@@ -557,15 +801,16 @@ mod tests {
         }
 
         fn decide_meta(&self, meta: Meta, bytes: &[u8], at: Duration) -> Decision {
-            decide(
+            let d = decide(
                 &self.config,
                 &self.rules,
-                &self.pairing,
-                &self.stats,
+                &mut self.tables.borrow_mut(),
                 &meta,
                 bytes,
                 self.t0 + at,
-            )
+            );
+            self.stats.count(&d);
+            d
         }
 
         /// Decide at `at` after the lab started, queued from `hook` with `mark`.
@@ -577,8 +822,8 @@ mod tests {
             self.decide_at(hook, mark, bytes, Duration::ZERO)
         }
 
-        fn table(&self) -> MutexGuard<'_, Pairing> {
-            self.pairing.lock().unwrap()
+        fn table(&self) -> RefMut<'_, Pairing> {
+            RefMut::map(self.tables.borrow_mut(), |t| &mut t.pairing)
         }
 
         /// The four moments with the hooks the README's iptables rules queue them from: returns
@@ -610,6 +855,9 @@ mod tests {
             mark,
             role,
             rule: None,
+            class: Class::Dns,
+            conflict: false,
+            learned: 0,
         }
     }
 
@@ -627,9 +875,16 @@ mod tests {
         ]
     }
 
-    fn not_paired() -> Decision {
-        Decision::accept()
+    /// Accepted, mark unchanged, no pairing role, no rule: what the engine does with a packet
+    /// it has nothing to say about (whatever it found when reading it).
+    fn assert_untouched(d: Decision) {
+        assert_eq!(
+            (d.verdict, d.mark, d.role, d.rule, d.conflict),
+            (Verdict::Accept, None, Role::NotPaired, None, false),
+            "{d:?}"
+        );
     }
+
 
     // --- The four moments -------------------------------------------------------------------
 
@@ -776,12 +1031,19 @@ mod tests {
         lab.decide(Hook::Input, MARK, &udp.client_query());
         let d = lab.decide(Hook::Output, 0, &udp.upstream_query());
         assert_eq!(d.mark, Some(MARK));
-        let d = lab.decide(Hook::Input, 0, &udp.upstream_answer());
+        // The answer is truncated (TC): the resolver will retry over TCP.
+        let mut answer = udp.upstream_answer();
+        answer[20 + 8 + 2] |= 0x02;
+        let d = lab.decide(Hook::Input, 0, &answer);
         assert_eq!(d.mark, Some(MARK));
-        // The resolver retries over TCP: the SYN carries no question and goes unmarked, the
-        // query segment is paired again with the client that still waits.
+        // The SYN carries no question, but the truncated answer announced it: it gets the
+        // client's mark, so the connection's route and NAT binding are chosen with it.
         let syn = fixtures::tcp_syn(WAN4, RESOLVER_PORT, UPSTREAM4, 53);
-        assert_eq!(lab.decide(Hook::Output, 0, &syn), not_paired());
+        let d = lab.decide(Hook::Output, 0, &syn);
+        assert_eq!(
+            (d.mark, d.role),
+            (Some(MARK), Role::TcpOpen { paired: true })
+        );
         let d = lab.decide(Hook::Output, 0, &tcp.upstream_query());
         assert_eq!(d, accepted(Some(MARK), upstream_query(true, false)));
         let d = lab.decide(Hook::Input, 0, &tcp.upstream_answer());
@@ -831,8 +1093,8 @@ mod tests {
         let r = Plan::v4().packets();
         let routed = Meta::new(Hook::PostRouting, 0, 2, 3);
         lab.decide(Hook::Input, MARK, &r.client_query);
-        assert_eq!(lab.decide_meta(routed, &r.upstream_query, MS), not_paired());
-        assert_eq!(lab.decide_meta(routed, &r.client_answer, MS), not_paired());
+        assert_untouched(lab.decide_meta(routed, &r.upstream_query, MS));
+        assert_untouched(lab.decide_meta(routed, &r.client_answer, MS));
         assert_eq!(lab.table().client_len(), 1);
         assert_eq!(lab.table().counters.paired, 0);
     }
@@ -842,15 +1104,12 @@ mod tests {
         let lab = Lab::new();
         let r = Plan::v4().packets();
         // A client query routed through this host is not remembered...
-        assert_eq!(
-            lab.decide(Hook::Forward, MARK, &r.client_query),
-            not_paired()
-        );
+        assert_untouched(lab.decide(Hook::Forward, MARK, &r.client_query));
         assert_eq!(lab.table().client_len(), 0);
         // ...and a routed query finds no partner even when a local client waits.
         lab.decide(Hook::Input, MARK, &r.client_query);
         for bytes in [&r.upstream_query, &r.upstream_answer, &r.client_answer] {
-            assert_eq!(lab.decide(Hook::Forward, 0, bytes), not_paired());
+            assert_untouched(lab.decide(Hook::Forward, 0, bytes));
         }
         let table = lab.table();
         assert_eq!(table.client_len(), 1);
@@ -882,7 +1141,7 @@ mod tests {
         let r = Plan::v4().packets();
         lab.decide(Hook::Input, MARK, &r.client_query);
         for bytes in [&r.client_query, &r.upstream_query, &r.client_answer] {
-            assert_eq!(lab.decide(Hook::Other(7), 0, bytes), not_paired());
+            assert_untouched(lab.decide(Hook::Other(7), 0, bytes));
         }
         assert_eq!(lab.table().client_len(), 1);
     }
@@ -1301,12 +1560,12 @@ mod tests {
                 )
             };
             let client_query = fixtures::udp(CLIENT4, CLIENT_PORT, LAN4, 53, &msg(0x1111, false));
-            assert_eq!(lab.decide(Hook::Input, MARK, &client_query), not_paired());
+            assert_untouched(lab.decide(Hook::Input, MARK, &client_query));
             assert_eq!(lab.table().client_len(), 1);
             let upstream = fixtures::udp(WAN4, RESOLVER_PORT, UPSTREAM4, 53, &msg(0x2222, false));
-            assert_eq!(lab.decide(Hook::Output, 0, &upstream), not_paired());
+            assert_untouched(lab.decide(Hook::Output, 0, &upstream));
             let answer = fixtures::udp(LAN4, 53, CLIENT4, CLIENT_PORT, &msg(0x1111, true));
-            assert_eq!(lab.decide(Hook::Output, 0, &answer), not_paired());
+            assert_untouched(lab.decide(Hook::Output, 0, &answer));
             assert_eq!(lab.table().client_len(), 1);
         }
         let table = lab.table();
@@ -1332,8 +1591,8 @@ mod tests {
             CLIENT_PORT,
             &fixtures::dns_header_only(0x1111, true),
         );
-        assert_eq!(lab.decide(Hook::Output, 0, &query), not_paired());
-        assert_eq!(lab.decide(Hook::Output, 0, &answer), not_paired());
+        assert_untouched(lab.decide(Hook::Output, 0, &query));
+        assert_untouched(lab.decide(Hook::Output, 0, &answer));
         assert_eq!(lab.table().client_len(), 1);
     }
 
@@ -1363,7 +1622,7 @@ mod tests {
             (Hook::Input, &icmp),
             (Hook::Input, &elsewhere),
         ] {
-            assert_eq!(lab.decide(hook, MARK, bytes), not_paired());
+            assert_untouched(lab.decide(hook, MARK, bytes));
         }
         assert_eq!(lab.stats.not_dns.get(), 4);
         assert_eq!(lab.stats.dns.get(), 0);
@@ -1380,7 +1639,7 @@ mod tests {
         let cases: [&[u8]; 5] = [&[], &[0x45], &whole[..19], &garbage, &bad_version];
         for bytes in cases {
             for hook in [Hook::Input, Hook::Output] {
-                assert_eq!(lab.decide(hook, MARK, bytes), not_paired());
+                assert_untouched(lab.decide(hook, MARK, bytes));
             }
         }
         assert_eq!(lab.stats.parse_errors.get(), 10);
@@ -1393,7 +1652,7 @@ mod tests {
         let lab = Lab::new();
         let whole = Plan::v4().client_query();
         for len in 20..28 {
-            assert_eq!(lab.decide(Hook::Input, MARK, &whole[..len]), not_paired());
+            assert_untouched(lab.decide(Hook::Input, MARK, &whole[..len]));
         }
         assert_eq!(lab.stats.parse_errors.get(), 8);
     }
@@ -1407,7 +1666,7 @@ mod tests {
         }
         .client_query();
         for len in 40..60 {
-            assert_eq!(lab.decide(Hook::Input, MARK, &whole[..len]), not_paired());
+            assert_untouched(lab.decide(Hook::Input, MARK, &whole[..len]));
         }
         assert_eq!(lab.stats.parse_errors.get(), 20);
     }
@@ -1417,7 +1676,7 @@ mod tests {
         let lab = Lab::new();
         let whole = Plan::v4().client_query();
         for len in 28..28 + 12 {
-            assert_eq!(lab.decide(Hook::Input, MARK, &whole[..len]), not_paired());
+            assert_untouched(lab.decide(Hook::Input, MARK, &whole[..len]));
         }
         assert_eq!(lab.stats.dns_errors.get(), 12);
         assert_eq!(lab.table().client_len(), 0);
@@ -1430,7 +1689,7 @@ mod tests {
             let whole = plan.client_query();
             let header_end = whole.len() - 33 + 12;
             for len in header_end..whole.len() {
-                assert_eq!(lab.decide(Hook::Input, MARK, &whole[..len]), not_paired());
+                assert_untouched(lab.decide(Hook::Input, MARK, &whole[..len]));
             }
         }
         assert_eq!(lab.stats.dns_errors.get(), 2 * 21);
@@ -1480,13 +1739,13 @@ mod tests {
         let framed = fixtures::tcp_framed(&msg);
         let prefix = fixtures::tcp(CLIENT4, CLIENT_PORT, LAN4, 53, &framed[..2]);
         let rest = fixtures::tcp(CLIENT4, CLIENT_PORT, LAN4, 53, &framed[2..]);
-        assert_eq!(lab.decide(Hook::Input, MARK, &prefix), not_paired());
-        assert_eq!(lab.decide(Hook::Input, MARK, &rest), not_paired());
+        assert_untouched(lab.decide(Hook::Input, MARK, &prefix));
+        assert_untouched(lab.decide(Hook::Input, MARK, &rest));
         assert_eq!(lab.table().client_len(), 0);
     }
 
     #[test]
-    fn tcp_syn_without_payload_is_accepted_without_a_mark() {
+    fn tcp_syn_without_an_intent_is_accepted_without_a_mark() {
         let lab = Lab::new();
         let r = Plan::v4().packets();
         lab.decide(Hook::Input, MARK, &r.client_query);
@@ -1504,10 +1763,16 @@ mod tests {
                 fixtures::tcp_syn(WAN6, RESOLVER_PORT, UPSTREAM6, 53),
             ),
         ] {
-            assert_eq!(lab.decide(hook, MARK, &bytes), not_paired());
+            let d = lab.decide(hook, MARK, &bytes);
+            assert_eq!(d.mark, None);
+            // The resolver's own SYNs are looked up (no intent: the client asked over UDP and
+            // got a whole answer); a client's SYN to the resolver is not.
+            let resolver = hook == Hook::Output;
+            assert_eq!(d.role == Role::TcpOpen { paired: false }, resolver, "{d:?}");
         }
         assert_eq!(lab.stats.not_dns.get(), 3);
         assert_eq!(lab.table().counters.unpaired, 0);
+        assert_eq!(lab.table().counters.tcp_unpaired, 2);
     }
 
     #[test]
@@ -1516,7 +1781,7 @@ mod tests {
         let msg = fixtures::dns_query(0x1111, "www.example.com");
         let framed = fixtures::tcp_framed(&msg);
         let prefix = fixtures::tcp(CLIENT4, CLIENT_PORT, LAN4, 53, &framed[..2]);
-        assert_eq!(lab.decide(Hook::Input, MARK, &prefix), not_paired());
+        assert_untouched(lab.decide(Hook::Input, MARK, &prefix));
         assert_eq!(lab.stats.dns_errors.get(), 1);
         assert_eq!(lab.table().client_len(), 0);
     }
@@ -1543,7 +1808,7 @@ mod tests {
         let first = fixtures::tcp(UPSTREAM4, 53, WAN4, RESOLVER_PORT, head);
         let second = fixtures::tcp(UPSTREAM4, 53, WAN4, RESOLVER_PORT, &tail[..tail.len() - 6]);
         assert_eq!(lab.decide(Hook::Input, 0, &first).mark, Some(MARK));
-        assert_eq!(lab.decide(Hook::Input, 0, &second), not_paired());
+        assert_untouched(lab.decide(Hook::Input, 0, &second));
     }
 
     #[test]
@@ -1561,10 +1826,7 @@ mod tests {
         });
         let query = fixtures::dns_query(0x1111, "www.example.com");
         let on = |src, sport, dst, dport| fixtures::udp(src, sport, dst, dport, &query);
-        assert_eq!(
-            lab.decide(Hook::Input, MARK, &on(CLIENT4, CLIENT_PORT, LAN4, 53)),
-            not_paired()
-        );
+        assert_untouched(lab.decide(Hook::Input, MARK, &on(CLIENT4, CLIENT_PORT, LAN4, 53)));
         assert_eq!(
             lab.decide(Hook::Input, MARK, &on(CLIENT4, CLIENT_PORT, LAN4, 5353)),
             accepted(None, Role::ClientQuery)
@@ -1592,27 +1854,9 @@ mod tests {
     }
 
     #[test]
-    fn poisoned_pairing_lock_still_pairs() {
-        let lab = Lab::new();
-        let r = Plan::v4().packets();
-        lab.decide(Hook::Input, MARK, &r.client_query);
-        std::thread::scope(|s| {
-            let _ = s
-                .spawn(|| {
-                    let _guard = lab.pairing.lock().unwrap();
-                    panic!("poison the pairing lock (expected in this test)");
-                })
-                .join();
-        });
-        assert!(lab.pairing.is_poisoned());
-        let d = lab.decide(Hook::Output, 0, &r.upstream_query);
-        assert_eq!(d.verdict, Verdict::Accept);
-        assert_eq!(d.mark, Some(MARK));
-    }
-
-    #[test]
     fn decision_accept_is_accept_unchanged() {
-        assert_eq!(accepted(None, Role::NotPaired), Decision::accept());
+        assert_untouched(accepted(None, Role::NotPaired));
+        assert_eq!(Decision::accept().mark, None);
         assert_eq!(EngineConfig::default().dns_ports, vec![53]);
     }
 
@@ -1809,6 +2053,8 @@ mod tests {
                     client_capacity: 16,
                     upstream_capacity: 8,
                     mask: 0xff00,
+                    per_question: 2,
+                    per_client: 8,
                 },
                 dns_ports: vec![53],
             }),

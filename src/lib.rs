@@ -5,6 +5,7 @@
 //! returns decisions, and an edge (queue, worker) that talks to the kernel. Everything in the
 //! core is testable without root.
 
+pub mod checksum;
 pub mod cli;
 pub mod daemon;
 pub mod demo;
@@ -13,6 +14,7 @@ pub mod engine;
 pub mod fixtures;
 pub mod flows;
 pub mod lab;
+pub mod lru;
 pub mod metrics;
 pub mod nfnl;
 pub mod packet;

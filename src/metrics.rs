@@ -31,6 +31,8 @@ pub struct QueueSnapshot {
     pub dns: u64,
     pub dns_errors: u64,
     pub not_dns: u64,
+    pub bad_checksums: u64,
+    pub conn_conflicts: u64,
     pub enobufs: u64,
     pub recv_errors: u64,
     pub verdict_errors: u64,
@@ -50,6 +52,8 @@ impl QueueSnapshot {
             t.dns += q.dns;
             t.dns_errors += q.dns_errors;
             t.not_dns += q.not_dns;
+            t.bad_checksums += q.bad_checksums;
+            t.conn_conflicts += q.conn_conflicts;
             t.enobufs += q.enobufs;
             t.recv_errors += q.recv_errors;
             t.verdict_errors += q.verdict_errors;
@@ -69,6 +73,8 @@ impl QueueSnapshot {
             dns: s.dns.get(),
             dns_errors: s.dns_errors.get(),
             not_dns: s.not_dns.get(),
+            bad_checksums: s.bad_checksums.get(),
+            conn_conflicts: s.conn_conflicts.get(),
             enobufs: s.enobufs.get(),
             recv_errors: s.recv_errors.get(),
             verdict_errors: s.verdict_errors.get(),
@@ -163,7 +169,7 @@ impl Out {
 pub fn render(s: &Snapshot) -> String {
     let mut o = Out(String::with_capacity(4096));
     type Field = fn(&QueueSnapshot) -> u64;
-    let per_queue: [(&str, &str, Field); 8] = [
+    let per_queue: [(&str, &str, Field); 10] = [
         ("nfqmark_packets_total", "Packets decided.", |q| q.packets),
         (
             "nfqmark_marked_total",
@@ -182,6 +188,16 @@ pub fn render(s: &Snapshot) -> String {
             "nfqmark_dns_errors_total",
             "Payloads on a DNS port that are not a readable DNS message.",
             |q| q.dns_errors,
+        ),
+        (
+            "nfqmark_bad_checksums_total",
+            "DNS queries with a wrong transport checksum (the socket drops them): recorded nowhere.",
+            |q| q.bad_checksums,
+        ),
+        (
+            "nfqmark_connection_conflicts_total",
+            "Packets of a connection that pairing would have marked otherwise; the connection's mark was kept.",
+            |q| q.conn_conflicts,
         ),
         (
             "nfqmark_enobufs_total",
@@ -264,11 +280,17 @@ pub fn render(s: &Snapshot) -> String {
     o.family("nfqmark_pairing_total", "counter", "DNS pairing outcomes.");
     for (outcome, v) in [
         ("client_query", p.client_queries),
+        ("over_quota", p.over_quota),
         ("paired", p.paired),
         ("ambiguous", p.ambiguous),
         ("unpaired", p.unpaired),
         ("upstream_answer", p.upstream_answers),
         ("client_answer", p.client_answers),
+        ("tcp_intent", p.tcp_intents),
+        ("tcp_opened", p.tcp_opened),
+        ("tcp_ambiguous", p.tcp_ambiguous),
+        ("tcp_unpaired", p.tcp_unpaired),
+        ("forwarded_query", p.forwarded_queries),
         ("expired", p.expired),
         ("evicted", p.evicted),
     ] {

@@ -1,34 +1,74 @@
-//! The pairing table: which client is waiting for which question, and which upstream query was
-//! sent on whose behalf.
+//! The pairing table: which client is waiting for which question, which upstream query was sent
+//! on whose behalf, and which TCP connection the resolver is about to open for whom.
 //!
-//! This module owns the memory of nfqmark. It is bounded (a fixed capacity per table, oldest
-//! entry evicted first) and expires entries by time, with `now` always passed in, so it is fully
-//! testable without a clock or a kernel. It never sizes anything from a number read off the wire.
+//! This module owns the memory of nfqmark. Every table is bounded (a capacity, the oldest entry
+//! evicted first; a bound per question and a quota per client host so that one LAN host cannot
+//! crowd out another), expires entries by time with `now` always passed in, and does O(1)
+//! amortized work per operation: lookups are hash lookups plus a scan of at most
+//! [`PairingConfig::per_question`] entries, and expiry removes at most [`EXPIRE_BUDGET`]
+//! entries per operation. It never sizes anything from a number read off the wire, takes no
+//! lock and reads no clock: the worker does that.
 //!
 //! The four moments of one resolution (see the README for the iptables hooks):
 //!
-//! 1. client query (arrives for a local address): remember question, client, id, mark, time;
+//! 1. client query (arrives for a local address): remember question, client, server address,
+//!    id, mark, time;
 //! 2. the resolver's upstream query (leaves this host) with the same question: give it the
 //!    waiting client's mark, and remember the upstream flow and id;
 //! 3. the upstream answer (arrives) on that flow with that id: same mark;
-//! 4. the answer to the client (leaves, client's address, port and id): the client's mark.
+//! 4. the answer to the client (leaves, from the address the client asked, to the client's
+//!    address and port, with its id and question): the client's mark.
 //!
 //! Resolvers pick a fresh id for the upstream query, may change the case of the name (0x20) and
 //! merge identical questions from several clients into one upstream query, so step 2 matches by
-//! question. When the resolver kept the client's id we use it to choose among several waiting
-//! clients; otherwise the oldest waiting client wins, and if the candidates carry different marks
-//! the case is counted as ambiguous.
+//! question. Which waiting client an upstream query belongs to (the ambiguity policy):
+//!
+//! - a client whose id the resolver kept, if any;
+//! - else the client that an earlier upstream query for this question already took (a resolution
+//!   in progress: the resolver retries or asks another server on behalf of the same client);
+//! - else the oldest client that asked within [`RECENT`] — a resolver sends its upstream query
+//!   promptly after the client query that causes it, so an older unclaimed entry is one the
+//!   resolver answered from its cache, merged, or never received;
+//! - else the oldest waiting client.
+//!
+//! When waiting clients carry different marks the upstream query is counted as `ambiguous`. The
+//! policy is chosen so that a LAN host cannot steer another client's mark: a query the resolver
+//! never received (a bad checksum is refused before it gets here) or never acts on is never
+//! claimed, so it cannot hold a slot against a later client; and a host that floods a question
+//! fills only its own share of that question's entries and of the table.
+//!
+//! DNS over TCP needs a mark on the SYN, which carries no question. So the table also keeps
+//! *intents*: after a truncated answer to an upstream query, the resolver's next TCP connection
+//! to that server belongs to that query's client; after a client's query over TCP, the
+//! resolver's next TCP connection to any server belongs to that client (a forwarder such as
+//! dnsmasq forwards TCP queries over TCP). Intents are short-lived, claimed oldest first, and
+//! dropped as soon as the client's query leaves by another way.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
 // Keys come off the wire, so the hasher is seeded at random per table (foldhash is several times
 // faster than the standard SipHash here and still resists chosen-collision floods).
 use foldhash::fast::RandomState;
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
 use crate::dns::QKey;
+use crate::lru::{Id, Lru};
 use crate::packet::Proto;
+
+/// Most entries removed by expiry in one operation: a burst of entries due at once is spread
+/// over the next operations instead of stalling one packet. Entries past their window are
+/// ignored by lookups until they are removed.
+pub const EXPIRE_BUDGET: usize = 32;
+
+/// An unclaimed client query younger than this is preferred over older unclaimed ones.
+pub const RECENT: Duration = Duration::from_secs(1);
+
+/// How long an intent to open a TCP connection waits for the resolver's SYN.
+pub const INTENT_WINDOW: Duration = Duration::from_secs(3);
+
+/// Most intents waiting at once (a resolver opens few TCP connections at a time).
+const INTENT_CAPACITY: usize = 4096;
 
 /// Sizes and timing of the tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +82,12 @@ pub struct PairingConfig {
     /// Only these bits of a mark count: two clients whose marks agree under the mask are not an
     /// ambiguous merge, and a client whose mark is 0 under the mask carries nothing.
     pub mask: u32,
+    /// Most clients waiting for one question; beyond it, an entry of the client host holding
+    /// the most of them is evicted.
+    pub per_question: usize,
+    /// Most client queries one host (an IPv4 address, an IPv6 /64) may have waiting; beyond
+    /// it, its new queries are not recorded (they are still answered, unmarked upstream).
+    pub per_client: usize,
 }
 
 impl Default for PairingConfig {
@@ -51,6 +97,8 @@ impl Default for PairingConfig {
             client_capacity: 65_536,
             upstream_capacity: 65_536,
             mask: u32::MAX,
+            per_question: 16,
+            per_client: 16_384,
         }
     }
 }
@@ -60,6 +108,8 @@ impl Default for PairingConfig {
 pub struct PairingCounters {
     /// Client queries remembered (retransmissions of a waiting query are not counted again).
     pub client_queries: u64,
+    /// Client queries not remembered because their host had `per_client` queries waiting.
+    pub over_quota: u64,
     /// Upstream queries that found a waiting client and took its mark.
     pub paired: u64,
     /// Paired upstream queries whose question was waited on by clients with different marks.
@@ -70,9 +120,19 @@ pub struct PairingCounters {
     pub upstream_answers: u64,
     /// Answers to clients that found their client query.
     pub client_answers: u64,
+    /// Intents recorded: the resolver is expected to open a TCP connection for a client.
+    pub tcp_intents: u64,
+    /// Resolver TCP connections (SYN) that took a waiting intent's mark.
+    pub tcp_opened: u64,
+    /// ... of which other waiting intents carried another mark.
+    pub tcp_ambiguous: u64,
+    /// Resolver TCP connections that found no intent.
+    pub tcp_unpaired: u64,
+    /// DNS queries routed through this host, remembered for their answers.
+    pub forwarded_queries: u64,
     /// Entries dropped because their window passed.
     pub expired: u64,
-    /// Entries dropped because a table was full.
+    /// Entries dropped because a table, or a question's share of it, was full.
     pub evicted: u64,
 }
 
@@ -87,7 +147,15 @@ pub struct FlowKey {
     pub id: u16,
 }
 
-/// What the table says about an upstream query.
+/// Who asked: the client's address and port, the address and port it asked, and the DNS id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Asker {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub id: u16,
+}
+
+/// What the table says about an upstream query or a resolver's TCP connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamMatch {
     /// A waiting client's mark; `ambiguous` when other waiting clients had other marks.
@@ -96,47 +164,82 @@ pub enum UpstreamMatch {
     Unpaired,
 }
 
-#[derive(Debug, Clone)]
-struct ClientEntry {
-    client: SocketAddr,
-    id: u16,
-    mark: u32,
-    /// Current log record: a retransmission gets a new one, so it keeps the entry alive.
-    seq: u64,
+/// What happened to a client query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    New,
+    /// A retransmission of a waiting query: refreshed.
+    Refreshed,
+    /// Its host had too many queries waiting: not recorded.
+    OverQuota,
+    /// The table holds nothing (capacity 0).
+    Off,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct UpstreamEntry {
-    mark: u32,
-    seq: u64,
+/// A client host, for quotas: an IPv4 address, or an IPv6 /64 (one host may use many
+/// addresses of its prefix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Host {
+    V4(u32),
+    V6(u64),
 }
 
-/// Insertion log used for expiry and eviction in O(1) amortised: entries are appended in time
-/// order, and an entry removed early (answered, refreshed) leaves a stale record that is skipped
-/// when it reaches the front.
-#[derive(Debug)]
-struct OrderLog<K> {
-    records: VecDeque<(K, u64, Instant)>,
-}
-
-impl<K> OrderLog<K> {
-    fn new() -> Self {
-        OrderLog {
-            records: VecDeque::new(),
+impl Host {
+    fn of(addr: IpAddr) -> Host {
+        match addr {
+            IpAddr::V4(a) => Host::V4(u32::from(a)),
+            IpAddr::V6(a) => Host::V6((u128::from(a) >> 64) as u64),
         }
     }
 }
 
-/// The pairing state. One per process, shared by all queue workers behind a mutex.
+#[derive(Debug, Clone)]
+struct ClientEntry {
+    question: QKey,
+    asker: Asker,
+    host: Host,
+    mark: u32,
+    /// Set when an upstream query took this client (its resolution is in progress): the order
+    /// of claims, so the first claimer stays the owner of retries.
+    claim: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct UpstreamEntry {
+    flow: FlowKey,
+    mark: u32,
+    /// The client entry this query was sent for.
+    owner: Option<Id>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Intent {
+    mark: u32,
+    owner: Option<Id>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Forwarded {
+    key: (Asker, Proto),
+}
+
+/// The pairing state. One per process, shared by all queue workers behind a lock.
 #[derive(Debug)]
 pub struct Pairing {
     config: PairingConfig,
-    clients: HashMap<QKey, Vec<ClientEntry>, RandomState>,
-    client_count: usize,
-    client_log: OrderLog<QKey>,
-    upstream: HashMap<FlowKey, UpstreamEntry, RandomState>,
-    upstream_log: OrderLog<FlowKey>,
-    next_seq: u64,
+    clients: Lru<ClientEntry>,
+    /// Waiting clients per question, in arrival order, at most `per_question` each.
+    by_question: HashMap<QKey, Vec<Id>, RandomState>,
+    per_host: HashMap<Host, usize, RandomState>,
+    upstream: Lru<UpstreamEntry>,
+    by_flow: HashMap<FlowKey, Id, RandomState>,
+    intents: Lru<Intent>,
+    /// Waiting intents per server (`None`: any server), oldest first; may hold stale handles,
+    /// which are skipped.
+    intents_by_server: HashMap<Option<SocketAddr>, VecDeque<Id>, RandomState>,
+    forwarded: Lru<Forwarded>,
+    forwarded_by_key: HashMap<(Asker, Proto), (Id, QKey), RandomState>,
+    next_claim: u64,
     pub counters: PairingCounters,
 }
 
@@ -144,12 +247,16 @@ impl Pairing {
     pub fn new(config: PairingConfig) -> Pairing {
         Pairing {
             config,
-            clients: HashMap::default(),
-            client_count: 0,
-            client_log: OrderLog::new(),
-            upstream: HashMap::default(),
-            upstream_log: OrderLog::new(),
-            next_seq: 0,
+            clients: Lru::new(),
+            by_question: HashMap::default(),
+            per_host: HashMap::default(),
+            upstream: Lru::new(),
+            by_flow: HashMap::default(),
+            intents: Lru::new(),
+            intents_by_server: HashMap::default(),
+            forwarded: Lru::new(),
+            forwarded_by_key: HashMap::default(),
+            next_claim: 0,
             counters: PairingCounters::default(),
         }
     }
@@ -158,9 +265,9 @@ impl Pairing {
         &self.config
     }
 
-    /// Client queries waiting now.
+    /// Client queries waiting now (some may be past their window and not yet removed).
     pub fn client_len(&self) -> usize {
-        self.client_count
+        self.clients.len()
     }
 
     /// Upstream queries waiting for their answer now.
@@ -168,57 +275,127 @@ impl Pairing {
         self.upstream.len()
     }
 
-    fn seq(&mut self) -> u64 {
-        self.next_seq = self.next_seq.wrapping_add(1);
-        self.next_seq
+    /// Intents waiting for the resolver's TCP connection.
+    pub fn intent_len(&self) -> usize {
+        self.intents.len()
     }
 
-    /// Step 1: a client query arrived. A retransmission (same client, port, id, question) only
-    /// refreshes the waiting entry and takes its newest mark.
+    /// Entries at or before this instant are past their window.
+    fn cutoff(&self, now: Instant) -> Option<Instant> {
+        now.checked_sub(self.config.window)
+    }
+
+    fn fresh(&self, id: Id, cutoff: Option<Instant>) -> bool {
+        match (self.clients.touched_at(id), cutoff) {
+            (Some(at), Some(cutoff)) => at > cutoff,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
+    /// Step 1: a client query arrived. A retransmission (same client, port, server, id,
+    /// question) only refreshes the waiting entry and takes its newest mark.
     pub fn client_query(
         &mut self,
         question: &QKey,
-        client: SocketAddr,
-        id: u16,
+        asker: Asker,
         mark: u32,
+        via: Proto,
         now: Instant,
-    ) {
+    ) -> Recorded {
         self.expire(now);
-        let seq = self.seq();
-        if let Some(entries) = self.clients.get_mut(question)
-            && let Some(e) = entries
-                .iter_mut()
-                .find(|e| e.client == client && e.id == id)
-        {
-            e.mark = mark;
-            e.seq = seq;
-            self.client_log
-                .records
-                .push_back((question.clone(), seq, now));
-            self.compact_client_log();
-            return;
-        }
-        if self.client_count >= self.config.client_capacity {
-            self.evict_client();
-        }
         if self.config.client_capacity == 0 {
-            return;
+            return Recorded::Off;
         }
-        self.clients
+        if let Some(id) = self.by_question.get(question).and_then(|ids| {
+            ids.iter()
+                .copied()
+                .find(|&id| self.clients.get(id).is_some_and(|e| e.asker == asker))
+        }) {
+            if let Some(e) = self.clients.get_mut(id) {
+                e.mark = mark;
+            }
+            self.clients.touch(id, now);
+            return Recorded::Refreshed;
+        }
+        let host = Host::of(asker.client.ip());
+        if self.per_host.get(&host).copied().unwrap_or(0) >= self.config.per_client {
+            self.counters.over_quota += 1;
+            return Recorded::OverQuota;
+        }
+        if self
+            .by_question
+            .get(question)
+            .is_some_and(|ids| ids.len() >= self.config.per_question)
+        {
+            self.evict_from_question(question);
+        }
+        while self.clients.len() >= self.config.client_capacity {
+            let Some((id, _, _)) = self.clients.oldest() else {
+                break;
+            };
+            self.remove_client(id);
+            self.counters.evicted += 1;
+        }
+        if self.config.per_question == 0 {
+            return Recorded::Off;
+        }
+        let entry = ClientEntry {
+            question: question.clone(),
+            asker,
+            host,
+            mark,
+            claim: None,
+        };
+        let Some(id) = self.clients.insert(entry, now) else {
+            return Recorded::Off;
+        };
+        self.by_question
             .entry(question.clone())
             .or_default()
-            .push(ClientEntry {
-                client,
-                id,
-                mark,
-                seq,
-            });
-        self.client_count += 1;
+            .push(id);
+        *self.per_host.entry(host).or_default() += 1;
         self.counters.client_queries += 1;
-        self.client_log
-            .records
-            .push_back((question.clone(), seq, now));
-        self.compact_client_log();
+        if via == Proto::Tcp {
+            self.add_intent(None, mark, Some(id), now);
+        }
+        Recorded::New
+    }
+
+    /// The question's share is full: evict the oldest unclaimed entry of the host holding the
+    /// most entries of it (a host flooding one name only displaces itself), or failing that the
+    /// oldest entry.
+    fn evict_from_question(&mut self, question: &QKey) {
+        let Some(ids) = self.by_question.get(question) else {
+            return;
+        };
+        let mut heaviest: Option<(Host, usize)> = None;
+        for &id in ids {
+            let Some(e) = self.clients.get(id) else {
+                continue;
+            };
+            let n = ids
+                .iter()
+                .filter(|&&o| self.clients.get(o).is_some_and(|x| x.host == e.host))
+                .count();
+            if heaviest.is_none_or(|(_, m)| n > m) {
+                heaviest = Some((e.host, n));
+            }
+        }
+        let victim = heaviest.and_then(|(host, _)| {
+            let of_host = |claimed: bool| {
+                ids.iter().copied().find(|&id| {
+                    self.clients
+                        .get(id)
+                        .is_some_and(|e| e.host == host && e.claim.is_some() == claimed)
+                })
+            };
+            of_host(false).or_else(|| of_host(true))
+        });
+        if let Some(id) = victim.or_else(|| ids.first().copied()) {
+            self.remove_client(id);
+            self.counters.evicted += 1;
+        }
     }
 
     /// Step 2: the resolver sends a query upstream. Returns the mark to give it.
@@ -229,176 +406,380 @@ impl Pairing {
         now: Instant,
     ) -> UpstreamMatch {
         self.expire(now);
-        let mask = self.config.mask;
-        let Some(entries) = self.clients.get(question).filter(|e| !e.is_empty()) else {
+        let cutoff = self.cutoff(now);
+        let Some(ids) = self.by_question.get(question) else {
             self.counters.unpaired += 1;
             return UpstreamMatch::Unpaired;
         };
-        // Entries are in arrival order, so the first one is the oldest waiting client.
-        let chosen = entries
+        let live: Vec<Id> = ids
             .iter()
-            .find(|e| e.id == flow.id)
-            .or_else(|| entries.first());
-        let Some(chosen) = chosen else {
+            .copied()
+            .filter(|&id| self.fresh(id, cutoff))
+            .collect();
+        let Some(chosen) = self.choose(&live, flow.id, now) else {
             self.counters.unpaired += 1;
             return UpstreamMatch::Unpaired;
         };
-        let mark = chosen.mark;
-        let ambiguous = entries.iter().any(|e| e.mark & mask != mark & mask);
+        let Some(entry) = self.clients.get(chosen) else {
+            self.counters.unpaired += 1;
+            return UpstreamMatch::Unpaired;
+        };
+        let mark = entry.mark;
+        let mask = self.config.mask;
+        let ambiguous = live.iter().any(|&id| {
+            self.clients
+                .get(id)
+                .is_some_and(|e| e.mark & mask != mark & mask)
+        });
+        if entry.claim.is_none() {
+            self.next_claim += 1;
+            let claim = self.next_claim;
+            if let Some(e) = self.clients.get_mut(chosen) {
+                e.claim = Some(claim);
+            }
+        }
+        // The client's query left upstream: an intent it had for a TCP connection (a query it
+        // sent over TCP, forwarded over UDP here) is void, or was just used.
+        self.drop_intents_of(chosen);
         self.counters.paired += 1;
         if ambiguous {
             self.counters.ambiguous += 1;
         }
-        self.remember_upstream(flow, mark, now);
+        self.remember_upstream(flow, mark, Some(chosen), now);
         UpstreamMatch::Paired { mark, ambiguous }
     }
 
-    fn remember_upstream(&mut self, flow: FlowKey, mark: u32, now: Instant) {
+    /// The ambiguity policy (see the module header). `live` is in arrival order.
+    fn choose(&self, live: &[Id], id: u16, now: Instant) -> Option<Id> {
+        let entry = |x: &Id| self.clients.get(*x);
+        if let Some(&kept) = live
+            .iter()
+            .find(|x| entry(x).is_some_and(|e| e.asker.id == id))
+        {
+            return Some(kept);
+        }
+        let owner = live
+            .iter()
+            .filter_map(|x| entry(x).and_then(|e| e.claim).map(|c| (c, *x)))
+            .min_by_key(|(c, _)| *c);
+        if let Some((_, owner)) = owner {
+            return Some(owner);
+        }
+        let recent = now.checked_sub(RECENT);
+        live.iter()
+            .copied()
+            .find(|&x| match (self.clients.touched_at(x), recent) {
+                (Some(at), Some(recent)) => at > recent,
+                (Some(_), None) => true,
+                (None, _) => false,
+            })
+            .or_else(|| live.first().copied())
+    }
+
+    fn remember_upstream(&mut self, flow: FlowKey, mark: u32, owner: Option<Id>, now: Instant) {
         if self.config.upstream_capacity == 0 {
             return;
         }
-        let seq = self.seq();
-        if self
-            .upstream
-            .insert(flow, UpstreamEntry { mark, seq })
-            .is_none()
-            && self.upstream.len() > self.config.upstream_capacity
-        {
-            self.evict_upstream(seq);
+        if let Some(&id) = self.by_flow.get(&flow) {
+            if let Some(e) = self.upstream.get_mut(id) {
+                e.mark = mark;
+                e.owner = owner;
+            }
+            self.upstream.touch(id, now);
+            return;
         }
-        self.upstream_log.records.push_back((flow, seq, now));
-        self.compact_upstream_log();
+        while self.upstream.len() >= self.config.upstream_capacity {
+            let Some((_, e)) = self.upstream.pop_oldest() else {
+                break;
+            };
+            self.by_flow.remove(&e.flow);
+            self.counters.evicted += 1;
+        }
+        if let Some(id) = self
+            .upstream
+            .insert(UpstreamEntry { flow, mark, owner }, now)
+        {
+            self.by_flow.insert(flow, id);
+        }
     }
 
     /// Step 3: an answer arrived from upstream. `flow` is written from this host's side (local =
-    /// the answer's destination). Returns the mark of the upstream query it answers.
-    pub fn upstream_answer(&mut self, flow: &FlowKey, now: Instant) -> Option<u32> {
+    /// the answer's destination). Returns the mark of the upstream query it answers. A
+    /// truncated answer over UDP announces the resolver's TCP retry to that server.
+    pub fn upstream_answer(
+        &mut self,
+        flow: &FlowKey,
+        truncated: bool,
+        now: Instant,
+    ) -> Option<u32> {
         self.expire(now);
-        let entry = self.upstream.remove(flow)?;
+        let id = self.by_flow.remove(flow)?;
+        let due = match (self.upstream.touched_at(id), self.cutoff(now)) {
+            (Some(at), Some(cutoff)) => at <= cutoff,
+            _ => false,
+        };
+        let entry = self.upstream.remove(id)?;
+        if due {
+            self.counters.expired += 1;
+            return None;
+        }
         self.counters.upstream_answers += 1;
+        if truncated && flow.proto == Proto::Udp {
+            self.add_intent(Some(flow.remote), entry.mark, entry.owner, now);
+        }
         Some(entry.mark)
     }
 
     /// Step 4: the resolver answers a client. Returns the client's mark and forgets the query.
-    pub fn client_answer(
-        &mut self,
-        question: &QKey,
-        client: SocketAddr,
-        id: u16,
-        now: Instant,
-    ) -> Option<u32> {
+    /// The answer must come from the address and port the client asked, to the client's
+    /// address and port, with its id and question.
+    pub fn client_answer(&mut self, question: &QKey, asker: Asker, now: Instant) -> Option<u32> {
         self.expire(now);
-        let entries = self.clients.get_mut(question)?;
-        let pos = entries
-            .iter()
-            .position(|e| e.client == client && e.id == id)?;
-        let entry = entries.remove(pos);
-        if entries.is_empty() {
-            self.clients.remove(question);
+        let cutoff = self.cutoff(now);
+        let id = self.by_question.get(question).and_then(|ids| {
+            ids.iter()
+                .copied()
+                .find(|&id| self.clients.get(id).is_some_and(|e| e.asker == asker))
+        })?;
+        if !self.fresh(id, cutoff) {
+            return None;
         }
-        self.client_count -= 1;
+        let entry = self.remove_client(id)?;
         self.counters.client_answers += 1;
         Some(entry.mark)
     }
 
-    /// Drop everything whose window has passed. Called by every operation; cheap when nothing
-    /// is due (one look at the front of each log).
-    pub fn expire(&mut self, now: Instant) {
-        // Entries recorded at or before `cutoff` are due (their age is at least the window).
-        // One subtraction here instead of one per record looked at.
-        let Some(cutoff) = now.checked_sub(self.config.window) else {
-            return;
-        };
-        while let Some((_, _, at)) = self.client_log.records.front() {
-            if *at > cutoff {
+    /// The resolver opens a TCP connection to `server` (its SYN): the mark of the oldest intent
+    /// for that server, else of the oldest intent for any server.
+    pub fn tcp_open(&mut self, server: SocketAddr, now: Instant) -> UpstreamMatch {
+        self.expire(now);
+        for key in [Some(server), None] {
+            if let Some((mark, ambiguous)) = self.claim_intent(key, now) {
+                self.counters.tcp_opened += 1;
+                if ambiguous {
+                    self.counters.tcp_ambiguous += 1;
+                }
+                return UpstreamMatch::Paired { mark, ambiguous };
+            }
+        }
+        self.counters.tcp_unpaired += 1;
+        UpstreamMatch::Unpaired
+    }
+
+    fn claim_intent(&mut self, key: Option<SocketAddr>, now: Instant) -> Option<(u32, bool)> {
+        let cutoff = now.checked_sub(INTENT_WINDOW.min(self.config.window));
+        let queue = self.intents_by_server.get_mut(&key)?;
+        let mut chosen = None;
+        while let Some(id) = queue.pop_front() {
+            let fresh = match (self.intents.touched_at(id), cutoff) {
+                (Some(at), Some(c)) => at > c,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if fresh {
+                chosen = self.intents.remove(id);
                 break;
             }
-            if let Some((key, seq, _)) = self.client_log.records.pop_front()
-                && self.remove_client_seq(&key, seq)
-            {
-                self.counters.expired += 1;
-            }
         }
-        while let Some((_, _, at)) = self.upstream_log.records.front() {
-            if *at > cutoff {
-                break;
-            }
-            if let Some((flow, seq, _)) = self.upstream_log.records.pop_front()
-                && self.upstream.get(&flow).is_some_and(|e| e.seq == seq)
-            {
-                self.upstream.remove(&flow);
-                self.counters.expired += 1;
-            }
-        }
-    }
-
-    /// Remove the client entry under `key` whose current seq is `seq`; false if it is gone or
-    /// was refreshed since (then a newer log record stands for it).
-    fn remove_client_seq(&mut self, key: &QKey, seq: u64) -> bool {
-        let Some(entries) = self.clients.get_mut(key) else {
-            return false;
-        };
-        let Some(pos) = entries.iter().position(|e| e.seq == seq) else {
-            return false;
-        };
-        entries.remove(pos);
-        if entries.is_empty() {
-            self.clients.remove(key);
-        }
-        self.client_count -= 1;
-        true
-    }
-
-    fn evict_client(&mut self) {
-        while let Some((key, seq, _)) = self.client_log.records.pop_front() {
-            if self.remove_client_seq(&key, seq) {
-                self.counters.evicted += 1;
-                return;
-            }
-        }
-    }
-
-    /// Evict the oldest upstream entry other than the one just inserted (`keep`).
-    fn evict_upstream(&mut self, keep: u64) {
-        while let Some((flow, seq, _)) = self.upstream_log.records.pop_front() {
-            if seq != keep && self.upstream.get(&flow).is_some_and(|e| e.seq == seq) {
-                self.upstream.remove(&flow);
-                self.counters.evicted += 1;
-                return;
-            }
-        }
-    }
-
-    /// Stale records (answered or refreshed entries) wait in the log until they reach the front.
-    /// Keep the log within a small multiple of the table so a burst of answered queries cannot
-    /// grow it without bound.
-    fn compact_client_log(&mut self) {
-        if self.client_log.records.len() <= log_bound(self.config.client_capacity) {
-            return;
-        }
-        let clients = &self.clients;
-        self.client_log.records.retain(|(key, seq, _)| {
-            clients
-                .get(key)
-                .is_some_and(|entries| entries.iter().any(|e| e.seq == *seq))
+        let mask = self.config.mask;
+        let result = chosen.map(|intent| {
+            let ambiguous = queue.iter().any(|&id| {
+                self.intents
+                    .get(id)
+                    .is_some_and(|o| o.mark & mask != intent.mark & mask)
+            });
+            (intent.mark, ambiguous)
         });
+        if queue.is_empty() {
+            self.intents_by_server.remove(&key);
+        }
+        result
     }
 
-    fn compact_upstream_log(&mut self) {
-        if self.upstream_log.records.len() <= log_bound(self.config.upstream_capacity) {
+    fn add_intent(
+        &mut self,
+        server: Option<SocketAddr>,
+        mark: u32,
+        owner: Option<Id>,
+        now: Instant,
+    ) {
+        while self.intents.len() >= INTENT_CAPACITY {
+            if self.intents.pop_oldest().is_none() {
+                break;
+            }
+            self.counters.evicted += 1;
+        }
+        if let Some(id) = self.intents.insert(Intent { mark, owner }, now) {
+            let queue = self.intents_by_server.entry(server).or_default();
+            // Stale handles (claimed or expired intents) are dropped as the queue is used; keep
+            // the queue bounded even if it is never used.
+            if queue.len() >= INTENT_CAPACITY {
+                queue.pop_front();
+            }
+            queue.push_back(id);
+            self.counters.tcp_intents += 1;
+        }
+    }
+
+    /// Intents owned by a client entry whose query has now left by another way.
+    fn drop_intents_of(&mut self, owner: Id) {
+        // Only "any server" intents come from client queries; they are few and recent, and a
+        // client's intent is at most one, so a short scan from the newest end finds it.
+        let Some(queue) = self.intents_by_server.get(&None) else {
+            return;
+        };
+        let found = queue
+            .iter()
+            .rev()
+            .take(16)
+            .copied()
+            .find(|&id| self.intents.get(id).is_some_and(|i| i.owner == Some(owner)));
+        if let Some(id) = found {
+            self.intents.remove(id);
+        }
+    }
+
+    /// A DNS query routed through this host (client to a server elsewhere): remembered so that
+    /// its answer can be recognised.
+    pub fn forwarded_query(&mut self, question: &QKey, asker: Asker, via: Proto, now: Instant) {
+        self.expire(now);
+        if self.config.upstream_capacity == 0 {
             return;
         }
-        let upstream = &self.upstream;
-        self.upstream_log
-            .records
-            .retain(|(flow, seq, _)| upstream.get(flow).is_some_and(|e| e.seq == *seq));
+        let key = (asker, via);
+        if let Some((id, _)) = self.forwarded_by_key.get(&key) {
+            let id = *id;
+            self.forwarded.touch(id, now);
+            if let Some(slot) = self.forwarded_by_key.get_mut(&key) {
+                slot.1 = question.clone();
+            }
+            return;
+        }
+        while self.forwarded.len() >= self.config.upstream_capacity {
+            let Some((_, f)) = self.forwarded.pop_oldest() else {
+                break;
+            };
+            self.forwarded_by_key.remove(&f.key);
+            self.counters.evicted += 1;
+        }
+        if let Some(id) = self.forwarded.insert(Forwarded { key }, now) {
+            self.forwarded_by_key.insert(key, (id, question.clone()));
+            self.counters.forwarded_queries += 1;
+        }
     }
-}
 
-/// How long an order log may grow (stale records included) before it is compacted. Saturating:
-/// the capacity comes from the command line and may be as large as `usize::MAX`.
-fn log_bound(capacity: usize) -> usize {
-    capacity.saturating_mul(2).saturating_add(1024)
+    /// The answer to a routed query: true when it answers a query seen going the other way
+    /// (same addresses, ports, id and question) within the window. Forgets the query.
+    pub fn forwarded_answer(
+        &mut self,
+        question: &QKey,
+        asker: Asker,
+        via: Proto,
+        now: Instant,
+    ) -> bool {
+        self.expire(now);
+        let key = (asker, via);
+        let Some((id, asked)) = self.forwarded_by_key.get(&key) else {
+            return false;
+        };
+        if asked != question {
+            return false;
+        }
+        let id = *id;
+        let fresh = match (self.forwarded.touched_at(id), self.cutoff(now)) {
+            (Some(at), Some(c)) => at > c,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        self.forwarded_by_key.remove(&key);
+        self.forwarded.remove(id);
+        fresh
+    }
+
+    fn remove_client(&mut self, id: Id) -> Option<ClientEntry> {
+        let entry = self.clients.remove(id)?;
+        if let Some(ids) = self.by_question.get_mut(&entry.question) {
+            ids.retain(|&x| x != id);
+            if ids.is_empty() {
+                self.by_question.remove(&entry.question);
+            }
+        }
+        if let Some(n) = self.per_host.get_mut(&entry.host) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_host.remove(&entry.host);
+            }
+        }
+        Some(entry)
+    }
+
+    /// Drop entries whose window has passed: at most [`EXPIRE_BUDGET`] per table per call, so
+    /// no single packet pays for a burst of entries due at once. Called by every operation.
+    pub fn expire(&mut self, now: Instant) {
+        let Some(cutoff) = self.cutoff(now) else {
+            return;
+        };
+        for _ in 0..EXPIRE_BUDGET {
+            let Some((id, at, _)) = self.clients.oldest() else {
+                break;
+            };
+            if at > cutoff {
+                break;
+            }
+            self.remove_client(id);
+            self.counters.expired += 1;
+        }
+        for _ in 0..EXPIRE_BUDGET {
+            let Some((_, e)) = self.upstream.pop_due(cutoff) else {
+                break;
+            };
+            self.by_flow.remove(&e.flow);
+            self.counters.expired += 1;
+        }
+        for _ in 0..EXPIRE_BUDGET {
+            let Some((_, f)) = self.forwarded.pop_due(cutoff) else {
+                break;
+            };
+            self.forwarded_by_key.remove(&f.key);
+        }
+        if let Some(intent_cutoff) = now.checked_sub(INTENT_WINDOW.min(self.config.window)) {
+            for _ in 0..EXPIRE_BUDGET {
+                if self.intents.pop_due(intent_cutoff).is_none() {
+                    break;
+                }
+            }
+        }
+        // Per-server intent queues drop their stale handles when used; an idle queue whose
+        // intents are all gone is dropped here, a few per call.
+        if self.intents.is_empty() && !self.intents_by_server.is_empty() {
+            self.intents_by_server.clear();
+        }
+    }
+
+    /// Everything past its window, removed now whatever the budget (tests, and an idle
+    /// daemon's housekeeping).
+    pub fn expire_all(&mut self, now: Instant) {
+        while self.clients.len() + self.upstream.len() + self.intents.len() + self.forwarded.len()
+            > 0
+        {
+            let before = (
+                self.clients.len(),
+                self.upstream.len(),
+                self.intents.len(),
+                self.forwarded.len(),
+            );
+            self.expire(now);
+            let after = (
+                self.clients.len(),
+                self.upstream.len(),
+                self.intents.len(),
+                self.forwarded.len(),
+            );
+            if before == after {
+                break;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -434,6 +815,20 @@ mod tests {
             client_capacity: capacity,
             upstream_capacity: capacity,
             mask: u32::MAX,
+            ..PairingConfig::default()
+        }
+    }
+
+    /// The resolver's address the clients ask.
+    fn server() -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 254)), 53)
+    }
+
+    fn ask(client: SocketAddr, id: u16) -> Asker {
+        Asker {
+            client,
+            server: server(),
+            id,
         }
     }
 
@@ -456,17 +851,20 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pairing::new(config(16));
         let q = key("www.example.com");
-        p.client_query(&q, client(137, 40000), 0x1111, 137, t0);
+        p.client_query(&q, ask(client(137, 40000), 0x1111), 137, Proto::Udp, t0);
         assert_eq!(p.client_len(), 1);
         assert_eq!(
             p.upstream_query(&q, flow(0x2222), t0 + MS),
             paired(137, false)
         );
         assert_eq!(p.upstream_len(), 1);
-        assert_eq!(p.upstream_answer(&flow(0x2222), t0 + 2 * MS), Some(137));
+        assert_eq!(
+            p.upstream_answer(&flow(0x2222), false, t0 + 2 * MS),
+            Some(137)
+        );
         assert_eq!(p.upstream_len(), 0);
         assert_eq!(
-            p.client_answer(&q, client(137, 40000), 0x1111, t0 + 3 * MS),
+            p.client_answer(&q, ask(client(137, 40000), 0x1111), t0 + 3 * MS),
             Some(137)
         );
         assert_eq!(p.client_len(), 0);
@@ -488,7 +886,7 @@ mod tests {
         let mut p = Pairing::new(config(16));
         let asked = key("www.example.com");
         let sent = key("wWw.ExAmPle.CoM");
-        p.client_query(&asked, client(137, 40000), 0x1111, 7, t0);
+        p.client_query(&asked, ask(client(137, 40000), 0x1111), 7, Proto::Udp, t0);
         assert_eq!(p.upstream_query(&sent, flow(0xbeef), t0), paired(7, false));
     }
 
@@ -496,7 +894,13 @@ mod tests {
     fn upstream_query_without_waiting_client_is_unpaired() {
         let t0 = Instant::now();
         let mut p = Pairing::new(config(16));
-        p.client_query(&key("a.example"), client(1, 1000), 1, 7, t0);
+        p.client_query(
+            &key("a.example"),
+            ask(client(1, 1000), 1),
+            7,
+            Proto::Udp,
+            t0,
+        );
         assert_eq!(
             p.upstream_query(&key("b.example"), flow(1), t0),
             UpstreamMatch::Unpaired
@@ -516,7 +920,7 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pairing::new(config(16));
         let q = key("www.example.com");
-        p.client_query(&q, client(1, 1000), 1, 7, t0);
+        p.client_query(&q, ask(client(1, 1000), 1), 7, Proto::Udp, t0);
         p.upstream_query(&q, flow(0x2222), t0);
         let mut other_port = flow(0x2222);
         other_port.local.set_port(33001);
@@ -525,11 +929,11 @@ mod tests {
         let mut other_proto = flow(0x2222);
         other_proto.proto = Proto::Tcp;
         for wrong in [flow(0x2223), other_port, other_server, other_proto] {
-            assert_eq!(p.upstream_answer(&wrong, t0), None, "{wrong:?}");
+            assert_eq!(p.upstream_answer(&wrong, false, t0), None, "{wrong:?}");
         }
-        assert_eq!(p.upstream_answer(&flow(0x2222), t0), Some(7));
+        assert_eq!(p.upstream_answer(&flow(0x2222), false, t0), Some(7));
         // Answered once: a duplicate answer finds nothing.
-        assert_eq!(p.upstream_answer(&flow(0x2222), t0), None);
+        assert_eq!(p.upstream_answer(&flow(0x2222), false, t0), None);
         assert_eq!(p.counters.upstream_answers, 1);
     }
 
@@ -538,19 +942,19 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pairing::new(config(16));
         let q = key("www.example.com");
-        p.client_query(&q, client(1, 1000), 1, 7, t0);
-        assert_eq!(p.client_answer(&q, client(2, 1000), 1, t0), None);
-        assert_eq!(p.client_answer(&q, client(1, 1001), 1, t0), None);
-        assert_eq!(p.client_answer(&q, client(1, 1000), 2, t0), None);
+        p.client_query(&q, ask(client(1, 1000), 1), 7, Proto::Udp, t0);
+        assert_eq!(p.client_answer(&q, ask(client(2, 1000), 1), t0), None);
+        assert_eq!(p.client_answer(&q, ask(client(1, 1001), 1), t0), None);
+        assert_eq!(p.client_answer(&q, ask(client(1, 1000), 2), t0), None);
         assert_eq!(
-            p.client_answer(&key("www.example.org"), client(1, 1000), 1, t0),
+            p.client_answer(&key("www.example.org"), ask(client(1, 1000), 1), t0),
             None
         );
         assert_eq!(
-            p.client_answer(&key("WWW.EXAMPLE.COM"), client(1, 1000), 1, t0),
+            p.client_answer(&key("WWW.EXAMPLE.COM"), ask(client(1, 1000), 1), t0),
             Some(7)
         );
-        assert_eq!(p.client_answer(&q, client(1, 1000), 1, t0), None);
+        assert_eq!(p.client_answer(&q, ask(client(1, 1000), 1), t0), None);
         assert_eq!(p.client_len(), 0);
         assert_eq!(p.counters.client_answers, 1);
     }
@@ -560,10 +964,10 @@ mod tests {
         let mut p = Pairing::new(config(16));
         let now = Instant::now();
         assert_eq!(
-            p.client_answer(&key("a.example"), client(1, 1000), 1, now),
+            p.client_answer(&key("a.example"), ask(client(1, 1000), 1), now),
             None
         );
-        assert_eq!(p.upstream_answer(&flow(1), now), None);
+        assert_eq!(p.upstream_answer(&flow(1), false, now), None);
         assert_eq!(p.counters, PairingCounters::default());
     }
 
@@ -576,13 +980,13 @@ mod tests {
             IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7)),
             5353,
         );
-        p.client_query(&q, v6, 9, 0x42, t0);
+        p.client_query(&q, ask(v6, 9), 0x42, Proto::Udp, t0);
         assert_eq!(p.upstream_query(&q, flow(10), t0), paired(0x42, false));
-        assert_eq!(p.client_answer(&q, v6, 9, t0), Some(0x42));
+        assert_eq!(p.client_answer(&q, ask(v6, 9), t0), Some(0x42));
         // The same port and id from the client's IPv4-mapped address is another client.
-        p.client_query(&q, v6, 9, 0x42, t0);
+        p.client_query(&q, ask(v6, 9), 0x42, Proto::Udp, t0);
         let mapped = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(0, 0, 0, 7)), 5353);
-        assert_eq!(p.client_answer(&q, mapped, 9, t0), None);
+        assert_eq!(p.client_answer(&q, ask(mapped, 9), t0), None);
     }
 
     #[test]
@@ -590,9 +994,9 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pairing::new(config(16));
         let q = key("www.example.com");
-        p.client_query(&q, client(1, 1000), 0x0101, 1, t0);
-        p.client_query(&q, client(2, 2000), 0x0202, 2, t0 + MS);
-        p.client_query(&q, client(3, 3000), 0x0303, 3, t0 + 2 * MS);
+        p.client_query(&q, ask(client(1, 1000), 0x0101), 1, Proto::Udp, t0);
+        p.client_query(&q, ask(client(2, 2000), 0x0202), 2, Proto::Udp, t0 + MS);
+        p.client_query(&q, ask(client(3, 3000), 0x0303), 3, Proto::Udp, t0 + 2 * MS);
         assert_eq!(
             p.upstream_query(&q, flow(0x9999), t0 + 3 * MS),
             paired(1, true)
@@ -600,9 +1004,18 @@ mod tests {
         assert_eq!(p.counters.ambiguous, 1);
         assert_eq!(p.counters.paired, 1);
         // Every client still gets its own mark on its answer.
-        assert_eq!(p.client_answer(&q, client(2, 2000), 0x0202, t0), Some(2));
-        assert_eq!(p.client_answer(&q, client(3, 3000), 0x0303, t0), Some(3));
-        assert_eq!(p.client_answer(&q, client(1, 1000), 0x0101, t0), Some(1));
+        assert_eq!(
+            p.client_answer(&q, ask(client(2, 2000), 0x0202), t0),
+            Some(2)
+        );
+        assert_eq!(
+            p.client_answer(&q, ask(client(3, 3000), 0x0303), t0),
+            Some(3)
+        );
+        assert_eq!(
+            p.client_answer(&q, ask(client(1, 1000), 0x0101), t0),
+            Some(1)
+        );
     }
 
     #[test]
@@ -610,8 +1023,8 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pairing::new(config(16));
         let q = key("www.example.com");
-        p.client_query(&q, client(1, 1000), 1, 5, t0);
-        p.client_query(&q, client(2, 2000), 2, 5, t0);
+        p.client_query(&q, ask(client(1, 1000), 1), 5, Proto::Udp, t0);
+        p.client_query(&q, ask(client(2, 2000), 2), 5, Proto::Udp, t0);
         assert_eq!(p.upstream_query(&q, flow(3), t0), paired(5, false));
         assert_eq!(p.counters.ambiguous, 0);
     }
@@ -624,10 +1037,10 @@ mod tests {
             ..config(16)
         });
         let q = key("www.example.com");
-        p.client_query(&q, client(1, 1000), 1, 0x0100, t0);
-        p.client_query(&q, client(2, 2000), 2, 0xab01_01ff, t0);
+        p.client_query(&q, ask(client(1, 1000), 1), 0x0100, Proto::Udp, t0);
+        p.client_query(&q, ask(client(2, 2000), 2), 0xab01_01ff, Proto::Udp, t0);
         assert_eq!(p.upstream_query(&q, flow(3), t0), paired(0x0100, false));
-        p.client_query(&q, client(3, 3000), 3, 0x0200, t0);
+        p.client_query(&q, ask(client(3, 3000), 3), 0x0200, Proto::Udp, t0);
         assert_eq!(p.upstream_query(&q, flow(4), t0), paired(0x0100, true));
     }
 
@@ -636,11 +1049,14 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pairing::new(config(16));
         let q = key("www.example.com");
-        p.client_query(&q, client(1, 1000), 0x0101, 1, t0);
-        p.client_query(&q, client(2, 2000), 0x0202, 2, t0 + MS);
+        p.client_query(&q, ask(client(1, 1000), 0x0101), 1, Proto::Udp, t0);
+        p.client_query(&q, ask(client(2, 2000), 0x0202), 2, Proto::Udp, t0 + MS);
         let m = p.upstream_query(&q, flow(0x0202), t0 + 2 * MS);
         assert_eq!(m, paired(2, true));
-        assert_eq!(p.upstream_answer(&flow(0x0202), t0 + 3 * MS), Some(2));
+        assert_eq!(
+            p.upstream_answer(&flow(0x0202), false, t0 + 3 * MS),
+            Some(2)
+        );
     }
 
     #[test]
@@ -648,15 +1064,15 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pairing::new(config(16));
         let q = key("www.example.com");
-        p.client_query(&q, client(1, 1000), 1, 5, t0);
-        p.client_query(&q, client(1, 1000), 1, 5, t0 + MS);
-        p.client_query(&q, client(1, 1000), 1, 6, t0 + 2 * MS);
+        p.client_query(&q, ask(client(1, 1000), 1), 5, Proto::Udp, t0);
+        p.client_query(&q, ask(client(1, 1000), 1), 5, Proto::Udp, t0 + MS);
+        p.client_query(&q, ask(client(1, 1000), 1), 6, Proto::Udp, t0 + 2 * MS);
         assert_eq!(p.client_len(), 1);
         assert_eq!(p.counters.client_queries, 1);
         // The retransmission's newest mark counts, and one answer clears the entry.
         assert_eq!(p.upstream_query(&q, flow(2), t0 + 3 * MS), paired(6, false));
         assert_eq!(
-            p.client_answer(&q, client(1, 1000), 1, t0 + 4 * MS),
+            p.client_answer(&q, ask(client(1, 1000), 1), t0 + 4 * MS),
             Some(6)
         );
         assert_eq!(p.client_len(), 0);
@@ -667,9 +1083,9 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pairing::new(config(16));
         let q = key("www.example.com");
-        p.client_query(&q, client(1, 1000), 1, 5, t0);
-        p.client_query(&q, client(1, 1001), 1, 5, t0);
-        p.client_query(&q, client(2, 1000), 1, 5, t0);
+        p.client_query(&q, ask(client(1, 1000), 1), 5, Proto::Udp, t0);
+        p.client_query(&q, ask(client(1, 1001), 1), 5, Proto::Udp, t0);
+        p.client_query(&q, ask(client(2, 1000), 1), 5, Proto::Udp, t0);
         assert_eq!(p.client_len(), 3);
         assert_eq!(p.counters.client_queries, 3);
     }
@@ -680,8 +1096,14 @@ mod tests {
         let window = Duration::from_secs(5);
         let mut p = Pairing::new(config(16));
         let q = key("www.example.com");
-        p.client_query(&q, client(1, 1000), 1, 5, t0);
-        p.client_query(&key("b.example"), client(2, 1000), 1, 5, t0 + MS);
+        p.client_query(&q, ask(client(1, 1000), 1), 5, Proto::Udp, t0);
+        p.client_query(
+            &key("b.example"),
+            ask(client(2, 1000), 1),
+            5,
+            Proto::Udp,
+            t0 + MS,
+        );
         p.expire(t0 + window - MS);
         assert_eq!(p.client_len(), 2);
         assert_eq!(p.counters.expired, 0);
@@ -691,11 +1113,14 @@ mod tests {
         );
         assert_eq!(p.client_len(), 1);
         assert_eq!(p.counters.expired, 1);
-        assert_eq!(p.client_answer(&q, client(1, 1000), 1, t0 + window), None);
+        assert_eq!(
+            p.client_answer(&q, ask(client(1, 1000), 1), t0 + window),
+            None
+        );
         p.expire(t0 + window + MS);
         assert_eq!(p.client_len(), 0);
         assert_eq!(p.counters.expired, 2);
-        assert!(p.clients.is_empty());
+        assert!(p.by_question.is_empty());
     }
 
     #[test]
@@ -704,19 +1129,19 @@ mod tests {
         let window = Duration::from_secs(5);
         let mut p = Pairing::new(config(16));
         let q = key("www.example.com");
-        p.client_query(&q, client(1, 1000), 1, 5, t0);
+        p.client_query(&q, ask(client(1, 1000), 1), 5, Proto::Udp, t0);
         p.upstream_query(&q, flow(2), t0 + window - MS);
         assert_eq!(p.upstream_len(), 1);
         // The client entry goes first; the upstream entry lives its own window.
         p.expire(t0 + window);
         assert_eq!((p.client_len(), p.upstream_len()), (0, 1));
         assert_eq!(
-            p.upstream_answer(&flow(2), t0 + 2 * window - MS - MS),
+            p.upstream_answer(&flow(2), false, t0 + 2 * window - MS - MS),
             Some(5)
         );
-        p.client_query(&q, client(1, 1000), 1, 5, t0 + window);
+        p.client_query(&q, ask(client(1, 1000), 1), 5, Proto::Udp, t0 + window);
         p.upstream_query(&q, flow(3), t0 + window);
-        assert_eq!(p.upstream_answer(&flow(3), t0 + 2 * window), None);
+        assert_eq!(p.upstream_answer(&flow(3), false, t0 + 2 * window), None);
         assert_eq!(p.upstream_len(), 0);
         assert_eq!(p.counters.expired, 3);
     }
@@ -726,14 +1151,13 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pairing::new(config(16));
         let q = key("www.example.com");
-        p.client_query(&q, client(1, 1000), 1, 5, t0);
+        p.client_query(&q, ask(client(1, 1000), 1), 5, Proto::Udp, t0);
         p.upstream_query(&q, flow(2), t0);
-        p.upstream_answer(&flow(2), t0);
-        p.client_answer(&q, client(1, 1000), 1, t0);
+        p.upstream_answer(&flow(2), false, t0);
+        p.client_answer(&q, ask(client(1, 1000), 1), t0);
         p.expire(t0 + Duration::from_secs(60));
         assert_eq!(p.counters.expired, 0);
-        assert!(p.client_log.records.is_empty());
-        assert!(p.upstream_log.records.is_empty());
+        assert!(p.clients.is_empty() && p.by_flow.is_empty() && p.per_host.is_empty());
     }
 
     #[test]
@@ -742,8 +1166,14 @@ mod tests {
         let window = Duration::from_secs(5);
         let mut p = Pairing::new(config(16));
         let q = key("www.example.com");
-        p.client_query(&q, client(1, 1000), 1, 5, t0);
-        p.client_query(&q, client(1, 1000), 1, 5, t0 + Duration::from_secs(3));
+        p.client_query(&q, ask(client(1, 1000), 1), 5, Proto::Udp, t0);
+        p.client_query(
+            &q,
+            ask(client(1, 1000), 1),
+            5,
+            Proto::Udp,
+            t0 + Duration::from_secs(3),
+        );
         p.expire(t0 + window);
         assert_eq!(p.client_len(), 1);
         assert_eq!(p.counters.expired, 0);
@@ -757,7 +1187,7 @@ mod tests {
         let t0 = Instant::now() + Duration::from_secs(10);
         let mut p = Pairing::new(config(16));
         let q = key("www.example.com");
-        p.client_query(&q, client(1, 1000), 1, 5, t0);
+        p.client_query(&q, ask(client(1, 1000), 1), 5, Proto::Udp, t0);
         p.expire(t0 - Duration::from_secs(10));
         assert_eq!(
             p.upstream_query(&q, flow(1), t0 - Duration::from_secs(1)),
@@ -770,9 +1200,27 @@ mod tests {
     fn client_table_full_evicts_the_oldest_and_counts_it() {
         let t0 = Instant::now();
         let mut p = Pairing::new(config(2));
-        p.client_query(&key("a.example"), client(1, 1000), 1, 1, t0);
-        p.client_query(&key("b.example"), client(1, 1000), 2, 2, t0 + MS);
-        p.client_query(&key("c.example"), client(1, 1000), 3, 3, t0 + 2 * MS);
+        p.client_query(
+            &key("a.example"),
+            ask(client(1, 1000), 1),
+            1,
+            Proto::Udp,
+            t0,
+        );
+        p.client_query(
+            &key("b.example"),
+            ask(client(1, 1000), 2),
+            2,
+            Proto::Udp,
+            t0 + MS,
+        );
+        p.client_query(
+            &key("c.example"),
+            ask(client(1, 1000), 3),
+            3,
+            Proto::Udp,
+            t0 + 2 * MS,
+        );
         assert_eq!(p.client_len(), 2);
         assert_eq!(p.counters.evicted, 1);
         assert_eq!(p.counters.client_queries, 3);
@@ -795,23 +1243,47 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pairing::new(config(2));
         let q = key("www.example.com");
-        p.client_query(&q, client(1, 1000), 1, 1, t0);
-        p.client_query(&q, client(2, 1000), 1, 2, t0);
-        p.client_query(&q, client(3, 1000), 1, 3, t0);
+        p.client_query(&q, ask(client(1, 1000), 1), 1, Proto::Udp, t0);
+        p.client_query(&q, ask(client(2, 1000), 1), 2, Proto::Udp, t0);
+        p.client_query(&q, ask(client(3, 1000), 1), 3, Proto::Udp, t0);
         assert_eq!(p.client_len(), 2);
         assert_eq!(p.upstream_query(&q, flow(9), t0), paired(2, true));
-        assert_eq!(p.client_answer(&q, client(1, 1000), 1, t0), None);
+        assert_eq!(p.client_answer(&q, ask(client(1, 1000), 1), t0), None);
     }
 
     #[test]
     fn refreshed_entry_is_not_the_oldest_any_more() {
         let t0 = Instant::now();
         let mut p = Pairing::new(config(2));
-        p.client_query(&key("a.example"), client(1, 1000), 1, 1, t0);
-        p.client_query(&key("b.example"), client(1, 1000), 2, 2, t0 + MS);
+        p.client_query(
+            &key("a.example"),
+            ask(client(1, 1000), 1),
+            1,
+            Proto::Udp,
+            t0,
+        );
+        p.client_query(
+            &key("b.example"),
+            ask(client(1, 1000), 2),
+            2,
+            Proto::Udp,
+            t0 + MS,
+        );
         // a is retransmitted, so b is now the oldest.
-        p.client_query(&key("a.example"), client(1, 1000), 1, 1, t0 + 2 * MS);
-        p.client_query(&key("c.example"), client(1, 1000), 3, 3, t0 + 3 * MS);
+        p.client_query(
+            &key("a.example"),
+            ask(client(1, 1000), 1),
+            1,
+            Proto::Udp,
+            t0 + 2 * MS,
+        );
+        p.client_query(
+            &key("c.example"),
+            ask(client(1, 1000), 3),
+            3,
+            Proto::Udp,
+            t0 + 3 * MS,
+        );
         assert_eq!(
             p.upstream_query(&key("a.example"), flow(1), t0),
             paired(1, false)
@@ -828,15 +1300,15 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pairing::new(config(2));
         let q = key("www.example.com");
-        p.client_query(&q, client(1, 1000), 1, 7, t0);
+        p.client_query(&q, ask(client(1, 1000), 1), 7, Proto::Udp, t0);
         for id in 1..=3 {
             p.upstream_query(&q, flow(id), t0 + u32::from(id) * MS);
         }
         assert_eq!(p.upstream_len(), 2);
         assert_eq!(p.counters.evicted, 1);
-        assert_eq!(p.upstream_answer(&flow(1), t0), None);
-        assert_eq!(p.upstream_answer(&flow(2), t0), Some(7));
-        assert_eq!(p.upstream_answer(&flow(3), t0), Some(7));
+        assert_eq!(p.upstream_answer(&flow(1), false, t0), None);
+        assert_eq!(p.upstream_answer(&flow(2), false, t0), Some(7));
+        assert_eq!(p.upstream_answer(&flow(3), false, t0), Some(7));
     }
 
     #[test]
@@ -844,7 +1316,7 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pairing::new(config(2));
         let q = key("www.example.com");
-        p.client_query(&q, client(1, 1000), 1, 7, t0);
+        p.client_query(&q, ask(client(1, 1000), 1), 7, Proto::Udp, t0);
         p.upstream_query(&q, flow(1), t0);
         p.upstream_query(&q, flow(2), t0);
         p.upstream_query(&q, flow(1), t0 + MS);
@@ -852,8 +1324,8 @@ mod tests {
         assert_eq!(p.counters.evicted, 0);
         p.upstream_query(&q, flow(3), t0 + 2 * MS);
         // flow 2 is the oldest now: flow 1 was sent again.
-        assert_eq!(p.upstream_answer(&flow(2), t0), None);
-        assert_eq!(p.upstream_answer(&flow(1), t0), Some(7));
+        assert_eq!(p.upstream_answer(&flow(2), false, t0), None);
+        assert_eq!(p.upstream_answer(&flow(1), false, t0), Some(7));
     }
 
     #[test]
@@ -861,7 +1333,7 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pairing::new(config(0));
         let q = key("www.example.com");
-        p.client_query(&q, client(1, 1000), 1, 7, t0);
+        p.client_query(&q, ask(client(1, 1000), 1), 7, Proto::Udp, t0);
         assert_eq!(p.client_len(), 0);
         assert_eq!(p.upstream_query(&q, flow(1), t0), UpstreamMatch::Unpaired);
         assert_eq!(p.upstream_len(), 0);
@@ -875,10 +1347,10 @@ mod tests {
             ..config(4)
         });
         let q = key("www.example.com");
-        p.client_query(&q, client(1, 1000), 1, 7, t0);
+        p.client_query(&q, ask(client(1, 1000), 1), 7, Proto::Udp, t0);
         assert_eq!(p.upstream_query(&q, flow(1), t0), paired(7, false));
         assert_eq!(p.upstream_len(), 0);
-        assert_eq!(p.upstream_answer(&flow(1), t0), None);
+        assert_eq!(p.upstream_answer(&flow(1), false, t0), None);
     }
 
     #[test]
@@ -886,7 +1358,7 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pairing::new(config(usize::MAX));
         let q = key("www.example.com");
-        p.client_query(&q, client(1, 1000), 1, 7, t0);
+        p.client_query(&q, ask(client(1, 1000), 1), 7, Proto::Udp, t0);
         assert_eq!(p.upstream_query(&q, flow(1), t0), paired(7, false));
         assert_eq!((p.client_len(), p.upstream_len()), (1, 1));
     }
@@ -898,14 +1370,20 @@ mod tests {
         for i in 0..100_000u32 {
             let q = key(&format!("n{i}.example"));
             let now = t0 + Duration::from_micros(u64::from(i));
-            p.client_query(&q, client(1, (i % 60_000) as u16), i as u16, i, now);
+            p.client_query(
+                &q,
+                ask(client(1, (i % 60_000) as u16), i as u16),
+                i,
+                Proto::Udp,
+                now,
+            );
             assert!(p.client_len() <= 1000, "{} entries at {i}", p.client_len());
-            assert!(p.client_log.records.len() <= log_bound(1000));
+            assert!(p.by_question.len() <= 1000);
         }
         assert_eq!(p.client_len(), 1000);
         assert_eq!(p.counters.evicted, 99_000);
         assert_eq!(p.counters.client_queries, 100_000);
-        let entries: usize = p.clients.values().map(Vec::len).sum();
+        let entries: usize = p.by_question.values().map(Vec::len).sum();
         assert_eq!(entries, p.client_len());
         // The newest 1000 are the ones kept.
         let newest = key("n99999.example");
@@ -925,7 +1403,7 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pairing::new(config(1000));
         let q = key("www.example.com");
-        p.client_query(&q, client(1, 1000), 1, 7, t0);
+        p.client_query(&q, ask(client(1, 1000), 1), 7, Proto::Udp, t0);
         for i in 0..100_000u32 {
             let mut f = flow(i as u16);
             f.local.set_port(1024 + (i / 65_536) as u16);
@@ -936,7 +1414,7 @@ mod tests {
                 "{} entries at {i}",
                 p.upstream_len()
             );
-            assert!(p.upstream_log.records.len() <= log_bound(1000));
+            assert!(p.by_flow.len() <= 1000);
         }
         assert_eq!(p.upstream_len(), 1000);
         assert_eq!(p.counters.evicted, 99_000);
@@ -950,12 +1428,11 @@ mod tests {
         for i in 0..100_000u32 {
             let now = t0 + Duration::from_nanos(u64::from(i));
             let id = i as u16;
-            p.client_query(&q, client(1, 1000), id, 7, now);
+            p.client_query(&q, ask(client(1, 1000), id), 7, Proto::Udp, now);
             p.upstream_query(&q, flow(id), now);
-            assert_eq!(p.upstream_answer(&flow(id), now), Some(7));
-            assert_eq!(p.client_answer(&q, client(1, 1000), id, now), Some(7));
-            assert!(p.client_log.records.len() <= log_bound(10));
-            assert!(p.upstream_log.records.len() <= log_bound(10));
+            assert_eq!(p.upstream_answer(&flow(id), false, now), Some(7));
+            assert_eq!(p.client_answer(&q, ask(client(1, 1000), id), now), Some(7));
+            assert!(p.by_question.len() <= 10 && p.by_flow.len() <= 10);
         }
         assert_eq!((p.client_len(), p.upstream_len()), (0, 0));
         assert_eq!(p.counters.evicted, 0);
@@ -969,10 +1446,9 @@ mod tests {
         let q = key("www.example.com");
         for i in 0..100_000u32 {
             let now = t0 + Duration::from_nanos(u64::from(i));
-            p.client_query(&q, client(1, 1000), 1, 7, now);
+            p.client_query(&q, ask(client(1, 1000), 1), 7, Proto::Udp, now);
             p.upstream_query(&q, flow(1), now);
-            assert!(p.client_log.records.len() <= log_bound(10));
-            assert!(p.upstream_log.records.len() <= log_bound(10));
+            assert!(p.by_question.len() <= 10 && p.by_flow.len() <= 10);
         }
         assert_eq!((p.client_len(), p.upstream_len()), (1, 1));
         assert_eq!(p.counters.client_queries, 1);
@@ -985,14 +1461,310 @@ mod tests {
         for i in 0..1000u32 {
             let q = key(&format!("n{i}.example"));
             let now = t0 + Duration::from_micros(u64::from(i));
-            p.client_query(&q, client(1, 1000), i as u16, 7, now);
+            p.client_query(&q, ask(client(1, 1000), i as u16), 7, Proto::Udp, now);
             p.upstream_query(&q, flow(i as u16), now);
         }
-        p.expire(t0 + Duration::from_secs(6));
+        p.expire_all(t0 + Duration::from_secs(6));
         assert_eq!((p.client_len(), p.upstream_len()), (0, 0));
-        assert!(p.clients.is_empty());
-        assert!(p.client_log.records.is_empty());
-        assert!(p.upstream_log.records.is_empty());
+        assert!(p.by_question.is_empty());
+        assert!(p.clients.is_empty() && p.by_flow.is_empty() && p.per_host.is_empty());
         assert_eq!(p.counters.expired + p.counters.evicted, 2000);
+    }
+
+    // --- Hostile and odd input (issue 13) ------------------------------------------------------
+
+    fn host(last: u8, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 2, last)), port)
+    }
+
+    #[test]
+    fn a_stale_unclaimed_query_does_not_take_a_later_clients_upstream_query() {
+        // B asked long ago and the resolver never acted on it (never received it, dropped it):
+        // A's fresh query is the one the resolver's upstream query answers.
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        let q = key("video.example");
+        p.client_query(&q, ask(client(2, 2000), 2), 0, Proto::Udp, t0);
+        let later = t0 + Duration::from_secs(3);
+        p.client_query(&q, ask(client(1, 1000), 1), 137, Proto::Udp, later);
+        assert_eq!(p.upstream_query(&q, flow(9), later + MS), paired(137, true));
+    }
+
+    #[test]
+    fn retries_of_a_resolution_in_progress_keep_its_first_clients_mark() {
+        // A's query caused the upstream query; B asked the same question meanwhile (merged by
+        // the resolver). The resolver's retry to another server is still A's resolution.
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        let q = key("www.example.com");
+        p.client_query(&q, ask(client(1, 1000), 1), 137, Proto::Udp, t0);
+        assert_eq!(p.upstream_query(&q, flow(7), t0 + MS), paired(137, false));
+        p.client_query(&q, ask(client(2, 2000), 2), 0, Proto::Udp, t0 + 2 * MS);
+        assert_eq!(
+            p.upstream_query(&q, flow(8), t0 + 400 * MS),
+            paired(137, true)
+        );
+    }
+
+    #[test]
+    fn a_host_flooding_one_question_only_displaces_its_own_entries() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(65_536));
+        let q = key("video.example");
+        p.client_query(&q, ask(client(1, 1000), 1), 137, Proto::Udp, t0);
+        for i in 0..120_000u32 {
+            let now = t0 + Duration::from_micros(u64::from(i));
+            p.client_query(
+                &q,
+                ask(host(66, 1024 + (i % 60_000) as u16), i as u16),
+                0,
+                Proto::Udp,
+                now,
+            );
+            assert!(p.by_question.get(&q).is_some_and(|ids| ids.len() <= 16));
+        }
+        // A's entry is still there and still answers as A's.
+        assert_eq!(
+            p.client_answer(&q, ask(client(1, 1000), 1), t0 + Duration::from_millis(130)),
+            Some(137)
+        );
+        assert!(p.counters.evicted >= 120_000 - 16);
+    }
+
+    #[test]
+    fn one_host_cannot_hold_more_than_its_quota() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(PairingConfig {
+            per_client: 100,
+            ..config(1000)
+        });
+        for i in 0..1000u32 {
+            let r = p.client_query(
+                &key(&format!("n{i}.example")),
+                ask(host(66, 1024), i as u16),
+                0,
+                Proto::Udp,
+                t0,
+            );
+            assert_eq!(
+                r,
+                if i < 100 {
+                    Recorded::New
+                } else {
+                    Recorded::OverQuota
+                }
+            );
+        }
+        assert_eq!(p.counters.over_quota, 900);
+        // Another host is not affected; nothing was evicted.
+        let q = key("a.example");
+        assert_eq!(
+            p.client_query(&q, ask(client(1, 1000), 1), 137, Proto::Udp, t0),
+            Recorded::New
+        );
+        assert_eq!(p.counters.evicted, 0);
+        assert_eq!(p.upstream_query(&q, flow(1), t0), paired(137, false));
+        // An answered query frees the quota again.
+        let first = key("n0.example");
+        assert!(
+            p.client_answer(&first, ask(host(66, 1024), 0), t0)
+                .is_some()
+        );
+        assert_eq!(
+            p.client_query(
+                &key("again.example"),
+                ask(host(66, 1024), 7),
+                0,
+                Proto::Udp,
+                t0
+            ),
+            Recorded::New
+        );
+    }
+
+    #[test]
+    fn ipv6_hosts_share_a_quota_per_64() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(PairingConfig {
+            per_client: 2,
+            ..config(100)
+        });
+        let v6 = |last: u16| {
+            SocketAddr::new(
+                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, last)),
+                1000,
+            )
+        };
+        let q = |i: u16| key(&format!("n{i}.example"));
+        assert_eq!(
+            p.client_query(&q(1), ask(v6(1), 1), 0, Proto::Udp, t0),
+            Recorded::New
+        );
+        assert_eq!(
+            p.client_query(&q(2), ask(v6(2), 2), 0, Proto::Udp, t0),
+            Recorded::New
+        );
+        assert_eq!(
+            p.client_query(&q(3), ask(v6(3), 3), 0, Proto::Udp, t0),
+            Recorded::OverQuota
+        );
+    }
+
+    #[test]
+    fn client_answer_must_come_from_the_address_the_client_asked() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        let q = key("www.example.com");
+        p.client_query(&q, ask(client(1, 1000), 1), 7, Proto::Udp, t0);
+        let mut forged = ask(client(1, 1000), 1);
+        forged.server = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 2, 66)), 53);
+        assert_eq!(p.client_answer(&q, forged, t0), None);
+        assert_eq!(p.client_answer(&q, ask(client(1, 1000), 1), t0), Some(7));
+    }
+
+    #[test]
+    fn expiry_removes_a_bounded_number_per_operation_and_lookups_ignore_the_rest() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(100_000));
+        for i in 0..50_000u32 {
+            let q = key(&format!("n{i}.example"));
+            let c = client((i % 200) as u8, (i % 60_000) as u16);
+            p.client_query(&q, ask(c, i as u16), 7, Proto::Udp, t0);
+        }
+        let late = t0 + Duration::from_secs(6);
+        p.expire(late);
+        assert_eq!(p.client_len(), 50_000 - EXPIRE_BUDGET);
+        // Entries past their window are not found even before they are removed.
+        assert_eq!(
+            p.upstream_query(&key("n49999.example"), flow(1), late),
+            UpstreamMatch::Unpaired
+        );
+        assert_eq!(
+            p.client_answer(
+                &key("n49998.example"),
+                ask(client((49_998 % 200) as u8, 49_998), 49_998),
+                late
+            ),
+            None
+        );
+        p.expire_all(late);
+        assert_eq!(p.client_len(), 0);
+        assert_eq!(p.counters.expired, 50_000);
+    }
+
+    // --- TCP intents (issue 11) ----------------------------------------------------------------
+
+    fn upstream(port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 53)), port)
+    }
+
+    #[test]
+    fn truncated_answer_gives_the_resolvers_next_connection_to_that_server_the_clients_mark() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        let q = key("big.example");
+        p.client_query(&q, ask(client(1, 1000), 1), 137, Proto::Udp, t0);
+        p.upstream_query(&q, flow(5), t0);
+        assert_eq!(p.upstream_answer(&flow(5), true, t0 + MS), Some(137));
+        assert_eq!(p.intent_len(), 1);
+        // A connection to another server is not it.
+        let other = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 54)), 53);
+        assert_eq!(p.tcp_open(other, t0 + 2 * MS), UpstreamMatch::Unpaired);
+        assert_eq!(p.tcp_open(upstream(53), t0 + 2 * MS), paired(137, false));
+        assert_eq!(
+            p.tcp_open(upstream(53), t0 + 3 * MS),
+            UpstreamMatch::Unpaired
+        );
+        assert_eq!((p.counters.tcp_opened, p.counters.tcp_unpaired), (1, 2));
+    }
+
+    #[test]
+    fn client_query_over_tcp_gives_the_resolvers_next_connection_its_mark() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        let q = key("a.example");
+        p.client_query(&q, ask(client(1, 1000), 1), 137, Proto::Tcp, t0);
+        assert_eq!(p.tcp_open(upstream(53), t0 + MS), paired(137, false));
+    }
+
+    #[test]
+    fn tcp_intent_is_void_once_the_query_left_over_udp() {
+        // unbound answers a TCP client with an upstream query over UDP: no SYN follows for it.
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        let q = key("a.example");
+        p.client_query(&q, ask(client(1, 1000), 1), 137, Proto::Tcp, t0);
+        p.upstream_query(&q, flow(3), t0 + MS);
+        assert_eq!(p.intent_len(), 0);
+        assert_eq!(
+            p.tcp_open(upstream(53), t0 + 2 * MS),
+            UpstreamMatch::Unpaired
+        );
+    }
+
+    #[test]
+    fn intents_are_claimed_oldest_first_and_mixed_marks_are_ambiguous() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        p.client_query(
+            &key("a.example"),
+            ask(client(1, 1000), 1),
+            137,
+            Proto::Tcp,
+            t0,
+        );
+        p.client_query(
+            &key("b.example"),
+            ask(client(2, 2000), 2),
+            0,
+            Proto::Tcp,
+            t0 + MS,
+        );
+        assert_eq!(p.tcp_open(upstream(53), t0 + 2 * MS), paired(137, true));
+        assert_eq!(p.tcp_open(upstream(53), t0 + 3 * MS), paired(0, false));
+        assert_eq!(p.counters.tcp_ambiguous, 1);
+    }
+
+    #[test]
+    fn intents_expire_quickly() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        p.client_query(
+            &key("a.example"),
+            ask(client(1, 1000), 1),
+            137,
+            Proto::Tcp,
+            t0,
+        );
+        assert_eq!(
+            p.tcp_open(upstream(53), t0 + INTENT_WINDOW),
+            UpstreamMatch::Unpaired
+        );
+    }
+
+    // --- Routed queries (issue 13: answers are learned only if their query was seen) ------------
+
+    #[test]
+    fn forwarded_answer_must_answer_a_forwarded_query() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        let q = key("video.example");
+        let a = Asker {
+            client: client(1, 1000),
+            server: upstream(53),
+            id: 9,
+        };
+        assert!(!p.forwarded_answer(&q, a, Proto::Udp, t0), "nothing asked");
+        p.forwarded_query(&q, a, Proto::Udp, t0);
+        assert!(!p.forwarded_answer(&key("other.example"), a, Proto::Udp, t0));
+        assert!(!p.forwarded_answer(&q, Asker { id: 10, ..a }, Proto::Udp, t0));
+        assert!(!p.forwarded_answer(&q, a, Proto::Tcp, t0));
+        assert!(p.forwarded_answer(&q, a, Proto::Udp, t0 + MS));
+        assert!(
+            !p.forwarded_answer(&q, a, Proto::Udp, t0 + MS),
+            "answered once"
+        );
+        p.forwarded_query(&q, a, Proto::Udp, t0);
+        assert!(!p.forwarded_answer(&q, a, Proto::Udp, t0 + Duration::from_secs(5)));
     }
 }

@@ -5,6 +5,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::engine::{Class, Decision};
+use crate::types::Verdict;
+
 /// A monotonically increasing counter shared between threads.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -38,6 +41,11 @@ pub struct Stats {
     pub dns: Counter,
     /// Payloads on a DNS port that are not a DNS message we can read.
     pub dns_errors: Counter,
+    /// Queries with a wrong transport checksum (the socket drops them): recorded nowhere.
+    pub bad_checksums: Counter,
+    /// Packets of a connection that pairing would have given another mark than the
+    /// connection's; the connection's was kept (a connection reused for another client).
+    pub conn_conflicts: Counter,
     /// Verdicts given, by kind.
     pub accepted: Counter,
     pub dropped: Counter,
@@ -52,4 +60,40 @@ pub struct Stats {
     /// or, with fail-open, accepted them unmarked) among them.
     pub recv_errors: Counter,
     pub enobufs: Counter,
+}
+
+impl Stats {
+    /// Count one verdict.
+    pub fn count_verdict(&self, verdict: Verdict) {
+        match verdict {
+            Verdict::Accept => self.accepted.inc(),
+            Verdict::Drop => self.dropped.inc(),
+            Verdict::Repeat => self.repeated.inc(),
+        }
+    }
+
+    /// Count one decided packet: what was read, the verdict, whether the mark changed.
+    pub fn count(&self, decision: &Decision) {
+        self.packets.inc();
+        match decision.class {
+            Class::Unparsed => self.parse_errors.inc(),
+            Class::NotDns => self.not_dns.inc(),
+            Class::Dns => self.dns.inc(),
+            Class::DnsError => self.dns_errors.inc(),
+            Class::BadChecksum => {
+                self.dns.inc();
+                self.bad_checksums.inc();
+            }
+        }
+        self.count_verdict(decision.verdict);
+        if decision.mark.is_some() {
+            self.marked.inc();
+        }
+        if decision.conflict {
+            self.conn_conflicts.inc();
+        }
+        if decision.learned > 0 {
+            self.flows_learned.add(u64::from(decision.learned));
+        }
+    }
 }

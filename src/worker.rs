@@ -8,14 +8,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::engine::{self, EngineConfig};
-use crate::flows::{LearnConfig, Learned};
+use crate::engine::{self, Decision, EngineConfig, Tables};
+use crate::flows::LearnConfig;
 use crate::metrics::{KernelQueue, QueueSnapshot, RuleSnapshot, Snapshot};
-use crate::pairing::Pairing;
 use crate::queue::{self, Item, Queue, Served};
 use crate::rules::RuleSet;
 use crate::stats::{Counter, Stats};
-use crate::types::Verdict;
+use crate::types::{Meta, Verdict, apply_mask};
 
 /// A rule set in force, with its per-rule counters (which start again at a reload).
 #[derive(Debug)]
@@ -53,8 +52,8 @@ pub struct Shared {
     loaded: RwLock<Arc<Loaded>>,
     /// Bumped on every reload so workers pick up the new rules without a lock per packet.
     generation: AtomicU64,
-    pub pairing: Mutex<Pairing>,
-    pub learned: Mutex<Learned>,
+    /// Pairing and learned flows, behind one lock taken only for [`engine::apply`].
+    pub tables: Mutex<Tables>,
     pub queues: Vec<QueueStats>,
     pub reloads_ok: Counter,
     pub reloads_failed: Counter,
@@ -70,13 +69,12 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     pub fn new(config: EngineConfig, learn: LearnConfig, rules: RuleSet, queues: &[u16]) -> Shared {
-        let pairing = Pairing::new(config.pairing);
+        let tables = Tables::new(&config, learn);
         Shared {
             config,
             loaded: RwLock::new(Arc::new(Loaded::new(rules))),
             generation: AtomicU64::new(0),
-            pairing: Mutex::new(pairing),
-            learned: Mutex::new(Learned::new(learn)),
+            tables: Mutex::new(tables),
             queues: queues
                 .iter()
                 .map(|&num| QueueStats {
@@ -117,13 +115,15 @@ impl Shared {
 
     /// Everything the metrics page and the counter log line show.
     pub fn snapshot(&self) -> Snapshot {
-        let (pairing, waiting_clients, waiting_upstream) = {
-            let t = lock(&self.pairing);
-            (t.counters, t.client_len(), t.upstream_len())
-        };
-        let (learned, learned_entries) = {
-            let l = lock(&self.learned);
-            (l.counters, l.len())
+        let (pairing, waiting_clients, waiting_upstream, learned, learned_entries) = {
+            let t = lock(&self.tables);
+            (
+                t.pairing.counters,
+                t.pairing.client_len(),
+                t.pairing.upstream_len(),
+                t.learned.counters,
+                t.learned.len(),
+            )
         };
         let loaded = self.rules();
         let rules = (0..loaded.rules.len())
@@ -258,7 +258,8 @@ fn count_verdict_errors(num: u16, stats: &Stats, served: &Served) {
     }
 }
 
-/// The verdict and mark for one received item. Unreadable messages get the rules' default.
+/// The verdict and mark for one received item. Unreadable messages get the rules' default
+/// verdict and mark.
 fn decide_item(
     item: Item<'_>,
     shared: &Shared,
@@ -272,25 +273,63 @@ fn decide_item(
             stats.parse_errors.inc();
             log::debug!("unreadable queue message: {e}");
             let d = loaded.rules.default_outcome();
-            stats.accepted.inc();
-            return (d.verdict, None);
+            stats.count_verdict(d.verdict);
+            // The message's mark is unknown, so only a mark that owns every bit can be set.
+            let mark = d
+                .set_mark
+                .filter(|&(_, mask)| mask == u32::MAX)
+                .map(|(value, mask)| apply_mask(0, value, mask));
+            return (d.verdict, mark);
         }
     };
-    let decision = engine::decide_with_flows(
+    let decision = decide(shared, loaded, &meta, payload);
+    count(stats, loaded, &decision);
+    log::trace!(
+        "{:?} mark {:#x} -> {:?} {:?} {:?}",
+        meta.hook,
+        meta.mark,
+        decision.verdict,
+        decision.mark,
+        decision.role
+    );
+    (decision.verdict, decision.mark)
+}
+
+/// Plan outside the lock, apply under it, finish outside it.
+fn decide(shared: &Shared, loaded: &Loaded, meta: &Meta, payload: &[u8]) -> Decision {
+    decide_locked(
         &shared.config,
         &loaded.rules,
-        &shared.pairing,
-        Some(&shared.learned),
-        stats,
-        &meta,
+        &shared.tables,
+        meta,
         payload,
         Instant::now(),
-    );
-    match decision.verdict {
-        Verdict::Accept => stats.accepted.inc(),
-        Verdict::Drop => stats.dropped.inc(),
-        Verdict::Repeat => stats.repeated.inc(),
-    }
+    )
+}
+
+/// The engine's three steps with the tables behind a lock: plan and finish outside it, the
+/// lock held only for [`engine::apply`], and not taken at all when the packet needs no step.
+/// (The benchmark of the decision path calls this too.)
+pub fn decide_locked(
+    config: &EngineConfig,
+    rules: &RuleSet,
+    tables: &Mutex<Tables>,
+    meta: &Meta,
+    payload: &[u8],
+    now: Instant,
+) -> Decision {
+    let plan = engine::plan(config, rules, meta, payload);
+    let applied = if plan.step == engine::Step::None && plan.answer.is_none() {
+        engine::Applied::NOTHING
+    } else {
+        engine::apply(&plan, rules, &mut lock(tables), meta, now)
+    };
+    engine::finish(meta, &plan, &applied, config.pairing.mask)
+}
+
+/// Every counter a decision moves.
+fn count(stats: &Stats, loaded: &Loaded, decision: &Decision) {
+    stats.count(decision);
     if let Some(rule) = decision.rule {
         if let Some(c) = loaded.matches.get(rule) {
             c.inc();
@@ -301,16 +340,30 @@ fn decide_item(
             c.inc();
         }
     }
-    if decision.mark.is_some() {
-        stats.marked.inc();
+    if decision.conflict {
+        log::debug!(
+            "{:?}: pairing wanted another mark than the connection's; kept the connection's",
+            decision.role
+        );
     }
-    log::trace!(
-        "{:?} mark {:#x} -> {:?} {:?} {:?}",
-        meta.hook,
-        meta.mark,
-        decision.verdict,
-        decision.mark,
-        decision.role
-    );
-    (decision.verdict, decision.mark)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_poisoned_lock_is_recovered_with_its_data() {
+        let m = Mutex::new(7);
+        std::thread::scope(|s| {
+            let _ = s
+                .spawn(|| {
+                    let _guard = m.lock();
+                    panic!("poison the lock (expected in this test)");
+                })
+                .join();
+        });
+        assert!(m.is_poisoned());
+        assert_eq!(*lock(&m), 7);
+    }
 }

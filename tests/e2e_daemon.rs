@@ -534,9 +534,16 @@ fn unique_query_flood_with_silent_upstream_stays_within_capacity() {
         w.nfqmark_log()
     );
     assert!(report.sent >= 20_000, "too little load:\n{}", report.text);
+    // One host may hold a quarter of the table (its share): the flood fills that share and
+    // the rest is refused, so other clients' queries are never evicted by it.
     assert!(
-        counters.get("client_queries") > CAPACITY,
-        "the flood never filled the table: {}",
+        counters.get("client_queries") >= CAPACITY / 4,
+        "the flood never filled its share of the table: {}",
+        counters.line()
+    );
+    assert!(
+        counters.get("over_quota") > 0,
+        "the flood was never refused: {}",
         counters.line()
     );
     assert!(
@@ -549,7 +556,6 @@ fn unique_query_flood_with_silent_upstream_stays_within_capacity() {
         "{}",
         counters.line()
     );
-    assert!(counters.get("evicted") > 0, "{}", counters.line());
     assert!(
         rss_after.saturating_sub(rss_before) < 64 * 1024,
         "RSS grew from {rss_before} KiB to {rss_after} KiB"

@@ -21,18 +21,19 @@
 //!   inside the datagram.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nfqmark::dns::{self, Dns, QKey};
-use nfqmark::engine::{self, EngineConfig};
-use nfqmark::types::{Hook, Meta, Verdict};
+use nfqmark::engine::{self, EngineConfig, Tables};
 use nfqmark::fixtures;
+use nfqmark::flows::LearnConfig;
 use nfqmark::nfnl::Messages;
 use nfqmark::packet::{self, Proto};
-use nfqmark::pairing::{Pairing, PairingConfig};
+use nfqmark::pairing::PairingConfig;
 use nfqmark::rules::{Ctx, RuleSet};
 use nfqmark::stats::Stats;
+use nfqmark::types::{Checksum, Conn, Hook, Meta, Verdict};
 
 /// True when `part` is a sub-slice of `whole` (or empty).
 fn within(whole: &[u8], part: &[u8]) -> bool {
@@ -222,7 +223,8 @@ fn sample_rules() -> &'static RuleSet {
     })
 }
 
-/// Bytes of the Meta prefix of each record of an [`engine`] input: hook, mark (4), input and
+/// Bytes of the Meta prefix of each record of an [`engine`] input: hook (low 3 bits; bit 4:
+/// conntrack entry present, bit 5: first packet, bit 6: checksum not verified), mark (4), input and
 /// output interface, clock step in ms (2), packet length (2).
 pub const META_LEN: usize = 11;
 
@@ -248,21 +250,41 @@ pub fn engine(data: &[u8]) {
             client_capacity: capacity,
             upstream_capacity: capacity,
             mask,
+            per_question: 1 + capacity / 4,
+            per_client: 1 + capacity / 2,
         },
         dns_ports: vec![53, 5353],
     };
-    let pairing = Mutex::new(Pairing::new(config.pairing));
+    let mut tables = Tables::new(&config, LearnConfig::default());
     let stats = Stats::default();
     let mut now = Instant::now();
     let mut decided = 0u64;
     while let Some((meta, tail)) = rest.split_first_chunk::<META_LEN>() {
         let [hook, m0, m1, m2, m3, indev, outdev, s0, s1, l0, l1] = *meta;
-        let meta = Meta::new(Hook::from_kernel(hook), u32::from_be_bytes([m0, m1, m2, m3]), u32::from(indev), u32::from(outdev));
+        let mark = u32::from_be_bytes([m0, m1, m2, m3]);
+        let mut meta = Meta::new(
+            Hook::from_kernel(hook & 0x07),
+            mark,
+            u32::from(indev),
+            u32::from(outdev),
+        );
+        // The hook byte's high bits: conntrack information (present, first packet) and the
+        // checksum state.
+        if hook & 0x10 != 0 {
+            meta.conn = Some(Conn {
+                mark: mark.rotate_left(8),
+                first: hook & 0x20 != 0,
+            });
+        }
+        if hook & 0x40 != 0 {
+            meta.checksum = Checksum::NotVerified;
+        }
         now += Duration::from_millis(u64::from(u16::from_be_bytes([s0, s1])));
         let len = usize::from(u16::from_be_bytes([l0, l1])).min(tail.len());
         let (bytes, next) = tail.split_at(len);
         rest = next;
-        let d = engine::decide(&config, rules, &pairing, &stats, &meta, bytes, now);
+        let d = engine::decide(&config, rules, &mut tables, &meta, bytes, now);
+        stats.count(&d);
         decided += 1;
         if let Some(mark) = d.mark {
             assert_ne!(mark, meta.mark, "a 'new' mark equal to the old one");
@@ -277,7 +299,7 @@ pub fn engine(data: &[u8]) {
         if !with_rules {
             assert_eq!(d.verdict, Verdict::Accept, "no rules, yet {:?}", d.verdict);
         }
-        let table = pairing.lock().unwrap_or_else(|p| p.into_inner());
+        let table = &tables.pairing;
         assert!(
             table.client_len() <= capacity,
             "{} clients",
@@ -300,7 +322,12 @@ fn sample_packets() -> &'static [(Meta, Vec<u8>)] {
             .into_iter()
             .enumerate()
             .map(|(i, bytes)| {
-                let meta = Meta::new(Hook::from_kernel((i % 6) as u8), [0, 0x100, 137, 0xffff_ffff][i % 4], (i % 3) as u32, (i % 2) as u32);
+                let meta = Meta::new(
+                    Hook::from_kernel((i % 6) as u8),
+                    [0, 0x100, 137, 0xffff_ffff][i % 4],
+                    (i % 3) as u32,
+                    (i % 2) as u32,
+                );
                 (meta, bytes)
             })
             .collect()
