@@ -66,6 +66,10 @@ pub struct SetupArgs {
     /// With --iptables: the IPv6 rules (for ip6tables-restore).
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
+    /// Leave out the conntrack zones taken from the mark (raw table), even where the kernel
+    /// has them.
+    #[arg(long)]
+    pub no_zones: bool,
 }
 
 #[derive(Debug, Args)]

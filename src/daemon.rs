@@ -166,12 +166,34 @@ pub fn setup(args: &SetupArgs) -> i32 {
         ),
     };
     let (v4, v6) = rules.flow_clients();
+    let family = if args.ipv6 { Family::V6 } else { Family::V4 };
+    let zones = !args.no_zones
+        && match s::probe_ct_zone_mark(family) {
+            Ok(true) => true,
+            Ok(false) => {
+                eprintln!(
+                    "nfqmark setup: this kernel has no conntrack zones from the mark (CT \
+                     --zone-orig mark): behind NAT, a resolver that reuses its query port for \
+                     differently marked clients keeps the first client's mark on that port \
+                     (counted as conn_conflicts)"
+                );
+                false
+            }
+            Err(e) => {
+                eprintln!(
+                    "nfqmark setup: could not probe for conntrack zones ({e}); printing them \
+                     (--no-zones leaves them out)"
+                );
+                true
+            }
+        };
     let plan = Plan {
         queues: args.queue,
         mask: args.mark_mask,
         dns_ports: args.dns_ports.clone(),
         flow_clients_v4: v4,
         flow_clients_v6: v6,
+        zones,
         source,
     };
     let nft = if args.nft {
@@ -202,7 +224,6 @@ pub fn setup(args: &SetupArgs) -> i32 {
     if nft {
         print!("{}", s::nft(&plan));
     } else {
-        let family = if args.ipv6 { Family::V6 } else { Family::V4 };
         print!("{}", s::iptables(&plan, family));
     }
     0

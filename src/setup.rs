@@ -3,8 +3,18 @@
 //!
 //! This module owns the text of those rules, so the README shows this command's output instead
 //! of hand-written copies that drift. Rendering is pure (a [`Plan`] in, text out); the only I/O
-//! is [`probe_nft_queue`], which asks the running kernel (with `nft --check`, which changes
-//! nothing) whether the nft `queue` expression is available.
+//! is in the probes, which ask the running kernel whether a feature exists without changing
+//! anything: [`probe_nft_queue`] with `nft --check`, [`probe_ct_zone_mark`] by loading the rule
+//! into a scratch network namespace that is thrown away.
+//!
+//! Why the resolver's UDP queries are queued in the raw table: on a router that masquerades each
+//! uplink, a connection's NAT binding is chosen by its first packet. A resolver that sends every
+//! upstream query from one port (dnsmasq `--query-port`), or reuses a port within conntrack's
+//! UDP timeout, puts queries of differently marked clients on one connection; the mark routes a
+//! query out of the other uplink with the first query's source address, and the far side drops
+//! it. `CT --zone-orig mark` makes the mark part of the connection's identity (each mark its own
+//! conntrack zone, so its own connection and NAT binding), but the mark must be set before
+//! conntrack sees the packet: so these queries are queued in the raw table, ahead of conntrack.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -23,6 +33,9 @@ pub struct Plan {
     /// name, per family (`None`: no flow rules; an empty list: every client).
     pub flow_clients_v4: Option<Vec<String>>,
     pub flow_clients_v6: Option<Vec<String>>,
+    /// Queue the resolver's UDP queries in the raw table with a conntrack zone taken from the
+    /// mark (`CT --zone-orig mark`), so that every mark is its own connection.
+    pub zones: bool,
     /// Where the rules came from, for the header comment.
     pub source: String,
 }
@@ -88,10 +101,40 @@ pub fn iptables(plan: &Plan, family: Family) -> String {
         o,
         "# apply once (e.g. at boot): nfqmark setup ... | {restore} --noflush"
     );
-    let _ = writeln!(
-        o,
-        "# remove: {tool}-save -t mangle | grep -v -e '--comment nfqmark' -e '^:NFQMARK' | {restore} -T mangle"
-    );
+    let tables: &[&str] = if plan.zones {
+        &["mangle", "raw", "nat"]
+    } else {
+        &["mangle"]
+    };
+    for t in tables {
+        let _ = writeln!(
+            o,
+            "# remove: {tool}-save -t {t} | grep -v -e '--comment nfqmark' -e '^:NFQMARK' | {restore} -T {t}"
+        );
+    }
+    if plan.zones {
+        o.push_str("*raw\n");
+        o.push_str(
+            "# The resolver's upstream queries over UDP are queued before conntrack sees them, and\n\
+             # their mark picks the conntrack zone: each mark is its own connection with its own NAT\n\
+             # binding, even when the resolver sends every query from one port.\n",
+        );
+        for port in &plan.dns_ports {
+            let _ = writeln!(o, "-A OUTPUT -p udp --dport {port} -j CT --zone-orig mark");
+            let _ = writeln!(o, "-A OUTPUT -p udp --dport {port} -j {q}");
+        }
+        o.push_str("COMMIT\n");
+        o.push_str("*nat\n");
+        o.push_str(
+            "# Two marks' connections from the same port to the same server differ only by zone,\n\
+             # and their replies must differ too: with a nat chain in POSTROUTING, conntrack gives\n\
+             # the second one another source port if no masquerade rule already did.\n",
+        );
+        for port in &plan.dns_ports {
+            let _ = writeln!(o, "-A POSTROUTING -p udp --dport {port} -j RETURN");
+        }
+        o.push_str("COMMIT\n");
+    }
     o.push_str("*mangle\n");
     o.push_str(":NFQMARK-DNS-IN - [0:0]\n:NFQMARK-DNS-OUT - [0:0]\n");
     let flows = plan.flow_clients(family);
@@ -114,19 +157,24 @@ pub fn iptables(plan: &Plan, family: Family) -> String {
     );
     o.push_str("-A INPUT -j NFQMARK-DNS-IN\n");
     o.push_str(
-        "# The resolver's upstream queries and its answers to clients, before the restore below:\n",
-    );
-    o.push_str(
-        "# the kernel routes a queued packet again only if its mark changed while queued.\n",
+        "# The resolver's queries over TCP (the SYN included) and its answers to clients, before\n\
+         # the restore below: the kernel routes a queued packet again only if its mark changed\n\
+         # while queued. nfqmark gives a connection's later packets the connection's mark.\n",
     );
     o.push_str("-A OUTPUT -j NFQMARK-DNS-OUT\n");
-    let _ = writeln!(o, "-A OUTPUT -j CONNMARK --restore-mark{m}");
+    let _ = writeln!(
+        o,
+        "-A OUTPUT -m mark --mark 0/{:#x} -j CONNMARK --restore-mark{m}",
+        plan.mask
+    );
     if flows.is_some() {
         o.push_str(
-            "# DNS answers routed through this host to clients (they teach flow marks too).\n",
+            "# DNS answers routed through this host to clients (they teach flow marks too), and\n\
+             # the queries they answer (an answer is learned only if its query was seen).\n",
         );
         for port in &plan.dns_ports {
             for proto in ["udp", "tcp"] {
+                let _ = writeln!(o, "-A FORWARD -p {proto} --dport {port} -j {q}");
                 let _ = writeln!(o, "-A FORWARD -p {proto} --sport {port} -j {q}");
             }
         }
@@ -141,14 +189,14 @@ pub fn iptables(plan: &Plan, family: Family) -> String {
     );
     for port in &plan.dns_ports {
         for proto in ["udp", "tcp"] {
-            for (chain, dir) in [("NFQMARK-DNS-IN", "--dport"), ("NFQMARK-DNS-IN", "--sport")] {
-                let _ = writeln!(o, "-A {chain} -p {proto} {dir} {port} -j {q}");
+            for dir in ["--dport", "--sport"] {
+                let _ = writeln!(o, "-A NFQMARK-DNS-IN -p {proto} {dir} {port} -j {q}");
             }
-            for (chain, dir) in [
-                ("NFQMARK-DNS-OUT", "--dport"),
-                ("NFQMARK-DNS-OUT", "--sport"),
-            ] {
-                let _ = writeln!(o, "-A {chain} -p {proto} {dir} {port} -j {q}");
+            for dir in ["--dport", "--sport"] {
+                if plan.zones && proto == "udp" && dir == "--dport" {
+                    continue; // queued in the raw table
+                }
+                let _ = writeln!(o, "-A NFQMARK-DNS-OUT -p {proto} {dir} {port} -j {q}");
             }
         }
     }
@@ -197,6 +245,11 @@ pub fn nft(plan: &Plan) -> String {
     );
     o.push_str(
         "# apply: nfqmark setup --nft ... | nft -f -    remove: nft delete table inet nfqmark\n",
+    );
+    o.push_str(
+        "# nft cannot take a conntrack zone from the mark (CT --zone-orig mark): with a resolver\n\
+         # that sends every upstream query from one port (dnsmasq --query-port) behind NAT, use the\n\
+         # iptables form (nfqmark setup --iptables)\n",
     );
     if mask != u32::MAX {
         o.push_str(
@@ -274,6 +327,34 @@ pub fn nft(plan: &Plan) -> String {
     o
 }
 
+/// Whether the running kernel has conntrack zones taken from the mark (`CT --zone-orig mark`,
+/// the xt CT target with zone directions, Linux >= 4.6). Loads the rule into a scratch network
+/// namespace (`unshare --net`), which disappears with the command: the host's firewall is not
+/// touched. `Err` says why it could not tell (not root, no `unshare`, ...).
+pub fn probe_ct_zone_mark(family: Family) -> Result<bool, String> {
+    let tool = match family {
+        Family::V4 => "iptables",
+        Family::V6 => "ip6tables",
+    };
+    let out = Command::new("unshare")
+        .args(["--net", tool, "-w", "-t", "raw", "-A", "OUTPUT", "-p", "udp"])
+        .args(["--dport", "9", "-j", "CT", "--zone-orig", "mark"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("cannot run unshare: {e}"))?;
+    if out.status.success() {
+        return Ok(true);
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("unshare failed") || err.contains("Operation not permitted") {
+        Err(format!("cannot make a scratch network namespace: {}", err.trim()))
+    } else {
+        Ok(false)
+    }
+}
+
 /// Whether the running kernel accepts the nft `queue` expression. Asks `nft --check` to load a
 /// throw-away table: nothing is changed. `Err` says why it could not tell (no nft, ...).
 pub fn probe_nft_queue() -> Result<bool, String> {
@@ -313,6 +394,7 @@ mod tests {
             dns_ports: vec![53],
             flow_clients_v4: None,
             flow_clients_v6: None,
+            zones: true,
             source: "test.rules".into(),
         }
     }
@@ -325,8 +407,9 @@ mod tests {
         for line in [
             "-A NFQMARK-DNS-IN -p udp --dport 53 -j NFQUEUE --queue-balance 0:3 --queue-bypass",
             "-A NFQMARK-DNS-IN -p tcp --sport 53 -j NFQUEUE --queue-balance 0:3 --queue-bypass",
-            "-A NFQMARK-DNS-OUT -p udp --dport 53 -j NFQUEUE --queue-balance 0:3 --queue-bypass",
+            "-A NFQMARK-DNS-OUT -p tcp --dport 53 -j NFQUEUE --queue-balance 0:3 --queue-bypass",
             "-A NFQMARK-DNS-OUT -p tcp --sport 53 -j NFQUEUE --queue-balance 0:3 --queue-bypass",
+            "-A OUTPUT -p udp --dport 53 -j NFQUEUE --queue-balance 0:3 --queue-bypass",
             "-A POSTROUTING -m mark ! --mark 0/0xff -j CONNMARK --save-mark --nfmask 0xff --ctmask 0xff",
             "-A PREROUTING -j CONNMARK --restore-mark --nfmask 0xff --ctmask 0xff",
         ] {
@@ -346,7 +429,8 @@ mod tests {
     #[test]
     fn output_queues_dns_before_restoring_the_connection_mark() {
         let text = iptables(&plan(), Family::V4).replace(" -m comment --comment nfqmark", "");
-        let output: Vec<&str> = text
+        let mangle = text.split("*mangle").nth(1).unwrap_or_default();
+        let output: Vec<&str> = mangle
             .lines()
             .filter(|l| l.starts_with("-A OUTPUT "))
             .collect();
@@ -354,7 +438,7 @@ mod tests {
             output,
             [
                 "-A OUTPUT -j NFQMARK-DNS-OUT",
-                "-A OUTPUT -j CONNMARK --restore-mark --nfmask 0xff --ctmask 0xff"
+                "-A OUTPUT -m mark --mark 0/0xff -j CONNMARK --restore-mark --nfmask 0xff --ctmask 0xff"
             ]
         );
         let nft = nft(&plan());
@@ -400,5 +484,32 @@ mod tests {
         assert!(text.contains("meta mark set meta mark & 0xffffff00 | ct mark & 0xff"));
         assert!(text.contains("ct state new ip6 saddr { 2001:db8:1::/64 } udp dport != 53"));
         assert_eq!(text.matches('{').count(), text.matches('}').count());
+    }
+
+    /// The resolver's UDP queries are queued before conntrack, with a zone from the mark, so a
+    /// query port shared by differently marked clients makes one connection per mark.
+    #[test]
+    fn udp_queries_are_queued_in_raw_with_a_zone_from_the_mark_before_the_queue() {
+        let text = iptables(&plan(), Family::V6).replace(" -m comment --comment nfqmark", "");
+        let raw = text
+            .split("*raw\n")
+            .nth(1)
+            .and_then(|t| t.split("COMMIT").next())
+            .unwrap_or_default();
+        let rules: Vec<&str> = raw.lines().filter(|l| l.starts_with("-A")).collect();
+        assert_eq!(
+            rules,
+            [
+                "-A OUTPUT -p udp --dport 53 -j CT --zone-orig mark",
+                "-A OUTPUT -p udp --dport 53 -j NFQUEUE --queue-balance 0:3 --queue-bypass",
+            ]
+        );
+        assert!(text.find("*raw") < text.find("*mangle"));
+        assert!(text.contains("ip6tables-save -t raw"));
+        let mut off = plan();
+        off.zones = false;
+        let text = iptables(&off, Family::V4).replace(" -m comment --comment nfqmark", "");
+        assert!(!text.contains("*raw"));
+        assert!(text.contains("-A NFQMARK-DNS-OUT -p udp --dport 53 -j NFQUEUE"));
     }
 }

@@ -15,6 +15,7 @@ fn readme_setup_block_is_what_nfqmark_setup_prints() {
         dns_ports: vec![53],
         flow_clients_v4: None,
         flow_clients_v6: None,
+        zones: true,
         source: "no rules file (DNS pairing only)".into(),
     };
     let expected: String = setup::iptables(&plan, Family::V4)

@@ -199,6 +199,7 @@ pub fn queue_rules(queue: u16, family: Family) -> String {
         dns_ports: vec![53],
         flow_clients_v4: None,
         flow_clients_v6: None,
+        zones: true,
         source: "the lab".into(),
     };
     let family = match family {
