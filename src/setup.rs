@@ -131,7 +131,9 @@ pub fn iptables(plan: &Plan, family: Family) -> String {
              # the second one another source port if no masquerade rule already did.\n",
         );
         for port in &plan.dns_ports {
-            let _ = writeln!(o, "-A POSTROUTING -p udp --dport {port} -j RETURN");
+            // No target: a rule that only counts, so it never ends the chain before the
+            // masquerade rules, wherever they are.
+            let _ = writeln!(o, "-A POSTROUTING -p udp --dport {port}");
         }
         o.push_str("COMMIT\n");
     }
