@@ -885,7 +885,6 @@ mod tests {
         );
     }
 
-
     // --- The four moments -------------------------------------------------------------------
 
     #[test]
@@ -1250,7 +1249,7 @@ mod tests {
         );
     }
 
-    // --- Merged questions, ids and retransmissions ------------------------------------------
+    // --- Merged questions (the table's policy is tested in pairing.rs) ------------------------
 
     #[test]
     fn merged_question_with_different_marks_gives_the_oldest_mark_and_is_ambiguous() {
@@ -1297,155 +1296,7 @@ mod tests {
         assert_eq!(table.client_len(), 0);
     }
 
-    #[test]
-    fn merged_question_with_the_same_marks_is_not_ambiguous() {
-        let lab = Lab::new();
-        let a = Plan::v4();
-        let b = Plan {
-            client: CLIENT4B,
-            client_id: 0x0202,
-            ..a
-        };
-        lab.decide(Hook::Input, MARK, &a.client_query());
-        lab.decide(Hook::Input, MARK, &b.client_query());
-        assert_eq!(
-            lab.decide(Hook::Output, 0, &a.upstream_query()),
-            accepted(Some(MARK), upstream_query(true, false))
-        );
-        assert_eq!(lab.table().counters.ambiguous, 0);
-    }
-
-    #[test]
-    fn resolver_keeping_the_client_id_gives_that_clients_mark() {
-        let lab = Lab::new();
-        let older = Plan {
-            client_id: 0x0101,
-            ..Plan::v4()
-        };
-        let newer = Plan {
-            client: CLIENT4B,
-            client_id: 0x0202,
-            upstream_id: 0x0202,
-            ..Plan::v4()
-        };
-        lab.decide_at(Hook::Input, 1, &older.client_query(), Duration::ZERO);
-        lab.decide_at(Hook::Input, 2, &newer.client_query(), MS);
-        assert_eq!(
-            lab.decide_at(Hook::Output, 0, &newer.upstream_query(), 2 * MS),
-            accepted(Some(2), upstream_query(true, true))
-        );
-        assert_eq!(
-            lab.decide_at(Hook::Input, 0, &newer.upstream_answer(), 3 * MS)
-                .mark,
-            Some(2)
-        );
-    }
-
-    #[test]
-    fn client_retransmission_does_not_create_a_second_entry() {
-        let lab = Lab::new();
-        let r = Plan::v4().packets();
-        for i in 0..3 {
-            assert_eq!(
-                lab.decide_at(Hook::Input, MARK, &r.client_query, MS * i),
-                accepted(None, Role::ClientQuery)
-            );
-        }
-        {
-            let table = lab.table();
-            assert_eq!(table.client_len(), 1);
-            assert_eq!(table.counters.client_queries, 1);
-        }
-        lab.decide(Hook::Output, 0, &r.upstream_query);
-        assert_eq!(lab.table().counters.ambiguous, 0);
-        assert_eq!(
-            lab.decide(Hook::Output, 0, &r.client_answer).mark,
-            Some(MARK)
-        );
-        assert_eq!(lab.table().client_len(), 0);
-    }
-
-    // --- Time and capacity ------------------------------------------------------------------
-
-    #[test]
-    fn client_query_expires_after_the_window() {
-        let window = Duration::from_secs(2);
-        let lab = Lab::with_pairing(PairingConfig {
-            window,
-            ..PairingConfig::default()
-        });
-        let r = Plan::v4().packets();
-        lab.decide_at(Hook::Input, MARK, &r.client_query, Duration::ZERO);
-        assert_eq!(
-            lab.decide_at(Hook::Output, 0, &r.upstream_query, window),
-            accepted(None, upstream_query(false, false))
-        );
-        assert_eq!(
-            lab.decide_at(Hook::Output, 0, &r.client_answer, window),
-            accepted(None, Role::ClientAnswer { paired: false })
-        );
-        let table = lab.table();
-        assert_eq!(table.client_len(), 0);
-        assert_eq!(table.counters.expired, 1);
-    }
-
-    #[test]
-    fn upstream_answer_after_the_window_is_not_marked() {
-        let window = Duration::from_secs(2);
-        let lab = Lab::with_pairing(PairingConfig {
-            window,
-            ..PairingConfig::default()
-        });
-        let r = Plan::v4().packets();
-        lab.decide_at(Hook::Input, MARK, &r.client_query, Duration::ZERO);
-        lab.decide_at(Hook::Output, 0, &r.upstream_query, window / 2);
-        assert_eq!(
-            lab.decide_at(Hook::Input, 0, &r.upstream_answer, window / 2 + window),
-            accepted(None, Role::UpstreamAnswer { paired: false })
-        );
-        let table = lab.table();
-        assert_eq!((table.client_len(), table.upstream_len()), (0, 0));
-        assert_eq!(table.counters.expired, 2);
-    }
-
-    #[test]
-    fn full_client_table_evicts_the_oldest_query() {
-        let lab = Lab::with_pairing(PairingConfig {
-            client_capacity: 2,
-            ..PairingConfig::default()
-        });
-        let plans = [
-            ("a.example", 0x0a, 1),
-            ("b.example", 0x0b, 2),
-            ("c.example", 0x0c, 3),
-        ]
-        .map(|(name, client_id, mark)| {
-            (
-                Plan {
-                    client_name: name,
-                    upstream_name: name,
-                    client_id,
-                    ..Plan::v4()
-                },
-                mark,
-            )
-        });
-        for (plan, mark) in &plans {
-            lab.decide(Hook::Input, *mark, &plan.client_query());
-        }
-        assert_eq!(lab.table().client_len(), 2);
-        assert_eq!(lab.table().counters.evicted, 1);
-        assert_eq!(
-            lab.decide(Hook::Output, 0, &plans[0].0.upstream_query())
-                .mark,
-            None
-        );
-        assert_eq!(
-            lab.decide(Hook::Output, 0, &plans[2].0.upstream_query())
-                .mark,
-            Some(3)
-        );
-    }
+    // --- Capacity through the whole decision -------------------------------------------------
 
     #[test]
     fn tables_stay_within_capacity_through_decide() {
@@ -1858,6 +1709,203 @@ mod tests {
         assert_untouched(accepted(None, Role::NotPaired));
         assert_eq!(Decision::accept().mark, None);
         assert_eq!(EngineConfig::default().dns_ports, vec![53]);
+    }
+
+    // --- Connections: a mark never changes inside a flow (issue 11) ---------------------------
+
+    fn with_conn(mut meta: Meta, mark: u32, first: bool) -> Meta {
+        meta.conn = Some(crate::types::Conn { mark, first });
+        meta
+    }
+
+    #[test]
+    fn a_connections_first_packet_takes_the_paired_mark() {
+        let lab = Lab::new();
+        let r = Plan::v4().packets();
+        lab.decide(Hook::Input, MARK, &r.client_query);
+        let d = lab.decide_meta(
+            with_conn(meta(Hook::Output, 0), 0, true),
+            &r.upstream_query,
+            MS,
+        );
+        assert_eq!(d.mark, Some(MARK));
+        assert!(!d.conflict);
+    }
+
+    #[test]
+    fn a_later_packet_keeps_the_connections_mark_and_counts_the_conflict() {
+        // The resolver sends client A's query on a connection B's query opened (one query
+        // port, or a pipelined TCP connection): its route and NAT binding are B's.
+        let lab = Lab::new();
+        let r = Plan::v4().packets();
+        lab.decide(Hook::Input, MARK, &r.client_query);
+        let d = lab.decide_meta(
+            with_conn(meta(Hook::Output, 0), 0, false),
+            &r.upstream_query,
+            MS,
+        );
+        assert_eq!((d.mark, d.conflict), (None, true));
+        assert_eq!(d.role, upstream_query(true, false));
+        assert_eq!(lab.stats.conn_conflicts.get(), 1);
+        // The answer on that connection keeps its mark too.
+        let d = lab.decide_meta(
+            with_conn(meta(Hook::Input, 0), 0, false),
+            &r.upstream_answer,
+            2 * MS,
+        );
+        assert_eq!((d.mark, d.conflict), (None, true));
+    }
+
+    #[test]
+    fn a_later_packet_without_a_query_of_its_own_gets_the_connections_mark() {
+        // A bare ACK of the resolver's TCP connection opened for client A, queued before
+        // OUTPUT's restore-mark: it must leave with A's mark, or it would leave by the other
+        // uplink with this one's source address.
+        let lab = Lab::new();
+        let ack = fixtures::tcp(WAN4, RESOLVER_PORT, UPSTREAM4, 53, &[]);
+        let d = lab.decide_meta(with_conn(meta(Hook::Output, 0), MARK, false), &ack, MS);
+        assert_eq!((d.mark, d.conflict), (Some(MARK), false));
+        // Under a mask, only the mask's bits come from the connection.
+        let lab = Lab::with_pairing(PairingConfig {
+            mask: 0xff00,
+            ..PairingConfig::default()
+        });
+        let d = lab.decide_meta(with_conn(meta(Hook::Output, 0x12), 0x3f00, false), &ack, MS);
+        assert_eq!(d.mark, Some(0x3f12));
+    }
+
+    #[test]
+    fn non_dns_packets_are_not_given_the_connections_mark() {
+        let lab = Lab::new();
+        let https = fixtures::tcp(CLIENT4, 40000, LAN4, 443, b"\x16\x03\x01");
+        let d = lab.decide_meta(with_conn(meta(Hook::Input, 0), MARK, false), &https, MS);
+        assert_eq!(d.mark, None);
+    }
+
+    // --- Hostile input (issue 13) -------------------------------------------------------------
+
+    #[test]
+    fn a_query_with_a_bad_checksum_is_recorded_nowhere() {
+        // B's query never reaches the resolver (the socket drops it); had it been recorded, A's
+        // later query for the same name would find B waiting.
+        let lab = Lab::new();
+        let b = Plan {
+            client: CLIENT4B,
+            ..Plan::v4()
+        };
+        let mut bad = b.client_query();
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        let mut m = meta(Hook::Input, 0);
+        m.checksum = Checksum::NotVerified;
+        let d = lab.decide_meta(m, &bad, Duration::ZERO);
+        assert_eq!((d.class, d.role), (Class::BadChecksum, Role::NotPaired));
+        assert_eq!(lab.table().client_len(), 0);
+        assert_eq!(lab.stats.bad_checksums.get(), 1);
+        // The same query with a good checksum, or one the kernel already verified, counts.
+        let d = lab.decide_meta(m, &b.client_query(), MS);
+        assert_eq!(d.role, Role::ClientQuery);
+        let d = lab.decide_meta(meta(Hook::Input, 0), &bad, MS);
+        assert_eq!(
+            d.class,
+            Class::Dns,
+            "verified by the kernel: not checked again"
+        );
+    }
+
+    fn flow_lab() -> Lab {
+        let mut lab = Lab::new();
+        lab.rules = RuleSet::parse(
+            "flow names www.example.com set-mark 0x20/0xff\ndefault accept\n",
+            "t.rules",
+            &|_: &str| Some(1),
+        )
+        .unwrap();
+        lab
+    }
+
+    #[test]
+    fn an_answer_to_a_query_nobody_asked_teaches_nothing() {
+        let lab = flow_lab();
+        let plan = Plan::v4();
+        let answer = packet(
+            Wire::Udp,
+            plan.lan,
+            53,
+            plan.client,
+            plan.client_port,
+            &fixtures::dns_answer_a(
+                plan.client_id,
+                "www.example.com",
+                &[Ipv4Addr::new(198, 18, 7, 7)],
+            ),
+        );
+        let d = lab.decide(Hook::Output, 0, &answer);
+        assert_eq!(
+            (d.learned, d.role),
+            (0, Role::ClientAnswer { paired: false })
+        );
+        let routed = lab.decide(Hook::Forward, 0, &answer);
+        assert_eq!(routed.learned, 0);
+        let flow = fixtures::tcp_syn(
+            plan.client,
+            41000,
+            IpAddr::V4(Ipv4Addr::new(198, 18, 7, 7)),
+            443,
+        );
+        assert_eq!(lab.decide(Hook::PreRouting, 0, &flow).mark, None);
+    }
+
+    #[test]
+    fn an_answer_to_a_query_the_client_asked_teaches_its_addresses() {
+        let lab = flow_lab();
+        let plan = Plan::v4();
+        lab.decide(Hook::Input, 0, &plan.client_query());
+        let answer = packet(
+            Wire::Udp,
+            plan.lan,
+            53,
+            plan.client,
+            plan.client_port,
+            &fixtures::dns_answer_a(
+                plan.client_id,
+                "www.example.com",
+                &[Ipv4Addr::new(198, 18, 7, 7)],
+            ),
+        );
+        let d = lab.decide(Hook::Output, 0, &answer);
+        assert_eq!(
+            (d.learned, d.role),
+            (1, Role::ClientAnswer { paired: true })
+        );
+        let flow = fixtures::tcp_syn(
+            plan.client,
+            41000,
+            IpAddr::V4(Ipv4Addr::new(198, 18, 7, 7)),
+            443,
+        );
+        let d = lab.decide(Hook::PreRouting, 0, &flow);
+        assert_eq!((d.mark, d.role), (Some(0x20), Role::FlowMarked));
+        // A routed answer teaches only after its routed query was seen.
+        let other = Plan {
+            client: CLIENT4B,
+            lan: UPSTREAM4,
+            ..plan
+        };
+        lab.decide(Hook::Forward, 0, &other.client_query());
+        let routed = packet(
+            Wire::Udp,
+            other.lan,
+            53,
+            other.client,
+            other.client_port,
+            &fixtures::dns_answer_a(
+                other.client_id,
+                "www.example.com",
+                &[Ipv4Addr::new(198, 18, 7, 8)],
+            ),
+        );
+        assert_eq!(lab.decide(Hook::Forward, 0, &routed).learned, 1);
     }
 
     // --- Robustness -------------------------------------------------------------------------

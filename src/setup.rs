@@ -339,7 +339,9 @@ pub fn probe_ct_zone_mark(family: Family) -> Result<bool, String> {
         Family::V6 => "ip6tables",
     };
     let out = Command::new("unshare")
-        .args(["--net", tool, "-w", "-t", "raw", "-A", "OUTPUT", "-p", "udp"])
+        .args([
+            "--net", tool, "-w", "-t", "raw", "-A", "OUTPUT", "-p", "udp",
+        ])
         .args(["--dport", "9", "-j", "CT", "--zone-orig", "mark"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -351,7 +353,10 @@ pub fn probe_ct_zone_mark(family: Family) -> Result<bool, String> {
     }
     let err = String::from_utf8_lossy(&out.stderr);
     if err.contains("unshare failed") || err.contains("Operation not permitted") {
-        Err(format!("cannot make a scratch network namespace: {}", err.trim()))
+        Err(format!(
+            "cannot make a scratch network namespace: {}",
+            err.trim()
+        ))
     } else {
         Ok(false)
     }
