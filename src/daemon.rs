@@ -267,6 +267,8 @@ pub fn run(args: &RunArgs) -> Result<(), Error> {
         ttl_floor: args.flow_ttl_min,
         ttl_ceiling: args.flow_ttl_max,
         capacity: args.flow_capacity,
+        // One client may hold an eighth of the table.
+        per_client: (args.flow_capacity / 8).max(1),
     };
     let shared = Arc::new(Shared::new(engine_config(args), learn, rules, &nums));
     // Bind every queue before serving any, so a bad queue fails the start, not the night.

@@ -98,6 +98,9 @@ pub struct LearnConfig {
     pub ttl_ceiling: Duration,
     /// Most (client, address, rule) entries at once; the one closest to expiry is evicted.
     pub capacity: usize,
+    /// Most entries one client may hold; beyond it, its new addresses are not learned (so one
+    /// client resolving without end cannot evict the others').
+    pub per_client: usize,
 }
 
 impl Default for LearnConfig {
@@ -106,6 +109,7 @@ impl Default for LearnConfig {
             ttl_floor: Duration::from_secs(30),
             ttl_ceiling: Duration::from_secs(3600),
             capacity: 65_536,
+            per_client: 8_192,
         }
     }
 }
@@ -132,6 +136,8 @@ pub struct LearnCounters {
     pub learned: u64,
     /// New flows that found a learned address and got its mark.
     pub flows_marked: u64,
+    /// Addresses not learned because their client held `per_client` entries.
+    pub over_quota: u64,
     pub expired: u64,
     pub evicted: u64,
 }
@@ -143,6 +149,7 @@ pub struct Learned {
     entries: HashMap<Key, Vec<Entry>>,
     /// (expiry, seq) -> key: the soonest expiry first, for expiry and eviction.
     by_expiry: BTreeMap<(Instant, u64), Key>,
+    per_client: HashMap<IpAddr, usize>,
     next_seq: u64,
     pub counters: LearnCounters,
 }
@@ -153,6 +160,7 @@ impl Learned {
             config,
             entries: HashMap::new(),
             by_expiry: BTreeMap::new(),
+            per_client: HashMap::new(),
             next_seq: 0,
             counters: LearnCounters::default(),
         }
@@ -190,6 +198,7 @@ impl Learned {
         let expires = now + self.clamp(ttl);
         self.next_seq = self.next_seq.wrapping_add(1);
         let seq = self.next_seq;
+        let held = self.per_client.get(&client).copied().unwrap_or(0);
         let list = self.entries.entry(key).or_default();
         if let Some(e) = list
             .iter_mut()
@@ -199,6 +208,12 @@ impl Learned {
             e.expires = expires;
             e.seq = seq;
             e.target = target;
+        } else if held >= self.config.per_client {
+            if list.is_empty() {
+                self.entries.remove(&key);
+            }
+            self.counters.over_quota += 1;
+            return;
         } else {
             list.push(Entry {
                 target,
@@ -207,6 +222,7 @@ impl Learned {
                 seq,
             });
             list.sort_by_key(|e| e.target.rule);
+            *self.per_client.entry(client).or_default() += 1;
         }
         self.by_expiry.insert((expires, seq), key);
         self.counters.learned += 1;
@@ -252,7 +268,16 @@ impl Learned {
 
     fn remove(&mut self, key: Key, at: Instant, seq: u64) {
         if let Some(list) = self.entries.get_mut(&key) {
+            let before = list.len();
             list.retain(|e| !(e.expires == at && e.seq == seq));
+            if list.len() < before
+                && let Some(n) = self.per_client.get_mut(&key.client)
+            {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_client.remove(&key.client);
+                }
+            }
             if list.is_empty() {
                 self.entries.remove(&key);
             }
@@ -373,6 +398,7 @@ mod tests {
             ttl_floor: Duration::from_secs(1),
             ttl_ceiling: Duration::from_secs(600),
             capacity: 100,
+            per_client: usize::MAX,
         });
         let client: IpAddr = "198.18.1.2".parse().expect("ip");
         let other: IpAddr = "198.18.2.2".parse().expect("ip");
@@ -407,6 +433,7 @@ mod tests {
             ttl_floor: Duration::from_secs(5),
             ttl_ceiling: Duration::from_secs(50),
             capacity: 100,
+            per_client: usize::MAX,
         });
         let c: IpAddr = "198.18.1.2".parse().expect("ip");
         let d1: IpAddr = "198.18.7.1".parse().expect("ip");
@@ -477,5 +504,32 @@ mod tests {
         assert!(l.len() <= before + 1);
         let total: usize = l.entries.values().map(Vec::len).sum();
         assert_eq!(total, l.len(), "index and entries agree");
+    }
+
+    #[test]
+    fn one_client_cannot_crowd_out_another() {
+        let t0 = Instant::now();
+        let mut l = Learned::new(LearnConfig {
+            ttl_floor: Duration::from_secs(1),
+            ttl_ceiling: Duration::from_secs(3600),
+            capacity: 100,
+            per_client: 10,
+        });
+        let a: IpAddr = "198.18.1.2".parse().expect("ip");
+        let b: IpAddr = "198.18.2.2".parse().expect("ip");
+        let real: IpAddr = "198.18.7.7".parse().expect("ip");
+        l.learn(a, 0, real, 60, T, t0);
+        for i in 0..1000u32 {
+            let addr = IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000 + i));
+            l.learn(b, 0, addr, 3600, T, t0);
+        }
+        assert_eq!(l.len(), 11);
+        assert_eq!(l.counters.over_quota, 990);
+        assert_eq!(l.counters.evicted, 0);
+        assert!(l.lookup(a, 0, real, t0).is_some());
+        // Refreshing an entry already held is not refused.
+        let first = IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000));
+        l.learn(b, 0, first, 3600, T, t0);
+        assert_eq!(l.counters.over_quota, 990);
     }
 }

@@ -316,6 +316,7 @@ pub fn render(s: &Snapshot) -> String {
     for (outcome, v) in [
         ("learned", l.learned),
         ("flow_marked", l.flows_marked),
+        ("over_quota", l.over_quota),
         ("expired", l.expired),
         ("evicted", l.evicted),
     ] {
