@@ -328,7 +328,7 @@ impl Pairing {
             .get(question)
             .is_some_and(|ids| ids.len() >= self.config.per_question)
         {
-            self.evict_from_question(question);
+            self.evict_from_question(question, host);
         }
         while self.clients.len() >= self.config.client_capacity {
             let Some((id, _, _)) = self.clients.oldest() else {
@@ -362,35 +362,38 @@ impl Pairing {
         Recorded::New
     }
 
-    /// The question's share is full: evict the oldest unclaimed entry of the host holding the
-    /// most entries of it (a host flooding one name only displaces itself), or failing that the
-    /// oldest entry.
-    fn evict_from_question(&mut self, question: &QKey) {
+    /// The question's share is full. A host that already holds entries of it gives up its own
+    /// oldest (a host flooding one name only displaces itself, in one pass); a host asking for
+    /// the first time takes the oldest entry of the host holding the most of them.
+    fn evict_from_question(&mut self, question: &QKey, asking: Host) {
         let Some(ids) = self.by_question.get(question) else {
             return;
         };
-        let mut heaviest: Option<(Host, usize)> = None;
-        for &id in ids {
-            let Some(e) = self.clients.get(id) else {
-                continue;
-            };
-            let n = ids
-                .iter()
-                .filter(|&&o| self.clients.get(o).is_some_and(|x| x.host == e.host))
-                .count();
-            if heaviest.is_none_or(|(_, m)| n > m) {
-                heaviest = Some((e.host, n));
-            }
-        }
-        let victim = heaviest.and_then(|(host, _)| {
-            let of_host = |claimed: bool| {
+        let oldest_of = |host: Host| {
+            let of = |claimed: bool| {
                 ids.iter().copied().find(|&id| {
                     self.clients
                         .get(id)
                         .is_some_and(|e| e.host == host && e.claim.is_some() == claimed)
                 })
             };
-            of_host(false).or_else(|| of_host(true))
+            of(false).or_else(|| of(true))
+        };
+        let victim = oldest_of(asking).or_else(|| {
+            let mut heaviest: Option<(Host, usize)> = None;
+            for &id in ids {
+                let Some(e) = self.clients.get(id) else {
+                    continue;
+                };
+                let n = ids
+                    .iter()
+                    .filter(|&&o| self.clients.get(o).is_some_and(|x| x.host == e.host))
+                    .count();
+                if heaviest.is_none_or(|(_, m)| n > m) {
+                    heaviest = Some((e.host, n));
+                }
+            }
+            heaviest.and_then(|(host, _)| oldest_of(host))
         });
         if let Some(id) = victim.or_else(|| ids.first().copied()) {
             self.remove_client(id);
