@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use hickory_proto::rr::Name;
 
-use super::parse::{AddrRange, Cond, DnsKind, FlowDef, NamePattern, PortRange, RuleDef, Test};
+use super::defs::{AddrRange, Cond, DnsKind, FlowDef, NamePattern, PortRange, RuleDef, Test};
 use super::{Ctx, Outcome};
 use crate::flows::FlowTarget;
 use crate::packet::Proto;
@@ -1580,7 +1580,8 @@ mod tests {
     use etherparse::PacketBuilder;
     use hickory_proto::rr::RecordType;
 
-    use super::super::parse::{self, Action, Parsed};
+    use super::super::defs::{self, Action, Parsed};
+    use super::super::parse;
     use super::super::{Ctx, Outcome, RuleSet};
     use super::*;
     use crate::types::{Meta, Verdict};
@@ -2455,7 +2456,7 @@ mod tests {
 
     #[test]
     fn filed_matcher_is_not_checked_again_and_cheap_checks_come_first() {
-        let parsed = match parse::parse(
+        let parsed = match parse(
             "src 198.18.0.0/15 dns-name a.example dport 53 proto udp set-mark 1\n\
              dns query dns-type A set-mark 2\n",
             "t.rules",
@@ -2751,8 +2752,8 @@ mod tests {
         outcome(&parsed.default, None)
     }
 
-    fn naive_test(test: &parse::Test, ctx: &Ctx<'_>) -> bool {
-        use parse::Test as T;
+    fn naive_test(test: &defs::Test, ctx: &Ctx<'_>) -> bool {
+        use defs::Test as T;
         let p = ctx.packet;
         let in_range = |r: &AddrRange, a: IpAddr| match (r, a) {
             (AddrRange::V4(lo, hi), IpAddr::V4(a)) => (*lo..=*hi).contains(&u32::from(a)),
@@ -2819,7 +2820,7 @@ mod tests {
         for round in 0..25 {
             let count = [1, 5, 40, 300][round % 4];
             let text = random_rules(&mut rng, count);
-            let parsed = match parse::parse(&text, "r.rules", &ifaces) {
+            let parsed = match parse(&text, "r.rules", &ifaces) {
                 Ok(p) => p,
                 Err(d) => panic!("generated rules do not parse: {d:#?}\n{text}"),
             };
@@ -3133,8 +3134,8 @@ flow src 198.18.1.0/24, 2001:db8:1::/64 names *.video.example, video.example set
         parsed.flows.iter().position(|f| {
             let client_ok = f.conds.iter().all(|c| {
                 let holds = match &c.test {
-                    parse::Test::Src(v) => v.iter().any(in_range),
-                    parse::Test::Mark(v) => v.iter().any(|(value, mask)| mark & mask == *value),
+                    defs::Test::Src(v) => v.iter().any(in_range),
+                    defs::Test::Mark(v) => v.iter().any(|(value, mask)| mark & mask == *value),
                     _ => panic!("flow rule with {:?}", c.test),
                 };
                 holds != c.negated
@@ -3186,7 +3187,7 @@ flow src 198.18.1.0/24, 2001:db8:1::/64 names *.video.example, video.example set
                 }
                 text.push('\n');
             }
-            let parsed = match parse::parse(&text, "r.rules", &ifaces) {
+            let parsed = match parse(&text, "r.rules", &ifaces) {
                 Ok(p) => p,
                 Err(d) => panic!("generated flow rules do not parse: {d:#?}\n{text}"),
             };

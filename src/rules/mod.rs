@@ -15,8 +15,16 @@
 //! reads a file, at load time), never allocates in [`RuleSet::evaluate`] or
 //! [`RuleSet::flow_target`] and never panics.
 
+mod defs;
+mod hints;
+mod keywords;
+mod lex;
 mod matcher;
-mod parse;
+#[cfg(test)]
+mod parse_tests;
+mod resolve;
+mod syntax;
+mod values;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -145,14 +153,14 @@ impl RuleSet {
         source: &str,
         ifaces: &dyn Fn(&str) -> Option<u32>,
     ) -> Result<RuleSet, Vec<Diagnostic>> {
-        let parsed = parse::parse(text, source, ifaces)?;
+        let parsed = parse(text, source, ifaces)?;
         let mut sets = SetCounts::default();
         for s in &parsed.sets {
             sets.sets += 1;
             match s.kind {
-                parse::SetKind::Names => sets.names += s.len,
-                parse::SetKind::Addrs => sets.addrs += s.len,
-                parse::SetKind::Ports => sets.ports += s.len,
+                defs::SetKind::Names => sets.names += s.len,
+                defs::SetKind::Addrs => sets.addrs += s.len,
+                defs::SetKind::Ports => sets.ports += s.len,
             }
         }
         let default = Outcome {
@@ -267,6 +275,24 @@ impl RuleSet {
     pub fn flow_clients(&self) -> (Option<Vec<String>>, Option<Vec<String>>) {
         self.flows.clients().clone()
     }
+}
+
+/// Text -> checked rules: tokens, statements, then references resolved. Every problem in the
+/// text is returned, sorted by place.
+fn parse(
+    text: &str,
+    source: &str,
+    ifaces: &dyn Fn(&str) -> Option<u32>,
+) -> Result<defs::Parsed, Vec<Diagnostic>> {
+    let toks = lex::lex(text);
+    let interface = |name: &str| resolve::interface(ifaces, name);
+    let (statements, mut diags) = syntax::read(&toks, source, &interface);
+    let parsed = resolve::resolve(statements, source, &mut diags);
+    if !diags.is_empty() {
+        diags.sort_by_key(|d| (d.line, d.col));
+        return Err(diags);
+    }
+    Ok(parsed)
 }
 
 /// An outcome in rule syntax: `accept`, `drop`, `repeat set-mark 0x1/0xff nopair`.

@@ -1,0 +1,189 @@
+//! Statements -> rules: set references expanded, interfaces named by index, and the checks
+//! that need the whole file.
+//!
+//! This module owns what a name in the file refers to: a `@set` (defined anywhere in the file, of
+//! the kind its matcher takes) and an interface (it must exist when the rules load: the daemon
+//! passes `if_nametoindex`, tests a closure). It turns the [`Statements`] of `syntax.rs` into the
+//! checked [`Parsed`] file of `defs.rs`, reporting each reference that cannot be resolved with its
+//! place and a hint. It never reads text or tokens, never opens files, and never panics.
+
+use super::Diagnostic;
+use super::defs::{Cond, FlowDef, Parsed, RuleDef, SetKind, SetSummary, Test, Action};
+use super::hints::did_you_mean;
+use super::syntax::{RawCond, RawFlow, RawRule, SetDef, SetValues, Statements};
+use super::values::{VErr, verr};
+
+/// The index of interface `name`, through `ifaces` (0 is no interface).
+pub(super) fn interface(ifaces: &dyn Fn(&str) -> Option<u32>, name: &str) -> Result<u32, VErr> {
+    match ifaces(name) {
+        Some(idx) if idx != 0 => Ok(idx),
+        _ => Err(verr(
+            format!("unknown interface '{name}'"),
+            Some(
+                "the interface must exist when the rules load; they are read again on \
+                 reload"
+                    .to_string(),
+            ),
+        )),
+    }
+}
+
+/// The checked file: every rule and flow rule whose set references all resolve, the default and
+/// the sets. Problems are added to `diags`.
+pub(super) fn resolve(statements: Statements, source: &str, diags: &mut Vec<Diagnostic>) -> Parsed {
+    let Statements {
+        sets,
+        set_order,
+        rules,
+        flows,
+        default,
+    } = statements;
+    let mut r = Resolver {
+        source,
+        sets: &sets,
+        diags,
+    };
+    let rules = r.rules(rules);
+    let flows = r.flows(flows);
+    let sets = set_order
+        .iter()
+        .filter_map(|name| sets.get(name)?.values.as_ref())
+        .map(|values| SetSummary {
+            kind: values.kind(),
+            len: values.len(),
+        })
+        .collect();
+    Parsed {
+        rules,
+        flows,
+        default: default.map_or(Action::ACCEPT, |(_, a)| a),
+        sets,
+    }
+}
+
+/// Expands set references, reporting those that do not resolve.
+struct Resolver<'a> {
+    source: &'a str,
+    sets: &'a std::collections::HashMap<String, SetDef>,
+    diags: &'a mut Vec<Diagnostic>,
+}
+
+impl Resolver<'_> {
+    /// Expand set references and produce the final rules.
+    fn rules(&mut self, raw: Vec<RawRule>) -> Vec<RuleDef> {
+        let mut out = Vec::with_capacity(raw.len());
+        for rule in raw {
+            if let Some(conds) = self.conds(rule.conds) {
+                out.push(RuleDef {
+                    line: rule.line,
+                    conds,
+                    action: rule.action,
+                });
+            }
+        }
+        out
+    }
+
+    /// Expand set references in the flow rules and produce the final flow rules.
+    fn flows(&mut self, raw: Vec<RawFlow>) -> Vec<FlowDef> {
+        let mut out = Vec::with_capacity(raw.len());
+        for flow in raw {
+            let Some(conds) = self.conds(flow.conds) else {
+                continue;
+            };
+            let mut names = Vec::new();
+            let mut client = Vec::with_capacity(conds.len());
+            for cond in conds {
+                match cond.test {
+                    // Only `names` reads into DnsName in a flow rule, and only once.
+                    Test::DnsName(v) => names.extend(v),
+                    _ => client.push(cond),
+                }
+            }
+            let per_mark = flow.per_mark.then(|| {
+                let masks = client.iter().filter_map(|c| match &c.test {
+                    Test::Mark(v) => Some(v.iter().fold(0, |acc, (_, m)| acc | m)),
+                    _ => None,
+                });
+                masks.reduce(|a, b| a | b).unwrap_or(u32::MAX)
+            });
+            out.push(FlowDef {
+                line: flow.line,
+                conds: client,
+                names,
+                set_mark: flow.set_mark,
+                per_mark,
+            });
+        }
+        out
+    }
+
+    /// Expand the set references of one rule's matchers; `None` (errors reported) when one
+    /// cannot be expanded.
+    fn conds(&mut self, raw: Vec<RawCond>) -> Option<Vec<Cond>> {
+        let mut ok = true;
+        let mut conds = Vec::with_capacity(raw.len());
+        for rc in raw {
+            let mut cond = rc.cond;
+            for r in &rc.refs {
+                let Some(def) = self.sets.get(&r.name) else {
+                    let names: Vec<&str> = self.sets.keys().map(String::as_str).collect();
+                    let hint = did_you_mean(&r.name, &names)
+                        .map(|n| format!("did you mean '@{n}'?"))
+                        .or_else(|| {
+                            rc.field.set_kind().map(|k| {
+                                format!("define it with: set {} {} {{ ... }}", r.name, k.keyword())
+                            })
+                        });
+                    self.diags.push(Diagnostic {
+                        source: self.source.to_string(),
+                        line: r.line,
+                        col: r.col,
+                        message: format!("unknown set '@{}'", r.name),
+                        hint,
+                    });
+                    ok = false;
+                    continue;
+                };
+                let Some(values) = &def.values else {
+                    // The definition's errors are reported; its uses are not errors too.
+                    ok = false;
+                    continue;
+                };
+                let extended = match (&mut cond.test, values) {
+                    (Test::DnsName(l), SetValues::Names(v)) => {
+                        l.extend(v.iter().cloned());
+                        true
+                    }
+                    (Test::Src(l) | Test::Dst(l), SetValues::Addrs(v)) => {
+                        l.extend_from_slice(v);
+                        true
+                    }
+                    (Test::Sport(l) | Test::Dport(l), SetValues::Ports(v)) => {
+                        l.extend_from_slice(v);
+                        true
+                    }
+                    _ => false,
+                };
+                if !extended {
+                    let want = rc.field.set_kind().map_or("values", SetKind::noun);
+                    self.diags.push(Diagnostic {
+                        source: self.source.to_string(),
+                        line: r.line,
+                        col: r.col,
+                        message: format!(
+                            "set '@{}' holds {}, but '{}' needs {want}",
+                            r.name,
+                            values.kind().noun(),
+                            rc.field.name()
+                        ),
+                        hint: Some(format!("the set is defined on line {}", def.line)),
+                    });
+                    ok = false;
+                }
+            }
+            conds.push(cond);
+        }
+        ok.then_some(conds)
+    }
+}
