@@ -165,7 +165,7 @@ pub fn setup(args: &SetupArgs) -> i32 {
             "no rules file (DNS pairing only)".to_string(),
         ),
     };
-    let (v4, v6) = rules.flow_clients();
+    let (v4, v6) = s::flow_clients(&rules);
     let family = if args.ipv6 { Family::V6 } else { Family::V4 };
     let zones = !args.no_zones
         && match s::probe_ct_zone_mark(family) {

@@ -2,10 +2,12 @@
 //! `nft -f`.
 //!
 //! This module owns the text of those rules, so the README shows this command's output instead
-//! of hand-written copies that drift. Rendering is pure (a [`Plan`] in, text out); the only I/O
-//! is in the probes, which ask the running kernel whether a feature exists without changing
-//! anything: [`probe_nft_queue`] with `nft --check`, [`probe_ct_zone_mark`] by loading the rule
-//! into a scratch network namespace that is thrown away.
+//! of hand-written copies that drift, and which clients' new flows they queue: the prefixes
+//! [`flow_clients`] draws from the flow rules' `src` matchers. Rendering and that math are pure
+//! (rules or a [`Plan`] in, text out); the only I/O is in the probes, which ask the running
+//! kernel whether a feature exists without changing anything: [`probe_nft_queue`] with `nft
+//! --check`, [`probe_ct_zone_mark`] by loading the rule into a scratch network namespace that is
+//! thrown away. It never decides how a packet or a flow is marked (that is the rules').
 //!
 //! Why the resolver's UDP queries are queued in the raw table: on a router that masquerades each
 //! uplink, a connection's NAT binding is chosen by its first packet. A resolver that sends every
@@ -18,7 +20,10 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Stdio};
+
+use crate::rules::{AddrRange, RuleSet};
 
 /// What the rules need from the firewall.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +84,102 @@ impl Plan {
             Family::V4 => self.flow_clients_v4.as_ref(),
             Family::V6 => self.flow_clients_v6.as_ref(),
         }
+    }
+}
+
+/// Source prefixes the flow rules can match, as text (`198.18.1.0/24`), per family: (IPv4,
+/// IPv6), for [`Plan`]. `None` for a family no flow rule can match; `Some(empty vec)` when some
+/// flow rule can match every client of that family (no `src`, or only negated `src`). A rule
+/// whose positive `src` matchers all hold only for clients inside each of them is stood for by
+/// the one covering the fewest addresses of a family (a superset of its clients when it has
+/// several); prefixes inside other listed prefixes are left out. Rules without names never match
+/// and need nothing.
+pub fn flow_clients(rules: &RuleSet) -> (Option<Vec<String>>, Option<Vec<String>>) {
+    let mut v4: Clients<u32> = Clients::default();
+    let mut v6: Clients<u128> = Clients::default();
+    for matchers in rules.flow_sources() {
+        if matchers.is_empty() {
+            v4.all = true;
+            v6.all = true;
+            continue;
+        }
+        let pick4 = matchers.iter().map(|v| {
+            v.iter()
+                .filter_map(|r| match r {
+                    AddrRange::V4(a, b) => Some((*a, *b)),
+                    AddrRange::V6(..) => None,
+                })
+                .collect()
+        });
+        let pick6 = matchers.iter().map(|v| {
+            v.iter()
+                .filter_map(|r| match r {
+                    AddrRange::V6(a, b) => Some((*a, *b)),
+                    AddrRange::V4(..) => None,
+                })
+                .collect()
+        });
+        v4.add_tightest(pick4.collect(), |(a, b)| f64::from(b - a) + 1.0);
+        v6.add_tightest(pick6.collect(), |(a, b)| (b - a) as f64 + 1.0);
+    }
+    let text4 = |(a, b): (u32, u32)| format!("{}/{}", Ipv4Addr::from(a), (a ^ b).leading_zeros());
+    let text6 = |(a, b): (u128, u128)| format!("{}/{}", Ipv6Addr::from(a), (a ^ b).leading_zeros());
+    (
+        v4.prefixes((0, u32::MAX), text4),
+        v6.prefixes((0, u128::MAX), text6),
+    )
+}
+
+/// What the flow rules can match of one address family, as inclusive ranges (each a prefix).
+#[derive(Debug, Default)]
+struct Clients<K> {
+    /// Some rule matches every client of the family.
+    all: bool,
+    ranges: Vec<(K, K)>,
+    /// Some rule matches clients of the family.
+    any: bool,
+}
+
+impl<K: Copy + Ord> Clients<K> {
+    /// Of one rule's positive `src` matchers (their ranges in this family), file the one that
+    /// covers the fewest addresses; none if any of them has no range in this family.
+    fn add_tightest(&mut self, matchers: Vec<Vec<(K, K)>>, size: impl Fn((K, K)) -> f64) {
+        if matchers.iter().any(Vec::is_empty) {
+            return;
+        }
+        let total = |v: &Vec<(K, K)>| v.iter().map(|r| size(*r)).sum::<f64>();
+        let tightest = matchers
+            .into_iter()
+            .min_by(|a, b| total(a).total_cmp(&total(b)));
+        if let Some(ranges) = tightest {
+            self.any = true;
+            self.ranges.extend(ranges);
+        }
+    }
+
+    /// The family's prefixes as text, sorted, without prefixes inside other prefixes; an empty
+    /// list for the whole family (`whole` listed, or a rule for every client); `None` when no
+    /// rule can match the family.
+    fn prefixes(self, whole: (K, K), text: impl Fn((K, K)) -> String) -> Option<Vec<String>> {
+        if self.all {
+            return Some(Vec::new());
+        }
+        if !self.any {
+            return None;
+        }
+        let mut ranges = self.ranges;
+        if ranges.contains(&whole) {
+            return Some(Vec::new());
+        }
+        ranges.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        let mut out: Vec<(K, K)> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            match out.last() {
+                Some(last) if r.1 <= last.1 => {}
+                _ => out.push(r),
+            }
+        }
+        Some(out.into_iter().map(text).collect())
     }
 }
 
@@ -393,6 +494,7 @@ pub fn probe_nft_queue() -> Result<bool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::testutil::{VIDEO, rules};
 
     fn plan() -> Plan {
         Plan {
@@ -518,5 +620,67 @@ mod tests {
         let text = iptables(&off, Family::V4).replace(" -m comment --comment nfqmark", "");
         assert!(!text.contains("*raw"));
         assert!(text.contains("-A NFQMARK-DNS-OUT -p udp --dport 53 -j NFQUEUE"));
+    }
+
+    #[test]
+    fn flow_clients_per_family() {
+        let clients = |text: &str| flow_clients(&rules(text));
+        let none: (Option<Vec<String>>, Option<Vec<String>>) = (None, None);
+        assert_eq!(clients("dport 443 accept\n"), none);
+        assert_eq!(
+            clients(VIDEO),
+            (
+                Some(vec!["198.18.1.0/24".to_string()]),
+                Some(vec!["2001:db8:1::/64".to_string()])
+            )
+        );
+        // Mixed rules: v4 only from these, sorted, nested prefixes and repeats left out.
+        assert_eq!(
+            clients(
+                "set lan addrs { 198.18.2.0/24, 198.18.1.7 }\n\
+                 flow src 198.18.1.0/24 names a.example set-mark 1\n\
+                 flow src @lan, 198.18.1.0/24 names b.example set-mark 2\n\
+                 flow src 198.18.3.4 names c.example set-mark 3\n"
+            ),
+            (
+                Some(vec![
+                    "198.18.1.0/24".to_string(),
+                    "198.18.2.0/24".to_string(),
+                    "198.18.3.4/32".to_string()
+                ]),
+                None
+            )
+        );
+        // A rule for every client of one family.
+        assert_eq!(
+            clients(
+                "flow src 198.18.1.0/24 names a.example set-mark 1\n\
+                 flow src ::/0 names b.example set-mark 2\n"
+            ),
+            (Some(vec!["198.18.1.0/24".to_string()]), Some(vec![]))
+        );
+        // No src, or only a negated one: every client of both families.
+        for text in [
+            "flow names a.example set-mark 1\n",
+            "flow ! src 198.18.9.0/24 names a.example set-mark 1\n",
+            "flow mark 0x1/0x1 names a.example set-mark 1\n\
+             flow src 198.18.1.0/24 names a.example set-mark 1\n",
+        ] {
+            assert_eq!(clients(text), (Some(vec![]), Some(vec![])), "{text}");
+        }
+        // Several positive src matchers: the tightest stands for the rule; a family one of them
+        // leaves out is out.
+        assert_eq!(
+            clients(
+                "flow src 198.18.0.0/16, 2001:db8::/32 src 198.18.5.0/24 names a.example \
+                 set-mark 1\n"
+            ),
+            (Some(vec!["198.18.5.0/24".to_string()]), None)
+        );
+        // A rule whose names are an empty set can never match.
+        assert_eq!(
+            clients("set none names { }\nflow names @none set-mark 1\n"),
+            none
+        );
     }
 }

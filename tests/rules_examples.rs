@@ -17,6 +17,7 @@ use nfqmark::fixtures;
 use nfqmark::flows::FlowTarget;
 use nfqmark::packet::{self, Proto};
 use nfqmark::rules::{self, Ctx, Outcome, RuleSet};
+use nfqmark::setup;
 use nfqmark::types::{Hook, Meta, Verdict};
 
 /// Counts allocations made by the current thread, so parallel tests do not disturb each other.
@@ -398,7 +399,7 @@ fn flows_example_marks_video_for_the_lan_only() {
     );
     // What `nfqmark setup` queues: the LAN's new flows, per family.
     assert_eq!(
-        rs.flow_clients(),
+        setup::flow_clients(&rs),
         (
             Some(vec!["198.18.1.0/24".to_string()]),
             Some(vec!["2001:db8:1::/64".to_string()])

@@ -156,4 +156,3 @@ pub(crate) struct Parsed {
     pub default: Action,
     pub sets: Vec<SetSummary>,
 }
-

@@ -240,4 +240,3 @@ pub(super) const QTYPES: &[(&str, u16)] = &[
     ("uri", 256),
     ("caa", 257),
 ];
-

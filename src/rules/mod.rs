@@ -1,9 +1,17 @@
 //! The rule language: what to mark, what to drop, and where DNS pairing applies.
 //!
 //! This module owns the text -> rules step and the per-packet match, and is the only public face
-//! of both: `parse.rs` turns text into checked rules (every error at once, with FILE:LINE:COL and
-//! a hint), `matcher.rs` indexes them and evaluates a packet (first match wins). The syntax is
-//! documented in `docs/rules.md`; example files live in `rules/`.
+//! of both. The files each do one step:
+//!
+//! - text -> rules: `lex.rs` (tokens with line:col), `keywords.rs` (what each word means),
+//!   `values.rs` (one value word -> a typed value), `syntax.rs` (tokens -> statements, every
+//!   error at once with FILE:LINE:COL and a hint), `hints.rs` (did-you-mean tables and messages),
+//!   `resolve.rs` (statements -> rules: sets, interfaces); `defs.rs` holds the checked types both
+//!   halves share;
+//! - rules -> decisions: `index/` (the name trie, interval tables, key maps and the candidate
+//!   index), `matcher.rs` (packet rules: first match wins), `flow_match.rs` (flow rules).
+//!
+//! The syntax is documented in `docs/rules.md`; example files live in `rules/`.
 //!
 //! Flow rules (`flow ... names ... set-mark ...`) live beside the packet rules but apart from
 //! them: [`RuleSet::flow_target`] tells which flow rule, if any, learns a DNS answer's addresses
@@ -16,7 +24,9 @@
 //! [`RuleSet::flow_target`] and never panics.
 
 mod defs;
+mod flow_match;
 mod hints;
+mod index;
 mod keywords;
 mod lex;
 mod matcher;
@@ -24,6 +34,8 @@ mod matcher;
 mod parse_tests;
 mod resolve;
 mod syntax;
+#[cfg(test)]
+pub(crate) mod testutil;
 mod values;
 
 use std::fmt;
@@ -36,6 +48,9 @@ use crate::dns::Dns;
 use crate::flows::FlowTarget;
 use crate::packet::Packet;
 use crate::types::{Meta, Verdict};
+
+pub(crate) use defs::AddrRange;
+pub(crate) use flow_match::SrcRanges;
 
 /// What a rule sees of a packet.
 #[derive(Debug, Clone, Copy)]
@@ -119,7 +134,7 @@ pub struct RuleSet {
     source: String,
     /// The line of each rule, by rule index.
     lines: Vec<usize>,
-    flows: matcher::Flows,
+    flows: flow_match::Flows,
     /// The line of each flow rule, by flow-rule index.
     flow_lines: Vec<usize>,
     sets: SetCounts,
@@ -139,7 +154,7 @@ impl RuleSet {
             default: Outcome::DEFAULT,
             source: String::new(),
             lines: Vec::new(),
-            flows: matcher::Flows::default(),
+            flows: flow_match::Flows::default(),
             flow_lines: Vec::new(),
             sets: SetCounts::default(),
         }
@@ -174,7 +189,7 @@ impl RuleSet {
             default,
             source: source.to_string(),
             lines: parsed.rules.iter().map(|r| r.line).collect(),
-            flows: matcher::Flows::build(&parsed.flows),
+            flows: flow_match::Flows::build(&parsed.flows),
             flow_lines: parsed.flows.iter().map(|f| f.line).collect(),
             sets,
         })
@@ -267,13 +282,12 @@ impl RuleSet {
         self.flows.len()
     }
 
-    /// Source prefixes the flow rules name, as text (`198.18.1.0/24`), per family: (IPv4,
-    /// IPv6). `None` for a family no flow rule can match; `Some(empty vec)` when some flow rule
-    /// matches every client of that family (no `src`, or only negated `src`). Prefixes inside
-    /// other listed prefixes are left out. Used by `nfqmark setup` to queue only those clients'
-    /// new flows.
-    pub fn flow_clients(&self) -> (Option<Vec<String>>, Option<Vec<String>>) {
-        self.flows.clients().clone()
+    /// For each flow rule that can match (it names something), in file order, the address
+    /// ranges of each of its positive `src` matchers: a client it matches lies in every one, and
+    /// any client can match when there are none. `nfqmark setup` turns these into the prefixes
+    /// whose new flows it queues (`crate::setup::flow_clients`).
+    pub(crate) fn flow_sources(&self) -> &[SrcRanges] {
+        self.flows.sources()
     }
 }
 

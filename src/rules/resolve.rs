@@ -8,7 +8,7 @@
 //! place and a hint. It never reads text or tokens, never opens files, and never panics.
 
 use super::Diagnostic;
-use super::defs::{Cond, FlowDef, Parsed, RuleDef, SetKind, SetSummary, Test, Action};
+use super::defs::{Action, Cond, FlowDef, Parsed, RuleDef, SetKind, SetSummary, Test};
 use super::hints::did_you_mean;
 use super::syntax::{RawCond, RawFlow, RawRule, SetDef, SetValues, Statements};
 use super::values::{VErr, verr};

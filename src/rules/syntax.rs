@@ -1010,7 +1010,6 @@ impl State<'_> {
         i
     }
 
-
     /// An action word at `line[i-1]`. Returns the next index.
     fn action_word(
         &mut self,
@@ -1199,7 +1198,9 @@ fn skip_values(line: &[Token], mut i: usize, flow: bool) -> usize {
             Tok::Bang => break,
             Tok::Word(w) if keyword(w).is_some() || (flow && flow_only(w)) => break,
             Tok::Word(w)
-                if hints::ALIASES.iter().any(|(a, _)| a.eq_ignore_ascii_case(w))
+                if hints::ALIASES
+                    .iter()
+                    .any(|(a, _)| a.eq_ignore_ascii_case(w))
                     || (w.starts_with('-') && keyword(w.trim_start_matches('-')).is_some())
                     || hints::did_you_mean(w, &keywords).is_some() =>
             {

@@ -81,7 +81,6 @@ pub(super) fn parse_mark(s: &str, setting: bool) -> Result<(u32, u32), VErr> {
     Ok((value, mask))
 }
 
-
 pub(super) fn parse_port(s: &str, whole: &str) -> Result<u16, VErr> {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         return s.parse::<u16>().map_err(|_| {
