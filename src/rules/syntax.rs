@@ -231,77 +231,22 @@ impl State<'_> {
 
     /// `set NAME KIND { ITEM[,] ... }`, possibly over several lines. Returns the index after it.
     fn parse_set(&mut self, toks: &[Token], start: usize) -> usize {
-        let usage = "write: set NAME names|addrs|ports { ITEM, ITEM ... }".to_string();
         let skip_line = |i: usize| line_end(toks, i) + 1;
-        let mut i = start + 1;
-        let mut ok = true;
         let Some(set_tok) = toks.get(start) else {
             return toks.len();
         };
-        // Name.
-        let (name, name_tok) = match toks.get(i) {
-            Some(
-                t @ Token {
-                    tok: Tok::Word(w), ..
-                },
-            ) => {
-                i += 1;
-                let bare = w.strip_prefix('@').unwrap_or(w);
-                if w.starts_with('@') {
-                    self.error_at(
-                        t,
-                        format!("set name '{w}' starts with '@'"),
-                        Some(format!(
-                            "write 'set {bare} ...'; '@{bare}' is how a rule refers to it"
-                        )),
-                    );
-                    ok = false;
-                } else if !valid_set_name(bare) {
-                    self.error_at(
-                        t,
-                        format!("'{w}' is not a valid set name"),
-                        Some("set names hold letters, digits, '-' and '_'".to_string()),
-                    );
-                    ok = false;
-                } else if keyword(bare).is_some() {
-                    self.error_at(
-                        t,
-                        format!("'{w}' is a keyword and cannot name a set"),
-                        Some("choose another name".to_string()),
-                    );
-                    ok = false;
-                }
-                (bare.to_string(), t.clone())
-            }
-            _ => {
-                self.error_at(
-                    set_tok,
-                    "'set' needs a name and a kind".to_string(),
-                    Some(usage),
-                );
-                return skip_line(i);
-            }
+        let Some((name, name_tok, name_ok)) = self.set_name(set_tok, toks.get(start + 1)) else {
+            return skip_line(start + 1);
         };
-        // Kind.
-        let kind = match toks.get(i) {
+        let mut i = start + 2;
+        let (kind, kind_ok) = match toks.get(i) {
             Some(
                 t @ Token {
                     tok: Tok::Word(w), ..
                 },
             ) => {
                 i += 1;
-                let kinds = [
-                    ("names", SetKind::Names),
-                    ("addrs", SetKind::Addrs),
-                    ("ports", SetKind::Ports),
-                ];
-                match lookup(w, &kinds, "set kind") {
-                    Ok(k) => Some(k),
-                    Err((m, h)) => {
-                        self.error_at(t, m, h);
-                        None
-                    }
-                }
+                (self.set_kind(t, w), true)
             }
             next => {
                 self.error(
@@ -315,11 +260,86 @@ impl State<'_> {
                 if next.is_none_or(|t| t.tok != Tok::Open) {
                     return skip_line(i);
                 }
-                ok = false;
-                None
+                (None, false)
             }
         };
-        // Opening brace, on this line or alone on a following one.
+        let (open, i) = match self.set_open(toks, i, &name, kind) {
+            Ok(found) => found,
+            Err(next) => return next,
+        };
+        let (values, body_ok, next) = self.set_body(toks, i, &name, &open, kind);
+        let values = values.filter(|_| name_ok && kind_ok && body_ok);
+        self.define_set(name, &name_tok, set_tok.line, values);
+        next
+    }
+
+    /// The name after `set` (`next`): the name without any `@`, its token, and whether it is a
+    /// valid name (errors reported). `None` (reported) when there is no name at all.
+    fn set_name(&mut self, set_tok: &Token, next: Option<&Token>) -> Option<(String, Token, bool)> {
+        let Some(
+            t @ Token {
+                tok: Tok::Word(w), ..
+            },
+        ) = next
+        else {
+            self.error_at(
+                set_tok,
+                "'set' needs a name and a kind".to_string(),
+                Some("write: set NAME names|addrs|ports { ITEM, ITEM ... }".to_string()),
+            );
+            return None;
+        };
+        let bare = w.strip_prefix('@').unwrap_or(w);
+        let problem = if w.starts_with('@') {
+            Some((
+                format!("set name '{w}' starts with '@'"),
+                format!("write 'set {bare} ...'; '@{bare}' is how a rule refers to it"),
+            ))
+        } else if !valid_set_name(bare) {
+            Some((
+                format!("'{w}' is not a valid set name"),
+                "set names hold letters, digits, '-' and '_'".to_string(),
+            ))
+        } else if keyword(bare).is_some() {
+            Some((
+                format!("'{w}' is a keyword and cannot name a set"),
+                "choose another name".to_string(),
+            ))
+        } else {
+            None
+        };
+        let ok = problem.is_none();
+        if let Some((message, hint)) = problem {
+            self.error_at(t, message, Some(hint));
+        }
+        Some((bare.to_string(), t.clone(), ok))
+    }
+
+    /// The kind word `w` of a set; `None` (reported) when it is not one.
+    fn set_kind(&mut self, t: &Token, w: &str) -> Option<SetKind> {
+        let kinds = [
+            ("names", SetKind::Names),
+            ("addrs", SetKind::Addrs),
+            ("ports", SetKind::Ports),
+        ];
+        match lookup(w, &kinds, "set kind") {
+            Ok(k) => Some(k),
+            Err((m, h)) => {
+                self.error_at(t, m, h);
+                None
+            }
+        }
+    }
+
+    /// The set's opening brace, at `toks[i]` or alone on a following line: the brace and the
+    /// index after it, or (reported) the index to go on from.
+    fn set_open(
+        &mut self,
+        toks: &[Token],
+        mut i: usize,
+        name: &str,
+        kind: Option<SetKind>,
+    ) -> Result<(Token, usize), usize> {
         let next_token = toks
             .iter()
             .skip(i)
@@ -328,11 +348,8 @@ impl State<'_> {
         if let Some(j) = next_token.filter(|j| toks.get(*j).is_some_and(|t| t.tok == Tok::Open)) {
             i = j;
         }
-        let open = match toks.get(i) {
-            Some(t) if t.tok == Tok::Open => {
-                i += 1;
-                t.clone()
-            }
+        match toks.get(i) {
+            Some(t) if t.tok == Tok::Open => Ok((t.clone(), i + 1)),
             Some(t) => {
                 self.error_at(
                     t,
@@ -342,22 +359,37 @@ impl State<'_> {
                         kind.map_or("names", SetKind::keyword)
                     )),
                 );
-                return skip_line(i);
+                Err(line_end(toks, i) + 1)
             }
-            None => return i,
-        };
-        // Body.
+            None => Err(i),
+        }
+    }
+
+    /// A set's items from `toks[i]` to its `}`: the values (`None` without a kind), whether every
+    /// item was good (errors reported), and the index to go on from. An unclosed set ends at the
+    /// end of the text or before a line that starts with `set` or `default`.
+    fn set_body(
+        &mut self,
+        toks: &[Token],
+        mut i: usize,
+        name: &str,
+        open: &Token,
+        kind: Option<SetKind>,
+    ) -> (Option<SetValues>, bool, usize) {
         let mut values = kind.map(SetValues::new);
+        let mut ok = true;
         let mut line_start = false;
+        let not_closed = |st: &mut Self| {
+            st.error_at(
+                open,
+                format!("set '{name}' is not closed"),
+                Some("add '}' after its last item".to_string()),
+            );
+        };
         loop {
             let Some(t) = toks.get(i) else {
-                self.error_at(
-                    &open,
-                    format!("set '{name}' is not closed"),
-                    Some("add '}' after its last item".to_string()),
-                );
-                ok = false;
-                break;
+                not_closed(self);
+                return (values, false, i);
             };
             match &t.tok {
                 Tok::Newline => {
@@ -374,76 +406,63 @@ impl State<'_> {
                             format!("unexpected {} after the set's '}}'", after.describe()),
                             Some("start the next rule on a new line".to_string()),
                         );
-                        i = skip_line(i);
+                        i = line_end(toks, i) + 1;
                     }
-                    break;
+                    return (values, ok, i);
                 }
-                Tok::Open => {
-                    self.error_at(t, "unexpected '{' inside a set".to_string(), None);
-                    ok = false;
-                }
-                Tok::Bang => {
-                    self.error_at(
-                        t,
-                        "'!' has no meaning inside a set".to_string(),
-                        Some(
-                            "negate the matcher in the rule instead: '! dns-name @set'".to_string(),
-                        ),
-                    );
-                    ok = false;
-                }
-                Tok::Word(w) => {
+                Tok::Word(w)
                     if line_start
-                        && (w.eq_ignore_ascii_case("set") || w.eq_ignore_ascii_case("default"))
-                    {
-                        self.error_at(
-                            &open,
-                            format!("set '{name}' is not closed"),
-                            Some("add '}' after its last item".to_string()),
-                        );
-                        ok = false;
-                        break;
-                    }
-                    if w.starts_with('@') {
-                        self.error_at(
-                            t,
-                            format!("set '{name}' refers to another set ('{w}')"),
-                            Some("sets cannot contain sets; list the items".to_string()),
-                        );
-                        ok = false;
-                    } else if let Some(v) = values.as_mut()
-                        && let Err((m, h)) = v.push(w)
-                    {
-                        self.error_at(t, m, h);
-                        ok = false;
-                    }
+                        && (w.eq_ignore_ascii_case("set") || w.eq_ignore_ascii_case("default")) =>
+                {
+                    not_closed(self);
+                    return (values, false, i);
                 }
+                _ => ok &= self.set_item(t, name, values.as_mut()),
             }
             line_start = false;
             i += 1;
         }
+    }
+
+    /// One token inside a set's braces (not a line end, comma or `}`): an item added to
+    /// `values`, or a problem reported (then false).
+    fn set_item(&mut self, t: &Token, name: &str, values: Option<&mut SetValues>) -> bool {
+        let (message, hint) = match &t.tok {
+            Tok::Open => ("unexpected '{' inside a set".to_string(), None),
+            Tok::Bang => (
+                "'!' has no meaning inside a set".to_string(),
+                Some("negate the matcher in the rule instead: '! dns-name @set'".to_string()),
+            ),
+            Tok::Word(w) if w.starts_with('@') => (
+                format!("set '{name}' refers to another set ('{w}')"),
+                Some("sets cannot contain sets; list the items".to_string()),
+            ),
+            Tok::Word(w) => match values.map(|v| v.push(w)) {
+                Some(Err(problem)) => problem,
+                Some(Ok(())) | None => return true,
+            },
+            Tok::Comma | Tok::Close | Tok::Newline => return true,
+        };
+        self.error_at(t, message, hint);
+        false
+    }
+
+    /// Remember a set (without values when it is broken, so its uses are not reported again),
+    /// unless one of that name was defined before.
+    fn define_set(&mut self, name: String, name_tok: &Token, line: usize, values: Option<SetValues>) {
         if let Some(first) = self.out.sets.get(&name) {
             let first_line = first.line;
             self.error_at(
-                &name_tok,
+                name_tok,
                 format!("set '{name}' is defined twice"),
                 Some(format!("it was first defined on line {first_line}")),
             );
-        } else {
-            // A broken set is remembered without values, so its uses are not reported again.
-            let values = values.filter(|_| ok);
-            if values.is_some() {
-                self.out.set_order.push(name.clone());
-            }
-            self.out.sets.insert(
-                name,
-                SetDef {
-                    values,
-                    line: set_tok.line,
-                },
-            );
+            return;
         }
-        i
+        if values.is_some() {
+            self.out.set_order.push(name.clone());
+        }
+        self.out.sets.insert(name, SetDef { values, line });
     }
 
     // --- rules ----------------------------------------------------------------------------------
