@@ -134,6 +134,17 @@ struct RuleParts {
     action: ActionParts,
 }
 
+/// A flow rule being read: its matchers and action words, and where its own words were.
+#[derive(Debug, Default)]
+struct FlowParts<'t> {
+    rule: RuleParts,
+    names: Option<&'t Token>,
+    /// A misspelt `names` was reported; "without names" would only repeat it.
+    names_misspelt: bool,
+    per_mark: Option<&'t Token>,
+    set_mark_at: Option<&'t Token>,
+}
+
 /// The action words seen so far in one rule, with where they were.
 #[derive(Debug, Default)]
 struct ActionParts {
@@ -599,117 +610,145 @@ impl State<'_> {
                 )),
             );
         }
-        let mut rule = RuleParts::default();
-        rule.action.flow = true;
-        let mut names: Option<&Token> = None;
-        // A misspelt `names` was reported; "without names" would only repeat it.
-        let mut names_misspelt = false;
-        let mut per_mark: Option<&Token> = None;
-        let mut set_mark_at: Option<&Token> = None;
+        let mut flow = FlowParts::default();
+        flow.rule.action.flow = true;
         let mut i = 1;
         while let Some(t) = line.get(i) {
             i += 1;
-            let word = match &t.tok {
-                Tok::Word(w) => w.as_str(),
-                Tok::Bang => {
-                    i = self.flow_negation(line, i, t, &mut rule);
-                    continue;
-                }
+            i = match &t.tok {
+                Tok::Word(w) => self.flow_word(line, i, t, w, &mut flow),
+                Tok::Bang => self.flow_negation(line, i, t, &mut flow.rule),
                 Tok::Comma | Tok::Open | Tok::Close | Tok::Newline => {
                     self.stray(t);
-                    continue;
+                    i
                 }
             };
-            if word.eq_ignore_ascii_case("names") {
-                if let Some(prev) = names {
-                    self.error_at(
-                        t,
-                        "'names' is given twice".to_string(),
-                        Some(format!(
-                            "list all names after the first 'names', at column {}, separated by \
-                             commas",
-                            prev.col
-                        )),
-                    );
-                }
-                names.get_or_insert(t);
-                i = self.field(line, i, t, Field::Names, false, &mut rule);
-                continue;
+        }
+        let set_mark = flow.rule.action.set_mark.map(|(m, _, _)| m);
+        self.flow_missing(&flow, eol);
+        if self.diags.len() == before
+            && let Some(set_mark) = set_mark
+        {
+            self.out.flows.push(RawFlow {
+                line: first.line,
+                conds: flow.rule.conds,
+                set_mark,
+                per_mark: flow.per_mark.is_some(),
+            });
+        }
+    }
+
+    /// The word `word` at `line[i-1]` (`t`) in a flow rule. Returns the next index.
+    fn flow_word<'t>(
+        &mut self,
+        line: &'t [Token],
+        i: usize,
+        t: &'t Token,
+        word: &str,
+        flow: &mut FlowParts<'t>,
+    ) -> usize {
+        if word.eq_ignore_ascii_case("names") {
+            if let Some(prev) = flow.names {
+                self.error_at(
+                    t,
+                    "'names' is given twice".to_string(),
+                    Some(format!(
+                        "list all names after the first 'names', at column {}, separated by \
+                         commas",
+                        prev.col
+                    )),
+                );
             }
-            if word.eq_ignore_ascii_case("per-mark") {
-                if per_mark.is_some() {
-                    self.error_at(
-                        t,
-                        "'per-mark' is given twice".to_string(),
-                        Some("remove one".to_string()),
-                    );
-                }
-                per_mark.get_or_insert(t);
-                rule.action.started = true;
-                continue;
+            flow.names.get_or_insert(t);
+            return self.field(line, i, t, Field::Names, false, &mut flow.rule);
+        }
+        if word.eq_ignore_ascii_case("per-mark") {
+            if flow.per_mark.is_some() {
+                self.error_at(
+                    t,
+                    "'per-mark' is given twice".to_string(),
+                    Some("remove one".to_string()),
+                );
             }
-            match keyword(word) {
-                Some(Keyword::Not) => i = self.flow_negation(line, i, t, &mut rule),
-                Some(Keyword::Field(f @ (Field::Src | Field::Mark))) => {
-                    i = self.field(line, i, t, f, false, &mut rule);
+            flow.per_mark.get_or_insert(t);
+            flow.rule.action.started = true;
+            return i;
+        }
+        match keyword(word) {
+            Some(Keyword::Not) => self.flow_negation(line, i, t, &mut flow.rule),
+            Some(Keyword::Field(f @ (Field::Src | Field::Mark))) => {
+                self.field(line, i, t, f, false, &mut flow.rule)
+            }
+            Some(Keyword::Field(f)) => {
+                self.field_in_flow(t, f);
+                flow.names_misspelt |= f == Field::DnsName;
+                skip_values(line, i, true)
+            }
+            Some(Keyword::Act(ActWord::SetMark)) => {
+                flow.rule.action.started = true;
+                flow.set_mark_at.get_or_insert(t);
+                self.set_mark(line, i, t, &mut flow.rule.action)
+            }
+            Some(Keyword::Act(a)) => {
+                self.action_in_flow(t, word, a);
+                i
+            }
+            None => {
+                match self.unknown_flow_word(t, word, flow.rule.action.started) {
+                    Some("names") => flow.names_misspelt = true,
+                    Some("set-mark") => flow.rule.action.broken = true,
+                    _ => {}
                 }
-                Some(Keyword::Field(f)) => {
-                    let hint = match f {
-                        Field::DnsName => "did you mean 'names'?",
-                        Field::Dst => {
-                            "a flow rule's destinations are the addresses its names resolve to"
-                        }
-                        _ => {
-                            "a flow rule matches clients with src and mark, and marks every \
-                              new flow of theirs to an address its names resolved to"
-                        }
-                    };
-                    self.error_at(
-                        t,
-                        format!("'{}' cannot be used in a flow rule", f.name()),
-                        Some(hint.to_string()),
-                    );
-                    names_misspelt |= f == Field::DnsName;
-                    i = skip_values(line, i, true);
-                }
-                Some(Keyword::Act(ActWord::SetMark)) => {
-                    rule.action.started = true;
-                    set_mark_at.get_or_insert(t);
-                    i = self.set_mark(line, i, t, &mut rule.action);
-                }
-                Some(Keyword::Act(a)) => {
-                    let name = ACTIONS
-                        .iter()
-                        .find(|(_, w)| *w == a)
-                        .map_or(word, |(n, _)| n);
-                    let hint = if matches!(a, ActWord::Pair | ActWord::NoPair) {
-                        "DNS pairing is chosen by packet rules; a flow rule only marks flows, \
-                         with set-mark"
-                    } else {
-                        "a flow rule only marks flows, with set-mark; to accept, drop or repeat \
-                         packets, write a packet rule: a line without 'flow'"
-                    };
-                    self.error_at(
-                        t,
-                        format!("'{name}' in a flow rule"),
-                        Some(hint.to_string()),
-                    );
-                }
-                None => {
-                    match self.unknown_flow_word(t, word, rule.action.started) {
-                        Some("names") => names_misspelt = true,
-                        Some("set-mark") => rule.action.broken = true,
-                        _ => {}
-                    }
-                    i = skip_values(line, i, true);
-                }
+                skip_values(line, i, true)
             }
         }
-        let set_mark = rule.action.set_mark.map(|(m, _, _)| m);
-        let has_set_mark = set_mark.is_some() || rule.action.broken;
-        if names.is_none() && !names_misspelt {
+    }
+
+    /// A packet-rule field other than `src` and `mark` in a flow rule.
+    fn field_in_flow(&mut self, t: &Token, f: Field) {
+        let hint = match f {
+            Field::DnsName => "did you mean 'names'?",
+            Field::Dst => "a flow rule's destinations are the addresses its names resolve to",
+            _ => {
+                "a flow rule matches clients with src and mark, and marks every \
+                  new flow of theirs to an address its names resolved to"
+            }
+        };
+        self.error_at(
+            t,
+            format!("'{}' cannot be used in a flow rule", f.name()),
+            Some(hint.to_string()),
+        );
+    }
+
+    /// An action word other than `set-mark` in a flow rule.
+    fn action_in_flow(&mut self, t: &Token, word: &str, a: ActWord) {
+        let name = ACTIONS
+            .iter()
+            .find(|(_, w)| *w == a)
+            .map_or(word, |(n, _)| n);
+        let hint = if matches!(a, ActWord::Pair | ActWord::NoPair) {
+            "DNS pairing is chosen by packet rules; a flow rule only marks flows, \
+             with set-mark"
+        } else {
+            "a flow rule only marks flows, with set-mark; to accept, drop or repeat \
+             packets, write a packet rule: a line without 'flow'"
+        };
+        self.error_at(
+            t,
+            format!("'{name}' in a flow rule"),
+            Some(hint.to_string()),
+        );
+    }
+
+    /// Report a flow rule's missing `names` or `set-mark` (unless a misspelling of either was
+    /// reported already); `eol` is where "missing" is reported.
+    fn flow_missing(&mut self, flow: &FlowParts<'_>, eol: (usize, usize)) {
+        let action = &flow.rule.action;
+        let has_set_mark = action.set_mark.is_some() || action.broken;
+        if flow.names.is_none() && !flow.names_misspelt {
             if has_set_mark {
-                let (line_no, col) = set_mark_at.map_or(eol, |t| (t.line, t.col));
+                let (line_no, col) = flow.set_mark_at.map_or(eol, |t| (t.line, t.col));
                 self.error(
                     line_no,
                     col,
@@ -730,7 +769,8 @@ impl State<'_> {
             }
         } else if !has_set_mark {
             // `flow names x.example mark 0x20`: 'mark' where 'set-mark' was meant.
-            let ends_in_mark = rule
+            let ends_in_mark = flow
+                .rule
                 .conds
                 .last()
                 .is_some_and(|c| c.field == Field::Mark && !c.cond.negated);
@@ -746,16 +786,6 @@ impl State<'_> {
                 "flow rule without 'set-mark'".to_string(),
                 Some(hint.to_string()),
             );
-        }
-        if self.diags.len() == before
-            && let Some(set_mark) = set_mark
-        {
-            self.out.flows.push(RawFlow {
-                line: first.line,
-                conds: rule.conds,
-                set_mark,
-                per_mark: per_mark.is_some(),
-            });
         }
     }
 
