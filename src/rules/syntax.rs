@@ -912,13 +912,12 @@ impl State<'_> {
     fn field(
         &mut self,
         line: &[Token],
-        mut i: usize,
+        i: usize,
         tok: &Token,
         field: Field,
         negated: bool,
         rule: &mut RuleParts,
     ) -> usize {
-        let name = field.name();
         if rule.action.started {
             let hint = if field == Field::Mark && !negated {
                 "to set the mark, write 'set-mark VALUE[/MASK]'; to match it, put 'mark' before \
@@ -928,11 +927,54 @@ impl State<'_> {
             };
             self.error_at(
                 tok,
-                format!("matcher '{name}' after the action"),
+                format!("matcher '{}' after the action", field.name()),
                 Some(hint.to_string()),
             );
         }
-        let mut vals: Vec<Val<'_>> = Vec::new();
+        let flow = rule.action.flow;
+        let (vals, next) = match self.field_values(line, i, tok, field, flow) {
+            Ok(read) => read,
+            Err(next) => return next,
+        };
+        let mut test = field.empty_test();
+        let mut refs = Vec::new();
+        let mut ok = true;
+        for v in &vals {
+            if let Some(set) = v.text.strip_prefix('@') {
+                match self.set_ref(v, set, field, flow) {
+                    Some(r) => refs.push(r),
+                    None => ok = false,
+                }
+            } else if let Err((m, h)) = self.add_value(&mut test, v.text) {
+                self.error(v.line, v.col, m, h);
+                ok = false;
+            }
+        }
+        if ok {
+            rule.conds.push(RawCond {
+                cond: Cond { negated, test },
+                field,
+                line: tok.line,
+                col: tok.col,
+                refs,
+            });
+        }
+        next
+    }
+
+    /// The value words of the field `tok` (at `line[i-1]`): `VALUE[, VALUE ...]`, and the index
+    /// after them. A stray `!` before the values and nftables' `{ ... }` are reported, their
+    /// values kept. `Err` (reported) with the index to go on from when there is no value.
+    fn field_values<'t>(
+        &mut self,
+        line: &'t [Token],
+        mut i: usize,
+        tok: &Token,
+        field: Field,
+        flow: bool,
+    ) -> Result<(Vec<Val<'t>>, usize), usize> {
+        let name = field.name();
+        let mut vals: Vec<Val<'t>> = Vec::new();
         if let Some(b) = line.get(i).filter(|t| t.tok == Tok::Bang) {
             self.error_at(
                 b,
@@ -966,97 +1008,70 @@ impl State<'_> {
                 }
             }
         } else {
-            match value_word(line.get(i), rule.action.flow) {
-                Some(v) => {
-                    vals.push(v);
-                    i += 1;
-                }
-                None => {
-                    self.error(
-                        tok.line,
-                        tok.end_col(),
-                        format!("'{name}' needs a value"),
-                        Some(format!("e.g. '{}'", field.example())),
-                    );
-                    return i;
-                }
-            }
+            let Some(v) = value_word(line.get(i), flow) else {
+                self.error(
+                    tok.line,
+                    tok.end_col(),
+                    format!("'{name}' needs a value"),
+                    Some(format!("e.g. '{}'", field.example())),
+                );
+                return Err(i);
+            };
+            vals.push(v);
+            i += 1;
         }
         while let Some(comma) = line.get(i).filter(|t| t.tok == Tok::Comma) {
             i += 1;
-            match value_word(line.get(i), rule.action.flow) {
-                Some(v) => {
-                    vals.push(v);
-                    i += 1;
-                }
-                None => {
-                    self.error_at(comma, "expected a value after ','".to_string(), None);
-                    break;
-                }
-            }
-        }
-        let mut test = field.empty_test();
-        let mut refs = Vec::new();
-        let mut ok = true;
-        for v in &vals {
-            if let Some(set) = v.text.strip_prefix('@') {
-                if field.set_kind().is_none() {
-                    let takers = if rule.action.flow {
-                        "in a flow rule, only src and names take sets"
-                    } else {
-                        "only dns-name, src, dst, sport and dport take sets"
-                    };
-                    self.error(
-                        v.line,
-                        v.col,
-                        format!("'{name}' does not take a set"),
-                        Some(takers.to_string()),
-                    );
-                    ok = false;
-                } else if set.is_empty() {
-                    self.error(
-                        v.line,
-                        v.col,
-                        "'@' without a set name".to_string(),
-                        Some("write '@NAME' for a set defined with 'set NAME ...'".to_string()),
-                    );
-                    ok = false;
-                } else {
-                    refs.push(SetRef {
-                        name: set.to_string(),
-                        line: v.line,
-                        col: v.col,
-                    });
-                }
-                continue;
-            }
-            let result = match &mut test {
-                Test::Hook(l) => lookup(v.text, HOOKS, "hook").map(|x| l.push(x)),
-                Test::Dir(l) => lookup(v.text, DIRS, "direction").map(|x| l.push(x)),
-                Test::Iif(l) | Test::Oif(l) => (self.interface)(v.text).map(|x| l.push(x)),
-                Test::Src(l) | Test::Dst(l) => parse_addr(v.text).map(|x| l.push(x)),
-                Test::Proto(l) => parse_proto(v.text).map(|x| l.push(x)),
-                Test::Sport(l) | Test::Dport(l) => parse_port_range(v.text).map(|x| l.push(x)),
-                Test::Mark(l) => parse_mark(v.text, false).map(|x| l.push(x)),
-                Test::Dns(l) => lookup(v.text, DNS_KINDS, "DNS message kind").map(|x| l.push(x)),
-                Test::DnsName(l) => parse_name(v.text).map(|x| l.push(x)),
-                Test::DnsType(l) => parse_qtype(v.text).map(|x| l.push(x)),
+            let Some(v) = value_word(line.get(i), flow) else {
+                self.error_at(comma, "expected a value after ','".to_string(), None);
+                break;
             };
-            if let Err((m, h)) = result {
-                self.error(v.line, v.col, m, h);
-                ok = false;
-            }
+            vals.push(v);
+            i += 1;
         }
-        if ok {
-            rule.conds.push(RawCond {
-                cond: Cond { negated, test },
-                field,
-                line: tok.line,
-                col: tok.col,
-                refs,
+        Ok((vals, i))
+    }
+
+    /// `@set` (`v`, `set` without the `@`) as a value of `field`; `None` (reported) when the
+    /// field takes no set or the name is missing.
+    fn set_ref(&mut self, v: &Val<'_>, set: &str, field: Field, flow: bool) -> Option<SetRef> {
+        let (message, hint) = if field.set_kind().is_none() {
+            let takers = if flow {
+                "in a flow rule, only src and names take sets"
+            } else {
+                "only dns-name, src, dst, sport and dport take sets"
+            };
+            (format!("'{}' does not take a set", field.name()), takers)
+        } else if set.is_empty() {
+            (
+                "'@' without a set name".to_string(),
+                "write '@NAME' for a set defined with 'set NAME ...'",
+            )
+        } else {
+            return Some(SetRef {
+                name: set.to_string(),
+                line: v.line,
+                col: v.col,
             });
+        };
+        self.error(v.line, v.col, message, Some(hint.to_string()));
+        None
+    }
+
+    /// Parse `text` as a value of `test`'s field and add it.
+    fn add_value(&self, test: &mut Test, text: &str) -> Result<(), VErr> {
+        match test {
+            Test::Hook(l) => lookup(text, HOOKS, "hook").map(|x| l.push(x)),
+            Test::Dir(l) => lookup(text, DIRS, "direction").map(|x| l.push(x)),
+            Test::Iif(l) | Test::Oif(l) => (self.interface)(text).map(|x| l.push(x)),
+            Test::Src(l) | Test::Dst(l) => parse_addr(text).map(|x| l.push(x)),
+            Test::Proto(l) => parse_proto(text).map(|x| l.push(x)),
+            Test::Sport(l) | Test::Dport(l) => parse_port_range(text).map(|x| l.push(x)),
+            Test::Mark(l) => parse_mark(text, false).map(|x| l.push(x)),
+            Test::Dns(l) => lookup(text, DNS_KINDS, "DNS message kind").map(|x| l.push(x)),
+            Test::DnsName(l) => parse_name(text).map(|x| l.push(x)),
+            Test::DnsType(l) => parse_qtype(text).map(|x| l.push(x)),
         }
-        i
     }
 
     /// An action word at `line[i-1]`. Returns the next index.
