@@ -460,7 +460,13 @@ impl State<'_> {
 
     /// Remember a set (without values when it is broken, so its uses are not reported again),
     /// unless one of that name was defined before.
-    fn define_set(&mut self, name: String, name_tok: &Token, line: usize, values: Option<SetValues>) {
+    fn define_set(
+        &mut self,
+        name: String,
+        name_tok: &Token,
+        line: usize,
+        values: Option<SetValues>,
+    ) {
         if let Some(first) = self.out.sets.get(&name) {
             let first_line = first.line;
             self.error_at(

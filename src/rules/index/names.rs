@@ -140,20 +140,28 @@ pub(crate) struct NameIndex {
     root_below: Span,
 }
 
-impl NameIndex {
-    /// From (pattern, rule) entries. Patterns that are not wire-form names are left out.
-    pub(crate) fn build<'p>(
-        entries: impl IntoIterator<Item = (&'p NamePattern, u32)>,
-    ) -> NameIndex {
-        struct Raw {
-            edge: Edge,
-            tail: Box<[u8]>,
-            exact: Vec<u32>,
-            below: Vec<u32>,
-        }
+/// A trie's nodes as patterns name them, before their rule lists are laid out: parents before
+/// their children, each with the rules that name it exactly or as `*.` it.
+#[derive(Default)]
+struct RawTrie {
+    nodes: Vec<RawNode>,
+    root_exact: Vec<u32>,
+    root_below: Vec<u32>,
+}
+
+struct RawNode {
+    edge: Edge,
+    tail: Box<[u8]>,
+    exact: Vec<u32>,
+    below: Vec<u32>,
+}
+
+impl RawTrie {
+    /// One node per distinct suffix of the entries' names; patterns that are not wire-form
+    /// names are left out.
+    fn collect<'p>(entries: impl IntoIterator<Item = (&'p NamePattern, u32)>) -> RawTrie {
         let mut ids: FxMap<(u32, Box<[u8]>), u32> = FxMap::default();
-        let mut raw: Vec<Raw> = Vec::new();
-        let (mut root_exact, mut root_below) = (Vec::new(), Vec::new());
+        let mut raw = RawTrie::default();
         let mut starts = [0u8; MAX_LABELS];
         for (p, rule) in entries {
             let Some(n) = label_starts(&p.wire, &mut starts) else {
@@ -164,9 +172,9 @@ impl NameIndex {
                 let start = usize::from(*start);
                 let len = usize::from(p.wire.get(start).copied().unwrap_or(0));
                 let label = p.wire.get(start + 1..start + 1 + len).unwrap_or_default();
-                let next = u32::try_from(raw.len()).unwrap_or(ROOT);
+                let next = u32::try_from(raw.nodes.len()).unwrap_or(ROOT);
                 let id = *ids.entry((node, label.into())).or_insert_with(|| {
-                    raw.push(Raw {
+                    raw.nodes.push(RawNode {
                         edge: Edge::new(node, &p.wire, start),
                         tail: label.get(8..).unwrap_or_default().into(),
                         exact: Vec::new(),
@@ -176,9 +184,9 @@ impl NameIndex {
                 });
                 node = id;
             }
-            let (exact, below) = match raw.get_mut(node as usize) {
+            let (exact, below) = match raw.nodes.get_mut(node as usize) {
                 Some(r) => (&mut r.exact, &mut r.below),
-                None => (&mut root_exact, &mut root_below),
+                None => (&mut raw.root_exact, &mut raw.root_below),
             };
             if p.wildcard {
                 below.push(rule);
@@ -186,12 +194,21 @@ impl NameIndex {
                 exact.push(rule);
             }
         }
+        raw
+    }
+}
 
+impl NameIndex {
+    /// From (pattern, rule) entries. Patterns that are not wire-form names are left out.
+    pub(crate) fn build<'p>(
+        entries: impl IntoIterator<Item = (&'p NamePattern, u32)>,
+    ) -> NameIndex {
+        let raw = RawTrie::collect(entries);
         let mut ix = NameIndex::default();
-        ix.root_exact = ix.push_list(root_exact);
-        ix.root_below = ix.push_list(root_below);
-        let mut hashes = Vec::with_capacity(raw.len());
-        for r in raw {
+        ix.root_exact = ix.push_list(raw.root_exact);
+        ix.root_below = ix.push_list(raw.root_below);
+        let mut hashes = Vec::with_capacity(raw.nodes.len());
+        for r in raw.nodes {
             // Parents come before their children: a node's parent is complete already.
             let inherited = match ix.nodes.get_mut(r.edge.parent as usize) {
                 Some(p) => {
@@ -219,13 +236,18 @@ impl NameIndex {
                 below,
             });
         }
+        ix.fill_slots(&hashes);
+        ix
+    }
 
-        let size = (ix.nodes.len() * 2).next_power_of_two().max(8);
+    /// The hash table over the nodes: node `id` (0-based) has hash `hashes[id]`.
+    fn fill_slots(&mut self, hashes: &[u64]) {
+        let size = (self.nodes.len() * 2).next_power_of_two().max(8);
         let mask = size - 1;
-        ix.shift = 64 - size.trailing_zeros();
+        self.shift = 64 - size.trailing_zeros();
         let mut slots = vec![0u64; size];
-        for (id, hash) in (1u32..).zip(hashes) {
-            let mut s = (hash >> ix.shift) as usize;
+        for (id, hash) in (1u32..).zip(hashes.iter().copied()) {
+            let mut s = (hash >> self.shift) as usize;
             while let Some(slot) = slots.get_mut(s & mask) {
                 if *slot == 0 {
                     *slot = (u64::from(tag(hash)) << 32) | u64::from(id);
@@ -234,10 +256,9 @@ impl NameIndex {
                 s = (s & mask) + 1;
             }
         }
-        if !ix.nodes.is_empty() {
-            ix.slots = slots.into_boxed_slice();
+        if !self.nodes.is_empty() {
+            self.slots = slots.into_boxed_slice();
         }
-        ix
     }
 
     /// Sort and deduplicate `rules` and append them to the lists.
