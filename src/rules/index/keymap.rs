@@ -4,7 +4,7 @@
 //! This module owns [`KeyMap`]. A lookup never allocates and never panics.
 
 use super::file;
-use super::fxhash::FxMap;
+use super::hash::FxMap;
 
 /// Rules by a 32-bit key (an interface index, a mark under a mask), with the range of keys the
 /// rules name: most misses (mark 0, an interface no rule names) need no hashing.

@@ -15,7 +15,7 @@
 //! allocates, never panics and never reads a clock; building happens once per load. It never
 //! decides whether a rule matches (that is `matcher.rs`).
 
-mod fxhash;
+mod hash;
 mod interval;
 mod keymap;
 mod names;
@@ -24,7 +24,7 @@ mod sets;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-pub(crate) use fxhash::FxMap;
+pub(crate) use hash::FxMap;
 pub(crate) use interval::IntervalIndex;
 pub(crate) use keymap::KeyMap;
 pub(crate) use names::{NameIndex, NameSet};

@@ -5,7 +5,9 @@
 //! allocates, copies nothing, never panics, and treats a malformed name as matching nothing;
 //! building happens once per load.
 
-use super::fxhash::{FxHasher, FxMap};
+use std::hash::Hasher;
+
+use super::hash::{self, FxMap};
 use crate::rules::defs::NamePattern;
 
 // Names: a trie of labels, read from the right, with hashed edges.
@@ -78,16 +80,16 @@ impl Edge {
         let len = wire.get(start).copied().unwrap_or(0);
         let (n, at) = (usize::from(len), start + 1);
         let head = word(wire, at, n.min(8));
-        let mut h = FxHasher::default();
-        h.add((u64::from(parent) << 8) | u64::from(len));
-        h.add(head);
+        let mut h = hash::hasher();
+        h.write_u64((u64::from(parent) << 8) | u64::from(len));
+        h.write_u64(head);
         let mut off = 8;
         while off < n {
-            h.add(word(wire, at + off, (n - off).min(8)));
+            h.write_u64(word(wire, at + off, (n - off).min(8)));
             off += 8;
         }
         Edge {
-            hash: h.hash,
+            hash: h.finish(),
             parent,
             len,
             head,
