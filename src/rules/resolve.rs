@@ -1,16 +1,22 @@
-//! Statements -> rules: set references expanded, interfaces named by index, and the checks
-//! that need the whole file.
+//! Statements -> rules: set references expanded and checked against what their matcher takes,
+//! and interfaces named by index.
 //!
 //! This module owns what a name in the file refers to: a `@set` (defined anywhere in the file, of
 //! the kind its matcher takes) and an interface (it must exist when the rules load: the daemon
-//! passes `if_nametoindex`, tests a closure). It turns the [`Statements`] of `syntax.rs` into the
-//! checked [`Parsed`] file of `defs.rs`, reporting each reference that cannot be resolved with its
-//! place and a hint. It never reads text or tokens, never opens files, and never panics.
+//! passes `if_nametoindex`, tests a closure). Interfaces are looked up through [`interface`] as
+//! the statement machine reads each `iif`/`oif` value, so an unknown one is reported at its place
+//! and drops its rule like any bad value. [`resolve`] turns the [`Statements`] of `syntax.rs`
+//! into the checked [`Parsed`] file of `defs.rs`, reporting each set reference that cannot be
+//! expanded with its place and a hint. It never reads text or tokens, never opens files, and
+//! never panics.
+
+use std::collections::HashMap;
 
 use super::Diagnostic;
 use super::defs::{Action, Cond, FlowDef, Parsed, RuleDef, SetKind, SetSummary, Test};
 use super::hints::did_you_mean;
-use super::syntax::{RawCond, RawFlow, RawRule, SetDef, SetValues, Statements};
+use super::keywords::Field;
+use super::syntax::{RawCond, RawFlow, RawRule, SetDef, SetRef, SetValues, Statements};
 use super::values::{VErr, verr};
 
 /// The index of interface `name`, through `ifaces` (0 is no interface).
@@ -64,7 +70,7 @@ pub(super) fn resolve(statements: Statements, source: &str, diags: &mut Vec<Diag
 /// Expands set references, reporting those that do not resolve.
 struct Resolver<'a> {
     source: &'a str,
-    sets: &'a std::collections::HashMap<String, SetDef>,
+    sets: &'a HashMap<String, SetDef>,
     diags: &'a mut Vec<Diagnostic>,
 }
 
@@ -126,64 +132,59 @@ impl Resolver<'_> {
         for rc in raw {
             let mut cond = rc.cond;
             for r in &rc.refs {
-                let Some(def) = self.sets.get(&r.name) else {
-                    let names: Vec<&str> = self.sets.keys().map(String::as_str).collect();
-                    let hint = did_you_mean(&r.name, &names)
-                        .map(|n| format!("did you mean '@{n}'?"))
-                        .or_else(|| {
-                            rc.field.set_kind().map(|k| {
-                                format!("define it with: set {} {} {{ ... }}", r.name, k.keyword())
-                            })
-                        });
-                    self.diags.push(Diagnostic {
-                        source: self.source.to_string(),
-                        line: r.line,
-                        col: r.col,
-                        message: format!("unknown set '@{}'", r.name),
-                        hint,
-                    });
-                    ok = false;
-                    continue;
-                };
-                let Some(values) = &def.values else {
-                    // The definition's errors are reported; its uses are not errors too.
-                    ok = false;
-                    continue;
-                };
-                let extended = match (&mut cond.test, values) {
-                    (Test::DnsName(l), SetValues::Names(v)) => {
-                        l.extend(v.iter().cloned());
-                        true
-                    }
-                    (Test::Src(l) | Test::Dst(l), SetValues::Addrs(v)) => {
-                        l.extend_from_slice(v);
-                        true
-                    }
-                    (Test::Sport(l) | Test::Dport(l), SetValues::Ports(v)) => {
-                        l.extend_from_slice(v);
-                        true
-                    }
-                    _ => false,
-                };
-                if !extended {
-                    let want = rc.field.set_kind().map_or("values", SetKind::noun);
-                    self.diags.push(Diagnostic {
-                        source: self.source.to_string(),
-                        line: r.line,
-                        col: r.col,
-                        message: format!(
-                            "set '@{}' holds {}, but '{}' needs {want}",
-                            r.name,
-                            values.kind().noun(),
-                            rc.field.name()
-                        ),
-                        hint: Some(format!("the set is defined on line {}", def.line)),
-                    });
-                    ok = false;
-                }
+                ok &= self.expand(&mut cond, rc.field, r);
             }
             conds.push(cond);
         }
         ok.then_some(conds)
+    }
+
+    /// Add the values of the set `r` names to `cond` (a matcher of `field`); false when it
+    /// cannot be (reported, unless the set's own definition was).
+    fn expand(&mut self, cond: &mut Cond, field: Field, r: &SetRef) -> bool {
+        let Some(def) = self.sets.get(&r.name) else {
+            let names: Vec<&str> = self.sets.keys().map(String::as_str).collect();
+            let hint = did_you_mean(&r.name, &names)
+                .map(|n| format!("did you mean '@{n}'?"))
+                .or_else(|| {
+                    field.set_kind().map(|k| {
+                        format!("define it with: set {} {} {{ ... }}", r.name, k.keyword())
+                    })
+                });
+            self.report(r, format!("unknown set '@{}'", r.name), hint);
+            return false;
+        };
+        let Some(values) = &def.values else {
+            // The definition's errors are reported; its uses are not errors too.
+            return false;
+        };
+        match (&mut cond.test, values) {
+            (Test::DnsName(l), SetValues::Names(v)) => l.extend(v.iter().cloned()),
+            (Test::Src(l) | Test::Dst(l), SetValues::Addrs(v)) => l.extend_from_slice(v),
+            (Test::Sport(l) | Test::Dport(l), SetValues::Ports(v)) => l.extend_from_slice(v),
+            _ => {
+                let want = field.set_kind().map_or("values", SetKind::noun);
+                let message = format!(
+                    "set '@{}' holds {}, but '{}' needs {want}",
+                    r.name,
+                    values.kind().noun(),
+                    field.name()
+                );
+                let hint = Some(format!("the set is defined on line {}", def.line));
+                self.report(r, message, hint);
+                return false;
+            }
+        }
+        true
+    }
+
+    fn report(&mut self, r: &SetRef, message: String, hint: Option<String>) {
+        self.diags.push(Diagnostic {
+            source: self.source.to_string(),
+            line: r.line,
+            col: r.col,
+            message,
+            hint,
+        });
     }
 }
