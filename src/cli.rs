@@ -110,7 +110,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "MASK", value_parser = parse_u32, default_value = "0xffffffff")]
     pub mark_mask: u32,
     /// How long a client query waits for the resolver's upstream query (and that for its answer).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_window, default_value = "5s")]
     pub window: Duration,
     /// Most client queries (and, separately, upstream queries) remembered at once.
     #[arg(long, value_name = "N", default_value_t = 65_536)]
@@ -133,10 +133,10 @@ pub struct RunArgs {
     pub fail_closed: bool,
     /// Flow rules: shortest time a learned address is kept (answers with a smaller TTL are
     /// raised to it).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_flow_ttl, default_value = "30s")]
     pub flow_ttl_min: Duration,
     /// Flow rules: longest time a learned address is kept (larger TTLs are lowered to it).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1h")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_flow_ttl, default_value = "1h")]
     pub flow_ttl_max: Duration,
     /// Flow rules: most (client, address) entries remembered; the one closest to expiry goes.
     #[arg(long, value_name = "N", default_value_t = 65_536)]
@@ -187,26 +187,134 @@ pub fn parse_u32(s: &str) -> Result<u32, String> {
     parsed.map_err(|_| format!("'{s}' is not a 32-bit number (decimal, or hex like 0xff00)"))
 }
 
-/// `5s`, `500ms`, `2m`, or a bare number of seconds.
+/// Longest `--window`: a client query waits this long for the resolver's upstream query.
+/// Resolvers give up on an upstream server within seconds; an entry older than ten minutes can
+/// only pair a stranger's query.
+pub const MAX_WINDOW: Duration = Duration::from_secs(600);
+/// Longest `--flow-ttl-min`/`--flow-ttl-max`: a week, the cap RFC 8767 suggests for any TTL a
+/// resolver keeps.
+pub const MAX_FLOW_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+const NANOS_PER_SEC: u128 = 1_000_000_000;
+
+/// `5s`, `500ms`, `2m`, `1h`, `1.5s`, or a bare number of seconds, of any size: computed in
+/// whole nanoseconds with checked arithmetic (never through a float), so no input panics.
+/// Range checks belong to each option ([`parse_window`], [`parse_flow_ttl`]).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let too_long = || format!("'{s}' is too long to be a duration");
+    let nanos = match duration_nanos(s) {
+        Ok(Some(n)) => n,
+        Ok(None) => return Err(too_long()),
+        Err(e) => return Err(e),
+    };
+    let secs = u64::try_from(nanos / NANOS_PER_SEC).map_err(|_| too_long())?;
+    // The remainder is below 10^9, so it fits.
+    let sub = u32::try_from(nanos % NANOS_PER_SEC).unwrap_or(0);
+    Ok(Duration::new(secs, sub))
+}
+
+/// The value of a duration in nanoseconds; `None` when it overflows even 128 bits, an error
+/// for text that is not a duration.
+fn duration_nanos(s: &str) -> Result<Option<u128>, String> {
     let t = s.trim();
-    let bad = || format!("'{s}' is not a duration (expected e.g. 5s, 500ms, 2m)");
+    let bad = || format!("'{s}' is not a duration (expected e.g. 5s, 500ms, 2m, 1h)");
     let (num, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
         Some(i) => t.split_at(i),
         None => (t, "s"),
     };
-    let value: f64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
+    let unit_nanos: u128 = match unit {
+        "ms" => 1_000_000,
+        "s" => NANOS_PER_SEC,
+        "m" => 60 * NANOS_PER_SEC,
+        "h" => 3600 * NANOS_PER_SEC,
         _ => return Err(bad()),
     };
-    if !secs.is_finite() || secs < 0.0 {
+    let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+    if (whole.is_empty() && frac.is_empty()) || frac.contains('.') {
         return Err(bad());
     }
-    Ok(Duration::from_secs_f64(secs))
+    let mut nanos: u128 = 0;
+    for d in whole.bytes() {
+        let next = nanos
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(u128::from(d - b'0')));
+        let Some(next) = next else { return Ok(None) };
+        nanos = next;
+    }
+    let Some(mut nanos) = nanos.checked_mul(unit_nanos) else {
+        return Ok(None);
+    };
+    // Fraction digits past the 18th cannot change a nanosecond of any unit here.
+    let mut scale = unit_nanos;
+    for d in frac.bytes().take(18) {
+        scale /= 10;
+        let Some(next) = nanos.checked_add(u128::from(d - b'0') * scale) else {
+            return Ok(None);
+        };
+        nanos = next;
+    }
+    Ok(Some(nanos))
+}
+
+/// Format a limit the way the user writes it (`10m`, `168h`, `1ms`).
+fn show(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 3_600_000 == 0 && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// A duration between `min` and `max`; `what` says why the bound is there.
+pub fn parse_duration_in(
+    s: &str,
+    min: Duration,
+    max: Duration,
+    what: &str,
+) -> Result<Duration, String> {
+    let too_long = || {
+        format!(
+            "'{s}' is too long: the longest allowed is {} ({what})",
+            show(max)
+        )
+    };
+    let d = match duration_nanos(s)? {
+        Some(n) if n <= max.as_nanos() => parse_duration(s)?,
+        _ => return Err(too_long()),
+    };
+    if d < min {
+        return Err(format!(
+            "'{s}' is too short: the shortest allowed is {} ({what})",
+            show(min)
+        ));
+    }
+    Ok(d)
+}
+
+/// `--window`: 1ms to [`MAX_WINDOW`].
+pub fn parse_window(s: &str) -> Result<Duration, String> {
+    parse_duration_in(
+        s,
+        Duration::from_millis(1),
+        MAX_WINDOW,
+        "how long a client query waits for the resolver's upstream query; resolvers retry \
+         within seconds",
+    )
+}
+
+/// `--flow-ttl-min` and `--flow-ttl-max`: 0 to [`MAX_FLOW_TTL`].
+pub fn parse_flow_ttl(s: &str) -> Result<Duration, String> {
+    parse_duration_in(
+        s,
+        Duration::ZERO,
+        MAX_FLOW_TTL,
+        "a learned address is kept at most a week, the TTL cap RFC 8767 suggests",
+    )
 }
 
 impl RunArgs {
@@ -251,5 +359,59 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert!(parse_duration("5 parsecs").is_err());
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0.25m"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in [
+            "", ".", "s", "1..2s", "1.2.3s", "-1s", "1e3s", "5 s", "5S", "nan", "inf",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn huge_durations_are_errors_not_panics() {
+        for huge in [
+            "99999999999999999999h",
+            "99999999999999999999999999999999999999999999999999s",
+            "18446744073709551616s",
+            "340282366920938463463374607431768211455ms",
+        ] {
+            let e = parse_duration(huge).expect_err(huge);
+            assert!(e.contains("too long"), "{huge}: {e}");
+            let e = parse_window(huge).expect_err(huge);
+            assert!(e.contains("the longest allowed is 10m"), "{huge}: {e}");
+        }
+        // Representable but absurd: past each option's maximum.
+        let e = parse_window("11m").expect_err("11m");
+        assert!(e.contains("too long") && e.contains("10m"), "{e}");
+        assert_eq!(parse_window("10m"), Ok(MAX_WINDOW));
+        assert!(
+            parse_window("0s")
+                .expect_err("0s")
+                .contains("shortest allowed is 1ms")
+        );
+        assert_eq!(parse_flow_ttl("168h"), Ok(MAX_FLOW_TTL));
+        assert_eq!(parse_flow_ttl("0"), Ok(Duration::ZERO));
+        let e = parse_flow_ttl("169h").expect_err("169h");
+        assert!(e.contains("the longest allowed is 168h"), "{e}");
+        // The largest u64 of seconds still parses as a plain duration, one more does not.
+        assert_eq!(
+            parse_duration("18446744073709551615s"),
+            Ok(Duration::from_secs(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn duration_errors_name_the_option_on_the_command_line() {
+        let e = Cli::try_parse_from(["nfqmark", "run", "--window", "99999999999999999999h"])
+            .expect_err("a huge window");
+        let text = e.to_string();
+        assert!(text.contains("--window"), "{text}");
+        assert!(text.contains("longest allowed is 10m"), "{text}");
+        assert_eq!(e.exit_code(), 2);
+        let e = Cli::try_parse_from(["nfqmark", "run", "--flow-ttl-max", "1000000h"])
+            .expect_err("a huge TTL");
+        assert!(e.to_string().contains("--flow-ttl-max"), "{e}");
     }
 }
