@@ -2,35 +2,79 @@
 //! and handle signals.
 //!
 //! This module owns the process's life: start-up errors are reported before any packet is
-//! served, SIGHUP reloads the rules (a file with errors is rejected and the old rules stay in
-//! force), SIGUSR1 logs the counters, SIGTERM and SIGINT stop.
+//! served; SIGHUP reloads the rules (a file with errors is rejected and the old rules stay in
+//! force), SIGUSR1 logs the counters, SIGTERM and SIGINT stop. The main thread only waits for
+//! events (signals, rules loaded, threads ended) on one channel: the rules file is read on its
+//! own thread, so a stop never waits on a read; and a worker, the rules thread or the metrics
+//! thread that ends without being asked takes the process down with exit status 2 and one line
+//! naming it and the cause, so the service manager restarts nfqmark instead of a queue going
+//! unserved (with `--queue-bypass`, unmarked) behind a healthy-looking process.
+//!
+//! It must never read the rules file, or do anything else that can block, on the main thread.
 
 use std::fmt;
-use std::path::Path;
+use std::io::Read as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::thread;
-
-use crossbeam_channel::{Receiver, bounded};
+use std::time::{Duration, Instant};
 
 use crate::cli::{CheckArgs, RunArgs, SetupArgs};
 use crate::engine::EngineConfig;
 use crate::flows::LearnConfig;
-use crate::metrics::QueueSnapshot;
+use crate::metrics::{Alive, Endpoint, QueueSnapshot};
 use crate::pairing::PairingConfig;
 use crate::queue::{OpenError, Queue, QueueOptions};
-use crate::rules::{self, Diagnostic, RuleSet};
+use crate::rules::{Diagnostic, RuleSet};
 use crate::worker::{self, Shared};
 
-/// Why `run` could not start.
+/// Why `run` could not start, or stopped with an error.
 #[derive(Debug)]
 pub enum Error {
     Open(u16, OpenError),
     Rules(Vec<Diagnostic>),
     Metrics(std::io::Error),
     Signals(std::io::Error),
-    Spawn(std::io::Error),
+    /// A thread could not be started (which one, why).
+    Spawn(String, std::io::Error),
     Config(String),
+    /// A thread that should run until told to stop ended.
+    Died(Task, End),
+}
+
+/// A thread that runs for the life of the process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Task {
+    /// The worker of this queue.
+    Queue(u16),
+    /// The thread that reads the rules file.
+    Rules,
+    /// The metrics endpoint.
+    Metrics,
+}
+
+impl fmt::Display for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Task::Queue(n) => write!(f, "queue {n}: the worker"),
+            Task::Rules => f.write_str("the rules thread"),
+            Task::Metrics => f.write_str("the metrics endpoint"),
+        }
+    }
+}
+
+/// How such a thread ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// It returned normally (asked to stop, or, unasked, a bug).
+    Returned,
+    /// It gave up with this error.
+    Failed(String),
+    /// It panicked with this message (debug builds; release builds abort on panic).
+    Panicked(String),
 }
 
 impl fmt::Display for Error {
@@ -51,8 +95,20 @@ impl fmt::Display for Error {
             }
             Error::Metrics(e) => write!(f, "cannot serve metrics: {e} (is the port in use?)"),
             Error::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
-            Error::Spawn(e) => write!(f, "cannot start a worker thread: {e}"),
+            Error::Spawn(what, e) => write!(
+                f,
+                "cannot start the {what} thread: {e} (is a tasks limit, such as systemd's \
+                 TasksMax, lower than the queues + 4 threads nfqmark needs?)"
+            ),
             Error::Config(e) => f.write_str(e),
+            Error::Died(task, end) => {
+                match end {
+                    End::Returned => write!(f, "{task} ended without being asked to")?,
+                    End::Failed(cause) => write!(f, "{task} stopped: {cause}")?,
+                    End::Panicked(cause) => write!(f, "{task} panicked: {cause}")?,
+                }
+                f.write_str("; exiting with status 2 so the service manager restarts nfqmark")
+            }
         }
     }
 }
@@ -71,6 +127,22 @@ pub enum Signal {
 /// thread that waits for them: no async-signal-safety puzzles, and workers are never interrupted.
 /// Call before starting other threads (they inherit the mask).
 pub fn signal_channel() -> std::io::Result<Receiver<Signal>> {
+    let (tx, rx) = mpsc::channel();
+    forward_signals(tx, |s| s)?;
+    Ok(rx)
+}
+
+/// [`signal_channel`] into an existing channel, each signal wrapped by `wrap`. The thread ends
+/// when the receiving side is gone.
+///
+/// This stays a `sigwait` thread rather than the signal-hook crate: signal-hook runs a handler
+/// in whichever thread the kernel picks (a worker in `poll` would see EINTR) unless the
+/// signals are blocked in every other thread anyway, which is all this code does besides
+/// `sigwait`.
+pub fn forward_signals<T: Send + 'static>(
+    tx: Sender<T>,
+    wrap: fn(Signal) -> T,
+) -> std::io::Result<()> {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it before use, and
     // pthread_sigmask only reads it.
     let set = unsafe {
@@ -85,7 +157,6 @@ pub fn signal_channel() -> std::io::Result<Receiver<Signal>> {
         }
         set
     };
-    let (tx, rx) = bounded(16);
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -102,12 +173,12 @@ pub fn signal_channel() -> std::io::Result<Receiver<Signal>> {
                     libc::SIGUSR1 => Signal::Report,
                     _ => Signal::Stop,
                 };
-                if tx.send(event).is_err() {
+                if tx.send(wrap(event)).is_err() {
                     return;
                 }
             }
         })?;
-    Ok(rx)
+    Ok(())
 }
 
 /// Interface name -> index on this machine (0 = no such interface).
@@ -118,16 +189,101 @@ pub fn if_index(name: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
+/// Largest rules file read. The largest example in rules/ is a few KiB; a walled garden of
+/// 100,000 names is about 3 MiB.
+pub const MAX_RULES_BYTES: u64 = 16 << 20;
+
+/// Read a rules file: it must be a regular file of at most [`MAX_RULES_BYTES`]. It is opened
+/// non-blocking, so a FIFO at the path is refused instead of waited on (and a device such as
+/// /dev/zero is refused instead of read forever). The error is a whole-file diagnostic.
+pub fn read_rules_file(path: &Path) -> Result<String, Diagnostic> {
+    let source = path.display().to_string();
+    let fail = |message: String, hint: &str| Diagnostic {
+        source: source.clone(),
+        line: 0,
+        col: 0,
+        message,
+        hint: (!hint.is_empty()).then(|| hint.to_string()),
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| fail(format!("cannot read the rules file: {e}"), ""))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| fail(format!("cannot read the rules file: {e}"), ""))?;
+    if !meta.is_file() {
+        let kind = {
+            use std::os::unix::fs::FileTypeExt as _;
+            let t = meta.file_type();
+            if t.is_fifo() {
+                "a FIFO"
+            } else if t.is_char_device() || t.is_block_device() {
+                "a device"
+            } else if t.is_dir() {
+                "a directory"
+            } else if t.is_socket() {
+                "a socket"
+            } else {
+                "not a regular file"
+            }
+        };
+        return Err(fail(
+            format!("the rules file is {kind}, not a regular file"),
+            "give the path of a rules file; nfqmark reads it whole at start and on SIGHUP",
+        ));
+    }
+    let too_big = |size: u64| {
+        fail(
+            format!(
+                "the rules file is {size} bytes, more than the {} MiB nfqmark reads",
+                MAX_RULES_BYTES >> 20
+            ),
+            "split large sets of names or addresses, or check that this is the right file",
+        )
+    };
+    if meta.len() > MAX_RULES_BYTES {
+        return Err(too_big(meta.len()));
+    }
+    // The file may grow while being read: read one byte past the cap to notice.
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(MAX_RULES_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(format!("cannot read the rules file: {e}"), ""))?;
+    if bytes.len() as u64 > MAX_RULES_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        fail(
+            format!(
+                "the rules file is not UTF-8 text (bad byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+            "save it as UTF-8",
+        )
+    })
+}
+
+/// Load a rules file, read with [`read_rules_file`], resolving interface names with `ifaces`.
+pub fn load_rules_with(
+    path: &Path,
+    ifaces: &dyn Fn(&str) -> Option<u32>,
+) -> Result<RuleSet, Vec<Diagnostic>> {
+    let text = read_rules_file(path).map_err(|d| vec![d])?;
+    RuleSet::parse(&text, &path.display().to_string(), ifaces)
+}
+
 /// Load a rules file against this machine's interfaces.
 pub fn load_rules(path: &Path) -> Result<RuleSet, Vec<Diagnostic>> {
-    rules::load(path, &if_index)
+    load_rules_with(path, &if_index)
 }
 
 /// `nfqmark check FILE`: 0 and a summary when good; 1 and every error when not.
 pub fn check(args: &CheckArgs) -> i32 {
     let any = |_: &str| Some(1u32);
     let result = if args.any_interface {
-        rules::load(&args.file, &any)
+        load_rules_with(&args.file, &any)
     } else {
         load_rules(&args.file)
     };
@@ -151,7 +307,7 @@ pub fn check(args: &CheckArgs) -> i32 {
 pub fn setup(args: &SetupArgs) -> i32 {
     use crate::setup::{self as s, Family, Plan};
     let (rules, source) = match &args.rules {
-        Some(path) => match rules::load(path, &|_: &str| Some(1u32)) {
+        Some(path) => match load_rules_with(path, &|_: &str| Some(1u32)) {
             Ok(r) => (r, path.display().to_string()),
             Err(diags) => {
                 for d in &diags {
@@ -245,24 +401,128 @@ fn engine_config(args: &RunArgs) -> EngineConfig {
     }
 }
 
-/// Run until SIGTERM/SIGINT.
-pub fn run(args: &RunArgs) -> Result<(), Error> {
-    let signals = signal_channel().map_err(Error::Signals)?;
-    let rules = match &args.rules {
-        Some(path) => {
-            let rules = load_rules(path).map_err(Error::Rules)?;
-            log::info!("rules {}: {}", path.display(), rules.summary());
-            rules
+/// What the main thread waits for.
+enum Event {
+    Signal(Signal),
+    /// The first load of the rules file finished.
+    Loaded(Result<Box<RuleSet>, Vec<Diagnostic>>),
+    /// A thread that runs for the life of the process ended.
+    Ended(Task, End),
+}
+
+/// Longest a stop waits for the workers to give queued packets their verdicts and unbind
+/// (each drains for at most half a second).
+const STOP_WAIT: Duration = Duration::from_secs(3);
+
+/// The text of a panic's payload.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}
+
+/// Start a thread that runs for the life of the process; when it ends, however it ends
+/// (returns, fails, panics), the main thread hears of it as [`Event::Ended`].
+fn supervised<F>(
+    name: String,
+    task: Task,
+    events: &Sender<Event>,
+    body: F,
+) -> Result<thread::JoinHandle<()>, Error>
+where
+    F: FnOnce() -> Result<(), String> + Send + 'static,
+{
+    let events = events.clone();
+    let what = name.clone();
+    thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let end = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+                Ok(Ok(())) => End::Returned,
+                Ok(Err(cause)) => End::Failed(cause),
+                Err(payload) => End::Panicked(panic_text(payload.as_ref())),
+            };
+            let _ = events.send(Event::Ended(task, end));
+        })
+        .map_err(|e| Error::Spawn(what, e))
+}
+
+/// Work for the rules thread.
+enum Job {
+    /// Load the file and send [`Event::Loaded`].
+    Initial,
+    /// Load the file and put it in force (SIGHUP).
+    Reload(Arc<Shared>),
+}
+
+/// The thread that reads the rules file, so that the main thread never blocks on it.
+struct Loader {
+    jobs: SyncSender<Job>,
+}
+
+impl Loader {
+    fn start(path: PathBuf, events: &Sender<Event>) -> Result<Loader, Error> {
+        // One job waiting at most: a SIGHUP while another reload waits is already covered by
+        // it (it reads the file as it is then).
+        let (jobs, todo) = mpsc::sync_channel::<Job>(1);
+        let reply = events.clone();
+        supervised("rules".into(), Task::Rules, events, move || {
+            for job in todo {
+                match job {
+                    Job::Initial => {
+                        let _ = reply.send(Event::Loaded(load_rules(&path).map(Box::new)));
+                    }
+                    Job::Reload(shared) => reload(&path, &shared),
+                }
+            }
+            Ok(())
+        })?;
+        Ok(Loader { jobs })
+    }
+
+    fn ask(&self, job: Job) {
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                log::info!("SIGHUP: a reload is already waiting; it will read the file as it is")
+            }
+            // The thread is gone; its end is reported as an event.
+            Err(TrySendError::Disconnected(_)) => {}
         }
-        None => RuleSet::empty(),
-    };
-    let nums = args.queue_numbers();
+    }
+}
+
+/// Run until SIGTERM/SIGINT. An error when start-up fails or a thread ends unasked.
+pub fn run(args: &RunArgs) -> Result<(), Error> {
+    let (events_tx, events) = mpsc::channel();
+    forward_signals(events_tx.clone(), Event::Signal).map_err(Error::Signals)?;
     if args.flow_ttl_min > args.flow_ttl_max {
         return Err(Error::Config(format!(
             "--flow-ttl-min ({:?}) is above --flow-ttl-max ({:?}): lower the first or raise the second",
             args.flow_ttl_min, args.flow_ttl_max
         )));
     }
+    let loader = match &args.rules {
+        Some(path) => Some(Loader::start(path.clone(), &events_tx)?),
+        None => None,
+    };
+    let rules = match (&loader, &args.rules) {
+        (Some(loader), Some(path)) => {
+            loader.ask(Job::Initial);
+            let Some(rules) = first_rules(&events)? else {
+                log::info!("stopped before start");
+                return Ok(());
+            };
+            log::info!("rules {}: {}", path.display(), rules.summary());
+            rules
+        }
+        _ => RuleSet::empty(),
+    };
+    let nums = args.queue_numbers();
     let learn = LearnConfig {
         ttl_floor: args.flow_ttl_min,
         ttl_ceiling: args.flow_ttl_max,
@@ -283,24 +543,35 @@ pub fn run(args: &RunArgs) -> Result<(), Error> {
         };
         queues.push(Queue::open(&opts).map_err(|e| Error::Open(num, e))?);
     }
-    let metrics = match args.metrics {
-        Some(addr) => {
-            let handle =
-                crate::metrics::serve(addr, Arc::clone(&shared)).map_err(Error::Metrics)?;
-            log::info!("metrics on http://{addr}/metrics");
-            Some(handle)
-        }
-        None => None,
-    };
-    let mut workers = Vec::new();
+    let alive = Arc::new(Alive::new(&nums));
+    if let Some(addr) = args.metrics {
+        let endpoint = Endpoint::bind(addr).map_err(Error::Metrics)?;
+        let (shared, alive) = (Arc::clone(&shared), Arc::clone(&alive));
+        supervised("metrics".into(), Task::Metrics, &events_tx, move || {
+            endpoint.run(&shared, &alive);
+            Ok(())
+        })?;
+        log::info!("metrics on http://{addr}/metrics and /health");
+    }
     for (index, queue) in queues.into_iter().enumerate() {
-        let shared = Arc::clone(&shared);
-        let name = format!("queue-{}", queue.num());
-        let handle = thread::Builder::new()
-            .name(name)
-            .spawn(move || worker::run(queue, shared, index))
-            .map_err(Error::Spawn)?;
-        workers.push(handle);
+        let num = queue.num();
+        alive.set(num, true);
+        let for_worker = Arc::clone(&shared);
+        let started = supervised(
+            format!("queue-{num}"),
+            Task::Queue(num),
+            &events_tx,
+            move || {
+                worker::run(queue, for_worker, index).map_err(|e| format!("receive failed: {e}"))
+            },
+        );
+        if let Err(e) = started {
+            alive.set(num, false);
+            // The workers already started stop before the error is reported.
+            shared.stop.store(true, Ordering::Relaxed);
+            let _ = wait_for_workers(&events, &alive);
+            return Err(e);
+        }
     }
     let listed: Vec<String> = nums.iter().map(u16::to_string).collect();
     log::info!(
@@ -310,32 +581,94 @@ pub fn run(args: &RunArgs) -> Result<(), Error> {
         args.mark_mask,
         args.window
     );
-    for signal in signals.iter() {
-        match signal {
-            Signal::Stop => break,
-            Signal::Reload => reload(args, &shared),
-            Signal::Report => log::info!("{}", report(&shared)),
-        }
-    }
+    let outcome = serve_events(&events, &shared, &alive, loader.as_ref());
     // Workers notice within their poll interval, stop the kernel queueing, give what is queued
     // its verdict and unbind.
     shared.stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        let _ = w.join();
-    }
-    if let Some(m) = metrics {
-        let _ = m.join();
-    }
+    let outcome = outcome.and(wait_for_workers(&events, &alive));
     log::info!("stopping: {}", report(&shared));
-    Ok(())
+    outcome
 }
 
-/// SIGHUP: load the rules file again; keep the old rules if the new file has errors.
-fn reload(args: &RunArgs, shared: &Shared) {
-    let Some(path) = &args.rules else {
-        log::info!("SIGHUP: no rules file to reload (start with --rules FILE)");
-        return;
-    };
+/// Wait for the first load of the rules file; `None` when asked to stop meanwhile.
+fn first_rules(events: &Receiver<Event>) -> Result<Option<RuleSet>, Error> {
+    loop {
+        match events.recv() {
+            Ok(Event::Loaded(Ok(rules))) => return Ok(Some(*rules)),
+            Ok(Event::Loaded(Err(diags))) => return Err(Error::Rules(diags)),
+            Ok(Event::Signal(Signal::Stop)) | Err(_) => return Ok(None),
+            Ok(Event::Signal(_)) => {}
+            Ok(Event::Ended(task, end)) => return Err(Error::Died(task, end)),
+        }
+    }
+}
+
+/// The main loop: act on signals until asked to stop (`Ok`) or until a thread ends (`Err`).
+fn serve_events(
+    events: &Receiver<Event>,
+    shared: &Arc<Shared>,
+    alive: &Alive,
+    loader: Option<&Loader>,
+) -> Result<(), Error> {
+    loop {
+        let Ok(event) = events.recv() else {
+            return Ok(());
+        };
+        match event {
+            Event::Signal(Signal::Stop) => return Ok(()),
+            Event::Signal(Signal::Reload) => match loader {
+                Some(loader) => loader.ask(Job::Reload(Arc::clone(shared))),
+                None => log::info!("SIGHUP: no rules file to reload (start with --rules FILE)"),
+            },
+            Event::Signal(Signal::Report) => log::info!("{}", report(shared)),
+            Event::Loaded(_) => {}
+            Event::Ended(task, end) => {
+                if let Task::Queue(n) = task {
+                    alive.set(n, false);
+                }
+                return Err(Error::Died(task, end));
+            }
+        }
+    }
+}
+
+/// After the stop flag is set: wait (at most [`STOP_WAIT`], or until a second SIGTERM) for every
+/// worker to report its end. An error if one failed or panicked on its way out.
+fn wait_for_workers(events: &Receiver<Event>, alive: &Alive) -> Result<(), Error> {
+    let deadline = Instant::now() + STOP_WAIT;
+    let mut outcome = Ok(());
+    let mut running = alive.serving();
+    while !running.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(Event::Ended(Task::Queue(n), end)) => {
+                alive.set(n, false);
+                running.retain(|&q| q != n);
+                if end != End::Returned && outcome.is_ok() {
+                    outcome = Err(Error::Died(Task::Queue(n), end));
+                }
+            }
+            Ok(Event::Signal(Signal::Stop)) => {
+                log::warn!("second stop signal: exiting without waiting for the workers");
+                break;
+            }
+            Ok(_) => {}
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                let late: Vec<String> = running.iter().map(u16::to_string).collect();
+                log::warn!(
+                    "queue(s) {} did not stop within {STOP_WAIT:?}; exiting anyway",
+                    late.join(",")
+                );
+                break;
+            }
+        }
+    }
+    outcome
+}
+
+/// SIGHUP, on the rules thread: load the rules file again; keep the old rules if the new file
+/// has errors.
+fn reload(path: &Path, shared: &Shared) {
     match load_rules(path) {
         Ok(rules) => {
             log::info!(
@@ -406,4 +739,103 @@ pub fn report(shared: &Shared) -> String {
         s.reloads_ok,
         s.reloads_failed,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory under the system's temporary directory, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!("nfqmark-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("create a temporary directory");
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn message(r: Result<String, Diagnostic>) -> String {
+        r.expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn rules_files_must_be_regular_files() {
+        let dir = TempDir::new("rules-kinds");
+        let fifo = dir.0.join("fifo.rules");
+        let c = std::ffi::CString::new(fifo.display().to_string()).expect("path");
+        // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        // No writer ever opens the FIFO: a blocking open would hang this test.
+        let m = message(read_rules_file(&fifo));
+        assert!(m.contains("is a FIFO, not a regular file"), "{m}");
+        assert!(m.starts_with(&format!("{}: ", fifo.display())), "{m}");
+        assert!(m.contains("(give the path of a rules file"), "{m}");
+        let m = message(read_rules_file(Path::new("/dev/zero")));
+        assert!(m.contains("is a device"), "{m}");
+        let m = message(read_rules_file(&dir.0));
+        assert!(m.contains("is a directory"), "{m}");
+        let m = message(read_rules_file(&dir.0.join("missing.rules")));
+        assert!(m.contains("cannot read the rules file"), "{m}");
+        // Through the loader, as `check` and `run` see it: one whole-file diagnostic.
+        let diags = load_rules_with(&fifo, &|_: &str| Some(1)).expect_err("a FIFO");
+        assert_eq!(diags.len(), 1);
+        assert_eq!((diags[0].line, diags[0].col), (0, 0));
+    }
+
+    #[test]
+    fn rules_files_are_read_up_to_the_size_cap() {
+        let dir = TempDir::new("rules-size");
+        let ok = dir.0.join("ok.rules");
+        std::fs::write(&ok, "default accept\n").expect("write");
+        assert_eq!(read_rules_file(&ok).as_deref(), Ok("default accept\n"));
+        assert!(load_rules_with(&ok, &|_: &str| Some(1)).is_ok());
+        // A sparse file one byte past the cap: refused from its size, never read.
+        let big = dir.0.join("big.rules");
+        let f = std::fs::File::create(&big).expect("create");
+        f.set_len(MAX_RULES_BYTES + 1).expect("grow");
+        let m = message(read_rules_file(&big));
+        assert!(m.contains("more than the 16 MiB"), "{m}");
+        let bad = dir.0.join("latin1.rules");
+        std::fs::write(&bad, b"# caf\xe9\ndefault accept\n").expect("write");
+        let m = message(read_rules_file(&bad));
+        assert!(m.contains("not UTF-8") && m.contains("offset 5"), "{m}");
+    }
+
+    #[test]
+    fn died_errors_name_the_queue_and_the_cause() {
+        let e = Error::Died(Task::Queue(11), End::Failed("receive failed: boom".into()));
+        assert_eq!(
+            e.to_string(),
+            "queue 11: the worker stopped: receive failed: boom; exiting with status 2 so the \
+             service manager restarts nfqmark"
+        );
+        let e = Error::Died(Task::Metrics, End::Panicked("oops".into()));
+        assert!(
+            e.to_string()
+                .starts_with("the metrics endpoint panicked: oops;")
+        );
+        let e = Error::Died(Task::Queue(3), End::Returned);
+        assert!(
+            e.to_string()
+                .starts_with("queue 3: the worker ended without being asked to;")
+        );
+    }
+
+    #[test]
+    fn panic_payloads_become_text() {
+        let p = std::panic::catch_unwind(|| panic!("static")).expect_err("panics");
+        assert_eq!(panic_text(p.as_ref()), "static");
+        let n = 7;
+        let p = std::panic::catch_unwind(|| panic!("formatted {n}")).expect_err("panics");
+        assert_eq!(panic_text(p.as_ref()), "formatted 7");
+    }
 }

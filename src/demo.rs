@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, select, tick};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 
 use crate::daemon::{Signal, signal_channel};
 use crate::lab::{self, Client, Family, LinkCounts, Options, Resolver, World};
@@ -173,12 +173,18 @@ pub fn run(opts: &DemoOptions, out: &mut impl Write) -> Result<Summary, Error> {
                 }
             });
         }
-        let ticker = tick(Duration::from_secs(1));
+        let mut next_tick = Instant::now() + Duration::from_secs(1);
         let mut second = 0u64;
         let mut result = Ok(());
         while second < opts.seconds {
-            select! {
-                recv(ticker) -> _ => {
+            match signals.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
+                Ok(Signal::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                    result = Err(Error::Interrupted);
+                    break;
+                }
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    next_tick += Duration::from_secs(1);
                     second += 1;
                     let links = LinkCounts::from_sniffer(&world.sniffer, "demo.nfqm");
                     let _ = writeln!(
@@ -191,12 +197,6 @@ pub fn run(opts: &DemoOptions, out: &mut impl Write) -> Result<Summary, Error> {
                         format!("{} / {}", links.b_link1, links.b_link2),
                         short_counters(&world.nfqmark_counters()),
                     );
-                }
-                recv(signals) -> sig => {
-                    if matches!(sig, Ok(Signal::Stop) | Err(_)) {
-                        result = Err(Error::Interrupted);
-                        break;
-                    }
                 }
             }
         }

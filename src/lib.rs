@@ -11,6 +11,8 @@ pub mod daemon;
 pub mod demo;
 pub mod dns;
 pub mod engine;
+#[cfg(debug_assertions)]
+mod fault;
 pub mod fixtures;
 pub mod flows;
 pub mod lab;

@@ -1,17 +1,21 @@
 //! Prometheus metrics over HTTP (`--metrics ADDR:PORT`, loopback by default).
 //!
-//! This module owns the text exposition format and a tiny HTTP endpoint (tiny_http) that serves
-//! it. Rendering is a pure function of a [`Snapshot`], so the format is unit-tested without a
-//! socket; the server thread only takes snapshots and writes them out. It never touches the
-//! packet path: counters are atomics the workers bump anyway.
+//! This module owns the text exposition format, the routes (`GET /metrics`, and `GET /health`:
+//! 200 while every worker serves, 503 naming the queues whose worker is gone) and, in
+//! [`http`], the small bounded server that serves them from one thread. Rendering and routing
+//! are pure functions of a [`Snapshot`] and the worker liveness, so they are unit-tested
+//! without a socket; the server thread only takes snapshots and writes them out. It never
+//! touches the packet path (counters are atomics the workers bump anyway) and never starts a
+//! thread per connection.
+
+mod http;
 
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub use http::{HttpStats, Limits, Reply};
 
 use crate::flows::LearnCounters;
 use crate::pairing::PairingCounters;
@@ -368,42 +372,133 @@ pub fn render(s: &Snapshot) -> String {
     o.0
 }
 
-/// Serve `/metrics` on `addr` from a thread, until the process ends or `shared.stop` is set.
-pub fn serve(addr: SocketAddr, shared: Arc<Shared>) -> io::Result<JoinHandle<()>> {
-    let server = tiny_http::Server::http(addr)
-        .map_err(|e| io::Error::other(format!("metrics on {addr}: {e}")))?;
-    thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            while !shared.stop.load(Ordering::Relaxed) {
-                let request = match server.recv_timeout(Duration::from_millis(200)) {
-                    Ok(Some(r)) => r,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        log::warn!("metrics: {e}");
-                        continue;
-                    }
-                };
-                let response = if request.url() == "/metrics" || request.url() == "/" {
-                    let body = render(&shared.snapshot());
-                    let header = tiny_http::Header::from_bytes(
-                        &b"Content-Type"[..],
-                        &b"text/plain; version=0.0.4; charset=utf-8"[..],
-                    );
-                    let mut r = tiny_http::Response::from_string(body);
-                    if let Ok(h) = header {
-                        r.add_header(h);
-                    }
-                    r
-                } else {
-                    tiny_http::Response::from_string("not found: try /metrics\n")
-                        .with_status_code(404)
-                };
-                if let Err(e) = request.respond(response) {
-                    log::debug!("metrics: {e}");
-                }
+/// The server's own counters, in the exposition format (appended to the page).
+pub fn render_http(h: &HttpStats) -> String {
+    let mut o = Out(String::with_capacity(512));
+    o.family(
+        "nfqmark_metrics_connections_total",
+        "counter",
+        "Connections to this endpoint, by what became of them.",
+    );
+    for (outcome, v) in [
+        ("accepted", h.accepted),
+        ("answered", h.answered),
+        ("rejected", h.rejected),
+        ("evicted", h.evicted),
+        ("refused", h.refused),
+        ("timed_out", h.timed_out),
+        ("accept_error", h.accept_errors),
+    ] {
+        o.sample(
+            "nfqmark_metrics_connections_total",
+            &[("outcome", outcome)],
+            v,
+        );
+    }
+    o.0
+}
+
+/// Which workers are serving their queue, as `/health` reports them.
+#[derive(Debug)]
+pub struct Alive {
+    queues: Vec<(u16, AtomicBool)>,
+}
+
+impl Alive {
+    /// Every queue marked as not (yet) served.
+    pub fn new(queues: &[u16]) -> Alive {
+        Alive {
+            queues: queues
+                .iter()
+                .map(|&q| (q, AtomicBool::new(false)))
+                .collect(),
+        }
+    }
+
+    pub fn set(&self, queue: u16, alive: bool) {
+        for (q, flag) in &self.queues {
+            if *q == queue {
+                flag.store(alive, Ordering::Relaxed);
             }
-        })
+        }
+    }
+
+    /// Queues whose worker is serving.
+    pub fn serving(&self) -> Vec<u16> {
+        self.queues
+            .iter()
+            .filter(|(_, flag)| flag.load(Ordering::Relaxed))
+            .map(|(q, _)| *q)
+            .collect()
+    }
+
+    /// Queues whose worker is not serving.
+    pub fn dead(&self) -> Vec<u16> {
+        self.queues
+            .iter()
+            .filter(|(_, flag)| !flag.load(Ordering::Relaxed))
+            .map(|(q, _)| *q)
+            .collect()
+    }
+}
+
+/// The reply to `method` `path`: the page comes from `page`, called only for `GET /metrics`.
+pub fn answer(method: &str, path: &str, page: impl FnOnce() -> String, alive: &Alive) -> Reply {
+    match (method, path) {
+        ("GET", "/metrics") => Reply {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: page(),
+            allow: None,
+        },
+        ("GET", "/health") => {
+            let dead = alive.dead();
+            if dead.is_empty() {
+                Reply::text(200, "ok\n")
+            } else {
+                let list: Vec<String> = dead.iter().map(u16::to_string).collect();
+                Reply::text(503, format!("not serving queue(s) {}\n", list.join(",")))
+            }
+        }
+        (_, "/metrics" | "/health") => Reply {
+            allow: Some("GET"),
+            ..Reply::text(405, "only GET\n")
+        },
+        _ => Reply::text(404, "not found: try /metrics or /health\n"),
+    }
+}
+
+/// The metrics endpoint, bound but not serving yet (binding is a start-up step, so a port in
+/// use stops the start).
+pub struct Endpoint {
+    server: http::Server,
+}
+
+impl Endpoint {
+    pub fn bind(addr: SocketAddr) -> io::Result<Endpoint> {
+        let server = http::Server::bind(addr, Limits::default())?;
+        Ok(Endpoint { server })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.server.local_addr()
+    }
+
+    /// Serve on this thread until `shared.stop` is set.
+    pub fn run(self, shared: &Shared, alive: &Alive) {
+        self.server.run(&shared.stop, |method, path, stats| {
+            answer(
+                method,
+                path,
+                || {
+                    let mut page = render(&shared.snapshot());
+                    page.push_str(&render_http(stats));
+                    page
+                },
+                alive,
+            )
+        });
+    }
 }
 
 #[cfg(test)]
@@ -425,6 +520,47 @@ mod tests {
             }
         );
         assert_eq!(q[1].num, 12);
+    }
+
+    #[test]
+    fn routes_answer_get_only_and_health_names_dead_queues() {
+        let alive = Alive::new(&[0, 3]);
+        let page = || "page\n".to_string();
+        assert_eq!(answer("GET", "/health", page, &alive).status, 503);
+        assert!(
+            answer("GET", "/health", page, &alive)
+                .body
+                .contains("queue(s) 0,3")
+        );
+        alive.set(0, true);
+        alive.set(3, true);
+        assert_eq!(answer("GET", "/health", page, &alive).status, 200);
+        alive.set(3, false);
+        let r = answer("GET", "/health", page, &alive);
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (503, "not serving queue(s) 3\n")
+        );
+        let r = answer("GET", "/metrics", page, &alive);
+        assert_eq!((r.status, r.body.as_str()), (200, "page\n"));
+        assert!(r.content_type.starts_with("text/plain; version=0.0.4"));
+        let r = answer("POST", "/metrics", page, &alive);
+        assert_eq!((r.status, r.allow), (405, Some("GET")));
+        assert_eq!(answer("HEAD", "/health", page, &alive).status, 405);
+        assert_eq!(answer("GET", "/", page, &alive).status, 404);
+        assert_eq!(answer("DELETE", "/x", page, &alive).status, 404);
+        let never = || -> String { panic!("the page is rendered only for GET /metrics") };
+        assert_eq!(answer("GET", "/health", never, &alive).status, 503);
+    }
+
+    #[test]
+    fn http_counters_render_as_one_family() {
+        let text = render_http(&HttpStats {
+            evicted: 7,
+            ..HttpStats::default()
+        });
+        assert!(text.contains("# TYPE nfqmark_metrics_connections_total counter\n"));
+        assert!(text.contains("nfqmark_metrics_connections_total{outcome=\"evicted\"} 7\n"));
     }
 
     #[test]

@@ -171,21 +171,23 @@ const DRAIN: Duration = Duration::from_millis(500);
 
 /// Serve one queue until asked to stop or the socket fails for good, then stop cleanly: stop
 /// taking new packets, give every queued packet its verdict, unbind. `index` is the queue's
-/// place in [`Shared::queues`].
-pub fn run(mut queue: Queue, shared: Arc<Shared>, index: usize) {
+/// place in [`Shared::queues`]. `Ok` when asked to stop; the error that ended the loop
+/// otherwise (the caller treats that as fatal: the queue is no longer served).
+pub fn run(mut queue: Queue, shared: Arc<Shared>, index: usize) -> std::io::Result<()> {
     let Some(stats) = shared.queues.get(index).map(|q| &q.stats) else {
-        log::error!("queue {}: no counters (bug); not serving", queue.num());
-        return;
+        return Err(std::io::Error::other("no counters for this queue (bug)"));
     };
     let num = queue.num();
     let mut loaded = shared.rules();
     let mut generation = shared.generation.load(Ordering::Acquire);
+    let mut ended = Ok(());
     log::info!("queue {num}: serving");
     while !shared.stop.load(Ordering::Relaxed) {
         if shared.generation.load(Ordering::Acquire) != generation {
             (generation, loaded) = shared.current();
         }
-        if !serve_once(&mut queue, &shared, stats, &loaded, POLL) {
+        if let Err(e) = serve_once(&mut queue, &shared, stats, &loaded, POLL) {
+            ended = Err(e);
             break;
         }
     }
@@ -206,28 +208,33 @@ pub fn run(mut queue: Queue, shared: Arc<Shared>, index: usize) {
         log::warn!("queue {num}: unbind failed: {e}");
     }
     log::info!("queue {num}: stopped");
+    ended
 }
 
-/// One receive-and-verdict round. False when the socket failed for good.
+/// One receive-and-verdict round. An error when the socket failed for good.
 fn serve_once(
     queue: &mut Queue,
     shared: &Shared,
     stats: &Stats,
     loaded: &Loaded,
     wait: Duration,
-) -> bool {
+) -> std::io::Result<()> {
     let num = queue.num();
+    #[cfg(debug_assertions)]
+    if let Some(e) = crate::fault::recv_error(num, stats.packets.get()) {
+        return receive_error(num, stats, e);
+    }
     match queue.serve(wait, |item| decide_item(item, shared, stats, loaded)) {
         Ok(served) => {
             count_verdict_errors(num, stats, &served);
-            true
+            Ok(())
         }
-        Err(e) => receive_error(num, stats, &e),
+        Err(e) => receive_error(num, stats, e),
     }
 }
 
-/// Count a receive error; false when the socket failed for good.
-fn receive_error(num: u16, stats: &Stats, e: &std::io::Error) -> bool {
+/// Count a receive error; the error back when the socket failed for good.
+fn receive_error(num: u16, stats: &Stats, e: std::io::Error) -> std::io::Result<()> {
     stats.recv_errors.inc();
     match e.raw_os_error() {
         Some(libc::ENOBUFS) => {
@@ -236,12 +243,12 @@ fn receive_error(num: u16, stats: &Stats, e: &std::io::Error) -> bool {
                 "queue {num}: receive buffer overflowed (ENOBUFS); the kernel dropped or, \
                  fail-open, accepted packets unmarked (raise --rcvbuf or add queues)"
             );
-            true
+            Ok(())
         }
-        Some(libc::EINTR) | Some(libc::EAGAIN) => true,
+        Some(libc::EINTR) | Some(libc::EAGAIN) => Ok(()),
         _ => {
             log::error!("queue {num}: receive failed: {e}");
-            false
+            Err(e)
         }
     }
 }

@@ -28,10 +28,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crossbeam_channel::bounded;
 use hickory_proto::op::{Message, MessageType};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
+use std::sync::mpsc::sync_channel;
 
 use super::netns::{Netns, enter};
 use crate::dns;
@@ -78,7 +78,7 @@ where
     F: FnOnce(T) + Send + 'static,
 {
     let ns_name = ns.name().to_string();
-    let (tx, rx) = bounded::<io::Result<()>>(1);
+    let (tx, rx) = sync_channel::<io::Result<()>>(1);
     let handle = thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
