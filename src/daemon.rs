@@ -38,8 +38,9 @@ pub enum Error {
     Rules(Vec<Diagnostic>),
     Metrics(std::io::Error),
     Signals(std::io::Error),
-    /// A thread could not be started (which one, why).
-    Spawn(String, std::io::Error),
+    /// A thread could not be started: which one, why, and how many threads nfqmark needs in
+    /// all with these options.
+    Spawn(String, std::io::Error, usize),
     Config(String),
     /// A thread that should run until told to stop ended.
     Died(Task, End),
@@ -95,10 +96,10 @@ impl fmt::Display for Error {
             }
             Error::Metrics(e) => write!(f, "cannot serve metrics: {e} (is the port in use?)"),
             Error::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
-            Error::Spawn(what, e) => write!(
+            Error::Spawn(what, e, needed) => write!(
                 f,
-                "cannot start the {what} thread: {e} (is a tasks limit, such as systemd's \
-                 TasksMax, lower than the queues + 4 threads nfqmark needs?)"
+                "cannot start the {what} thread: {e} (nfqmark needs {needed} threads with these \
+                 options: is a tasks limit, such as systemd's TasksMax, lower?)"
             ),
             Error::Config(e) => f.write_str(e),
             Error::Died(task, end) => {
@@ -448,7 +449,15 @@ where
             };
             let _ = events.send(Event::Ended(task, end));
         })
-        .map_err(|e| Error::Spawn(what, e))
+        .map_err(|e| Error::Spawn(what, e, 0))
+}
+
+/// Threads `run` starts with these options, the main thread included: signals, the rules
+/// thread with a rules file, the metrics endpoint with `--metrics`, one worker per queue.
+pub fn threads_needed(args: &RunArgs) -> usize {
+    2 + usize::from(args.rules.is_some())
+        + usize::from(args.metrics.is_some())
+        + args.queue_numbers().len()
 }
 
 /// Work for the rules thread.
@@ -498,6 +507,13 @@ impl Loader {
 
 /// Run until SIGTERM/SIGINT. An error when start-up fails or a thread ends unasked.
 pub fn run(args: &RunArgs) -> Result<(), Error> {
+    run_inner(args).map_err(|e| match e {
+        Error::Spawn(what, e, _) => Error::Spawn(what, e, threads_needed(args)),
+        e => e,
+    })
+}
+
+fn run_inner(args: &RunArgs) -> Result<(), Error> {
     let (events_tx, events) = mpsc::channel();
     forward_signals(events_tx.clone(), Event::Signal).map_err(Error::Signals)?;
     if args.flow_ttl_min > args.flow_ttl_max {

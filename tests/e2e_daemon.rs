@@ -683,3 +683,570 @@ fn runs_unprivileged_with_cap_net_admin_and_start_up_errors_say_why() {
         QUEUE + 1
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The metrics endpoint against a hostile local user; dead workers; edges of the command line.
+// ---------------------------------------------------------------------------------------------
+
+/// Threads of `pid` (entries of /proc/PID/task).
+fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
+}
+
+/// The value of one sample line of a Prometheus page.
+fn metric(page: &str, sample: &str) -> u64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(sample).map(str::trim))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {sample} in\n{page}"))
+}
+
+/// A shell script in the world's directory that runs nfqmark after `prelude` (shell lines).
+fn wrapper(w: &World, name: &str, prelude: &str) -> std::path::PathBuf {
+    let bin = format!("'{}'", common::nfqmark_bin().display());
+    script(w, name, prelude, &bin)
+}
+
+/// A shell script in the world's directory: `prelude`, then exec `program` with its arguments.
+fn script(w: &World, name: &str, prelude: &str, program: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = w.path(name);
+    let script = format!("#!/bin/sh\n{prelude}\nexec {program} \"$@\"\n");
+    std::fs::write(&path, script).expect("write the wrapper");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// What a client holding many idle connections to the metrics endpoint saw.
+#[derive(Debug)]
+struct Held {
+    opened: usize,
+    failed: usize,
+}
+
+/// Open `n` connections to the endpoint from inside the router and keep them idle, never
+/// sending a byte, until `release` receives (or 30 s pass). Returns once all are open.
+fn hold_idle_connections(
+    w: &World,
+    port: u16,
+    n: usize,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    thread::JoinHandle<std::io::Result<Held>>,
+) {
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = load::spawn_in(&w.router, "idle-conns", move || {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut conns = Vec::with_capacity(n);
+        let mut failed = 0;
+        for _ in 0..n {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                Ok(c) => conns.push(c),
+                Err(_) => failed += 1,
+            }
+        }
+        let held = Held {
+            opened: conns.len(),
+            failed,
+        };
+        let _ = ready_tx.send(());
+        let _ = released.recv_timeout(Duration::from_secs(30));
+        drop(conns);
+        Ok(held)
+    })
+    .expect("start the connection holder");
+    ready
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the holder opened its connections");
+    (release, holder)
+}
+
+/// Send "GET /" and then `size` bytes more of request line to the endpoint from inside the
+/// router, while reading the answer; returns (bytes sent, answer).
+fn huge_request_line(w: &World, port: u16, size: usize) -> (usize, String) {
+    use std::io::{Read, Write};
+    let h = load::spawn_in(&w.router, "huge-request", move || {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+        conn.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let mut writer = conn.try_clone()?;
+        let sender = thread::spawn(move || {
+            let chunk = vec![b'a'; 64 * 1024];
+            let mut sent = writer.write(b"GET /").unwrap_or(0);
+            while sent < size {
+                match writer.write(&chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sent += n,
+                }
+            }
+            sent
+        });
+        let mut answer = Vec::new();
+        let _ = conn.read_to_end(&mut answer);
+        let sent = sender.join().unwrap_or(0);
+        Ok((sent, String::from_utf8_lossy(&answer).into_owned()))
+    })
+    .expect("start the sender");
+    load::join(h).expect("huge request")
+}
+
+/// Wait until the endpoint answers `/health` with 200.
+fn wait_healthy(w: &World, port: u16) -> bool {
+    lab::wait_for(Duration::from_secs(5), || {
+        w.router_http_get(port, "/health")
+            .is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
+    })
+}
+
+/// 1,000 idle connections to `--metrics`: nfqmark's thread count stays where it was (one
+/// server thread, a connection cap with the oldest idle connection closed to make room), a
+/// scrape still answers, and the page counts the evicted connections. A 10 MB request line is
+/// answered 431 without the process growing. The thread count before (at least main, signals,
+/// metrics and one worker) and the eviction counter are the controls: the measurement sees
+/// threads, and the idle connections really reached the server.
+#[test]
+fn metrics_endpoint_bounds_idle_connections_and_huge_requests() {
+    if !common::require_root("metrics-dos") {
+        return;
+    }
+    const PORT: u16 = 9131;
+    const IDLE: usize = 1000;
+    let _turn = load_turn();
+    let mut w = world("mdos", &["--metrics", "9131"]);
+    w.start_nfqmark().expect("start nfqmark");
+    let nfqmark = pid(&w);
+    assert!(wait_healthy(&w, PORT), "no /health:\n{}", w.nfqmark_log());
+    let threads_before = thread_count(nfqmark);
+
+    let (release, holder) = hold_idle_connections(&w, PORT, IDLE);
+    let threads_during = thread_count(nfqmark);
+    let scrape = w.router_http_get(PORT, "/metrics");
+    let health = w.router_http_get(PORT, "/health");
+    let _ = release.send(());
+    let held = load::join(holder).expect("holder");
+    println!(
+        "{held:?}; nfqmark threads before {threads_before}, with {IDLE} idle connections \
+         {threads_during}"
+    );
+    let scrape = scrape.expect("a scrape with the idle connections open");
+    let health = health.expect("/health with the idle connections open");
+    assert!(
+        threads_before >= 4,
+        "the thread count reads wrong: {threads_before}"
+    );
+    assert_eq!((held.opened, held.failed), (IDLE, 0), "{held:?}");
+    assert!(threads_during < 50, "{threads_during} threads");
+    assert!(scrape.starts_with("HTTP/1.1 200 OK\r\n"), "{scrape}");
+    assert!(
+        scrape.contains("nfqmark_packets_total{queue=\"11\"}"),
+        "{scrape}"
+    );
+    let evicted = metric(
+        &scrape,
+        "nfqmark_metrics_connections_total{outcome=\"evicted\"}",
+    );
+    println!("evicted idle connections: {evicted}");
+    assert!(evicted >= (IDLE - 64) as u64, "evicted {evicted}");
+    assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+
+    // Other methods and paths.
+    for (request, status) in [("/nothing", "404"), ("/", "404")] {
+        let r = w.router_http_get(PORT, request).expect("GET");
+        assert!(
+            r.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{request}: {r}"
+        );
+    }
+
+    // A 10 MB request line.
+    let rss_before = load::rss_kib(nfqmark).expect("RSS");
+    let (sent, answer) = huge_request_line(&w, PORT, 10 << 20);
+    let rss_after = load::rss_kib(nfqmark).expect("RSS");
+    let hwm = load::status_field(nfqmark, "VmHWM:").unwrap_or_default();
+    println!(
+        "10 MB request line: sent {sent} bytes, answer {:?}; RSS {rss_before} -> {rss_after} KiB \
+         (peak {hwm})",
+        answer.lines().next().unwrap_or("")
+    );
+    assert!(sent >= 64 * 1024, "the request was not sent: {sent} bytes");
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    assert!(
+        rss_after <= rss_before + 4 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    assert!(wait_healthy(&w, PORT), "no /health after the huge request");
+    assert!(load::wait_exit(nfqmark, Duration::ZERO).is_none());
+    let log = w.stop_nfqmark();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// A pids cgroup (v1 `pids` hierarchy, or v2 with the pids controller) for one test, removed
+/// on drop (after the processes in it are gone).
+struct PidsCgroup(std::path::PathBuf);
+
+impl PidsCgroup {
+    fn new(tag: &str) -> Option<PidsCgroup> {
+        let name = format!("nfqm-{}-{tag}", std::process::id());
+        let v1 = std::path::Path::new("/sys/fs/cgroup/pids");
+        let dir = if v1.join("cgroup.procs").exists() {
+            v1.join(name)
+        } else {
+            let root = std::path::Path::new("/sys/fs/cgroup");
+            let controllers = std::fs::read_to_string(root.join("cgroup.controllers")).ok()?;
+            if !controllers.split_whitespace().any(|c| c == "pids") {
+                return None;
+            }
+            let _ = std::fs::write(root.join("cgroup.subtree_control"), "+pids");
+            root.join(name)
+        };
+        std::fs::create_dir(&dir).ok()?;
+        let cg = PidsCgroup(dir);
+        cg.0.join("pids.max").exists().then_some(cg)
+    }
+
+    fn set_max(&self, max: usize) {
+        std::fs::write(self.0.join("pids.max"), max.to_string()).expect("write pids.max");
+    }
+
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.0.join(file))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    /// A shell line that moves the shell (which then execs nfqmark) into this cgroup. `ip netns
+    /// exec` mounts a fresh /sys, without the cgroup file systems, so the write is done from
+    /// this test process's mount namespace.
+    fn enter_line(&self) -> String {
+        format!(
+            "nsenter --mount=/proc/{}/ns/mnt sh -c \"echo $$ > '{}'\" || exit 97",
+            std::process::id(),
+            self.0.join("cgroup.procs").display()
+        )
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        let gone = lab::wait_for(Duration::from_secs(5), || {
+            std::fs::remove_dir(&self.0).is_ok() || !self.0.exists()
+        });
+        if !gone {
+            eprintln!("could not remove {}", self.0.display());
+        }
+    }
+}
+
+/// Under a tasks limit that leaves nfqmark no thread to spare (as systemd's TasksMax would),
+/// 1,000 idle connections to the metrics endpoint change nothing: it keeps answering, and
+/// SIGUSR1 and SIGHUP still work. Control: with one task fewer than it needs nfqmark does
+/// not start, and says why in one line with status 2 (no panic).
+#[test]
+fn metrics_endpoint_keeps_serving_under_a_tasks_limit() {
+    if !common::require_root("tasks") {
+        return;
+    }
+    const PORT: u16 = 9132;
+    // The cgroup outlives the world, so nfqmark is gone before it is removed.
+    let Some(cg) = PidsCgroup::new("tasks") else {
+        println!("tasks: SKIPPED: no pids cgroup controller on this machine");
+        return;
+    };
+    let _turn = load_turn();
+    let mut w = world("tasks", &[]);
+    let rules = w.path("tasks.rules");
+    std::fs::write(&rules, "default accept\n").expect("write rules");
+    w.options_mut().nfqmark_args = vec![
+        "--metrics".into(),
+        PORT.to_string(),
+        "--rules".into(),
+        rules.display().to_string(),
+    ];
+    // main, signals, rules, metrics and the worker of the one queue.
+    const NEEDED: usize = 5;
+
+    // Control: one task short. The queue below is not the world's, so nothing else is bound.
+    cg.set_max(NEEDED - 1);
+    let enter = wrapper(&w, "nfqmark-cgroup.sh", &cg.enter_line());
+    let prefix = script(&w, "in-cgroup.sh", &cg.enter_line(), "");
+    let other = (QUEUE + 1).to_string();
+    let r = run_in_router(
+        &w,
+        &[&prefix.display().to_string()],
+        &[
+            "--queue",
+            &other,
+            "--metrics",
+            "9133",
+            "--rules",
+            &rules.display().to_string(),
+        ],
+    );
+    println!(
+        "{} tasks allowed: {} {:?}",
+        NEEDED - 1,
+        r.status,
+        r.stderr.trim()
+    );
+    assert_eq!(r.status.code(), Some(2), "{r:?}");
+    assert!(
+        r.stderr.contains("cannot start the queue-12 thread")
+            && r.stderr
+                .contains("nfqmark needs 5 threads with these options"),
+        "{:?}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("panicked"), "{:?}", r.stderr);
+    assert!(
+        !w.queue_bound(QUEUE + 1),
+        "a failed start left queue 12 bound"
+    );
+
+    cg.set_max(NEEDED);
+    w.options_mut().nfqmark = Some(enter);
+    w.start_nfqmark().expect("start nfqmark in the cgroup");
+    let nfqmark = pid(&w);
+    assert!(wait_healthy(&w, PORT), "no /health:\n{}", w.nfqmark_log());
+    let (current, max) = (cg.read("pids.current"), cg.read("pids.max"));
+    println!(
+        "cgroup {}: pids.current {current}, pids.max {max}",
+        cg.0.display()
+    );
+    assert_eq!(
+        current,
+        NEEDED.to_string(),
+        "nfqmark is not (all) in the cgroup"
+    );
+    assert_eq!(thread_count(nfqmark), NEEDED);
+    // Fork/clone refusals so far (the control's); none may be added from here on.
+    let events_before = cg.read("pids.events");
+
+    let (release, holder) = hold_idle_connections(&w, PORT, 1000);
+    let scrape = w.router_http_get(PORT, "/metrics");
+    let counters_before = w.nfqmark_log().matches("packets=").count();
+    w.signal_nfqmark(libc::SIGUSR1);
+    let reported = w.wait_log("packets=", counters_before + 1, Duration::from_secs(3));
+    std::fs::write(&rules, "proto tcp dport 25 accept\ndefault accept\n").expect("rules");
+    w.signal_nfqmark(libc::SIGHUP);
+    let reloaded = w.wait_log("reloaded", 1, Duration::from_secs(3));
+    let _ = release.send(());
+    let held = load::join(holder).expect("holder");
+    let scrape = scrape.expect("a scrape under the tasks limit");
+    let events = cg.read("pids.events");
+    println!("{held:?}; pids.events before {events_before:?}, after {events:?}");
+    assert_eq!(events, events_before, "something tried to start a task");
+    assert_eq!((held.opened, held.failed), (1000, 0), "{held:?}");
+    assert!(scrape.starts_with("HTTP/1.1 200 OK\r\n"), "{scrape}");
+    assert!(reported, "no counters after SIGUSR1:\n{}", w.nfqmark_log());
+    assert!(reloaded, "no reload after SIGHUP:\n{}", w.nfqmark_log());
+    assert!(wait_healthy(&w, PORT), "no /health after the connections");
+    assert_eq!(thread_count(nfqmark), NEEDED);
+    let log = w.stop_nfqmark();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// A worker whose socket fails for good takes the process down: exit status 2 and one line
+/// naming the queue and the cause, so the service manager restarts it; meanwhile
+/// `--queue-bypass` lets DNS through unmarked. The error is injected in the worker's receive
+/// (debug builds only, `NFQMARK_INJECT_RECV_ERROR`, see src/fault.rs) and takes the path a real
+/// one takes. Control: an injected ENOBUFS, which the kernel reports when the socket buffer
+/// overflows, is counted and survived, and client A's queries stay marked.
+#[test]
+fn a_worker_killed_by_a_socket_error_exits_2_naming_the_queue() {
+    if !common::require_root("dead-worker") {
+        return;
+    }
+    let _turn = load_turn();
+    let mut w = world("deadw", &[]);
+    let survivable = wrapper(
+        &w,
+        "nfqmark-enobufs.sh",
+        &format!("export NFQMARK_INJECT_RECV_ERROR={QUEUE}:ENOBUFS:1"),
+    );
+    w.options_mut().nfqmark = Some(survivable);
+    w.start_nfqmark().expect("start nfqmark");
+    w.start_resolver(Family::V4).expect("start the resolver");
+    let nfqmark = pid(&w);
+    let (counts, a, b) = round(&w, "enobufs", 8);
+    let counters = fresh_counters(&w);
+    println!(
+        "after an injected ENOBUFS: {counts}; answered A {a}, B {b}; {}",
+        counters.line()
+    );
+    assert_eq!((a, b), (8, 8));
+    assert_marked_round("after ENOBUFS", &counts, 8, &w.nfqmark_log());
+    assert_eq!(counters.get("enobufs"), 1, "{}", counters.line());
+    assert!(load::wait_exit(nfqmark, Duration::ZERO).is_none());
+    w.stop_nfqmark();
+
+    let fatal = wrapper(
+        &w,
+        "nfqmark-ebadf.sh",
+        &format!("export NFQMARK_INJECT_RECV_ERROR={QUEUE}:EBADF:1"),
+    );
+    w.options_mut().nfqmark = Some(fatal);
+    w.start_nfqmark().expect("start nfqmark");
+    let nfqmark = pid(&w);
+    // Queries flow; the first receive after the first packet fails.
+    w.sniffer.clear();
+    let (counts, a, b) = round(&w, "ebadf", 8);
+    let exit = load::wait_exit(nfqmark, Duration::from_secs(10));
+    let log = w.nfqmark_log();
+    println!("after an injected EBADF: exit {exit:?}; {counts}; answered A {a}, B {b}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("exiting with status 2"))
+        .unwrap_or_default();
+    println!("{line}");
+    assert_eq!(exit, Some(Exit::Code(2)), "{log}");
+    assert!(
+        line.contains(&format!(
+            "queue {QUEUE}: the worker stopped: receive failed: Bad file descriptor"
+        )),
+        "{log}"
+    );
+    assert_eq!(log.matches("exiting with status 2").count(), 1, "{log}");
+    assert!(
+        lab::wait_for(Duration::from_secs(3), || !w.queue_bound(QUEUE)),
+        "queue {QUEUE} still bound"
+    );
+    // With the queue gone, --queue-bypass lets DNS through, unmarked.
+    w.sniffer.clear();
+    let (counts, a, b) = round(&w, "bypass", 8);
+    println!("without nfqmark: {counts}; answered A {a}, B {b}");
+    assert_eq!((a, b), (8, 8));
+    assert_eq!(
+        (
+            counts.a_link1,
+            counts.a_link2,
+            counts.b_link1,
+            counts.b_link2
+        ),
+        (8, 0, 8, 0),
+        "{counts}"
+    );
+}
+
+/// Durations out of range and rules paths that are not regular files stop the start with a
+/// clear error and status 2 (no panic, nothing bound); a FIFO put in place of the rules file
+/// is refused at SIGHUP without blocking, the old rules stay, and SIGTERM still stops nfqmark.
+/// Controls: an in-range duration gets past the command line (to the next error, a missing
+/// rules file), and a SIGHUP with a regular file reloads.
+#[test]
+fn bad_durations_and_rules_paths_are_refused_clearly() {
+    if !common::require_root("edges") {
+        return;
+    }
+    let mut w = world("edges", &[]);
+    let other = (QUEUE + 1).to_string();
+    let missing = w.path("missing.rules").display().to_string();
+    for (option, value, says) in [
+        (
+            "--window",
+            "99999999999999999999h",
+            "longest allowed is 10m",
+        ),
+        ("--window", "11m", "longest allowed is 10m"),
+        ("--window", "0s", "shortest allowed is 1ms"),
+        (
+            "--flow-ttl-max",
+            "99999999999999999999h",
+            "longest allowed is 168h",
+        ),
+        ("--flow-ttl-min", "1000000h", "longest allowed is 168h"),
+        ("--window", "5 parsecs", "not a duration"),
+    ] {
+        let r = run_in_router(&w, &[], &["--queue", &other, option, value]);
+        let first = r.stderr.lines().next().unwrap_or("");
+        println!("{option} {value}: {} {first}", r.status);
+        assert_eq!(r.status.code(), Some(2), "{r:?}");
+        assert!(
+            first.contains(&format!("for '{option} <DURATION>'")) && first.contains(says),
+            "{r:?}"
+        );
+        assert!(!r.stderr.contains("panicked"), "{r:?}");
+    }
+    // Control: in range, the command line passes and the next check speaks.
+    let r = run_in_router(
+        &w,
+        &[],
+        &["--queue", &other, "--window", "10m", "--rules", &missing],
+    );
+    println!(
+        "--window 10m, missing rules: {} {:?}",
+        r.status,
+        r.stderr.trim()
+    );
+    assert_eq!(r.status.code(), Some(2), "{r:?}");
+    assert!(r.stderr.contains("cannot read the rules file"), "{r:?}");
+
+    // A FIFO (nobody ever writes to it) and a device as the rules file.
+    let fifo = w.path("fifo.rules");
+    let c = std::ffi::CString::new(fifo.display().to_string()).expect("path");
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let fifo_arg = fifo.display().to_string();
+    for (path, says) in [
+        (fifo_arg.as_str(), "is a FIFO"),
+        ("/dev/zero", "is a device"),
+    ] {
+        let r = run_in_router(&w, &[], &["--queue", &other, "--rules", path]);
+        println!("--rules {path}: {} {:?}", r.status, r.stderr.trim());
+        assert_eq!(r.status.code(), Some(2), "{r:?}");
+        assert!(
+            r.stderr.contains(&format!(
+                "{path}: the rules file {says}, not a regular file"
+            )),
+            "{r:?}"
+        );
+        let mut cmd = w
+            .router
+            .command(&common::nfqmark_bin().display().to_string());
+        cmd.args(["check", path]);
+        let r = load::run_bounded(cmd, Duration::from_secs(10)).expect("check stops");
+        assert_eq!(r.status.code(), Some(1), "{r:?}");
+        assert!(r.stderr.contains(says), "{r:?}");
+    }
+    assert!(!w.queue_bound(QUEUE + 1));
+
+    // At SIGHUP: a good file first (control), then a FIFO in its place.
+    let rules = w.path("live.rules");
+    std::fs::write(&rules, "default accept\n").expect("write rules");
+    w.options_mut().nfqmark_args = vec!["--rules".into(), rules.display().to_string()];
+    w.start_nfqmark().expect("start nfqmark");
+    let nfqmark = pid(&w);
+    std::fs::write(&rules, "proto tcp dport 25 accept\ndefault accept\n").expect("rules");
+    w.signal_nfqmark(libc::SIGHUP);
+    assert!(
+        w.wait_log("reloaded", 1, Duration::from_secs(3)),
+        "{}",
+        w.nfqmark_log()
+    );
+    std::fs::remove_file(&rules).expect("remove rules");
+    std::fs::rename(&fifo, &rules).expect("a FIFO in its place");
+    w.signal_nfqmark(libc::SIGHUP);
+    let refused = w.wait_log(
+        "the previous rules stay in force",
+        1,
+        Duration::from_secs(3),
+    );
+    w.signal_nfqmark(libc::SIGTERM);
+    let exit = load::wait_exit(nfqmark, Duration::from_secs(5));
+    let log = w.nfqmark_log();
+    println!(
+        "{}",
+        log.lines()
+            .filter(|l| l.contains("SIGHUP") || l.contains("FIFO"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(refused, "{log}");
+    assert!(
+        log.contains("the rules file is a FIFO, not a regular file"),
+        "{log}"
+    );
+    assert_eq!(exit, Some(Exit::Code(0)), "{log}");
+}
