@@ -1,5 +1,6 @@
 //! The `nfqmark` binary: parse the command line, set up logging, call the library, and turn
-//! errors into a message and an exit status (2 for errors that stop nfqmark from starting).
+//! errors into one message and an exit status: 2 for errors that stop nfqmark from starting and
+//! for a thread that ended while it ran (a dead worker), so a service manager restarts it.
 
 use std::process::ExitCode;
 
