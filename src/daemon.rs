@@ -402,6 +402,16 @@ fn engine_config(args: &RunArgs) -> EngineConfig {
     }
 }
 
+fn learn_config(args: &RunArgs) -> LearnConfig {
+    LearnConfig {
+        ttl_floor: args.flow_ttl_min,
+        ttl_ceiling: args.flow_ttl_max,
+        capacity: args.flow_capacity,
+        // One client may hold an eighth of the table.
+        per_client: (args.flow_capacity / 8).max(1),
+    }
+}
+
 /// What the main thread waits for.
 enum Event {
     Signal(Signal),
@@ -539,14 +549,12 @@ fn run_inner(args: &RunArgs) -> Result<(), Error> {
         _ => RuleSet::empty(),
     };
     let nums = args.queue_numbers();
-    let learn = LearnConfig {
-        ttl_floor: args.flow_ttl_min,
-        ttl_ceiling: args.flow_ttl_max,
-        capacity: args.flow_capacity,
-        // One client may hold an eighth of the table.
-        per_client: (args.flow_capacity / 8).max(1),
-    };
-    let shared = Arc::new(Shared::new(engine_config(args), learn, rules, &nums));
+    let shared = Arc::new(Shared::new(
+        engine_config(args),
+        learn_config(args),
+        rules,
+        &nums,
+    ));
     // Bind every queue before serving any, so a bad queue fails the start, not the night.
     let mut queues = Vec::new();
     for &num in &nums {
@@ -844,6 +852,104 @@ mod tests {
             e.to_string()
                 .starts_with("queue 3: the worker ended without being asked to;")
         );
+    }
+
+    #[test]
+    fn supervised_threads_report_how_they_ended() {
+        let (tx, rx) = mpsc::channel();
+        type Body = fn() -> Result<(), String>;
+        let bodies: [(u16, Body); 3] = [
+            (1, || Ok(())),
+            (2, || Err("receive failed: boom".into())),
+            (3, || panic!("bang (expected in this test)")),
+        ];
+        for (n, body) in bodies {
+            let h = supervised(format!("t{n}"), Task::Queue(n), &tx, body).expect("spawn");
+            h.join().expect("the wrapper itself never panics");
+        }
+        let ends: Vec<(Task, End)> = rx
+            .try_iter()
+            .filter_map(|e| match e {
+                Event::Ended(t, end) => Some((t, end)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            ends,
+            vec![
+                (Task::Queue(1), End::Returned),
+                (Task::Queue(2), End::Failed("receive failed: boom".into())),
+                (
+                    Task::Queue(3),
+                    End::Panicked("bang (expected in this test)".into())
+                ),
+            ]
+        );
+    }
+
+    fn shared_for(queues: &[u16]) -> (RunArgs, Arc<Shared>) {
+        use clap::Parser as _;
+        let cli = crate::cli::Cli::try_parse_from(["nfqmark", "run"]).expect("arguments");
+        let crate::cli::Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        let learn = learn_config(&args);
+        let shared = Shared::new(engine_config(&args), learn, RuleSet::empty(), queues);
+        (args, Arc::new(shared))
+    }
+
+    #[test]
+    fn a_worker_ending_unasked_ends_the_main_loop_with_its_cause() {
+        let (_, shared) = shared_for(&[4, 5]);
+        let alive = Alive::new(&[4, 5]);
+        alive.set(4, true);
+        alive.set(5, true);
+        let (tx, rx) = mpsc::channel();
+        tx.send(Event::Signal(Signal::Report)).expect("send");
+        tx.send(Event::Ended(
+            Task::Queue(5),
+            End::Failed("receive failed: x".into()),
+        ))
+        .expect("send");
+        let e = serve_events(&rx, &shared, &alive, None).expect_err("a dead worker");
+        assert!(
+            matches!(e, Error::Died(Task::Queue(5), End::Failed(_))),
+            "{e}"
+        );
+        assert_eq!(alive.dead(), vec![5]);
+        // The stop waits for queue 4 only; its normal end is no error.
+        tx.send(Event::Ended(Task::Queue(4), End::Returned))
+            .expect("send");
+        assert!(wait_for_workers(&rx, &alive).is_ok());
+        assert_eq!(alive.serving(), Vec::<u16>::new());
+    }
+
+    #[test]
+    fn a_stop_is_clean_unless_a_worker_fails_on_its_way_out() {
+        let (_, shared) = shared_for(&[1]);
+        let alive = Alive::new(&[1]);
+        alive.set(1, true);
+        let (tx, rx) = mpsc::channel();
+        tx.send(Event::Signal(Signal::Stop)).expect("send");
+        assert!(serve_events(&rx, &shared, &alive, None).is_ok());
+        tx.send(Event::Ended(Task::Queue(1), End::Panicked("late".into())))
+            .expect("send");
+        let e = wait_for_workers(&rx, &alive).expect_err("a panic while stopping");
+        assert!(
+            e.to_string()
+                .starts_with("queue 1: the worker panicked: late;"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn threads_needed_counts_what_run_starts() {
+        let (mut args, _) = shared_for(&[0]);
+        assert_eq!(threads_needed(&args), 3);
+        args.queues = vec![(0, 3)];
+        args.rules = Some(PathBuf::from("x.rules"));
+        args.metrics = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9120)));
+        assert_eq!(threads_needed(&args), 8);
     }
 
     #[test]
