@@ -623,6 +623,79 @@ mod tests {
         assert_eq!(parse_head(&long_headers, MAX), Head::Reject(431));
     }
 
+    /// 200,000 heads: well-formed ones from HTTP's own pieces, then mutated (bytes replaced,
+    /// inserted, removed, cut). Never a panic, a request's method and path are the text's own,
+    /// and a head as long as the cap is never left partial.
+    #[test]
+    fn random_heads_keep_the_parser_invariants() {
+        const METHODS: [&[u8]; 4] = [b"GET", b"POST", b"HEAD", b"get"];
+        const TARGETS: [&[u8]; 5] = [b"/metrics", b"/health?x=1", b"/", b"http://h:1/m", b"*"];
+        const VERSIONS: [&[u8]; 4] = [b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2", b"HTTX"];
+        const HEADERS: [&[u8]; 4] = [b"", b"Host: x\r\n", b"A: b\nC: d\n", b"X: \xff\r\n"];
+        const ENDS: [&[u8]; 3] = [b"\r\n\r\n", b"\n\n", b"\r\n"];
+        const NOISE: [u8; 8] = [b' ', b'\r', b'\n', b'/', b'?', 0, 0x7f, 0xc3];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let mut seen = [0usize; 5];
+        for _ in 0..200_000 {
+            let mut buf = Vec::new();
+            buf.extend_from_slice(METHODS[next(4)]);
+            buf.push(b' ');
+            buf.extend_from_slice(TARGETS[next(5)]);
+            buf.push(b' ');
+            buf.extend_from_slice(VERSIONS[next(4)]);
+            let ends = ENDS[next(3)];
+            if ends != b"\n\n" {
+                buf.extend_from_slice(b"\r\n");
+                buf.extend_from_slice(HEADERS[next(4)]);
+                buf.extend_from_slice(b"\r\n");
+            } else {
+                buf.extend_from_slice(ends);
+            }
+            for _ in 0..next(3) {
+                let at = next(buf.len() + 1);
+                match next(4) {
+                    0 if at < buf.len() => buf[at] = NOISE[next(8)],
+                    1 => buf.insert(at, NOISE[next(8)]),
+                    2 if at < buf.len() => {
+                        buf.remove(at);
+                    }
+                    _ => buf.truncate(at),
+                }
+            }
+            let max = if next(4) == 0 {
+                next(buf.len() + 1).max(1)
+            } else {
+                8192
+            };
+            buf.truncate(max);
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let head = parse_head(&buf, max);
+            seen[match head {
+                Head::Request { .. } => 0,
+                Head::Partial => 1,
+                Head::Reject(400) => 2,
+                Head::Reject(431) => 3,
+                Head::Reject(_) => 4,
+            }] += 1;
+            match head {
+                Head::Request { method, path } => {
+                    assert!(text.starts_with(&format!("{method} ")), "{text:?}");
+                    assert!(path.starts_with('/') && text.contains(path), "{text:?}");
+                }
+                Head::Partial => assert!(buf.len() < max, "{text:?} left partial at the cap"),
+                Head::Reject(status) => assert!([400, 431, 505].contains(&status), "{status}"),
+            }
+        }
+        // Every outcome is reached: requests, partial heads, 400, 431, 505.
+        assert!(seen.iter().all(|&n| n > 100), "{seen:?}");
+    }
+
     #[test]
     fn replies_carry_length_and_close() {
         let r = encode(&Reply::text(200, "hi\n"));
