@@ -1,0 +1,116 @@
+//! Kernel ABI of netlink and nfnetlink_queue: numbers and struct layouts, nothing else.
+//!
+//! Defined here because libc lacks some and these are the ones the codec is checked against.
+//! All multi-byte netlink header fields are host order; NFQUEUE payload values are big-endian.
+//! This module owns no logic and must never grow any: no functions, no syscalls.
+
+use libc::c_int;
+
+// <linux/netlink.h>
+/// Netlink protocol of nfnetlink sockets.
+pub const NETLINK_NETFILTER: c_int = 12;
+/// `setsockopt` level of netlink socket options.
+pub const SOL_NETLINK: c_int = 270;
+/// 1 = do not report receive-queue overflow as `ENOBUFS`. We set 0: overflow must be counted.
+pub const NETLINK_NO_ENOBUFS: c_int = 5;
+/// 1 = an error reply quotes only the header of the failed request, not the whole request.
+pub const NETLINK_CAP_ACK: c_int = 10;
+/// `sizeof(struct nlmsghdr)`: u32 len, u16 type, u16 flags, u32 seq, u32 pid.
+pub const NLMSG_HDRLEN: usize = 16;
+/// Netlink messages and attributes start on 4-byte boundaries (`NLMSG_ALIGNTO`, `NLA_ALIGNTO`).
+pub const NL_ALIGNTO: usize = 4;
+/// Nothing: skip.
+pub const NLMSG_NOOP: u16 = 1;
+/// Error or acknowledgement: `struct nlmsgerr` (i32 negative errno, 0 = ack; request header).
+pub const NLMSG_ERROR: u16 = 2;
+/// End of a multipart dump.
+pub const NLMSG_DONE: u16 = 3;
+/// Flag: this is a request.
+pub const NLM_F_REQUEST: u16 = 0x1;
+/// Flag: answer with an acknowledgement even on success.
+pub const NLM_F_ACK: u16 = 0x4;
+/// `sizeof(struct nlattr)`: u16 len (header included, padding excluded), u16 type.
+pub const NLA_HDRLEN: usize = 4;
+/// Attribute type bits without `NLA_F_NESTED` (0x8000) and `NLA_F_NET_BYTEORDER` (0x4000).
+pub const NLA_TYPE_MASK: u16 = 0x3fff;
+
+// <linux/netfilter/nfnetlink.h>
+/// `nfgenmsg.version`.
+pub const NFNETLINK_V0: u8 = 0;
+/// Subsystem id in the high byte of `nlmsg_type`.
+pub const NFNL_SUBSYS_QUEUE: u16 = 3;
+/// `sizeof(struct nfgenmsg)`: u8 family, u8 version, be16 res_id (the queue number).
+pub const NFGENMSG_LEN: usize = 4;
+
+// <linux/netfilter/nfnetlink_queue.h>: message types (low byte of `nlmsg_type`).
+/// Kernel -> us: a queued packet.
+pub const NFQNL_MSG_PACKET: u16 = 0;
+/// Us -> kernel: verdict for one packet.
+pub const NFQNL_MSG_VERDICT: u16 = 1;
+/// Us -> kernel: queue configuration.
+pub const NFQNL_MSG_CONFIG: u16 = 2;
+/// Us -> kernel: verdict for every queued packet with id <= the given one.
+pub const NFQNL_MSG_VERDICT_BATCH: u16 = 3;
+
+// Packet and verdict attributes (`enum nfqnl_attr_type`).
+/// `struct nfqnl_msg_packet_hdr` (packed, 7 bytes): be32 id, be16 hw_protocol, u8 hook.
+pub const NFQA_PACKET_HDR: u16 = 1;
+/// `struct nfqnl_msg_verdict_hdr`: be32 verdict, be32 id.
+pub const NFQA_VERDICT_HDR: u16 = 2;
+/// be32 firewall mark (sent only when non-zero; we send it to set a new one).
+pub const NFQA_MARK: u16 = 3;
+/// be32 input interface index.
+pub const NFQA_IFINDEX_INDEV: u16 = 5;
+/// be32 output interface index.
+pub const NFQA_IFINDEX_OUTDEV: u16 = 6;
+/// The packet bytes, from the network header, at most the copy range.
+pub const NFQA_PAYLOAD: u16 = 10;
+/// be32 full packet length, sent only when the payload was cut to the copy range.
+pub const NFQA_CAP_LEN: u16 = 13;
+/// be32 `NFQA_SKB_*` flags, sent only when non-zero.
+pub const NFQA_SKB_INFO: u16 = 14;
+/// be32 uid of the sending socket (needs `NFQA_CFG_F_UID_GID`).
+pub const NFQA_UID: u16 = 16;
+/// be32 gid of the sending socket (needs `NFQA_CFG_F_UID_GID`).
+pub const NFQA_GID: u16 = 17;
+
+// Configuration (`enum nfqnl_attr_config`, `enum nfqnl_msg_config_cmds`, ...).
+/// `struct nfqnl_msg_config_cmd`: u8 command, u8 pad, be16 pf.
+pub const NFQA_CFG_CMD: u16 = 1;
+/// `struct nfqnl_msg_config_params` (packed, 5 bytes): be32 copy_range, u8 copy_mode.
+pub const NFQA_CFG_PARAMS: u16 = 2;
+/// be32 most packets held waiting for a verdict.
+pub const NFQA_CFG_QUEUE_MAXLEN: u16 = 3;
+/// be32 which `NFQA_CFG_F_*` flags this message changes.
+pub const NFQA_CFG_MASK: u16 = 4;
+/// be32 the new values of the flags under the mask.
+pub const NFQA_CFG_FLAGS: u16 = 5;
+pub const NFQNL_CFG_CMD_BIND: u8 = 1;
+pub const NFQNL_CFG_CMD_UNBIND: u8 = 2;
+/// Obsolete (a no-op since Linux 3.8, acknowledged before any queue lookup).
+pub const NFQNL_CFG_CMD_PF_BIND: u8 = 3;
+/// Copy mode: metadata and (up to copy_range bytes of) the packet.
+pub const NFQNL_COPY_PACKET: u8 = 2;
+/// Queue full: accept new packets instead of dropping them.
+pub const NFQA_CFG_F_FAIL_OPEN: u32 = 1 << 0;
+/// Take GSO packets unsegmented, with checksums possibly not yet computed.
+pub const NFQA_CFG_F_GSO: u32 = 1 << 2;
+/// Report the sending socket's uid and gid.
+pub const NFQA_CFG_F_UID_GID: u32 = 1 << 3;
+/// The kernel clamps the copy range to this (`0xffff - NLA_HDRLEN`).
+pub const MAX_COPY_RANGE: u32 = 0xffff - NLA_HDRLEN as u32;
+
+/// `NFQA_SKB_INFO` flag: the packet's checksum is not computed yet (only with the GSO flag).
+pub const SKB_CSUM_NOT_READY: u32 = 1 << 0;
+/// `NFQA_SKB_INFO` flag: the packet is a GSO super-packet (only with the GSO flag).
+pub const SKB_GSO: u32 = 1 << 1;
+/// `NFQA_SKB_INFO` flag: the checksum of an incoming packet has not been verified.
+pub const SKB_CSUM_NOT_VERIFIED: u32 = 1 << 2;
+
+// <linux/netfilter.h>
+pub const NF_DROP: u32 = 0;
+pub const NF_ACCEPT: u32 = 1;
+pub const NF_REPEAT: u32 = 4;
+
+/// `nlmsg_type` of queued packets.
+pub const PACKET_MSG_TYPE: u16 = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET;
