@@ -131,6 +131,10 @@ pub struct RunArgs {
     /// Drop packets, instead of accepting them unmarked, when a queue is full.
     #[arg(long)]
     pub fail_closed: bool,
+    /// Ask the kernel for each queued packet's conntrack entry (connection mark, first packet).
+    /// Kernels without CONFIG_NETFILTER_NETLINK_GLUE_CT refuse; nfqmark then warns and goes on.
+    #[arg(long)]
+    pub conntrack_info: bool,
     /// Flow rules: shortest time a learned address is kept (answers with a smaller TTL are
     /// raised to it).
     #[arg(long, value_name = "DURATION", value_parser = parse_flow_ttl, default_value = "30s")]

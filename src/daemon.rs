@@ -564,6 +564,7 @@ fn run_inner(args: &RunArgs) -> Result<(), Error> {
             max_len: args.queue_maxlen,
             fail_open: !args.fail_closed,
             rcvbuf: (args.rcvbuf > 0).then_some(args.rcvbuf),
+            conntrack: args.conntrack_info,
         };
         queues.push(Queue::open(&opts).map_err(|e| Error::Open(num, e))?);
     }

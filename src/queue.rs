@@ -7,10 +7,11 @@
 //! buffer and no batch verdicts, and it asserts on kernel messages.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::nfnl::{self, MsgError, PacketMsg, RecvBuf, Socket, Verdicts};
-use crate::types::{Hook, Meta, Verdict};
+use crate::nfnl::{self, ChecksumState, MsgError, PacketMsg, RecvBuf, Socket, Verdicts};
+use crate::types::{Checksum, Conn, Hook, Meta, Verdict};
 
 pub use crate::nfnl::OpenError;
 
@@ -26,6 +27,10 @@ pub struct QueueOptions {
     pub fail_open: bool,
     /// Socket receive buffer in bytes (forced past rmem_max where permitted).
     pub rcvbuf: Option<usize>,
+    /// Ask the kernel for each packet's conntrack entry ([`Meta::conn`]). A kernel that cannot
+    /// (no `CONFIG_NETFILTER_NETLINK_GLUE_CT`) binds the queue without it, and nfqmark says so
+    /// once.
+    pub conntrack: bool,
 }
 
 impl Default for QueueOptions {
@@ -36,6 +41,7 @@ impl Default for QueueOptions {
             max_len: 4096,
             fail_open: true,
             rcvbuf: Some(8 << 20),
+            conntrack: false,
         }
     }
 }
@@ -52,10 +58,26 @@ pub struct Queue {
     verdicts: Verdicts,
 }
 
-/// Metadata of a queued packet, as the engine wants it.
+/// Metadata of a queued packet, as the engine wants it: the conntrack entry when the kernel
+/// sent one with its status, the checksum state always.
 pub fn meta(msg: &PacketMsg<'_>) -> Meta {
-    Meta::new(Hook::from_kernel(msg.hook), msg.mark, msg.indev, msg.outdev)
+    let mut meta = Meta::new(Hook::from_kernel(msg.hook), msg.mark, msg.indev, msg.outdev);
+    meta.conn = msg.ct.and_then(|ct| {
+        ct.first().map(|first| Conn {
+            mark: ct.mark,
+            first,
+        })
+    });
+    meta.checksum = match msg.checksum() {
+        ChecksumState::Verified => Checksum::Verified,
+        ChecksumState::NotReady => Checksum::NotReady,
+        ChecksumState::NotVerified => Checksum::NotVerified,
+    };
+    meta
 }
+
+/// Set once the kernel has refused conntrack reporting, so the warning is logged once per run.
+static CONNTRACK_REFUSED: AtomicBool = AtomicBool::new(false);
 
 fn kernel_verdict(v: Verdict) -> nfnl::Verdict {
     match v {
@@ -108,8 +130,16 @@ impl Queue {
             rcvbuf: opts.rcvbuf,
             gso: false,
             uid_gid: false,
+            conntrack: opts.conntrack,
         };
         let sock = Socket::open(&cfg)?;
+        if opts.conntrack && !sock.conntrack() && !CONNTRACK_REFUSED.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "queue {}: the kernel does not report conntrack entries with queued packets \
+                 (built without CONFIG_NETFILTER_NETLINK_GLUE_CT); queueing without them",
+                opts.num
+            );
+        }
         if opts.rcvbuf.is_some() && !sock.rcvbuf_forced() {
             log::warn!(
                 "queue {}: could not force the receive buffer past net.core.rmem_max (no \
@@ -131,6 +161,12 @@ impl Queue {
 
     pub fn num(&self) -> u16 {
         self.sock.queue()
+    }
+
+    /// Whether packets come with their conntrack entry ([`QueueOptions::conntrack`] asked and
+    /// the kernel agreed).
+    pub fn conntrack(&self) -> bool {
+        self.sock.conntrack()
     }
 
     /// Wait up to `timeout` for packets and take the whole burst that is waiting in one
@@ -200,5 +236,67 @@ impl Queue {
     /// Unbind the queue (the socket closes when dropped).
     pub fn unbind(&self) -> io::Result<()> {
         self.sock.unbind()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nfnl::Ct;
+
+    fn msg(ct: Option<Ct>, skb_info: u32) -> PacketMsg<'static> {
+        PacketMsg {
+            id: 1,
+            hw_protocol: 0x0800,
+            hook: 0,
+            mark: 7,
+            indev: 2,
+            outdev: 0,
+            payload: &[],
+            orig_len: None,
+            uid: None,
+            gid: None,
+            skb_info,
+            ct,
+            hwaddr: None,
+        }
+    }
+
+    #[test]
+    fn meta_carries_the_conntrack_entry_and_the_checksum_state() {
+        let plain = meta(&msg(None, 0));
+        assert_eq!(plain, Meta::new(Hook::PreRouting, 7, 2, 0));
+        let new = Ct {
+            mark: 0x2a,
+            status: Some(0),
+            ..Ct::default()
+        };
+        assert_eq!(
+            meta(&msg(Some(new), 0)).conn,
+            Some(Conn {
+                mark: 0x2a,
+                first: true
+            })
+        );
+        let confirmed = Ct {
+            status: Some(1 << 3),
+            ..new
+        };
+        assert_eq!(
+            meta(&msg(Some(confirmed), 0)).conn.map(|c| c.first),
+            Some(false)
+        );
+        let unknown = Ct {
+            status: None,
+            ..new
+        };
+        assert_eq!(
+            meta(&msg(Some(unknown), 0)).conn,
+            None,
+            "no status: no entry"
+        );
+        assert_eq!(meta(&msg(None, 1)).checksum, Checksum::NotReady);
+        assert_eq!(meta(&msg(None, 4)).checksum, Checksum::NotVerified);
+        assert_eq!(meta(&msg(None, 2)).checksum, Checksum::Verified);
     }
 }

@@ -19,7 +19,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use nfqmark::nfnl::{
-    Config, MsgError, OpenError, PacketMsg, RecvBuf, SKB_CSUM_NOT_READY, Socket, Verdict,
+    ChecksumState, Config, Ct, HwAddr, MsgError, OpenError, PacketMsg, RecvBuf, SKB_CSUM_NOT_READY,
+    Socket, Verdict,
 };
 
 /// The mark verdicts set, and the POSTROUTING counter rule looks for.
@@ -237,6 +238,9 @@ struct Got {
     uid: Option<u32>,
     gid: Option<u32>,
     skb_info: u32,
+    checksum: ChecksumState,
+    ct: Option<Ct>,
+    hwaddr: Option<HwAddr>,
 }
 
 impl From<PacketMsg<'_>> for Got {
@@ -253,6 +257,9 @@ impl From<PacketMsg<'_>> for Got {
             uid: p.uid,
             gid: p.gid,
             skb_info: p.skb_info,
+            checksum: p.checksum(),
+            ct: p.ct,
+            hwaddr: p.hwaddr,
         }
     }
 }
@@ -854,4 +861,382 @@ fn packets_queued_while_opening_all_reach_the_caller() {
         id_sequence,
         "every id the kernel handed out reached us or was dropped on overflow: {seen}"
     );
+}
+
+// ---- conntrack entries, checksum state and link-layer addresses ----
+
+/// `NF_INET_PRE_ROUTING`.
+const HOOK_PREROUTING: u8 = 0;
+/// The connection mark the CONNMARK rule sets.
+const CONNMARK: u32 = 0x2a;
+/// Addresses of the two ends of a veth pair ([`Pair`]).
+const ADDR_A: Ipv4Addr = Ipv4Addr::new(198, 18, 50, 1);
+const ADDR_B: Ipv4Addr = Ipv4Addr::new(198, 18, 50, 2);
+/// The MAC address of `a`'s end of the pair.
+const MAC_A: [u8; 6] = [0x02, 0x6e, 0x66, 0x71, 0x00, 0x01];
+
+/// Two namespaces joined by a veth pair: `a` (198.18.50.1 on eth0, MAC [`MAC_A`]) and `b`
+/// (198.18.50.2 on eth0). Both are deleted when dropped.
+struct Pair {
+    a: Netns,
+    b: Netns,
+}
+
+impl Pair {
+    fn new(test: &str) -> Pair {
+        let pair = Pair {
+            a: Netns::new(&format!("{test}-a")),
+            b: Netns::new(&format!("{test}-b")),
+        };
+        // Created inside `a`, so the interface names never meet anything in the host.
+        pair.a.exec(&[
+            "ip",
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &pair.b.name,
+        ]);
+        let mac = MAC_A.map(|b| format!("{b:02x}")).join(":");
+        pair.a
+            .exec(&["ip", "link", "set", "eth0", "address", mac.as_str()]);
+        for (ns, addr) in [(&pair.a, ADDR_A), (&pair.b, ADDR_B)] {
+            let cidr = format!("{addr}/24");
+            ns.exec(&["ip", "addr", "add", cidr.as_str(), "dev", "eth0"]);
+            ns.exec(&["ip", "link", "set", "eth0", "up"]);
+        }
+        pair
+    }
+}
+
+/// A UDP socket bound in `ns` to `addr`:`port` (0: any port). Sockets keep their namespace, so
+/// the test thread can use it afterwards.
+fn udp_socket(ns: &Netns, addr: Ipv4Addr, port: u16) -> UdpSocket {
+    ns.run_in(move || {
+        UdpSocket::bind((addr, port)).unwrap_or_else(|e| panic!("cannot bind {addr}:{port}: {e}"))
+    })
+}
+
+/// The Internet checksum (RFC 1071) of `chunks` taken as one byte string of even-length parts.
+fn internet_checksum(chunks: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in chunks {
+        for pair in chunk.chunks(2) {
+            let hi = u32::from(pair[0]) << 8;
+            let lo = pair.get(1).map_or(0, |&b| u32::from(b));
+            sum += hi | lo;
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A UDP header and payload from `src` to `dst`:`port` with the right checksum, or with that
+/// checksum plus one when `bad`.
+fn udp_datagram(src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload: &[u8], bad: bool) -> Vec<u8> {
+    let len = (8 + payload.len()) as u16;
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&40000u16.to_be_bytes());
+    udp.extend_from_slice(&port.to_be_bytes());
+    udp.extend_from_slice(&len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let pseudo = [
+        &src.octets()[..],
+        &dst.octets()[..],
+        &[0, 17],
+        &len.to_be_bytes(),
+    ]
+    .concat();
+    let mut sum = internet_checksum(&[&pseudo, &udp]);
+    if sum == 0 {
+        sum = 0xffff;
+    }
+    if bad {
+        sum = sum.wrapping_add(1).max(1);
+    }
+    udp[6..8].copy_from_slice(&sum.to_be_bytes());
+    udp
+}
+
+/// Send `datagram` (UDP header included) to `dst` from a raw socket created in `ns`: the
+/// kernel adds the IP header and leaves the UDP checksum as given.
+fn send_raw_udp(ns: &Netns, dst: Ipv4Addr, datagram: Vec<u8>) {
+    ns.run_in(move || {
+        // SAFETY: plain syscall with constant arguments; the result is checked.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP) };
+        assert!(fd >= 0, "raw socket: {}", io::Error::last_os_error());
+        // SAFETY: all-zero is a valid sockaddr_in.
+        let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        to.sin_family = libc::AF_INET as libc::sa_family_t;
+        to.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
+        // SAFETY: `datagram` is valid for reads of its length; `to` is a valid sockaddr_in
+        // and the length is its size.
+        let n = unsafe {
+            libc::sendto(
+                fd,
+                datagram.as_ptr().cast(),
+                datagram.len(),
+                0,
+                (&raw const to).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        let sent = io::Error::last_os_error();
+        // SAFETY: `fd` is the socket opened above, closed once.
+        unsafe { libc::close(fd) };
+        assert_eq!(n, datagram.len() as isize, "raw sendto: {sent}");
+    });
+}
+
+/// Queue UDP to `port` arriving in `ns` (mangle PREROUTING, after conntrack) to `queue`.
+fn queue_incoming(ns: &Netns, port: u16, queue: u16) {
+    let (port, queue) = (port.to_string(), queue.to_string());
+    ns.iptables(&[
+        "-A",
+        "PREROUTING",
+        "-p",
+        "udp",
+        "--dport",
+        &port,
+        "-j",
+        "NFQUEUE",
+        "--queue-num",
+        &queue,
+    ]);
+}
+
+/// Serve `n` packets on a queue in `ns`, accepting each as it comes (so a later packet of
+/// the same connection finds it confirmed), and return them.
+fn accept_n(ns: &Netns, cfg: Config, n: usize) -> JoinHandle<(bool, Vec<Got>)> {
+    ns.serve(cfg, move |sock, buf| {
+        let mut all = Vec::new();
+        for _ in 0..n {
+            let got = expect_packets(sock, buf, 1).remove(0);
+            sock.verdict(got.id, Verdict::Accept, None)
+                .expect("verdict");
+            all.push(got);
+        }
+        (sock.conntrack(), all)
+    })
+}
+
+/// Whether this kernel reports conntrack entries to queues: `nfnetlink_queue` needs the glue
+/// ctnetlink only registers with CONFIG_NETFILTER_NETLINK_GLUE_CT.
+fn kernel_has_glue_ct() -> Option<bool> {
+    let config = std::process::Command::new("sh")
+        .args(["-c", "zcat /proc/config.gz 2>/dev/null"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&config.stdout);
+    if text.is_empty() {
+        return None;
+    }
+    Some(
+        text.lines()
+            .any(|l| l == "CONFIG_NETFILTER_NETLINK_GLUE_CT=y"),
+    )
+}
+
+#[test]
+fn conntrack_info_reports_the_first_packet_and_the_connmark() {
+    if !root_or_skip() {
+        return;
+    }
+    let (port, queue) = (5320, 20);
+    let ns = Netns::new("ct");
+    let port_s = port.to_string();
+    let mark = format!("{CONNMARK:#x}");
+    ns.iptables(&[
+        "-A",
+        "OUTPUT",
+        "-d",
+        "127.0.0.1",
+        "-p",
+        "udp",
+        "--dport",
+        &port_s,
+        "-j",
+        "CONNMARK",
+        "--set-mark",
+        &mark,
+    ]);
+    ns.queue_rule(port, queue, &[]);
+    let rx = ns.receiver(port);
+    let tx = udp_socket(&ns, Ipv4Addr::LOCALHOST, 0);
+    let cfg = Config {
+        conntrack: true,
+        ..config(queue)
+    };
+    let server = accept_n(&ns, cfg, 2);
+    // One connection: the second datagram leaves only after the first was delivered, so its
+    // entry is confirmed by then.
+    for payload in [&b"nfqm-ct-1"[..], b"nfqm-ct-2"] {
+        tx.send_to(payload, (Ipv4Addr::LOCALHOST, port))
+            .expect("send");
+        assert_eq!(delivered(&rx), payload);
+    }
+    let (reported, got) = join(server);
+    if !reported {
+        // The queue still works, without conntrack entries: what the daemon falls back to.
+        assert_eq!(
+            kernel_has_glue_ct(),
+            Some(false),
+            "the kernel refused NFQA_CFG_F_CONNTRACK although its config has the glue"
+        );
+        assert!(got.iter().all(|g| g.ct.is_none()), "{got:?}");
+        eprintln!(
+            "note: this kernel has no CONFIG_NETFILTER_NETLINK_GLUE_CT: conntrack entries are \
+             not reported to queues; checked the fallback only"
+        );
+        return;
+    }
+    let (first, second) = (&got[0], &got[1]);
+    let (ct1, ct2) = (
+        first.ct.expect("conntrack entry"),
+        second.ct.expect("entry"),
+    );
+    assert_eq!(ct1.first(), Some(true), "first packet: entry unconfirmed");
+    assert_eq!(ct2.first(), Some(false), "second packet: entry confirmed");
+    assert_eq!(
+        (ct1.mark, ct2.mark),
+        (CONNMARK, CONNMARK),
+        "the CONNMARK rule's mark"
+    );
+    assert_eq!(ct1.id, ct2.id, "one connection");
+    assert_eq!(
+        (ct1.info, ct2.info),
+        (Some(2), Some(0)),
+        "IP_CT_NEW, IP_CT_ESTABLISHED"
+    );
+    assert_eq!(ct1.zone, 0);
+}
+
+#[test]
+fn queue_without_conntrack_info_gets_no_entries() {
+    if !root_or_skip() {
+        return;
+    }
+    // The control of the test above: the same traffic, not asked for.
+    let (port, queue) = (5321, 21);
+    let ns = Netns::new("noct");
+    ns.queue_rule(port, queue, &[]);
+    let rx = ns.receiver(port);
+    let server = accept_n(&ns, config(queue), 1);
+    ns.send(port, &[b"nfqm-noct"]);
+    assert_eq!(delivered(&rx), b"nfqm-noct");
+    let (reported, got) = join(server);
+    assert!(!reported);
+    assert_eq!(got[0].ct, None);
+}
+
+#[test]
+fn local_udp_on_veth_reports_a_verified_checksum_and_no_link_address() {
+    if !root_or_skip() {
+        return;
+    }
+    let (port, queue) = (5322, 22);
+    let pair = Pair::new("csumout");
+    let (port_s, queue_s) = (port.to_string(), queue.to_string());
+    pair.a.iptables(&[
+        "-A",
+        "OUTPUT",
+        "-p",
+        "udp",
+        "--dport",
+        &port_s,
+        "-j",
+        "NFQUEUE",
+        "--queue-num",
+        &queue_s,
+    ]);
+    let rx = udp_socket(&pair.b, ADDR_B, port);
+    let tx = udp_socket(&pair.a, ADDR_A, 0);
+    let mut seen = Vec::new();
+    for gso in [false, true] {
+        let server = accept_n(
+            &pair.a,
+            Config {
+                gso,
+                ..config(queue)
+            },
+            1,
+        );
+        tx.send_to(b"nfqm-csum-out", (ADDR_B, port)).expect("send");
+        assert_eq!(delivered(&rx), b"nfqm-csum-out");
+        seen.push(join(server).1.remove(0));
+    }
+    let (plain, gso) = (&seen[0], &seen[1]);
+    assert_eq!(plain.hook, HOOK_OUTPUT);
+    // Without NFQA_CFG_F_GSO the kernel completes the checksum before queueing and says
+    // nothing: Verified. With it, the checksum is left to the device: NotReady.
+    assert_eq!(plain.checksum, ChecksumState::Verified);
+    assert!(udp_checksum_ok(&plain.payload), "complete checksum");
+    assert_eq!(gso.checksum, ChecksumState::NotReady);
+    assert_eq!(plain.hwaddr, None, "locally generated: no input device");
+}
+
+#[test]
+fn bad_udp_checksum_from_another_namespace_is_not_verified() {
+    if !root_or_skip() {
+        return;
+    }
+    let (port, queue) = (5323, 23);
+    let pair = Pair::new("csumin");
+    queue_incoming(&pair.b, port, queue);
+    let _rx = udp_socket(&pair.b, ADDR_B, port);
+    let tx = udp_socket(&pair.a, ADDR_A, 0);
+    // Each round: a raw datagram with a good checksum (the control), the same with a bad one,
+    // and one from a UDP socket (its checksum offloaded to veth, CHECKSUM_PARTIAL).
+    let round = |tag: u8| {
+        let server = accept_n(&pair.b, config(queue), 3);
+        let (good, bad, sock) = ([b'g', tag], [b'b', tag], [b's', tag]);
+        send_raw_udp(
+            &pair.a,
+            ADDR_B,
+            udp_datagram(ADDR_A, ADDR_B, port, &good, false),
+        );
+        send_raw_udp(
+            &pair.a,
+            ADDR_B,
+            udp_datagram(ADDR_A, ADDR_B, port, &bad, true),
+        );
+        tx.send_to(&sock, (ADDR_B, port)).expect("send");
+        let (_, got) = join(server);
+        let find = |p: &[u8]| {
+            got.iter()
+                .find(|g| g.payload.ends_with(p))
+                .cloned()
+                .unwrap_or_else(|| panic!("no packet {p:?} in {got:?}"))
+        };
+        (find(&good), find(&bad), find(&sock))
+    };
+    // No rule in b uses conntrack, so nothing has looked at the checksums when the packets
+    // are queued.
+    let (good, bad, sock) = round(1);
+    assert_eq!(good.hook, HOOK_PREROUTING);
+    assert!(udp_checksum_ok(&good.payload) && !udp_checksum_ok(&bad.payload));
+    assert_eq!(good.checksum, ChecksumState::NotVerified, "{good:?}");
+    assert_eq!(bad.checksum, ChecksumState::NotVerified, "{bad:?}");
+    assert_eq!(sock.checksum, ChecksumState::Verified, "{sock:?}");
+    // Every one came in on veth: the source MAC is a's.
+    for g in [&good, &bad, &sock] {
+        assert_eq!(g.hwaddr.and_then(|h| h.mac()), Some(MAC_A), "{g:?}");
+    }
+    // A rule that uses conntrack (as `nfqmark setup` installs) starts it in b: it checks UDP
+    // checksums in PREROUTING before mangle, so the good one is verified by the time it is
+    // queued and the bad one stays unverified.
+    pair.b
+        .iptables(&["-I", "PREROUTING", "-j", "CONNMARK", "--restore-mark"]);
+    let (good, bad, sock) = round(2);
+    assert_eq!(good.checksum, ChecksumState::Verified, "{good:?}");
+    assert_eq!(bad.checksum, ChecksumState::NotVerified, "{bad:?}");
+    assert_eq!(sock.checksum, ChecksumState::Verified, "{sock:?}");
 }

@@ -63,8 +63,17 @@ pub const NFQA_MARK: u16 = 3;
 pub const NFQA_IFINDEX_INDEV: u16 = 5;
 /// be32 output interface index.
 pub const NFQA_IFINDEX_OUTDEV: u16 = 6;
+/// `struct nfqnl_msg_packet_hw`: be16 hw_addrlen, u16 pad, u8 hw_addr[8]. Sent for packets
+/// with an input device whose link layer has a header parser (Ethernet: the source MAC).
+pub const NFQA_HWADDR: u16 = 9;
+/// Size of `struct nfqnl_msg_packet_hw`.
+pub const NFQA_HWADDR_LEN: usize = 12;
 /// The packet bytes, from the network header, at most the copy range.
 pub const NFQA_PAYLOAD: u16 = 10;
+/// Nested `CTA_*` attributes of the packet's conntrack entry (needs `NFQA_CFG_F_CONNTRACK`).
+pub const NFQA_CT: u16 = 11;
+/// be32 `enum ip_conntrack_info` of the packet (needs `NFQA_CFG_F_CONNTRACK`).
+pub const NFQA_CT_INFO: u16 = 12;
 /// be32 full packet length, sent only when the payload was cut to the copy range.
 pub const NFQA_CAP_LEN: u16 = 13;
 /// be32 `NFQA_SKB_*` flags, sent only when non-zero.
@@ -93,6 +102,9 @@ pub const NFQNL_CFG_CMD_PF_BIND: u8 = 3;
 pub const NFQNL_COPY_PACKET: u8 = 2;
 /// Queue full: accept new packets instead of dropping them.
 pub const NFQA_CFG_F_FAIL_OPEN: u32 = 1 << 0;
+/// Report each packet's conntrack entry (`NFQA_CT`, `NFQA_CT_INFO`). Refused with `EOPNOTSUPP`
+/// by kernels built without `CONFIG_NETFILTER_NETLINK_GLUE_CT`.
+pub const NFQA_CFG_F_CONNTRACK: u32 = 1 << 1;
 /// Take GSO packets unsegmented, with checksums possibly not yet computed.
 pub const NFQA_CFG_F_GSO: u32 = 1 << 2;
 /// Report the sending socket's uid and gid.
@@ -114,3 +126,18 @@ pub const NF_REPEAT: u32 = 4;
 
 /// `nlmsg_type` of queued packets.
 pub const PACKET_MSG_TYPE: u16 = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET;
+
+// <linux/netfilter/nfnetlink_conntrack.h>: attributes of a conntrack entry (`enum ctattr_type`).
+/// be32 `IPS_*` status bits.
+pub const CTA_STATUS: u16 = 3;
+/// be32 connection mark.
+pub const CTA_MARK: u16 = 8;
+/// be32 the entry's id (stable while it lives).
+pub const CTA_ID: u16 = 12;
+/// be16 conntrack zone, sent only when not the default zone 0.
+pub const CTA_ZONE: u16 = 18;
+
+// <linux/netfilter/nf_conntrack_common.h>
+/// `IPS_CONFIRMED`: the entry is in the conntrack table; clear while its first packet is
+/// still on its way (the entry is confirmed when that packet leaves the last hook).
+pub const IPS_CONFIRMED: u32 = 1 << 3;

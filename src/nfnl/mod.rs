@@ -18,7 +18,9 @@ mod wire;
 
 pub use abi::{MAX_COPY_RANGE, SKB_CSUM_NOT_READY, SKB_CSUM_NOT_VERIFIED, SKB_GSO};
 pub use socket::{MAX_BURST, OpenError, Socket};
-pub use wire::{Config, Messages, MsgError, PacketMsg, RecvBuf, Verdict, Verdicts};
+pub use wire::{
+    ChecksumState, Config, Ct, HwAddr, Messages, MsgError, PacketMsg, RecvBuf, Verdict, Verdicts,
+};
 
 #[cfg(test)]
 mod testdata;

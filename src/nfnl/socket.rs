@@ -111,6 +111,8 @@ pub struct Socket {
     queue: u16,
     fail_open: bool,
     rcvbuf_forced: bool,
+    /// `NFQA_CFG_F_CONNTRACK` is in force.
+    conntrack: bool,
     seq: AtomicU32,
     bound: AtomicBool,
     /// Datagrams that arrived while `open` waited for its last acknowledgement.
@@ -170,6 +172,7 @@ impl Socket {
             queue: cfg.queue,
             fail_open: cfg.fail_open,
             rcvbuf_forced: false,
+            conntrack: false,
             seq: AtomicU32::new(1),
             bound: AtomicBool::new(false),
             early: Mutex::new(VecDeque::new()),
@@ -210,25 +213,55 @@ impl Socket {
             return Err(sock.bind_error(e, &mut scratch));
         }
         sock.bound.store(true, Ordering::Release);
-        let steps = [
-            (ConfigMsg::MaxLen(cfg.max_len), "setting the queue length"),
-            (
-                flags_for(cfg),
-                "setting the queue flags (fail-open, GSO, uid/gid)",
-            ),
-            (
-                ConfigMsg::CopyRange(cfg.copy_range),
-                "setting the copy range",
-            ),
-        ];
-        for (msg, what) in steps {
-            sock.request(msg, &mut scratch, Early::Keep)
-                .map_err(|e| match e.raw_os_error() {
-                    Some(libc::EPERM) => OpenError::Permission(e),
-                    _ => OpenError::Io(what, e),
-                })?;
-        }
+        let config_error = |what| {
+            move |e: io::Error| match e.raw_os_error() {
+                Some(libc::EPERM) => OpenError::Permission(e),
+                _ => OpenError::Io(what, e),
+            }
+        };
+        sock.request(ConfigMsg::MaxLen(cfg.max_len), &mut scratch, Early::Keep)
+            .map_err(config_error("setting the queue length"))?;
+        sock.conntrack = sock.set_flags(cfg, &mut scratch).map_err(config_error(
+            "setting the queue flags (fail-open, GSO, uid/gid)",
+        ))?;
+        sock.request(
+            ConfigMsg::CopyRange(cfg.copy_range),
+            &mut scratch,
+            Early::Keep,
+        )
+        .map_err(config_error("setting the copy range"))?;
         Ok(sock)
+    }
+
+    /// Set the queue flags; true when conntrack reporting is on. A kernel that refuses
+    /// `NFQA_CFG_F_CONNTRACK` (`EOPNOTSUPP`: built without `CONFIG_NETFILTER_NETLINK_GLUE_CT`)
+    /// gets the other flags without it. `EAGAIN` means the kernel just loaded ctnetlink for
+    /// the flag (`nfqnl_recv_config` asks for the module and wants the request again): once.
+    fn set_flags(&self, cfg: &Config, scratch: &mut RecvBuf) -> io::Result<bool> {
+        let mut retried = false;
+        loop {
+            match self.request(flags_for(cfg), scratch, Early::Keep) {
+                Ok(()) => return Ok(cfg.conntrack),
+                Err(e) if cfg.conntrack && e.raw_os_error() == Some(libc::EAGAIN) && !retried => {
+                    retried = true;
+                }
+                Err(e) if cfg.conntrack && e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    let without = Config {
+                        conntrack: false,
+                        ..*cfg
+                    };
+                    self.request(flags_for(&without), scratch, Early::Keep)?;
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether the kernel reports each packet's conntrack entry: [`Config::conntrack`] was
+    /// asked and the kernel accepted it.
+    pub fn conntrack(&self) -> bool {
+        self.conntrack
     }
 
     /// The queue number this socket serves.
@@ -707,6 +740,7 @@ mod tests {
             queue: 3,
             fail_open,
             rcvbuf_forced: false,
+            conntrack: false,
             seq: AtomicU32::new(1),
             bound: AtomicBool::new(false),
             early: Mutex::new(VecDeque::new()),

@@ -6,6 +6,9 @@
 use super::abi::*;
 use super::wire::{Messages, MsgError, PacketMsg};
 
+/// Attribute type flag: the value is a list of attributes.
+pub(super) const NLA_F_NESTED: u16 = 0x8000;
+
 /// A real datagram from Linux 6.18 (x86_64): UDP 127.0.0.1 -> 127.0.0.1:5301 "nfqm-mark-1",
 /// queued from OUTPUT to queue 3 with uid/gid reporting on. 99 bytes, no trailing padding.
 #[cfg(target_endian = "little")]

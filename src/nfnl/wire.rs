@@ -17,7 +17,8 @@ use super::abi::*;
 /// attribute the kernel sends with our flags (about 250 bytes), with a wide margin.
 pub(super) const METADATA_ROOM: usize = 4096;
 /// The flags this module manages (others are left as the kernel has them).
-const MANAGED_FLAGS: u32 = NFQA_CFG_F_FAIL_OPEN | NFQA_CFG_F_GSO | NFQA_CFG_F_UID_GID;
+const MANAGED_FLAGS: u32 =
+    NFQA_CFG_F_FAIL_OPEN | NFQA_CFG_F_CONNTRACK | NFQA_CFG_F_GSO | NFQA_CFG_F_UID_GID;
 
 /// How to bind one queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,10 @@ pub struct Config {
     pub gso: bool,
     /// `NFQA_CFG_F_UID_GID`: report the uid and gid of the socket that sent a local packet.
     pub uid_gid: bool,
+    /// `NFQA_CFG_F_CONNTRACK`: report each packet's conntrack entry ([`PacketMsg::ct`]). A
+    /// kernel without it (no `CONFIG_NETFILTER_NETLINK_GLUE_CT`) refuses the flag; then the
+    /// queue is bound without it ([`super::Socket::conntrack`] says which).
+    pub conntrack: bool,
 }
 
 impl Default for Config {
@@ -51,6 +56,7 @@ impl Default for Config {
             rcvbuf: None,
             gso: false,
             uid_gid: false,
+            conntrack: false,
         }
     }
 }
@@ -98,7 +104,95 @@ pub struct PacketMsg<'a> {
     /// Gid of the sending socket ([`Config::uid_gid`], local packets only).
     pub gid: Option<u32>,
     /// `SKB_*` flags ([`SKB_CSUM_NOT_READY`], [`SKB_GSO`], [`SKB_CSUM_NOT_VERIFIED`]), 0 if none.
+    /// See [`PacketMsg::checksum`].
     pub skb_info: u32,
+    /// The packet's conntrack entry ([`Config::conntrack`]; none for packets conntrack does not
+    /// track, e.g. queued from the raw table, untracked, or invalid).
+    pub ct: Option<Ct>,
+    /// The link-layer source address, for packets that came in on a device with a link-layer
+    /// header (Ethernet, veth: the source MAC). None for locally generated packets.
+    pub hwaddr: Option<HwAddr>,
+}
+
+/// What the kernel says about the transport checksum of a queued packet, read from
+/// `NFQA_SKB_INFO` as `nfqnl_put_packet_info` (net/netfilter/nfnetlink_queue.c) sets it:
+/// - `CSUMNOTREADY` when the packet is `CHECKSUM_PARTIAL` (made on this host, the checksum is
+///   filled in by the device or later). Only seen with [`Config::gso`]: without it the kernel
+///   completes the checksum (`skb_checksum_help`) before queueing, and says nothing;
+/// - else `CSUM_NOTVERIFIED` when the packet was queued in PREROUTING, INPUT or FORWARD (or
+///   POSTROUTING without a local socket) and `skb_csum_unnecessary` is false: neither the
+///   device nor the stack has verified it yet. Conntrack verifies UDP/TCP checksums in
+///   PREROUTING (`nf_conntrack_checksum`, on by default), so after it a good packet is
+///   verified and a bad one stays unverified;
+/// - else nothing: verified, or a packet this host made (OUTPUT) whose checksum is complete.
+///
+/// No configuration flag is needed for either bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChecksumState {
+    Verified,
+    NotReady,
+    NotVerified,
+}
+
+/// A packet's conntrack entry as `NFQA_CT` (nested `CTA_*`) and `NFQA_CT_INFO` describe it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ct {
+    /// `CTA_MARK`, 0 when absent.
+    pub mark: u32,
+    /// `CTA_STATUS` (`IPS_*` bits), when sent.
+    pub status: Option<u32>,
+    /// `CTA_ID`, when sent.
+    pub id: Option<u32>,
+    /// `CTA_ZONE`, 0 (the default zone) when absent.
+    pub zone: u16,
+    /// `NFQA_CT_INFO`: `enum ip_conntrack_info` (0 established, 1 related, 2 new; +3 in the
+    /// reply direction), when sent.
+    pub info: Option<u32>,
+}
+
+impl Ct {
+    /// The entry is not in the conntrack table yet: this packet is its connection's first
+    /// (`IPS_CONFIRMED` clear). None when the status was not sent.
+    pub fn first(&self) -> Option<bool> {
+        self.status.map(|s| s & IPS_CONFIRMED == 0)
+    }
+}
+
+/// A link-layer address as `struct nfqnl_msg_packet_hw` carries it (up to 8 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HwAddr {
+    len: u8,
+    bytes: [u8; 8],
+}
+
+impl HwAddr {
+    /// The address bytes (6 for Ethernet).
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes
+            .get(..usize::from(self.len))
+            .unwrap_or(&self.bytes)
+    }
+
+    /// The address as an Ethernet MAC, when it is 6 bytes long.
+    pub fn mac(&self) -> Option<[u8; 6]> {
+        match (self.len, self.bytes) {
+            (6, [a, b, c, d, e, f, _, _]) => Some([a, b, c, d, e, f]),
+            _ => None,
+        }
+    }
+}
+
+impl PacketMsg<'_> {
+    /// The checksum state `NFQA_SKB_INFO` reports ([`ChecksumState`]).
+    pub fn checksum(&self) -> ChecksumState {
+        if self.skb_info & SKB_CSUM_NOT_READY != 0 {
+            ChecksumState::NotReady
+        } else if self.skb_info & SKB_CSUM_NOT_VERIFIED != 0 {
+            ChecksumState::NotVerified
+        } else {
+            ChecksumState::Verified
+        }
+    }
 }
 
 /// A message in a received datagram that is not a readable packet.
@@ -443,7 +537,10 @@ fn parse_packet(body: &[u8]) -> Result<PacketMsg<'_>, MsgError> {
         uid: None,
         gid: None,
         skb_info: 0,
+        ct: None,
+        hwaddr: None,
     };
+    let mut ct_info = None;
     let mut have_header = false;
     // The first problem found. A value of the wrong size does not stop the scan (the packet
     // header may still follow, and with it the id the caller needs); broken framing does.
@@ -494,11 +591,33 @@ fn parse_packet(body: &[u8]) -> Result<PacketMsg<'_>, MsgError> {
                 msg.payload = value;
                 None
             }
+            NFQA_CT => match parse_ct(value) {
+                Ok(ct) => {
+                    msg.ct = Some(ct);
+                    None
+                }
+                Err(reason) => Some(reason),
+            },
+            NFQA_CT_INFO => read_some(
+                &mut ct_info,
+                value,
+                "conntrack info attribute shorter than 4 bytes",
+            ),
+            NFQA_HWADDR => match parse_hwaddr(value) {
+                Some(addr) => {
+                    msg.hwaddr = Some(addr);
+                    None
+                }
+                None => Some("hardware address attribute malformed"),
+            },
             _ => None,
         };
         if let Some(reason) = short {
             problem.get_or_insert(reason);
         }
+    }
+    if let Some(ct) = msg.ct.as_mut() {
+        ct.info = ct_info;
     }
     let id = have_header.then_some(msg.id);
     match (problem, have_header) {
@@ -509,6 +628,40 @@ fn parse_packet(body: &[u8]) -> Result<PacketMsg<'_>, MsgError> {
         }),
         (None, true) => Ok(msg),
     }
+}
+
+/// The `CTA_*` attributes of `NFQA_CT` we use; others (tuples, timeout, protocol info, ...)
+/// are skipped. A value of the wrong size or broken framing is an error.
+fn parse_ct(nested: &[u8]) -> Result<Ct, &'static str> {
+    let mut ct = Ct::default();
+    for attr in (Attrs { rest: nested }) {
+        let (attr_type, value) = attr?;
+        match attr_type {
+            CTA_MARK => ct.mark = be32(value).ok_or("conntrack mark shorter than 4 bytes")?,
+            CTA_STATUS => {
+                ct.status = Some(be32(value).ok_or("conntrack status shorter than 4 bytes")?)
+            }
+            CTA_ID => ct.id = Some(be32(value).ok_or("conntrack id shorter than 4 bytes")?),
+            CTA_ZONE => {
+                let zone = value
+                    .first_chunk::<2>()
+                    .ok_or("conntrack zone shorter than 2 bytes")?;
+                ct.zone = u16::from_be_bytes(*zone);
+            }
+            _ => {}
+        }
+    }
+    Ok(ct)
+}
+
+/// `struct nfqnl_msg_packet_hw`: be16 length, 2 bytes padding, 8 address bytes.
+fn parse_hwaddr(value: &[u8]) -> Option<HwAddr> {
+    let raw = value.first_chunk::<NFQA_HWADDR_LEN>()?;
+    let [l0, l1, _, _, rest @ ..] = *raw;
+    let len = u8::try_from(u16::from_be_bytes([l0, l1]))
+        .ok()
+        .filter(|&l| l <= 8)?;
+    Some(HwAddr { len, bytes: rest })
 }
 
 /// The packet id in the readable start of a packet message body that was cut short.
@@ -738,6 +891,9 @@ pub(super) fn flags_for(cfg: &Config) -> ConfigMsg {
     if cfg.uid_gid {
         flags |= NFQA_CFG_F_UID_GID;
     }
+    if cfg.conntrack {
+        flags |= NFQA_CFG_F_CONNTRACK;
+    }
     ConfigMsg::Flags {
         flags,
         mask: MANAGED_FLAGS,
@@ -832,6 +988,8 @@ mod tests {
                 uid: Some(1000),
                 gid: Some(20),
                 skb_info: SKB_CSUM_NOT_READY | SKB_GSO,
+                ct: None,
+                hwaddr: None,
             }
         );
     }
@@ -841,8 +999,7 @@ mod tests {
         let buf = packet(&[
             attr(4, &[0; 16]), // NFQA_TIMESTAMP: not read
             pkt_hdr(9, 0x0800, 1),
-            attr(9, &[0; 12]),          // NFQA_HWADDR: not read
-            attr(0x8000 | 11, &[0; 8]), // nested NFQA_CT
+            attr(18, b"secctx"), // NFQA_SECCTX: not read
             attr(999 & NLA_TYPE_MASK, b"future"),
             attr(0, &[]), // NFQA_UNSPEC, empty
             attr(NFQA_PAYLOAD, b"p"),
@@ -1073,6 +1230,145 @@ mod tests {
         assert_eq!(buf.messages().count(), 0);
     }
 
+    // ---- conntrack, checksum state, link-layer address ----
+
+    /// `NFQA_CT` as ctnetlink's glue builds it: tuples (skipped), status, mark, id, zone.
+    fn ct_attr(status: u32, mark: Option<u32>, zone: Option<u16>) -> Vec<u8> {
+        let mut nested = attr(NLA_F_NESTED | 1, &attr(NLA_F_NESTED | 1, &[0; 8])); // CTA_TUPLE_ORIG
+        nested.extend(attr(CTA_STATUS, &status.to_be_bytes()));
+        if let Some(mark) = mark {
+            nested.extend(attr(CTA_MARK, &mark.to_be_bytes()));
+        }
+        nested.extend(attr(CTA_ID, &0xc0ff_ee01u32.to_be_bytes()));
+        if let Some(zone) = zone {
+            nested.extend(attr(CTA_ZONE, &zone.to_be_bytes()));
+        }
+        nested.extend(attr(7, &120u32.to_be_bytes())); // CTA_TIMEOUT, not read
+        attr(NLA_F_NESTED | NFQA_CT, &nested)
+    }
+
+    #[test]
+    fn conntrack_entry_of_a_new_connection_parses() {
+        let buf = packet(&[
+            pkt_hdr(4, 0x0800, 3),
+            ct_attr(0x0100 | 0x80, Some(0x2a), None), // IPS_SRC_NAT_DONE | IPS_DST_NAT_DONE
+            attr(NFQA_CT_INFO, &2u32.to_be_bytes()),  // IP_CT_NEW
+            attr(NFQA_PAYLOAD, b"p"),
+        ]);
+        let ct = one(&buf).expect("packet").ct.expect("conntrack entry");
+        assert_eq!(
+            ct,
+            Ct {
+                mark: 0x2a,
+                status: Some(0x180),
+                id: Some(0xc0ff_ee01),
+                zone: 0,
+                info: Some(2),
+            }
+        );
+        assert_eq!(ct.first(), Some(true));
+    }
+
+    #[test]
+    fn confirmed_entry_is_not_first_and_absent_values_default() {
+        let buf = packet(&[
+            pkt_hdr(5, 0x0800, 1),
+            ct_attr(IPS_CONFIRMED | 0x2, None, Some(7)), // IPS_SEEN_REPLY
+        ]);
+        let ct = one(&buf).expect("packet").ct.expect("conntrack entry");
+        assert_eq!(
+            (ct.first(), ct.mark, ct.zone, ct.info),
+            (Some(false), 0, 7, None)
+        );
+        let no_status = packet(&[pkt_hdr(6, 0x0800, 1), attr(NFQA_CT, &[])]);
+        let ct = one(&no_status).expect("packet").ct.expect("empty entry");
+        assert_eq!(ct.first(), None, "no status: unknown");
+        assert_eq!(
+            one(&packet(&[pkt_hdr(7, 0x0800, 1)])).expect("packet").ct,
+            None
+        );
+    }
+
+    #[test]
+    fn broken_conntrack_entry_is_malformed_with_the_id() {
+        let short_mark = attr(NFQA_CT, &attr(CTA_MARK, &[0, 1]));
+        assert_eq!(
+            one(&packet(&[pkt_hdr(8, 0x0800, 3), short_mark])),
+            Err(MsgError::Malformed {
+                id: Some(8),
+                reason: "conntrack mark shorter than 4 bytes"
+            })
+        );
+        let bad_nest = attr(NFQA_CT, &[2, 0, 3, 0]);
+        assert_eq!(
+            one(&packet(&[bad_nest, pkt_hdr(9, 0x0800, 3)])),
+            Err(MsgError::Malformed {
+                id: Some(9),
+                reason: "attribute length shorter than its header"
+            })
+        );
+        let short_zone = attr(NFQA_CT, &attr(CTA_ZONE, &[1]));
+        assert!(matches!(
+            one(&packet(&[pkt_hdr(1, 0x0800, 3), short_zone])),
+            Err(MsgError::Malformed { id: Some(1), .. })
+        ));
+    }
+
+    /// `struct nfqnl_msg_packet_hw` for `addr`.
+    fn hw_attr(len: u16, addr: &[u8]) -> Vec<u8> {
+        let mut v = len.to_be_bytes().to_vec();
+        v.extend_from_slice(&[0, 0]);
+        let mut bytes = [0u8; 8];
+        bytes[..addr.len()].copy_from_slice(addr);
+        v.extend_from_slice(&bytes);
+        attr(NFQA_HWADDR, &v)
+    }
+
+    #[test]
+    fn hardware_address_parses_and_odd_ones_are_refused() {
+        let mac = [0x02, 0x6e, 0x66, 0x71, 0, 1];
+        let buf = packet(&[pkt_hdr(1, 0x0800, 0), hw_attr(6, &mac)]);
+        let hw = one(&buf).expect("packet").hwaddr.expect("address");
+        assert_eq!((hw.mac(), hw.as_bytes()), (Some(mac), &mac[..]));
+        let buf = packet(&[pkt_hdr(1, 0x0800, 0), hw_attr(8, &[9; 8])]);
+        let hw = one(&buf).expect("packet").hwaddr.expect("address");
+        assert_eq!((hw.mac(), hw.as_bytes()), (None, &[9u8; 8][..]));
+        for bad in [
+            hw_attr(9, &[0; 8]),
+            attr(NFQA_HWADDR, &[0, 6, 0, 0, 1, 2, 3]),
+        ] {
+            assert_eq!(
+                one(&packet(&[pkt_hdr(2, 0x0800, 0), bad])),
+                Err(MsgError::Malformed {
+                    id: Some(2),
+                    reason: "hardware address attribute malformed"
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn checksum_state_follows_skb_info() {
+        let state = |skb_info: u32| {
+            let buf = packet(&[
+                pkt_hdr(1, 0x0800, 0),
+                attr(NFQA_SKB_INFO, &skb_info.to_be_bytes()),
+            ]);
+            one(&buf).expect("packet").checksum()
+        };
+        assert_eq!(state(0), ChecksumState::Verified);
+        assert_eq!(state(SKB_GSO), ChecksumState::Verified);
+        assert_eq!(state(SKB_CSUM_NOT_READY), ChecksumState::NotReady);
+        assert_eq!(state(SKB_CSUM_NOT_READY | SKB_GSO), ChecksumState::NotReady);
+        assert_eq!(state(SKB_CSUM_NOT_VERIFIED), ChecksumState::NotVerified);
+        let buf = packet(&[pkt_hdr(1, 0x0800, 0)]);
+        assert_eq!(
+            one(&buf).expect("packet").checksum(),
+            ChecksumState::Verified,
+            "no attribute: nothing to report"
+        );
+    }
+
     // ---- acknowledgements ----
 
     #[test]
@@ -1223,7 +1519,7 @@ mod tests {
         assert_eq!(
             bytes(encode_config(6, 3, flags_for(&cfg), true)),
             hex("24000000 0203 0500 06000000 00000000 00000003 \
-                 08000500 00000009 08000400 0000000d")
+                 08000500 00000009 08000400 0000000f")
         );
     }
 
@@ -1237,20 +1533,33 @@ mod tests {
             flags_for(&none),
             ConfigMsg::Flags {
                 flags: 0,
-                mask: 0b1101
+                mask: 0b1111
             }
         );
         let all = Config {
             fail_open: true,
             gso: true,
             uid_gid: true,
+            conntrack: true,
             ..Config::default()
         };
         assert_eq!(
             flags_for(&all),
             ConfigMsg::Flags {
-                flags: 0b1101,
-                mask: 0b1101
+                flags: 0b1111,
+                mask: 0b1111
+            }
+        );
+        let conntrack_only = Config {
+            fail_open: false,
+            conntrack: true,
+            ..Config::default()
+        };
+        assert_eq!(
+            flags_for(&conntrack_only),
+            ConfigMsg::Flags {
+                flags: NFQA_CFG_F_CONNTRACK,
+                mask: 0b1111
             }
         );
     }
