@@ -1240,3 +1240,96 @@ fn bad_udp_checksum_from_another_namespace_is_not_verified() {
     assert_eq!(bad.checksum, ChecksumState::NotVerified, "{bad:?}");
     assert_eq!(sock.checksum, ChecksumState::Verified, "{sock:?}");
 }
+
+// ---- nf_tables rule counters ----
+
+/// Feed `rules` to `tool` (iptables-restore or ip6tables-restore) in the namespace.
+fn restore(ns: &Netns, tool: &str, rules: &str) {
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, tool, "--noflush"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(rules.as_bytes()).expect("write rules");
+    }
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{tool} failed on:\n{rules}");
+}
+
+#[test]
+fn rule_counters_count_what_the_queue_never_saw() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("nftcount");
+    // Ours (comment nfqmark) to queues 30 (IPv4 and IPv6) and 31 (raw table, a balance
+    // range); the control rule queues to 30 too but has no comment, so it is not counted.
+    restore(
+        &ns,
+        "iptables-restore",
+        "*mangle\n\
+         -A OUTPUT -m comment --comment nfqmark -d 127.0.0.1 -p udp --dport 5330 -j NFQUEUE --queue-num 30 --queue-bypass\n\
+         -A OUTPUT -d 127.0.0.1 -p udp --dport 5331 -j NFQUEUE --queue-num 30 --queue-bypass\n\
+         COMMIT\n\
+         *raw\n\
+         -A OUTPUT -p udp --dport 5332 -m comment --comment nfqmark -j NFQUEUE --queue-balance 31:32 --queue-bypass\n\
+         COMMIT\n",
+    );
+    restore(
+        &ns,
+        "ip6tables-restore",
+        "*mangle\n\
+         -A OUTPUT -m comment --comment nfqmark -d ::1 -p udp --dport 5330 -j NFQUEUE --queue-num 30 --queue-bypass\n\
+         COMMIT\n",
+    );
+    let before = ns.run_in(|| nfqmark::nfnl::NfnlSocket::open().and_then(|mut s| s.queue_rules()));
+    let before = before.expect("rule dump");
+    assert_eq!(before.len(), 3, "three rules of ours: {before:?}");
+    assert!(before.iter().all(|r| r.packets == 0), "{before:?}");
+
+    // Nobody listens on any queue: with --queue-bypass every packet passes unqueued.
+    let (n4, n6, n_other, n_raw) = (7usize, 3usize, 5usize, 2usize);
+    let rx4 = ns.receiver(5330);
+    let rx_other = ns.receiver(5331);
+    let rx_raw = ns.receiver(5332);
+    let rx6 = ns.run_in(|| UdpSocket::bind("[::1]:5330").expect("bind ::1"));
+    let tx4 = udp_socket(&ns, Ipv4Addr::LOCALHOST, 0);
+    let tx6 = ns.run_in(|| UdpSocket::bind("[::1]:0").expect("bind ::1"));
+    for (tx, to, rx, n) in [
+        (&tx4, "127.0.0.1:5330", &rx4, n4),
+        (&tx4, "127.0.0.1:5331", &rx_other, n_other),
+        (&tx4, "127.0.0.1:5332", &rx_raw, n_raw),
+        (&tx6, "[::1]:5330", &rx6, n6),
+    ] {
+        for i in 0..n {
+            tx.send_to(&[i as u8], to).expect("send");
+            assert_eq!(delivered(rx), [i as u8], "bypassed to {to}");
+        }
+    }
+
+    let after = ns.run_in(|| {
+        let mut sock = nfqmark::nfnl::NfnlSocket::open()?;
+        let start = Instant::now();
+        let rules = sock.queue_rules()?;
+        Ok::<_, io::Error>((rules, start.elapsed()))
+    });
+    let (after, took) = after.expect("rule dump");
+    eprintln!(
+        "note: dumping 5 tables ({} rules of ours) took {took:?}",
+        after.len()
+    );
+    let sums = nfqmark::nfnl::packets_per_queue(&after);
+    let span = |first, count| nfqmark::nfnl::QueueSpan { first, count };
+    assert_eq!(
+        sums.get(&span(30, 1)),
+        Some(&((n4 + n6) as u64)),
+        "{after:?}"
+    );
+    assert_eq!(sums.get(&span(31, 2)), Some(&(n_raw as u64)), "{after:?}");
+    assert_eq!(sums.len(), 2, "{sums:?}");
+    let families: Vec<(u8, &str)> = after.iter().map(|r| (r.family, r.table.as_str())).collect();
+    assert_eq!(families, [(2, "mangle"), (2, "raw"), (10, "mangle")]);
+}

@@ -29,10 +29,16 @@ pub const NLMSG_DONE: u16 = 3;
 pub const NLM_F_REQUEST: u16 = 0x1;
 /// Flag: answer with an acknowledgement even on success.
 pub const NLM_F_ACK: u16 = 0x4;
+/// Flag: the dump was interrupted by a change; its messages may be inconsistent.
+pub const NLM_F_DUMP_INTR: u16 = 0x10;
+/// Flags: return every object (`NLM_F_ROOT | NLM_F_MATCH`).
+pub const NLM_F_DUMP: u16 = 0x300;
 /// `sizeof(struct nlattr)`: u16 len (header included, padding excluded), u16 type.
 pub const NLA_HDRLEN: usize = 4;
 /// Attribute type bits without `NLA_F_NESTED` (0x8000) and `NLA_F_NET_BYTEORDER` (0x4000).
 pub const NLA_TYPE_MASK: u16 = 0x3fff;
+/// Attribute type flag: the value is a list of attributes.
+pub const NLA_F_NESTED: u16 = 0x8000;
 
 // <linux/netfilter/nfnetlink.h>
 /// `nfgenmsg.version`.
@@ -141,3 +147,59 @@ pub const CTA_ZONE: u16 = 18;
 /// `IPS_CONFIRMED`: the entry is in the conntrack table; clear while its first packet is
 /// still on its way (the entry is confirmed when that packet leaves the last hook).
 pub const IPS_CONFIRMED: u32 = 1 << 3;
+
+// <linux/netfilter.h>: `nfgenmsg.nfgen_family` of nf_tables objects.
+/// nft `inet` tables (IPv4 and IPv6).
+pub const NFPROTO_INET: u8 = 1;
+/// nft `ip` tables (iptables-nft).
+pub const NFPROTO_IPV4: u8 = 2;
+/// nft `ip6` tables (ip6tables-nft).
+pub const NFPROTO_IPV6: u8 = 10;
+
+// <linux/netfilter/nfnetlink.h>
+/// Subsystem id of nf_tables.
+pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
+
+// <linux/netfilter/nf_tables.h>: message types (`enum nf_tables_msg_types`).
+/// Kernel -> us: one rule (each message of a rule dump).
+pub const NFT_MSG_NEWRULE: u16 = 6;
+/// Us -> kernel: get rules; with `NLM_F_DUMP` every rule, filtered by `NFTA_RULE_TABLE`.
+pub const NFT_MSG_GETRULE: u16 = 7;
+
+// Rule attributes (`enum nft_rule_attributes`).
+/// String: the rule's table.
+pub const NFTA_RULE_TABLE: u16 = 1;
+/// String: the rule's chain.
+pub const NFTA_RULE_CHAIN: u16 = 2;
+/// be64: the rule's handle.
+pub const NFTA_RULE_HANDLE: u16 = 3;
+/// Nested list of `NFTA_LIST_ELEM`, each an expression.
+pub const NFTA_RULE_EXPRESSIONS: u16 = 4;
+/// Bytes: userspace's TLVs (libnftnl `struct nftnl_udata`: u8 type, u8 len, value).
+pub const NFTA_RULE_USERDATA: u16 = 7;
+/// `enum nft_list_attributes`: one element of a list.
+pub const NFTA_LIST_ELEM: u16 = 1;
+/// `enum nft_expr_attributes`: string, the expression's type ("counter", "target", ...).
+pub const NFTA_EXPR_NAME: u16 = 1;
+/// `enum nft_expr_attributes`: nested, the expression's own attributes.
+pub const NFTA_EXPR_DATA: u16 = 2;
+/// `enum nft_counter_attributes`: be64 bytes counted.
+pub const NFTA_COUNTER_BYTES: u16 = 1;
+/// `enum nft_counter_attributes`: be64 packets counted.
+pub const NFTA_COUNTER_PACKETS: u16 = 2;
+/// `enum nft_target_attributes` / `enum nft_match_attributes` (xtables compat): string name.
+pub const NFTA_XT_NAME: u16 = 1;
+/// be32 revision of the xtables extension.
+pub const NFTA_XT_REV: u16 = 2;
+/// The xtables extension's own info struct, in host byte order.
+pub const NFTA_XT_INFO: u16 = 3;
+/// `enum nft_queue_attributes`: be16 first queue number.
+pub const NFTA_QUEUE_NUM: u16 = 1;
+/// `enum nft_queue_attributes`: be16 number of queues balanced over.
+pub const NFTA_QUEUE_TOTAL: u16 = 2;
+/// `enum nft_queue_attributes`: the queue number comes from a register (not known here).
+pub const NFTA_QUEUE_SREG_QNUM: u16 = 4;
+/// libnftnl `NFTNL_UDATA_RULE_COMMENT`: the rule's comment, NUL-terminated.
+pub const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
+/// `struct xt_comment_info` (xt_comment.h): `char comment[256]`.
+pub const XT_MAX_COMMENT_LEN: usize = 256;

@@ -17,8 +17,9 @@ mod socket;
 mod wire;
 
 pub use abi::{MAX_COPY_RANGE, SKB_CSUM_NOT_READY, SKB_CSUM_NOT_VERIFIED, SKB_GSO};
-pub use socket::{MAX_BURST, OpenError, Socket};
-pub use wire::{
+pub use socket::{MAX_BURST, NfnlSocket, OpenError, Socket};
+pub use wire::nft::{QueueRule, QueueSpan, packets_per_queue};
+pub use wire::queue::{
     ChecksumState, Config, Ct, HwAddr, Messages, MsgError, PacketMsg, RecvBuf, Verdict, Verdicts,
 };
 

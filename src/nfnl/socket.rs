@@ -33,10 +33,12 @@ use std::time::{Duration, Instant};
 use libc::c_int;
 
 use super::abi::*;
-use super::wire::{
+use super::wire::nft::{DUMPED_TABLES, DumpError, QueueRule, RuleDump, encode_rule_dump};
+use super::wire::queue::{
     Config, ConfigMsg, METADATA_ROOM, Messages, RecvBuf, Verdict, Verdicts, encode_config,
-    encode_verdict, flags_for, scan_for_ack,
+    encode_verdict, flags_for,
 };
+use super::wire::scan_for_ack;
 
 /// How long [`Socket::open`] and [`Socket::unbind`] wait for each acknowledgement.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -149,24 +151,11 @@ impl Socket {
     /// `cfg.queue` with the given settings. Each step is acknowledged by the kernel before the
     /// next; the copy range is set last because the kernel queues nothing to us before it.
     pub fn open(cfg: &Config) -> Result<Socket, OpenError> {
-        // SAFETY: plain syscall with constant arguments; the result is checked below.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
-            )
-        };
-        if raw < 0 {
-            let e = io::Error::last_os_error();
-            return Err(match e.raw_os_error() {
-                Some(libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT) => OpenError::Unsupported(e),
-                Some(libc::EPERM | libc::EACCES) => OpenError::Permission(e),
-                _ => OpenError::Io("creating the netlink socket", e),
-            });
-        }
-        // SAFETY: `raw` is a socket we just created and nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = netlink_socket().map_err(|e| match e.raw_os_error() {
+            Some(libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT) => OpenError::Unsupported(e),
+            Some(libc::EPERM | libc::EACCES) => OpenError::Permission(e),
+            _ => OpenError::Io("creating the netlink socket", e),
+        })?;
         let mut sock = Socket {
             fd,
             queue: cfg.queue,
@@ -188,21 +177,8 @@ impl Socket {
             .map_err(|e| OpenError::Io("enabling ENOBUFS reports", e))?;
         // Best effort: smaller error replies; older kernels lack it and that is fine.
         let _ = sock.set_int_opt(SOL_NETLINK, NETLINK_CAP_ACK, 1);
-        let addr = kernel_addr();
-        // SAFETY: `addr` is a valid sockaddr_nl and the length is its size.
-        let rc = unsafe {
-            libc::bind(
-                sock.fd.as_raw_fd(),
-                (&raw const addr).cast::<libc::sockaddr>(),
-                mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(OpenError::Io(
-                "binding the netlink socket",
-                io::Error::last_os_error(),
-            ));
-        }
+        bind_netlink(sock.fd.as_fd())
+            .map_err(|e| OpenError::Io("binding the netlink socket", e))?;
 
         let mut scratch = RecvBuf::new(cfg.copy_range);
         let bind = ConfigMsg::Command {
@@ -490,21 +466,7 @@ impl Socket {
     }
 
     fn set_int_opt(&self, level: c_int, name: c_int, value: c_int) -> io::Result<()> {
-        // SAFETY: `value` is a valid c_int for the duration of the call and the length is its
-        // size.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                level,
-                name,
-                (&raw const value).cast::<libc::c_void>(),
-                mem::size_of::<c_int>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        set_int_opt(self.fd.as_fd(), level, name, value)
     }
 
     /// Set the receive buffer; true when forced past `rmem_max`.
@@ -523,91 +485,20 @@ impl Socket {
     }
 
     fn send(&self, bytes: &[u8]) -> io::Result<()> {
-        let addr = kernel_addr();
-        loop {
-            // SAFETY: `bytes` is valid for reads of its length, `addr` is a valid sockaddr_nl
-            // and the length is its size.
-            let n = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    bytes.as_ptr().cast::<libc::c_void>(),
-                    bytes.len(),
-                    0,
-                    (&raw const addr).cast::<libc::sockaddr>(),
-                    mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n as usize != bytes.len() {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "netlink request sent in part",
-                ));
-            }
-            return Ok(());
-        }
+        send_to_kernel(self.fd.as_fd(), bytes)
     }
 
     /// `poll` then `recvfrom(MSG_DONTWAIT | MSG_TRUNC)` into `buf`. Datagrams not sent by the
     /// kernel (port 0) are ignored.
     fn recv_raw(&self, buf: &mut RecvBuf, timeout: Option<Duration>) -> io::Result<usize> {
         buf.clear();
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: `pfd` is one valid pollfd and the count says one.
-        let ready = unsafe { libc::poll(&mut pfd, 1, poll_timeout_ms(timeout)) };
-        if ready < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                return Ok(0);
-            }
-            return Err(e);
-        }
-        if ready == 0 {
+        if !poll_in(self.fd.as_fd(), timeout)? {
             return Ok(0);
         }
-        self.recv_now(buf)
-    }
-
-    /// `recvfrom` with `MSG_DONTWAIT`: what is waiting now, or `Ok(0)`.
-    fn recv_now(&self, buf: &mut RecvBuf) -> io::Result<usize> {
-        let mut from = kernel_addr();
-        let mut from_len = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-        let storage = buf.storage_mut();
-        // SAFETY: `storage` is valid for writes of its length; `from` and `from_len` are valid
-        // for writes and `from_len` is the size of `from`.
-        let n = unsafe {
-            libc::recvfrom(
-                self.fd.as_raw_fd(),
-                storage.as_mut_ptr().cast::<libc::c_void>(),
-                storage.len(),
-                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-                (&raw mut from).cast::<libc::sockaddr>(),
-                &mut from_len,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => Ok(0),
-                _ => Err(e),
-            };
+        match recv_from_kernel(self.fd.as_fd(), buf.storage_mut())? {
+            Some(n) => Ok(buf.set_received(n)),
+            None => Ok(0),
         }
-        if from.nl_pid != 0 {
-            // Only the kernel may talk to us; a privileged process writing to our port is not
-            // queued traffic.
-            return Ok(0);
-        }
-        Ok(buf.set_received(n as usize))
     }
 
     /// Send a configuration request with `NLM_F_ACK` and wait for its answer.
@@ -712,6 +603,259 @@ impl Drop for Socket {
     }
 }
 
+/// Largest datagram a control socket takes: the kernel fills dump datagrams up to 32 KiB (or
+/// the page-sized default), so this leaves room; a larger one is an error, never cut silently.
+const CONTROL_BUF: usize = 64 * 1024;
+/// How long a control request waits for its whole answer.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a dump interrupted by a change of the ruleset is run again before giving up.
+const DUMP_TRIES: usize = 3;
+
+/// A netlink socket for nfnetlink requests that are not the queue's: nf_tables rule dumps
+/// ([`NfnlSocket::queue_rules`]). Blocking, each request bounded by a 5 s deadline; meant for
+/// a thread that is not on the packet path (it allocates, and a dump of a big ruleset takes
+/// milliseconds).
+pub struct NfnlSocket {
+    fd: OwnedFd,
+    seq: u32,
+    buf: Box<[u8]>,
+}
+
+impl fmt::Debug for NfnlSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NfnlSocket")
+            .field("fd", &self.fd.as_raw_fd())
+            .finish()
+    }
+}
+
+impl NfnlSocket {
+    /// A socket in the calling thread's network namespace. Requests need `CAP_NET_ADMIN`
+    /// there (every nfnetlink message does), opening does not.
+    pub fn open() -> io::Result<NfnlSocket> {
+        let fd = netlink_socket()?;
+        // Best effort: smaller error replies.
+        let _ = set_int_opt(fd.as_fd(), SOL_NETLINK, NETLINK_CAP_ACK, 1);
+        bind_netlink(fd.as_fd())?;
+        Ok(NfnlSocket {
+            fd,
+            seq: 0,
+            buf: vec![0u8; CONTROL_BUF].into_boxed_slice(),
+        })
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1).max(1);
+        self.seq
+    }
+
+    /// nfqmark's NFQUEUE rules with their packet counters, from the `mangle` and `raw` tables
+    /// of iptables-nft and ip6tables-nft and the `inet nfqmark` table (see
+    /// [`super::wire::nft`] for which rules count). Tables that do not exist contribute
+    /// nothing; rules of iptables-legacy are not in nf_tables and are not seen.
+    pub fn queue_rules(&mut self) -> io::Result<Vec<QueueRule>> {
+        let mut rules = Vec::new();
+        for (family, table) in DUMPED_TABLES {
+            rules.extend(self.dump_rules(family, table)?);
+        }
+        Ok(rules)
+    }
+
+    /// One table's rules, dumped again when a change of the ruleset interrupted the dump.
+    fn dump_rules(&mut self, family: u8, table: &str) -> io::Result<Vec<QueueRule>> {
+        for _ in 0..DUMP_TRIES {
+            let seq = self.next_seq();
+            let mut req = encode_rule_dump(seq, family, table);
+            send_to_kernel(self.fd.as_fd(), req.bytes()?)?;
+            let mut dump = RuleDump::default();
+            let deadline = Instant::now() + CONTROL_TIMEOUT;
+            while !dump.done {
+                let datagram = self.recv_until(deadline)?;
+                match dump.feed(datagram, seq) {
+                    Ok(()) => {}
+                    // No such table (older kernels answer a filtered dump so): no rules.
+                    Err(DumpError::Kernel(libc::ENOENT)) => return Ok(Vec::new()),
+                    Err(DumpError::Kernel(errno)) => {
+                        return Err(io::Error::from_raw_os_error(errno));
+                    }
+                    Err(DumpError::Malformed(reason)) => {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, reason));
+                    }
+                }
+            }
+            if !dump.interrupted {
+                return Ok(dump.rules);
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::Interrupted,
+            "the ruleset kept changing during the rule dump",
+        ))
+    }
+
+    /// The next datagram from the kernel, waiting until `deadline`.
+    fn recv_until(&mut self, deadline: Instant) -> io::Result<&[u8]> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the kernel did not answer the request in time",
+                ));
+            }
+            if !poll_in(self.fd.as_fd(), Some(left))? {
+                continue;
+            }
+            match recv_from_kernel(self.fd.as_fd(), &mut self.buf)? {
+                Some(n) if n > self.buf.len() => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "netlink answer larger than the receive buffer",
+                    ));
+                }
+                Some(n) => return Ok(self.buf.get(..n).unwrap_or(&[])),
+                None => continue,
+            }
+        }
+    }
+}
+
+/// A new nfnetlink socket (not bound yet).
+fn netlink_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with constant arguments; the result is checked below.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            NETLINK_NETFILTER,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a socket we just created and nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Bind a netlink socket to a port the kernel chooses.
+fn bind_netlink(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let addr = kernel_addr();
+    // SAFETY: `addr` is a valid sockaddr_nl and the length is its size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const addr).cast::<libc::sockaddr>(),
+            mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_int_opt(fd: BorrowedFd<'_>, level: c_int, name: c_int, value: c_int) -> io::Result<()> {
+    // SAFETY: `value` is a valid c_int for the duration of the call and the length is its
+    // size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast::<libc::c_void>(),
+            mem::size_of::<c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Send one datagram to the kernel, whole.
+fn send_to_kernel(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
+    let addr = kernel_addr();
+    loop {
+        // SAFETY: `bytes` is valid for reads of its length, `addr` is a valid sockaddr_nl
+        // and the length is its size.
+        let n = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                bytes.as_ptr().cast::<libc::c_void>(),
+                bytes.len(),
+                0,
+                (&raw const addr).cast::<libc::sockaddr>(),
+                mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n as usize != bytes.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "netlink request sent in part",
+            ));
+        }
+        return Ok(());
+    }
+}
+
+/// Wait up to `timeout` (`None`: forever) for something to read. False when the time ran out
+/// or a signal interrupted the wait.
+fn poll_in(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid pollfd and the count says one.
+    let ready = unsafe { libc::poll(&mut pfd, 1, poll_timeout_ms(timeout)) };
+    if ready < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(e);
+    }
+    Ok(ready > 0)
+}
+
+/// `recvfrom(MSG_DONTWAIT | MSG_TRUNC)` into `storage`: the datagram's full length (more than
+/// `storage` when it was cut), or `None` when nothing waits or the sender is not the kernel
+/// (port 0: a privileged process writing to our port is not the kernel talking).
+fn recv_from_kernel(fd: BorrowedFd<'_>, storage: &mut [u8]) -> io::Result<Option<usize>> {
+    let mut from = kernel_addr();
+    let mut from_len = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+    // SAFETY: `storage` is valid for writes of its length; `from` and `from_len` are valid
+    // for writes and `from_len` is the size of `from`.
+    let n = unsafe {
+        libc::recvfrom(
+            fd.as_raw_fd(),
+            storage.as_mut_ptr().cast::<libc::c_void>(),
+            storage.len(),
+            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            (&raw mut from).cast::<libc::sockaddr>(),
+            &mut from_len,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => Ok(None),
+            _ => Err(e),
+        };
+    }
+    if from.nl_pid != 0 {
+        return Ok(None);
+    }
+    Ok(Some(n as usize))
+}
+
 /// The kernel's netlink address (port 0), also our bind address (port chosen by the kernel).
 fn kernel_addr() -> libc::sockaddr_nl {
     // SAFETY: sockaddr_nl is a plain C struct for which all zeroes is a valid value.
@@ -724,7 +868,7 @@ fn kernel_addr() -> libc::sockaddr_nl {
 mod tests {
     use super::*;
     use crate::nfnl::testdata::*;
-    use crate::nfnl::wire::MsgError;
+    use crate::nfnl::wire::queue::MsgError;
 
     // ---- the early-packet stash (no kernel needed) ----
 

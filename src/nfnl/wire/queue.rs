@@ -1,21 +1,19 @@
-//! The nfnetlink_queue wire format, pure: the requests we encode and the messages the kernel
-//! sends us, as bytes in and values out.
+//! The nfnetlink_queue wire format: the packet messages the kernel sends (parsed into
+//! [`PacketMsg`]s and [`MsgError`]s by [`Messages`]), and the verdicts and configuration
+//! requests we send.
 //!
-//! [`Messages`] parses a received datagram into [`PacketMsg`]s and [`MsgError`]s; the request
-//! encoders fill fixed buffers. Every length is checked before it is used, so any byte string
-//! is safe to parse (the `nfnl` fuzz target feeds it garbage).
-//!
-//! It must never: make a system call, use `unsafe`, panic or assert on what the kernel sends,
-//! allocate per packet, or size anything from a number read off the wire.
+//! Pure like all of `wire`: no system calls, no `unsafe`, no panics on what the kernel sends,
+//! no allocation per packet.
 
 use std::fmt;
 use std::io;
 
-use super::abi::*;
+use super::{Attrs, FrameError, Request, be32, error_code, next_frame};
+use crate::nfnl::abi::*;
 
 /// Room for everything but the payload in a packet message: nlmsghdr, nfgenmsg and every
 /// attribute the kernel sends with our flags (about 250 bytes), with a wide margin.
-pub(super) const METADATA_ROOM: usize = 4096;
+pub(crate) const METADATA_ROOM: usize = 4096;
 /// The flags this module manages (others are left as the kernel has them).
 const MANAGED_FLAGS: u32 =
     NFQA_CFG_F_FAIL_OPEN | NFQA_CFG_F_CONNTRACK | NFQA_CFG_F_GSO | NFQA_CFG_F_UID_GID;
@@ -281,7 +279,7 @@ impl RecvBuf {
     }
 
     /// A buffer of `bytes` bytes, rounded up to a multiple of 8.
-    pub(super) fn with_capacity(bytes: usize) -> RecvBuf {
+    pub(crate) fn with_capacity(bytes: usize) -> RecvBuf {
         RecvBuf {
             storage: vec![0u8; bytes.next_multiple_of(8)].into_boxed_slice(),
             len: 0,
@@ -290,13 +288,13 @@ impl RecvBuf {
     }
 
     /// The whole buffer, for the socket to receive into. Follow with [`RecvBuf::set_received`].
-    pub(super) fn storage_mut(&mut self) -> &mut [u8] {
+    pub(crate) fn storage_mut(&mut self) -> &mut [u8] {
         &mut self.storage
     }
 
     /// The socket received a datagram of `datagram_len` bytes into the storage (cut to the
     /// capacity when larger).
-    pub(super) fn set_received(&mut self, datagram_len: usize) -> usize {
+    pub(crate) fn set_received(&mut self, datagram_len: usize) -> usize {
         self.len = datagram_len.min(self.capacity());
         self.truncated = datagram_len > self.len;
         self.len
@@ -323,13 +321,13 @@ impl RecvBuf {
         Messages::new(self.as_bytes())
     }
 
-    pub(super) fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.len = 0;
         self.truncated = false;
     }
 
     /// Hold a copy of `datagram`, cut to the capacity.
-    pub(super) fn fill_from(&mut self, datagram: &[u8]) -> usize {
+    pub(crate) fn fill_from(&mut self, datagram: &[u8]) -> usize {
         let n = datagram.len().min(self.capacity());
         if let (Some(dst), Some(src)) = (self.storage.get_mut(..n), datagram.get(..n)) {
             dst.copy_from_slice(src);
@@ -370,7 +368,7 @@ impl<'a> Iterator for Messages<'a> {
         loop {
             let frame = match next_frame(&mut self.rest)? {
                 Ok(frame) => frame,
-                Err(e) => return Some(Err(e)),
+                Err(e) => return Some(Err(frame_error(e))),
             };
             match frame.msg_type {
                 NLMSG_NOOP => continue,
@@ -400,100 +398,6 @@ impl<'a> Iterator for Messages<'a> {
     }
 }
 
-/// One framed netlink message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Frame<'a> {
-    msg_type: u16,
-    seq: u32,
-    /// Everything after the nlmsghdr, up to `nlmsg_len`.
-    body: &'a [u8],
-}
-
-/// Split the next message off `rest`. After a framing error `rest` is emptied: nothing after a
-/// bad length can be trusted.
-fn next_frame<'a>(rest: &mut &'a [u8]) -> Option<Result<Frame<'a>, MsgError>> {
-    let buf = *rest;
-    if buf.is_empty() {
-        return None;
-    }
-    let Some((hdr, _)) = buf.split_first_chunk::<NLMSG_HDRLEN>() else {
-        *rest = &[];
-        return Some(Err(MsgError::Truncated { id: None }));
-    };
-    let &[l0, l1, l2, l3, t0, t1, _, _, s0, s1, s2, s3, _, _, _, _] = hdr;
-    let len = u32::from_ne_bytes([l0, l1, l2, l3]) as usize;
-    let msg_type = u16::from_ne_bytes([t0, t1]);
-    let seq = u32::from_ne_bytes([s0, s1, s2, s3]);
-    if len < NLMSG_HDRLEN {
-        *rest = &[];
-        return Some(Err(MsgError::Malformed {
-            id: None,
-            reason: "netlink message length shorter than its header",
-        }));
-    }
-    let Some(msg) = buf.get(..len) else {
-        *rest = &[];
-        let id = match msg_type {
-            PACKET_MSG_TYPE => buf.get(NLMSG_HDRLEN..).and_then(peek_packet_id),
-            _ => None,
-        };
-        return Some(Err(MsgError::Truncated { id }));
-    };
-    *rest = len
-        .checked_next_multiple_of(NL_ALIGNTO)
-        .and_then(|next| buf.get(next..))
-        .unwrap_or(&[]);
-    Some(Ok(Frame {
-        msg_type,
-        seq,
-        body: msg.get(NLMSG_HDRLEN..).unwrap_or(&[]),
-    }))
-}
-
-/// The errno of an `NLMSG_ERROR` body (0 for an acknowledgement), positive.
-fn error_code(body: &[u8]) -> Option<i32> {
-    let code = i32::from_ne_bytes(*body.first_chunk::<4>()?);
-    Some(code.saturating_neg())
-}
-
-/// The attributes of a message body: `(type without flag bits, value)`, or why the framing is
-/// broken (which ends the iteration).
-struct Attrs<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Iterator for Attrs<'a> {
-    type Item = Result<(u16, &'a [u8]), &'static str>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let buf = self.rest;
-        if buf.is_empty() {
-            return None;
-        }
-        self.rest = &[];
-        let Some(&[l0, l1, t0, t1]) = buf.first_chunk::<NLA_HDRLEN>() else {
-            return Some(Err("attribute header cut short"));
-        };
-        let len = usize::from(u16::from_ne_bytes([l0, l1]));
-        let attr_type = u16::from_ne_bytes([t0, t1]) & NLA_TYPE_MASK;
-        if len < NLA_HDRLEN {
-            return Some(Err("attribute length shorter than its header"));
-        }
-        let Some(attr) = buf.get(..len) else {
-            return Some(Err("attribute runs past the end of its message"));
-        };
-        self.rest = len
-            .checked_next_multiple_of(NL_ALIGNTO)
-            .and_then(|next| buf.get(next..))
-            .unwrap_or(&[]);
-        Some(Ok((attr_type, attr.get(NLA_HDRLEN..).unwrap_or(&[]))))
-    }
-}
-
-fn be32(value: &[u8]) -> Option<u32> {
-    value.first_chunk::<4>().map(|b| u32::from_be_bytes(*b))
-}
-
 /// Store a be32 attribute value in `slot`; `Some(reason)` when the value is too short.
 fn read_into(slot: &mut u32, value: &[u8], reason: &'static str) -> Option<&'static str> {
     match be32(value) {
@@ -513,6 +417,26 @@ fn read_some(slot: &mut Option<u32>, value: &[u8], reason: &'static str) -> Opti
             None
         }
         None => Some(reason),
+    }
+}
+
+/// A framing error in the terms of the queue: a cut packet message still names its packet
+/// when its header attribute arrived.
+fn frame_error(e: FrameError<'_>) -> MsgError {
+    match e {
+        FrameError::HeaderCut => MsgError::Truncated { id: None },
+        FrameError::LengthBelowHeader => MsgError::Malformed {
+            id: None,
+            reason: "netlink message length shorter than its header",
+        },
+        FrameError::Truncated {
+            msg_type,
+            partial_body,
+        } => MsgError::Truncated {
+            id: (msg_type == PACKET_MSG_TYPE)
+                .then(|| peek_packet_id(partial_body))
+                .flatten(),
+        },
     }
 }
 
@@ -545,7 +469,7 @@ fn parse_packet(body: &[u8]) -> Result<PacketMsg<'_>, MsgError> {
     // The first problem found. A value of the wrong size does not stop the scan (the packet
     // header may still follow, and with it the id the caller needs); broken framing does.
     let mut problem = None;
-    for attr in (Attrs { rest: attrs }) {
+    for attr in Attrs::new(attrs) {
         let (attr_type, value) = match attr {
             Ok(attr) => attr,
             Err(reason) => {
@@ -634,7 +558,7 @@ fn parse_packet(body: &[u8]) -> Result<PacketMsg<'_>, MsgError> {
 /// are skipped. A value of the wrong size or broken framing is an error.
 fn parse_ct(nested: &[u8]) -> Result<Ct, &'static str> {
     let mut ct = Ct::default();
-    for attr in (Attrs { rest: nested }) {
+    for attr in Attrs::new(nested) {
         let (attr_type, value) = attr?;
         match attr_type {
             CTA_MARK => ct.mark = be32(value).ok_or("conntrack mark shorter than 4 bytes")?,
@@ -673,114 +597,37 @@ fn peek_packet_id(partial_body: &[u8]) -> Option<u32> {
 }
 
 /// What a datagram received while waiting for the acknowledgement of request `seq` holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(super) struct AckScan {
-    /// The answer to our request: 0 = acknowledged, else the errno.
-    pub(super) ack: Option<i32>,
-    /// Something else the caller must see (packets, errors for other requests, garbage).
-    pub(super) other: bool,
-}
-
-pub(super) fn scan_for_ack(datagram: &[u8], seq: u32) -> AckScan {
-    let mut scan = AckScan::default();
-    let mut rest = datagram;
-    while let Some(frame) = next_frame(&mut rest) {
-        match frame {
-            Ok(Frame {
-                msg_type: NLMSG_ERROR,
-                seq: s,
-                body,
-            }) => match error_code(body) {
-                Some(code) if s == seq => scan.ack = Some(code),
-                // A late acknowledgement of an earlier request: nothing to tell anyone.
-                Some(0) => {}
-                _ => scan.other = true,
-            },
-            Ok(Frame {
-                msg_type: NLMSG_NOOP | NLMSG_DONE,
-                ..
-            }) => {}
-            Ok(_) | Err(_) => scan.other = true,
-        }
-    }
-    scan
-}
-
 // ---------------------------------------------------------------------------------------------
 // Requests (encoding into fixed buffers).
 // ---------------------------------------------------------------------------------------------
 
-/// Room for the largest request we send (a verdict with a mark is 40 bytes).
-const REQUEST_CAP: usize = 64;
+/// Room for the largest request the queue sends (a verdict with a mark is 40 bytes).
+pub(crate) const REQUEST_CAP: usize = 64;
 
-/// One request to the kernel, encoded in place: verdicts go out per packet, without allocating.
-#[derive(Clone, Copy)]
-pub(super) struct Request {
-    buf: [u8; REQUEST_CAP],
-    len: usize,
+/// A request to the queue subsystem.
+pub(crate) type QueueRequest = Request<REQUEST_CAP>;
+
+/// nlmsghdr + nfgenmsg of a request about queue `queue`.
+fn queue_request(msg_type: u16, flags: u16, seq: u32, queue: u16) -> QueueRequest {
+    Request::new(
+        NFNL_SUBSYS_QUEUE,
+        msg_type,
+        flags,
+        seq,
+        libc::AF_UNSPEC as u8,
+        queue,
+    )
 }
 
-impl Request {
-    /// nlmsghdr + nfgenmsg for queue `queue`.
-    fn new(msg_type: u16, flags: u16, seq: u32, queue: u16) -> Request {
-        let mut req = Request {
-            buf: [0; REQUEST_CAP],
-            len: 0,
-        };
-        req.put(&0u32.to_ne_bytes()); // nlmsg_len, set by `bytes`
-        req.put(&((NFNL_SUBSYS_QUEUE << 8) | msg_type).to_ne_bytes());
-        req.put(&(flags | NLM_F_REQUEST).to_ne_bytes());
-        req.put(&seq.to_ne_bytes());
-        req.put(&0u32.to_ne_bytes()); // nlmsg_pid: the kernel knows our port
-        req.put(&[libc::AF_UNSPEC as u8, NFNETLINK_V0]);
-        req.put(&queue.to_be_bytes());
-        req
-    }
-
-    /// Append bytes. Past the capacity nothing is written and `bytes` reports the overflow.
-    fn put(&mut self, bytes: &[u8]) {
-        let end = self.len.saturating_add(bytes.len());
-        if let Some(dst) = self.buf.get_mut(self.len..end) {
-            dst.copy_from_slice(bytes);
-        }
-        self.len = end;
-    }
-
-    /// Append one attribute, padded to 4 bytes.
-    fn attr(&mut self, attr_type: u16, value: &[u8]) {
-        let len = u16::try_from(NLA_HDRLEN + value.len()).unwrap_or(u16::MAX);
-        self.put(&len.to_ne_bytes());
-        self.put(&attr_type.to_ne_bytes());
-        self.put(value);
-        while !self.len.is_multiple_of(NL_ALIGNTO) {
-            self.put(&[0]);
-        }
-    }
-
-    /// The finished message, its length field set.
-    pub(super) fn bytes(&mut self) -> io::Result<&[u8]> {
-        let len = u32::try_from(self.len).unwrap_or(u32::MAX);
-        if let Some(field) = self.buf.get_mut(..4) {
-            field.copy_from_slice(&len.to_ne_bytes());
-        }
-        self.buf.get(..self.len).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "netlink request larger than its buffer",
-            )
-        })
-    }
-}
-
-pub(super) fn encode_verdict(
+pub(crate) fn encode_verdict(
     msg_type: u16,
     seq: u32,
     queue: u16,
     id: u32,
     verdict: Verdict,
     mark: Option<u32>,
-) -> Request {
-    let mut req = Request::new(msg_type, 0, seq, queue);
+) -> QueueRequest {
+    let mut req = queue_request(msg_type, 0, seq, queue);
     let [v0, v1, v2, v3] = verdict.to_kernel().to_be_bytes();
     let [i0, i1, i2, i3] = id.to_be_bytes();
     req.attr(NFQA_VERDICT_HDR, &[v0, v1, v2, v3, i0, i1, i2, i3]);
@@ -794,7 +641,7 @@ pub(super) fn encode_verdict(
 /// batch verdicts, in the order they must take effect.
 #[derive(Debug, Default)]
 pub struct Verdicts {
-    pub(super) bytes: Vec<u8>,
+    pub(crate) bytes: Vec<u8>,
     seq: u32,
 }
 
@@ -847,7 +694,7 @@ impl Verdicts {
 
 /// The configuration requests [`Socket`] sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ConfigMsg {
+pub(crate) enum ConfigMsg {
     /// `NFQA_CFG_CMD`: bind, unbind, (obsolete) pf bind.
     Command { command: u8, pf: u16 },
     /// `NFQA_CFG_PARAMS` with `NFQNL_COPY_PACKET`.
@@ -858,9 +705,9 @@ pub(super) enum ConfigMsg {
     Flags { flags: u32, mask: u32 },
 }
 
-pub(super) fn encode_config(seq: u32, queue: u16, msg: ConfigMsg, ack: bool) -> Request {
+pub(crate) fn encode_config(seq: u32, queue: u16, msg: ConfigMsg, ack: bool) -> QueueRequest {
     let flags = if ack { NLM_F_ACK } else { 0 };
-    let mut req = Request::new(NFQNL_MSG_CONFIG, flags, seq, queue);
+    let mut req = queue_request(NFQNL_MSG_CONFIG, flags, seq, queue);
     match msg {
         ConfigMsg::Command { command, pf } => {
             let [p0, p1] = pf.to_be_bytes();
@@ -880,7 +727,7 @@ pub(super) fn encode_config(seq: u32, queue: u16, msg: ConfigMsg, ack: bool) -> 
 }
 
 /// The flags message for `cfg`: every flag we manage is set or cleared explicitly.
-pub(super) fn flags_for(cfg: &Config) -> ConfigMsg {
+pub(crate) fn flags_for(cfg: &Config) -> ConfigMsg {
     let mut flags = 0;
     if cfg.fail_open {
         flags |= NFQA_CFG_F_FAIL_OPEN;
@@ -904,6 +751,7 @@ pub(super) fn flags_for(cfg: &Config) -> ConfigMsg {
 mod tests {
     use super::*;
     use crate::nfnl::testdata::*;
+    use crate::nfnl::wire::{AckScan, scan_for_ack};
 
     // ---- parsing ----
 
@@ -1399,7 +1247,7 @@ mod tests {
 
     // ---- encoding ----
 
-    fn bytes(mut req: Request) -> Vec<u8> {
+    fn bytes(mut req: QueueRequest) -> Vec<u8> {
         req.bytes().expect("fits").to_vec()
     }
 
@@ -1573,7 +1421,7 @@ mod tests {
 
     #[test]
     fn request_overflow_is_an_error_not_a_panic() {
-        let mut req = Request::new(NFQNL_MSG_CONFIG, 0, 1, 0);
+        let mut req = queue_request(NFQNL_MSG_CONFIG, 0, 1, 0);
         req.attr(NFQA_PAYLOAD, &[0; REQUEST_CAP]);
         assert!(req.bytes().is_err());
     }
