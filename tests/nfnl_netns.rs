@@ -1333,3 +1333,157 @@ fn rule_counters_count_what_the_queue_never_saw() {
     let families: Vec<(u8, &str)> = after.iter().map(|r| (r.family, r.table.as_str())).collect();
     assert_eq!(families, [(2, "mangle"), (2, "raw"), (10, "mangle")]);
 }
+
+// ---- ctnetlink ----
+
+/// The tuple of the UDP flow from `tx` to 127.0.0.1:`port`.
+fn udp_tuple(tx: &UdpSocket, port: u16) -> nfqmark::nfnl::Tuple {
+    let src = tx.local_addr().expect("local address");
+    nfqmark::nfnl::Tuple {
+        src: src.ip(),
+        dst: Ipv4Addr::LOCALHOST.into(),
+        proto: 17,
+        src_port: src.port(),
+        dst_port: port,
+    }
+}
+
+/// Packets a rule whose listing contains `needle` counted, in `chain` of the mangle table.
+fn rule_packets(ns: &Netns, chain: &str, needle: &str) -> u64 {
+    let listing = ns.iptables(&["-L", chain, "-v", "-x", "-n"]);
+    let line = listing
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no rule with {needle:?} in:\n{listing}"));
+    line.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the packet count in {line:?}"))
+}
+
+#[test]
+fn ctnetlink_reads_and_sets_the_connection_mark_under_a_mask() {
+    if !root_or_skip() {
+        return;
+    }
+    use nfqmark::nfnl::{CtDirection, NfnlSocket, Tuple};
+    let port = 5340;
+    let ns = Netns::new("ctnl");
+    // Counts packets whose connection carries 0x1234; a connmark match also starts conntrack
+    // in the namespace.
+    ns.iptables(&[
+        "-A",
+        "POSTROUTING",
+        "-p",
+        "udp",
+        "--dport",
+        "5340",
+        "-m",
+        "connmark",
+        "--mark",
+        "0x1234",
+    ]);
+    let rx = ns.receiver(port);
+    let tx = udp_socket(&ns, Ipv4Addr::LOCALHOST, 0);
+    tx.send_to(b"one", (Ipv4Addr::LOCALHOST, port))
+        .expect("send");
+    assert_eq!(delivered(&rx), b"one");
+    assert_eq!(
+        rule_packets(&ns, "POSTROUTING", "connmark match"),
+        0,
+        "not marked yet"
+    );
+    let tuple = udp_tuple(&tx, port);
+    let reply = Tuple {
+        src: tuple.dst,
+        dst: tuple.src,
+        src_port: tuple.dst_port,
+        dst_port: tuple.src_port,
+        ..tuple
+    };
+    let nobody = Tuple {
+        src_port: 1,
+        ..tuple
+    };
+    let seen = ns.run_in(move || {
+        let mut sock = NfnlSocket::open()?;
+        let available = sock.conntrack_available()?;
+        let before = sock.conntrack_get(&tuple, CtDirection::Original, 0)?;
+        let set_low = sock.conntrack_set_mark(&tuple, CtDirection::Original, 0, 0x34, 0xff)?;
+        // Bits outside the mask (0x56) must not land.
+        let set_high = sock.conntrack_set_mark(&reply, CtDirection::Reply, 0, 0x1256, 0xff00)?;
+        let after = sock.conntrack_get(&reply, CtDirection::Reply, 0)?;
+        let missing = sock.conntrack_get(&nobody, CtDirection::Original, 0)?;
+        let set_missing = sock.conntrack_set_mark(&nobody, CtDirection::Original, 0, 1, 1)?;
+        Ok::<_, io::Error>((
+            available,
+            before,
+            set_low,
+            set_high,
+            after,
+            missing,
+            set_missing,
+        ))
+    });
+    let (available, before, set_low, set_high, after, missing, set_missing) =
+        seen.expect("ctnetlink");
+    assert!(available);
+    let before = before.expect("the flow's entry");
+    assert_eq!((before.mark, before.first()), (0, Some(false)));
+    assert!(set_low && set_high);
+    let after = after.expect("the same entry by its reply tuple");
+    assert_eq!(after.id, before.id);
+    assert_eq!(after.mark, 0x1234);
+    assert_eq!((missing, set_missing), (None, false));
+    // The kernel itself now sees the mark on the connection: the next packet matches.
+    tx.send_to(b"two", (Ipv4Addr::LOCALHOST, port))
+        .expect("send");
+    assert_eq!(delivered(&rx), b"two");
+    assert_eq!(rule_packets(&ns, "POSTROUTING", "connmark match"), 1);
+}
+
+#[test]
+fn ctnetlink_has_no_entry_while_the_first_packet_is_queued() {
+    if !root_or_skip() {
+        return;
+    }
+    use nfqmark::nfnl::{CtDirection, NfnlSocket};
+    let (port, queue) = (5341, 41);
+    let ns = Netns::new("ctfirst");
+    // The queue rule matches on conntrack state, which starts conntrack in the namespace.
+    ns.queue_rule(
+        port,
+        queue,
+        &["-m", "conntrack", "--ctstate", "NEW,ESTABLISHED"],
+    );
+    let rx = ns.receiver(port);
+    let tx = udp_socket(&ns, Ipv4Addr::LOCALHOST, 0);
+    let tuple = udp_tuple(&tx, port);
+    let server = ns.serve(config(queue), move |sock, buf| {
+        let mut ctnl = NfnlSocket::open().expect("ctnetlink socket");
+        let mut look = || {
+            ctnl.conntrack_get(&tuple, CtDirection::Original, 0)
+                .expect("ctnetlink get")
+        };
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let got = expect_packets(sock, buf, 1).remove(0);
+            seen.push(look());
+            sock.verdict(got.id, Verdict::Accept, None)
+                .expect("verdict");
+        }
+        seen
+    });
+    for payload in [&b"first"[..], b"second"] {
+        tx.send_to(payload, (Ipv4Addr::LOCALHOST, port))
+            .expect("send");
+        assert_eq!(delivered(&rx), payload);
+    }
+    let seen = join(server);
+    assert_eq!(
+        seen[0], None,
+        "first packet queued: the entry is not confirmed yet"
+    );
+    let second = seen[1].expect("confirmed once the first packet left");
+    assert_eq!(second.first(), Some(false));
+}

@@ -17,8 +17,11 @@
 //! - [`rules`]: `RuleSet::parse` on any text (every interface exists). Checks every diagnostic
 //!   has a place inside the text, a good set describes each rule, and evaluating it on sample
 //!   packets works.
-//! - [`nfnl`]: `nfnl::Messages` over a datagram. Checks the iteration advances and payloads lie
-//!   inside the datagram.
+//! - [`nfnl`]: the nfnetlink parsers over one datagram: `nfnl::Messages` (queued packets, with
+//!   their conntrack entry, checksum state and link-layer address), the nf_tables rule dump
+//!   reader and the ctnetlink answer reader. Checks the iteration advances, payloads lie inside
+//!   the datagram, a link-layer address is at most 8 bytes, and a dump yields at most one rule
+//!   per message.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
@@ -29,6 +32,7 @@ use nfqmark::engine::{self, EngineConfig, Tables};
 use nfqmark::fixtures;
 use nfqmark::flows::LearnConfig;
 use nfqmark::nfnl::Messages;
+use nfqmark::nfnl::wire::{ct, nft};
 use nfqmark::packet::{self, Proto};
 use nfqmark::pairing::PairingConfig;
 use nfqmark::rules::{Ctx, RuleSet};
@@ -386,8 +390,23 @@ pub fn rules(data: &[u8]) {
     }
 }
 
-/// Target `nfnl`: the nfnetlink_queue message parser over one received datagram.
+/// Target `nfnl`: the nfnetlink parsers over one received datagram (see the module header).
 pub fn nfnl(data: &[u8]) {
+    // The readers only look at messages answering their request: take the first message's
+    // sequence number as ours.
+    let seq = data
+        .get(8..12)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_ne_bytes);
+    let mut dump = nft::RuleDump::default();
+    let _ = dump.feed(data, seq);
+    assert!(dump.rules.len() <= data.len() / 16, "more rules than messages");
+    let _ = nft::packets_per_queue(&dump.rules);
+    let _ = ct::parse_answer(data, seq);
+    nfnl_queue(data);
+}
+
+fn nfnl_queue(data: &[u8]) {
     let mut items = 0usize;
     for item in Messages::new(data) {
         items += 1;
@@ -397,7 +416,15 @@ pub fn nfnl(data: &[u8]) {
             "the iteration does not advance"
         );
         match item {
-            Ok(msg) => assert!(within(data, msg.payload), "payload outside the datagram"),
+            Ok(msg) => {
+                assert!(within(data, msg.payload), "payload outside the datagram");
+                let _ = msg.checksum();
+                let _ = msg.ct.map(|c| c.first());
+                if let Some(hw) = msg.hwaddr {
+                    assert!(hw.as_bytes().len() <= 8, "link-layer address past 8 bytes");
+                    let _ = hw.mac();
+                }
+            }
             Err(e) => {
                 let _ = e.to_string();
                 let _ = e.packet_id();
@@ -480,6 +507,89 @@ pub fn nfnl_packet_message(id: u32, hook: u8, mark: u32, indev: u32, payload: &[
     msg
 }
 
+/// One netlink attribute, padded (host-order header).
+fn nl_attr(out: &mut Vec<u8>, attr_type: u16, value: &[u8]) {
+    out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+    out.extend_from_slice(&attr_type.to_ne_bytes());
+    out.extend_from_slice(value);
+    while !out.len().is_multiple_of(4) {
+        out.push(0);
+    }
+}
+
+/// One netlink message with sequence number 1.
+fn nl_msg(msg_type: u16, flags: u16, body: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(16 + body.len());
+    msg.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+    msg.extend_from_slice(&msg_type.to_ne_bytes());
+    msg.extend_from_slice(&flags.to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(body);
+    msg
+}
+
+/// An nf_tables rule dump as iptables-nft's `-m comment --comment nfqmark -j NFQUEUE
+/// --queue-num 3 --queue-bypass` comes back: the rule (comment match, counter, NFQUEUE
+/// target revision 3), then `NLMSG_DONE`.
+pub fn nft_rule_dump() -> Vec<u8> {
+    let expr = |name: &str, data: &[u8]| {
+        let mut e = Vec::new();
+        nl_attr(&mut e, 1, &[name.as_bytes(), &[0]].concat());
+        nl_attr(&mut e, 0x8000 | 2, data);
+        let mut elem = Vec::new();
+        nl_attr(&mut elem, 0x8000 | 1, &e);
+        elem
+    };
+    let xt = |name: &str, rev: u32, info: &[u8]| {
+        let mut d = Vec::new();
+        nl_attr(&mut d, 1, &[name.as_bytes(), &[0]].concat());
+        nl_attr(&mut d, 2, &rev.to_be_bytes());
+        nl_attr(&mut d, 3, info);
+        d
+    };
+    let mut comment = [0u8; 256];
+    comment[..7].copy_from_slice(b"nfqmark");
+    let mut counter = Vec::new();
+    nl_attr(&mut counter, 1, &9200u64.to_be_bytes());
+    nl_attr(&mut counter, 2, &100u64.to_be_bytes());
+    let mut nfqueue = Vec::new();
+    for v in [3u16, 1, 1, 0] {
+        nfqueue.extend_from_slice(&v.to_ne_bytes());
+    }
+    let mut exprs = expr("match", &xt("comment", 0, &comment));
+    exprs.extend(expr("counter", &counter));
+    exprs.extend(expr("target", &xt("NFQUEUE", 3, &nfqueue)));
+    let mut body = vec![AF_INET, 0, 0, 1];
+    nl_attr(&mut body, 1, b"mangle\0");
+    nl_attr(&mut body, 2, b"OUTPUT\0");
+    nl_attr(&mut body, 3, &2u64.to_be_bytes());
+    nl_attr(&mut body, 0x8000 | 4, &exprs);
+    let mut out = nl_msg(0x0a06, 0x2, &body);
+    out.extend(nl_msg(3, 0x2, &0i32.to_ne_bytes()));
+    out
+}
+
+/// A conntrack entry as ctnetlink answers a get: tuple, status (confirmed), mark, id.
+pub fn ct_entry() -> Vec<u8> {
+    let mut ip = Vec::new();
+    nl_attr(&mut ip, 1, &[198, 18, 0, 1]);
+    nl_attr(&mut ip, 2, &[198, 18, 0, 2]);
+    let mut proto = Vec::new();
+    nl_attr(&mut proto, 1, &[17]);
+    nl_attr(&mut proto, 2, &40000u16.to_be_bytes());
+    nl_attr(&mut proto, 3, &53u16.to_be_bytes());
+    let mut tuple = Vec::new();
+    nl_attr(&mut tuple, 0x8000 | 1, &ip);
+    nl_attr(&mut tuple, 0x8000 | 2, &proto);
+    let mut body = vec![AF_INET, 0, 0, 0];
+    nl_attr(&mut body, 0x8000 | 1, &tuple);
+    nl_attr(&mut body, 3, &0x8u32.to_be_bytes());
+    nl_attr(&mut body, 8, &0x1234u32.to_be_bytes());
+    nl_attr(&mut body, 12, &7u32.to_be_bytes());
+    nl_msg(0x0100, 0, &body)
+}
+
 /// `nfgenmsg.family` of an IPv4 packet.
 const AF_INET: u8 = 2;
 
@@ -529,12 +639,29 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         batch.extend_from_slice(&m);
     }
     out.push(("nfnl", "nfnl-batch".into(), batch));
+    out.push(("nfnl", "nft-rule-dump".into(), nft_rule_dump()));
+    out.push(("nfnl", "ct-entry".into(), ct_entry()));
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The nf_tables and ctnetlink seeds are what their readers expect (so the fuzzer starts
+    /// from messages that reach the interesting code).
+    #[test]
+    fn nfnl_seeds_parse_as_meant() {
+        let mut dump = nft::RuleDump::default();
+        dump.feed(&nft_rule_dump(), 1).expect("dump");
+        assert!(dump.done);
+        assert_eq!(dump.rules.len(), 1);
+        assert_eq!((dump.rules[0].queues.first, dump.rules[0].packets), (3, 100));
+        match ct::parse_answer(&ct_entry(), 1) {
+            Ok(ct::Answer::Entry(e)) => assert_eq!((e.mark, e.first()), (0x1234, Some(false))),
+            other => panic!("{other:?}"),
+        }
+    }
 
     /// The seeds run clean through their targets, and the packet seeds parse (so the corpus
     /// starts from real packets, not from bytes the parser rejects at once).
@@ -547,7 +674,9 @@ mod tests {
                 "rules" => rules(&input),
                 "nfnl" => {
                     nfnl(&input);
-                    assert!(Messages::new(&input).all(|m| m.is_ok()), "{name}");
+                    if name.starts_with("nfnl-") {
+                        assert!(Messages::new(&input).all(|m| m.is_ok()), "{name}");
+                    }
                 }
                 other => panic!("unknown target {other}"),
             }

@@ -133,7 +133,21 @@ pub const NF_REPEAT: u32 = 4;
 /// `nlmsg_type` of queued packets.
 pub const PACKET_MSG_TYPE: u16 = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET;
 
+// <linux/netfilter/nfnetlink.h>
+/// Subsystem id of ctnetlink (conntrack entries).
+pub const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+
+// <linux/netfilter/nfnetlink_conntrack.h>: message types (`enum cntl_msg_types`).
+/// Create or (without `NLM_F_CREATE`) update an entry; also the type of entries sent to us.
+pub const IPCTNL_MSG_CT_NEW: u16 = 0;
+/// Get one entry by tuple.
+pub const IPCTNL_MSG_CT_GET: u16 = 1;
+
 // <linux/netfilter/nfnetlink_conntrack.h>: attributes of a conntrack entry (`enum ctattr_type`).
+/// Nested `CTA_TUPLE_*`: the original direction's tuple.
+pub const CTA_TUPLE_ORIG: u16 = 1;
+/// Nested `CTA_TUPLE_*`: the reply direction's tuple.
+pub const CTA_TUPLE_REPLY: u16 = 2;
 /// be32 `IPS_*` status bits.
 pub const CTA_STATUS: u16 = 3;
 /// be32 connection mark.
@@ -142,6 +156,27 @@ pub const CTA_MARK: u16 = 8;
 pub const CTA_ID: u16 = 12;
 /// be16 conntrack zone, sent only when not the default zone 0.
 pub const CTA_ZONE: u16 = 18;
+/// be32 the bits of the mark a `CTA_MARK` update changes: `ctnetlink_change_mark` computes
+/// `(old & ~mask) ^ mark`, so the mark sent must have no bits outside the mask.
+pub const CTA_MARK_MASK: u16 = 21;
+/// `enum ctattr_tuple`: nested addresses.
+pub const CTA_TUPLE_IP: u16 = 1;
+/// `enum ctattr_tuple`: nested protocol and ports.
+pub const CTA_TUPLE_PROTO: u16 = 2;
+/// `enum ctattr_ip`: be32 IPv4 source.
+pub const CTA_IP_V4_SRC: u16 = 1;
+/// `enum ctattr_ip`: be32 IPv4 destination.
+pub const CTA_IP_V4_DST: u16 = 2;
+/// `enum ctattr_ip`: 16-byte IPv6 source.
+pub const CTA_IP_V6_SRC: u16 = 3;
+/// `enum ctattr_ip`: 16-byte IPv6 destination.
+pub const CTA_IP_V6_DST: u16 = 4;
+/// `enum ctattr_l4proto`: u8 IP protocol.
+pub const CTA_PROTO_NUM: u16 = 1;
+/// `enum ctattr_l4proto`: be16 source port.
+pub const CTA_PROTO_SRC_PORT: u16 = 2;
+/// `enum ctattr_l4proto`: be16 destination port.
+pub const CTA_PROTO_DST_PORT: u16 = 3;
 
 // <linux/netfilter/nf_conntrack_common.h>
 /// `IPS_CONFIRMED`: the entry is in the conntrack table; clear while its first packet is

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use libc::c_int;
 
 use super::abi::*;
+use super::wire::ct::{self, Answer, Ct, Direction as CtDirection, Tuple, TupleError};
 use super::wire::nft::{DUMPED_TABLES, DumpError, QueueRule, RuleDump, encode_rule_dump};
 use super::wire::queue::{
     Config, ConfigMsg, METADATA_ROOM, Messages, RecvBuf, Verdict, Verdicts, encode_config,
@@ -292,7 +293,7 @@ impl Socket {
     }
 
     /// Give packet `id` its verdict, with a new mark when `mark` is set. The kernel answers
-    /// only on failure, later, in the receive stream ([`MsgError::Netlink`]).
+    /// only on failure, later, in the receive stream ([`super::MsgError::Netlink`]).
     pub fn verdict(&self, id: u32, verdict: Verdict, mark: Option<u32>) -> io::Result<()> {
         let mut req = encode_verdict(
             NFQNL_MSG_VERDICT,
@@ -612,7 +613,8 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 const DUMP_TRIES: usize = 3;
 
 /// A netlink socket for nfnetlink requests that are not the queue's: nf_tables rule dumps
-/// ([`NfnlSocket::queue_rules`]). Blocking, each request bounded by a 5 s deadline; meant for
+/// ([`NfnlSocket::queue_rules`]) and conntrack entries by tuple ([`NfnlSocket::conntrack_get`],
+/// [`NfnlSocket::conntrack_set_mark`]). Blocking, each request bounded by a 5 s deadline; meant for
 /// a thread that is not on the packet path (it allocates, and a dump of a big ruleset takes
 /// milliseconds).
 pub struct NfnlSocket {
@@ -659,6 +661,88 @@ impl NfnlSocket {
             rules.extend(self.dump_rules(family, table)?);
         }
         Ok(rules)
+    }
+
+    /// The conntrack entry with this tuple (in `dir`) in zone `zone`; `None` when there is
+    /// none. A connection whose first packet is still queued has no entry yet: its entry is
+    /// confirmed (put in the table) when that packet leaves the last hook.
+    pub fn conntrack_get(
+        &mut self,
+        tuple: &Tuple,
+        dir: CtDirection,
+        zone: u16,
+    ) -> io::Result<Option<Ct>> {
+        let seq = self.next_seq();
+        let mut req = ct::encode_get(seq, tuple, dir, zone).map_err(tuple_error)?;
+        send_to_kernel(self.fd.as_fd(), req.bytes()?)?;
+        match self.ct_answer(seq)? {
+            Answer::Entry(ct) => Ok(Some(ct)),
+            Answer::Refused(libc::ENOENT) => Ok(None),
+            Answer::Refused(errno) => Err(io::Error::from_raw_os_error(errno)),
+            Answer::Done | Answer::Nothing => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "ctnetlink acknowledged a get without sending the entry",
+            )),
+        }
+    }
+
+    /// Set the bits under `mask` of the conntrack mark of the entry with this tuple to those
+    /// of `value`, keeping the others. False when there is no such entry (none, or not
+    /// confirmed yet: see [`NfnlSocket::conntrack_get`]).
+    pub fn conntrack_set_mark(
+        &mut self,
+        tuple: &Tuple,
+        dir: CtDirection,
+        zone: u16,
+        value: u32,
+        mask: u32,
+    ) -> io::Result<bool> {
+        let seq = self.next_seq();
+        let mut req =
+            ct::encode_set_mark(seq, tuple, dir, zone, value, mask).map_err(tuple_error)?;
+        send_to_kernel(self.fd.as_fd(), req.bytes()?)?;
+        match self.ct_answer(seq)? {
+            Answer::Done => Ok(true),
+            Answer::Refused(libc::ENOENT) => Ok(false),
+            Answer::Refused(errno) => Err(io::Error::from_raw_os_error(errno)),
+            Answer::Entry(_) | Answer::Nothing => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "ctnetlink answered a mark change with something else than an acknowledgement",
+            )),
+        }
+    }
+
+    /// Whether this kernel (and namespace) answers ctnetlink requests: a get for a tuple no
+    /// connection has must come back `ENOENT`. A kernel without ctnetlink refuses the
+    /// subsystem (`EINVAL` or `EOPNOTSUPP`); without `CAP_NET_ADMIN` it is `EPERM`.
+    pub fn conntrack_available(&mut self) -> io::Result<bool> {
+        let nobody = Tuple {
+            src: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            dst: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            proto: 17,
+            src_port: 0,
+            dst_port: 0,
+        };
+        match self.conntrack_get(&nobody, CtDirection::Original, 0) {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Wait for the answer to ctnetlink request `seq`.
+    fn ct_answer(&mut self, seq: u32) -> io::Result<Answer> {
+        let deadline = Instant::now() + CONTROL_TIMEOUT;
+        loop {
+            let datagram = self.recv_until(deadline)?;
+            match ct::parse_answer(datagram, seq) {
+                Ok(Answer::Nothing) => continue,
+                Ok(answer) => return Ok(answer),
+                Err(reason) => return Err(io::Error::new(io::ErrorKind::InvalidData, reason)),
+            }
+        }
     }
 
     /// One table's rules, dumped again when a change of the ruleset interrupted the dump.
@@ -717,6 +801,15 @@ impl NfnlSocket {
                 None => continue,
             }
         }
+    }
+}
+
+fn tuple_error(e: TupleError) -> io::Error {
+    match e {
+        TupleError::MixedFamilies => io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a conntrack tuple needs two IPv4 or two IPv6 addresses",
+        ),
     }
 }
 

@@ -1,9 +1,9 @@
 //! The nfnetlink wire format, pure: the requests we encode and the messages the kernel sends
 //! us, as bytes in and values out.
 //!
-//! This file holds what every subsystem shares: netlink framing ([`next_frame`]), attribute
-//! lists ([`Attrs`]), acknowledgements ([`scan_for_ack`]) and a request builder writing into a
-//! fixed buffer ([`Request`]). The subsystems each have a file: [`queue`] (nfnetlink_queue:
+//! This file holds what every subsystem shares: netlink framing (`next_frame`), attribute
+//! lists (`Attrs`), acknowledgements (`scan_for_ack`) and a request builder writing into a
+//! fixed buffer (`Request`). The subsystems each have a file: [`queue`] (nfnetlink_queue:
 //! packets, verdicts, configuration), [`nft`] (nf_tables rule dumps: the NFQUEUE rules' packet
 //! counters) and [`ct`] (ctnetlink: a conntrack entry by its tuple, its mark).
 //!
@@ -16,9 +16,9 @@ use std::io;
 
 use super::abi::*;
 
-pub(crate) mod ct;
-pub(crate) mod nft;
-pub(crate) mod queue;
+pub mod ct;
+pub mod nft;
+pub mod queue;
 
 /// One framed netlink message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -95,19 +95,19 @@ pub fn packets_per_queue(rules: &[QueueRule]) -> BTreeMap<QueueSpan, u64> {
 
 /// What the datagrams of a dump held, accumulated.
 #[derive(Debug, Default)]
-pub(crate) struct RuleDump {
+pub struct RuleDump {
     /// nfqmark's queue rules seen so far.
-    pub(crate) rules: Vec<QueueRule>,
+    pub rules: Vec<QueueRule>,
     /// `NLMSG_DONE` arrived: the dump is complete.
-    pub(crate) done: bool,
+    pub done: bool,
     /// The kernel flagged a message `NLM_F_DUMP_INTR`: the ruleset changed during the dump,
     /// which must be run again.
-    pub(crate) interrupted: bool,
+    pub interrupted: bool,
 }
 
 /// Why a dump failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DumpError {
+pub enum DumpError {
     /// The kernel refused the dump (`NLMSG_ERROR` with this errno).
     Kernel(i32),
     /// A message that is not what the kernel sends.
@@ -117,7 +117,7 @@ pub(crate) enum DumpError {
 impl RuleDump {
     /// Take in one datagram of the dump answering request `seq`. Messages for other requests
     /// are skipped.
-    pub(crate) fn feed(&mut self, datagram: &[u8], seq: u32) -> Result<(), DumpError> {
+    pub fn feed(&mut self, datagram: &[u8], seq: u32) -> Result<(), DumpError> {
         let mut rest = datagram;
         while let Some(frame) = next_frame(&mut rest) {
             let frame = frame.map_err(|e| {
@@ -246,25 +246,33 @@ fn parse_counter(data: &[u8]) -> Result<(u64, u64), &'static str> {
     Ok((packets, bytes))
 }
 
+/// An xtables compat match or target inside a rule.
+#[derive(Debug, Default)]
+struct Xt<'a> {
+    name: &'a [u8],
+    rev: Option<u32>,
+    info: &'a [u8],
+}
+
 /// The name, revision and info of an xtables compat match or target.
-fn xt_parts(data: &[u8]) -> Result<(&[u8], Option<u32>, &[u8]), &'static str> {
-    let (mut name, mut rev, mut info) = (&[][..], None, &[][..]);
+fn xt_parts(data: &[u8]) -> Result<Xt<'_>, &'static str> {
+    let mut xt = Xt::default();
     for attr in Attrs::new(data) {
         match attr? {
-            (NFTA_XT_NAME, v) => name = c_str(v),
-            (NFTA_XT_REV, v) => rev = Some(be32(v).ok_or("xt revision shorter than 4 bytes")?),
-            (NFTA_XT_INFO, v) => info = v,
+            (NFTA_XT_NAME, v) => xt.name = c_str(v),
+            (NFTA_XT_REV, v) => xt.rev = Some(be32(v).ok_or("xt revision shorter than 4 bytes")?),
+            (NFTA_XT_INFO, v) => xt.info = v,
             _ => {}
         }
     }
-    Ok((name, rev, info))
+    Ok(xt)
 }
 
 /// The queues of an xtables `NFQUEUE` target; `None` for any other target. The info structs
 /// (xt_NFQUEUE.h) are host-order u16s: revision 0 `queuenum`; 1-3 `queuenum, queues_total`
 /// (then `bypass` or `flags`).
 fn parse_xt_nfqueue(data: &[u8]) -> Result<Option<QueueSpan>, &'static str> {
-    let (name, rev, info) = xt_parts(data)?;
+    let Xt { name, rev, info } = xt_parts(data)?;
     if name != b"NFQUEUE" {
         return Ok(None);
     }
@@ -307,7 +315,7 @@ fn parse_queue_expr(data: &[u8]) -> Result<Option<QueueSpan>, &'static str> {
 
 /// The comment of an xtables `comment` match; `None` for any other match.
 fn parse_xt_comment(data: &[u8]) -> Result<Option<&[u8]>, &'static str> {
-    let (name, _, info) = xt_parts(data)?;
+    let Xt { name, info, .. } = xt_parts(data)?;
     if name != b"comment" {
         return Ok(None);
     }

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::io;
 
+use super::ct::{Ct, parse_ct};
 use super::{Attrs, FrameError, Request, be32, error_code, next_frame};
 use crate::nfnl::abi::*;
 
@@ -40,7 +41,7 @@ pub struct Config {
     pub uid_gid: bool,
     /// `NFQA_CFG_F_CONNTRACK`: report each packet's conntrack entry ([`PacketMsg::ct`]). A
     /// kernel without it (no `CONFIG_NETFILTER_NETLINK_GLUE_CT`) refuses the flag; then the
-    /// queue is bound without it ([`super::Socket::conntrack`] says which).
+    /// queue is bound without it ([`crate::nfnl::Socket::conntrack`] says which).
     pub conntrack: bool,
 }
 
@@ -130,30 +131,6 @@ pub enum ChecksumState {
     Verified,
     NotReady,
     NotVerified,
-}
-
-/// A packet's conntrack entry as `NFQA_CT` (nested `CTA_*`) and `NFQA_CT_INFO` describe it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Ct {
-    /// `CTA_MARK`, 0 when absent.
-    pub mark: u32,
-    /// `CTA_STATUS` (`IPS_*` bits), when sent.
-    pub status: Option<u32>,
-    /// `CTA_ID`, when sent.
-    pub id: Option<u32>,
-    /// `CTA_ZONE`, 0 (the default zone) when absent.
-    pub zone: u16,
-    /// `NFQA_CT_INFO`: `enum ip_conntrack_info` (0 established, 1 related, 2 new; +3 in the
-    /// reply direction), when sent.
-    pub info: Option<u32>,
-}
-
-impl Ct {
-    /// The entry is not in the conntrack table yet: this packet is its connection's first
-    /// (`IPS_CONFIRMED` clear). None when the status was not sent.
-    pub fn first(&self) -> Option<bool> {
-        self.status.map(|s| s & IPS_CONFIRMED == 0)
-    }
 }
 
 /// A link-layer address as `struct nfqnl_msg_packet_hw` carries it (up to 8 bytes).
@@ -554,30 +531,6 @@ fn parse_packet(body: &[u8]) -> Result<PacketMsg<'_>, MsgError> {
     }
 }
 
-/// The `CTA_*` attributes of `NFQA_CT` we use; others (tuples, timeout, protocol info, ...)
-/// are skipped. A value of the wrong size or broken framing is an error.
-fn parse_ct(nested: &[u8]) -> Result<Ct, &'static str> {
-    let mut ct = Ct::default();
-    for attr in Attrs::new(nested) {
-        let (attr_type, value) = attr?;
-        match attr_type {
-            CTA_MARK => ct.mark = be32(value).ok_or("conntrack mark shorter than 4 bytes")?,
-            CTA_STATUS => {
-                ct.status = Some(be32(value).ok_or("conntrack status shorter than 4 bytes")?)
-            }
-            CTA_ID => ct.id = Some(be32(value).ok_or("conntrack id shorter than 4 bytes")?),
-            CTA_ZONE => {
-                let zone = value
-                    .first_chunk::<2>()
-                    .ok_or("conntrack zone shorter than 2 bytes")?;
-                ct.zone = u16::from_be_bytes(*zone);
-            }
-            _ => {}
-        }
-    }
-    Ok(ct)
-}
-
 /// `struct nfqnl_msg_packet_hw`: be16 length, 2 bytes padding, 8 address bytes.
 fn parse_hwaddr(value: &[u8]) -> Option<HwAddr> {
     let raw = value.first_chunk::<NFQA_HWADDR_LEN>()?;
@@ -596,7 +549,6 @@ fn peek_packet_id(partial_body: &[u8]) -> Option<u32> {
     }
 }
 
-/// What a datagram received while waiting for the acknowledgement of request `seq` holds.
 // ---------------------------------------------------------------------------------------------
 // Requests (encoding into fixed buffers).
 // ---------------------------------------------------------------------------------------------
@@ -637,7 +589,7 @@ pub(crate) fn encode_verdict(
     req
 }
 
-/// Verdicts collected for one datagram ([`Socket::send_verdicts`]): per-packet verdicts and
+/// Verdicts collected for one datagram ([`crate::nfnl::Socket::send_verdicts`]): per-packet verdicts and
 /// batch verdicts, in the order they must take effect.
 #[derive(Debug, Default)]
 pub struct Verdicts {
