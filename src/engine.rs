@@ -26,7 +26,7 @@ use std::time::Instant;
 use crate::dns::{self, Dns, QKey};
 use crate::flows::{self, LearnConfig, Learned, Resolution};
 use crate::packet::{self, Packet, Proto};
-use crate::pairing::{Asker, FlowKey, Pairing, PairingConfig, UpstreamMatch};
+use crate::pairing::{Asker, ConnKey, FlowKey, Pairing, PairingConfig, UpstreamMatch};
 use crate::rules::{Ctx, RuleSet};
 use crate::types::{Checksum, Direction, Meta, Verdict, apply_mask};
 
@@ -161,7 +161,7 @@ pub enum Step {
     },
     /// The resolver opens a TCP connection to a DNS server.
     TcpOpen {
-        server: SocketAddr,
+        conn: ConnKey,
     },
     /// A query routed through this host.
     ForwardedQuery {
@@ -196,6 +196,9 @@ pub struct Plan {
     /// To or from a DNS port: a packet of a DNS connection.
     pub dns_port: bool,
     pub step: Step,
+    /// A packet this host sends on a DNS-over-TCP connection: the connection whose mark it
+    /// keeps (when the queue does not report the conntrack entry).
+    pub conn: Option<ConnKey>,
     /// The answer's names and addresses, read when a flow rule may learn from it (the answer
     /// is learned only if [`apply`] finds the query it answers).
     pub answer: Option<Resolution>,
@@ -209,6 +212,8 @@ pub struct Applied {
     pub carried: Option<u32>,
     /// The mark a flow rule gives this new flow (value already applied to the packet's mark).
     pub flow_mark: Option<u32>,
+    /// The mark the packet's DNS-over-TCP connection started with, when nfqmark saw it start.
+    pub conn_mark: Option<u32>,
     pub learned: u16,
 }
 
@@ -217,6 +222,7 @@ impl Applied {
         role: Role::NotPaired,
         carried: None,
         flow_mark: None,
+        conn_mark: None,
         learned: 0,
     };
 }
@@ -254,6 +260,7 @@ pub fn plan(config: &EngineConfig, rules: &RuleSet, meta: &Meta, bytes: &[u8]) -
                 pairing: false,
                 dns_port: false,
                 step: Step::None,
+                conn: None,
                 answer: None,
             };
         }
@@ -279,8 +286,20 @@ pub fn plan(config: &EngineConfig, rules: &RuleSet, meta: &Meta, bytes: &[u8]) -
         pairing: outcome.pairing,
         dns_port,
         step: Step::None,
+        conn: None,
         answer: None,
     };
+    if dns_port
+        && outcome.pairing
+        && packet.proto == Proto::Tcp
+        && meta.direction() == Direction::LocalOut
+        && meta.conn.is_none()
+    {
+        plan.conn = Some(ConnKey {
+            local: SocketAddr::new(packet.src, packet.sport),
+            remote: SocketAddr::new(packet.dst, packet.dport),
+        });
+    }
     if outcome.verdict == Verdict::Drop {
         return plan;
     }
@@ -307,8 +326,13 @@ pub fn plan(config: &EngineConfig, rules: &RuleSet, meta: &Meta, bytes: &[u8]) -
             && config.dns_ports.contains(&packet.dport) =>
         {
             plan.step = Step::TcpOpen {
-                server: SocketAddr::new(packet.dst, packet.dport),
+                conn: ConnKey {
+                    local: SocketAddr::new(packet.src, packet.sport),
+                    remote: SocketAddr::new(packet.dst, packet.dport),
+                },
             };
+            // The SYN starts the connection: no mark to keep yet.
+            plan.conn = None;
         }
         None if flow_rules
             && !config.dns_ports.contains(&packet.dport)
@@ -469,6 +493,14 @@ pub fn apply(
             via,
         } => {
             pairing.client_query(question, *asker, *mark, *via, now);
+            if *via == Proto::Tcp {
+                // The client's connection to the resolver: its answers keep this mark.
+                let conn = ConnKey {
+                    local: asker.server,
+                    remote: asker.client,
+                };
+                pairing.remember_conn(conn, *mark, now);
+            }
             applied.role = Role::ClientQuery;
         }
         Step::UpstreamQuery { question, flow } => {
@@ -500,8 +532,8 @@ pub fn apply(
                 learn_for = Some((asker.client.ip(), mark));
             }
         }
-        Step::TcpOpen { server } => {
-            let (ok, _, carried) = paired(pairing.tcp_open(*server, now));
+        Step::TcpOpen { conn } => {
+            let (ok, _, carried) = paired(pairing.tcp_open(*conn, now));
             applied.role = Role::TcpOpen { paired: ok };
             applied.carried = carried;
         }
@@ -526,6 +558,9 @@ pub fn apply(
                 applied.role = Role::FlowMarked;
             }
         }
+    }
+    if let Some(conn) = plan.conn {
+        applied.conn_mark = tables.pairing.conn_mark(conn, now);
     }
     if let (Some((client, client_mark)), Some(answer)) = (learn_for, plan.answer.as_ref()) {
         applied.learned = learn(rules, &mut tables.learned, client, client_mark, answer, now);
@@ -585,11 +620,18 @@ pub fn finish(meta: &Meta, plan: &Plan, applied: &Applied, mask: u32) -> Decisio
                 mark = apply_mask(mark, carried, mask);
             }
             // Any packet of a DNS connection that is not its first keeps the connection's
-            // mark under the mask: its route and NAT binding were chosen with it.
+            // mark under the mask: its route and NAT binding were chosen with it. The queue
+            // reports the connection's mark where the kernel can; else nfqmark remembers the
+            // marks of the TCP connections it saw start.
+            let conn_mark = meta
+                .conn
+                .filter(|c| !c.first)
+                .map(|c| c.mark)
+                .or(applied.conn_mark);
             if plan.dns_port
-                && let Some(conn) = meta.conn.filter(|c| !c.first)
+                && let Some(conn_mark) = conn_mark
             {
-                let kept = apply_mask(mark, conn.mark, mask);
+                let kept = apply_mask(mark, conn_mark, mask);
                 conflict = applied.carried.is_some() && kept != mark;
                 mark = kept;
             }
@@ -1775,6 +1817,38 @@ mod tests {
     }
 
     #[test]
+    fn without_conntrack_information_a_tcp_connection_keeps_the_mark_its_syn_took() {
+        // This kernel reports no conntrack entry with queued packets: nfqmark remembers the
+        // marks of the DNS-over-TCP connections it saw start.
+        let lab = Lab::new();
+        let tcp_client = Plan {
+            client_wire: Wire::Tcp,
+            ..Plan::v4()
+        };
+        lab.decide(Hook::Input, MARK, &tcp_client.client_query());
+        let syn = fixtures::tcp_syn(WAN4, RESOLVER_PORT, UPSTREAM4, 53);
+        assert_eq!(lab.decide(Hook::Output, 0, &syn).mark, Some(MARK));
+        let ack = fixtures::tcp(WAN4, RESOLVER_PORT, UPSTREAM4, 53, &[]);
+        let d = lab.decide(Hook::Output, 0, &ack);
+        assert_eq!((d.mark, d.role), (Some(MARK), Role::NotPaired));
+        // Another client's query on that connection keeps the connection's mark (counted).
+        let b = Plan {
+            client: CLIENT4B,
+            client_name: "b.example.com",
+            upstream_name: "b.example.com",
+            upstream_wire: Wire::Tcp,
+            ..Plan::v4()
+        };
+        lab.decide(Hook::Input, 0, &b.client_query());
+        let d = lab.decide(Hook::Output, 0, &b.upstream_query());
+        assert_eq!((d.mark, d.conflict), (Some(MARK), true));
+        // The client's own TCP connection to the resolver: the answer's bare ACKs keep the
+        // client's mark too.
+        let to_client = fixtures::tcp(LAN4, 53, CLIENT4, CLIENT_PORT, &[]);
+        assert_eq!(lab.decide(Hook::Output, 0, &to_client).mark, Some(MARK));
+    }
+
+    #[test]
     fn non_dns_packets_are_not_given_the_connections_mark() {
         let lab = Lab::new();
         let https = fixtures::tcp(CLIENT4, 40000, LAN4, 443, b"\x16\x03\x01");
@@ -2140,7 +2214,10 @@ mod tests {
                     0,
                     "packet {i}: bits outside the mask"
                 );
-                assert_ne!(d.role, Role::NotPaired, "packet {i}");
+                // A mark changes by pairing, or on a TCP packet of a DNS connection whose start
+                // nfqmark saw (it keeps the connection's mark).
+                let tcp = packet::parse(&bytes).is_ok_and(|p| p.proto == Proto::Tcp);
+                assert!(d.role != Role::NotPaired || tcp, "packet {i}: {d:?}");
             }
             let table = lab.table();
             assert!(table.client_len() <= lab.config.pairing.client_capacity);

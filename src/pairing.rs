@@ -70,6 +70,12 @@ pub const INTENT_WINDOW: Duration = Duration::from_secs(3);
 /// Most intents waiting at once (a resolver opens few TCP connections at a time).
 const INTENT_CAPACITY: usize = 4096;
 
+/// How long a DNS-over-TCP connection's mark is remembered after its last packet.
+pub const CONN_IDLE: Duration = Duration::from_secs(300);
+
+/// Most DNS-over-TCP connections remembered at once; the least recently used is forgotten.
+const CONN_CAPACITY: usize = 16_384;
+
 /// Sizes and timing of the tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PairingConfig {
@@ -153,6 +159,15 @@ pub struct Asker {
     pub client: SocketAddr,
     pub server: SocketAddr,
     pub id: u16,
+}
+
+/// A DNS-over-TCP connection of this host, from this host's side: the resolver's connection to
+/// a server (local = the resolver's address and port) or a client's connection to the resolver
+/// (local = the address and port the client connected to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
 }
 
 /// What the table says about an upstream query or a resolver's TCP connection.
@@ -239,6 +254,9 @@ pub struct Pairing {
     intents_by_server: HashMap<Option<SocketAddr>, VecDeque<Id>, RandomState>,
     forwarded: Lru<Forwarded>,
     forwarded_by_key: HashMap<(Asker, Proto), (Id, QKey), RandomState>,
+    /// The mark each DNS-over-TCP connection started with: its later packets keep it.
+    conns: Lru<(ConnKey, u32)>,
+    conn_by_key: HashMap<ConnKey, Id, RandomState>,
     next_claim: u64,
     pub counters: PairingCounters,
 }
@@ -256,6 +274,8 @@ impl Pairing {
             intents_by_server: HashMap::default(),
             forwarded: Lru::new(),
             forwarded_by_key: HashMap::default(),
+            conns: Lru::new(),
+            conn_by_key: HashMap::default(),
             next_claim: 0,
             counters: PairingCounters::default(),
         }
@@ -552,13 +572,22 @@ impl Pairing {
         Some(entry.mark)
     }
 
-    /// The resolver opens a TCP connection to `server` (its SYN): the mark of the oldest intent
-    /// for that server, else of the oldest intent for any server.
-    pub fn tcp_open(&mut self, server: SocketAddr, now: Instant) -> UpstreamMatch {
+    /// The resolver opens a TCP connection (its SYN, `key.remote` the server): the mark of the
+    /// oldest intent for that server, else of the oldest intent for any server. A SYN sent
+    /// again finds the mark its connection already has.
+    pub fn tcp_open(&mut self, key: ConnKey, now: Instant) -> UpstreamMatch {
         self.expire(now);
+        if let Some(mark) = self.conn_mark(key, now) {
+            return UpstreamMatch::Paired {
+                mark,
+                ambiguous: false,
+            };
+        }
+        let (conn, server) = (key, key.remote);
         for key in [Some(server), None] {
             if let Some((mark, ambiguous)) = self.claim_intent(key, now) {
                 self.counters.tcp_opened += 1;
+                self.remember_conn(conn, mark, now);
                 if ambiguous {
                     self.counters.tcp_ambiguous += 1;
                 }
@@ -640,6 +669,38 @@ impl Pairing {
         if let Some(id) = found {
             self.intents.remove(id);
         }
+    }
+
+    /// Remember the mark a DNS-over-TCP connection started with (its SYN's, or for a client's
+    /// connection to the resolver, its first query's). A connection already remembered keeps
+    /// its mark.
+    pub fn remember_conn(&mut self, key: ConnKey, mark: u32, now: Instant) {
+        if let Some(&id) = self.conn_by_key.get(&key) {
+            self.conns.touch(id, now);
+            return;
+        }
+        while self.conns.len() >= CONN_CAPACITY {
+            let Some((_, (old, _))) = self.conns.pop_oldest() else {
+                break;
+            };
+            self.conn_by_key.remove(&old);
+        }
+        if let Some(id) = self.conns.insert((key, mark), now) {
+            self.conn_by_key.insert(key, id);
+        }
+    }
+
+    /// The mark a DNS-over-TCP connection started with, if it is remembered.
+    pub fn conn_mark(&mut self, key: ConnKey, now: Instant) -> Option<u32> {
+        let id = *self.conn_by_key.get(&key)?;
+        let mark = self.conns.get(id)?.1;
+        self.conns.touch(id, now);
+        Some(mark)
+    }
+
+    /// Connections remembered now.
+    pub fn conn_len(&self) -> usize {
+        self.conns.len()
     }
 
     /// A DNS query routed through this host (client to a server elsewhere): remembered so that
@@ -744,6 +805,14 @@ impl Pairing {
                 break;
             };
             self.forwarded_by_key.remove(&f.key);
+        }
+        if let Some(idle) = now.checked_sub(CONN_IDLE) {
+            for _ in 0..EXPIRE_BUDGET {
+                let Some((_, (key, _))) = self.conns.pop_due(idle) else {
+                    break;
+                };
+                self.conn_by_key.remove(&key);
+            }
         }
         if let Some(intent_cutoff) = now.checked_sub(INTENT_WINDOW.min(self.config.window)) {
             for _ in 0..EXPIRE_BUDGET {
@@ -1661,6 +1730,14 @@ mod tests {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 53)), port)
     }
 
+    /// The resolver's `n`th TCP connection to `server`.
+    fn conn_to(server: SocketAddr, n: u16) -> ConnKey {
+        ConnKey {
+            local: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2)), 40_000 + n),
+            remote: server,
+        }
+    }
+
     #[test]
     fn truncated_answer_gives_the_resolvers_next_connection_to_that_server_the_clients_mark() {
         let t0 = Instant::now();
@@ -1672,10 +1749,16 @@ mod tests {
         assert_eq!(p.intent_len(), 1);
         // A connection to another server is not it.
         let other = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 54)), 53);
-        assert_eq!(p.tcp_open(other, t0 + 2 * MS), UpstreamMatch::Unpaired);
-        assert_eq!(p.tcp_open(upstream(53), t0 + 2 * MS), paired(137, false));
         assert_eq!(
-            p.tcp_open(upstream(53), t0 + 3 * MS),
+            p.tcp_open(conn_to(other, 1), t0 + 2 * MS),
+            UpstreamMatch::Unpaired
+        );
+        assert_eq!(
+            p.tcp_open(conn_to(upstream(53), 2), t0 + 2 * MS),
+            paired(137, false)
+        );
+        assert_eq!(
+            p.tcp_open(conn_to(upstream(53), 3), t0 + 3 * MS),
             UpstreamMatch::Unpaired
         );
         assert_eq!((p.counters.tcp_opened, p.counters.tcp_unpaired), (1, 2));
@@ -1687,7 +1770,10 @@ mod tests {
         let mut p = Pairing::new(config(16));
         let q = key("a.example");
         p.client_query(&q, ask(client(1, 1000), 1), 137, Proto::Tcp, t0);
-        assert_eq!(p.tcp_open(upstream(53), t0 + MS), paired(137, false));
+        assert_eq!(
+            p.tcp_open(conn_to(upstream(53), 4), t0 + MS),
+            paired(137, false)
+        );
     }
 
     #[test]
@@ -1700,7 +1786,7 @@ mod tests {
         p.upstream_query(&q, flow(3), t0 + MS);
         assert_eq!(p.intent_len(), 0);
         assert_eq!(
-            p.tcp_open(upstream(53), t0 + 2 * MS),
+            p.tcp_open(conn_to(upstream(53), 5), t0 + 2 * MS),
             UpstreamMatch::Unpaired
         );
     }
@@ -1723,8 +1809,14 @@ mod tests {
             Proto::Tcp,
             t0 + MS,
         );
-        assert_eq!(p.tcp_open(upstream(53), t0 + 2 * MS), paired(137, true));
-        assert_eq!(p.tcp_open(upstream(53), t0 + 3 * MS), paired(0, false));
+        assert_eq!(
+            p.tcp_open(conn_to(upstream(53), 6), t0 + 2 * MS),
+            paired(137, true)
+        );
+        assert_eq!(
+            p.tcp_open(conn_to(upstream(53), 7), t0 + 3 * MS),
+            paired(0, false)
+        );
         assert_eq!(p.counters.tcp_ambiguous, 1);
     }
 
@@ -1740,7 +1832,7 @@ mod tests {
             t0,
         );
         assert_eq!(
-            p.tcp_open(upstream(53), t0 + INTENT_WINDOW),
+            p.tcp_open(conn_to(upstream(53), 8), t0 + INTENT_WINDOW),
             UpstreamMatch::Unpaired
         );
     }
@@ -1769,5 +1861,34 @@ mod tests {
         );
         p.forwarded_query(&q, a, Proto::Udp, t0);
         assert!(!p.forwarded_answer(&q, a, Proto::Udp, t0 + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_connection_keeps_the_mark_its_syn_took() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        p.client_query(
+            &key("a.example"),
+            ask(client(1, 1000), 1),
+            137,
+            Proto::Tcp,
+            t0,
+        );
+        let c = conn_to(upstream(53), 1);
+        assert_eq!(p.tcp_open(c, t0 + MS), paired(137, false));
+        // The SYN sent again (lost, retransmitted) finds its connection, not another intent.
+        p.client_query(
+            &key("b.example"),
+            ask(client(2, 2000), 2),
+            0,
+            Proto::Tcp,
+            t0 + MS,
+        );
+        assert_eq!(p.tcp_open(c, t0 + 2 * MS), paired(137, false));
+        assert_eq!(p.conn_mark(c, t0 + 3 * MS), Some(137));
+        assert_eq!(p.intent_len(), 1, "B's intent is still waiting");
+        // Forgotten after it has been idle for a while.
+        p.expire(t0 + CONN_IDLE + 3 * MS);
+        assert_eq!(p.conn_mark(c, t0 + CONN_IDLE + 3 * MS), None);
     }
 }

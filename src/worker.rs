@@ -326,7 +326,8 @@ pub fn decide_locked(
     now: Instant,
 ) -> Decision {
     let plan = engine::plan(config, rules, meta, payload);
-    let applied = if plan.step == engine::Step::None && plan.answer.is_none() {
+    let applied = if plan.step == engine::Step::None && plan.answer.is_none() && plan.conn.is_none()
+    {
         engine::Applied::NOTHING
     } else {
         engine::apply(&plan, rules, &mut lock(tables), meta, now)
