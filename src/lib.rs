@@ -5,6 +5,7 @@
 //! returns decisions, and an edge (queue, worker) that talks to the kernel. Everything in the
 //! core is testable without root.
 
+pub mod bypass;
 pub mod checksum;
 pub mod cli;
 pub mod daemon;

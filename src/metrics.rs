@@ -137,6 +137,8 @@ pub struct Snapshot {
     pub rules_loaded: usize,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
+    /// Packets let past nfqmark's queues, when the queue rules' counters can be read.
+    pub bypassed: Option<u64>,
 }
 
 fn escape(label: &str) -> String {
@@ -280,6 +282,22 @@ pub fn render(s: &Snapshot) -> String {
             k.user_dropped,
         );
     }
+    o.family(
+        "nfqmark_bypassed_total",
+        "counter",
+        "Packets nfqmark's NFQUEUE rules sent that nfqmark never received (the kernel let them past, unmarked: fail-open or bypass); from the rules' counters.",
+    );
+    o.sample("nfqmark_bypassed_total", &[], s.bypassed.unwrap_or(0));
+    o.family(
+        "nfqmark_bypass_accounting",
+        "gauge",
+        "1 when the NFQUEUE rules' counters are read (nfqmark_bypassed_total is meaningful), else 0.",
+    );
+    o.sample(
+        "nfqmark_bypass_accounting",
+        &[],
+        u64::from(s.bypassed.is_some()),
+    );
     let p = &s.pairing;
     o.family("nfqmark_pairing_total", "counter", "DNS pairing outcomes.");
     for (outcome, v) in [

@@ -57,6 +57,11 @@ pub struct Shared {
     pub queues: Vec<QueueStats>,
     pub reloads_ok: Counter,
     pub reloads_failed: Counter,
+    /// Packets the kernel let past nfqmark's queues (fail-open, bypass), from the queue
+    /// rules' counters (see [`crate::bypass`]).
+    pub bypassed: Counter,
+    /// Whether those counters can be read (nfqmark's rules found, permission to read them).
+    pub bypass_known: AtomicBool,
     /// Set to ask the workers to finish.
     pub stop: AtomicBool,
 }
@@ -84,6 +89,8 @@ impl Shared {
                 .collect(),
             reloads_ok: Counter::default(),
             reloads_failed: Counter::default(),
+            bypassed: Counter::default(),
+            bypass_known: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         }
     }
@@ -160,6 +167,10 @@ impl Shared {
             rules_loaded: loaded.rules.len(),
             reloads_ok: self.reloads_ok.get(),
             reloads_failed: self.reloads_failed.get(),
+            bypassed: self
+                .bypass_known
+                .load(Ordering::Relaxed)
+                .then(|| self.bypassed.get()),
         }
     }
 }

@@ -965,8 +965,8 @@ fn metrics_endpoint_keeps_serving_under_a_tasks_limit() {
         "--rules".into(),
         rules.display().to_string(),
     ];
-    // main, signals, rules, metrics and the worker of the one queue.
-    const NEEDED: usize = 5;
+    // main, signals, rules, metrics, the bypass counter and the worker of the one queue.
+    const NEEDED: usize = 6;
 
     // Control: one task short. The queue below is not the world's, so nothing else is bound.
     cg.set_max(NEEDED - 1);
@@ -995,7 +995,7 @@ fn metrics_endpoint_keeps_serving_under_a_tasks_limit() {
     assert!(
         r.stderr.contains("cannot start the queue-12 thread")
             && r.stderr
-                .contains("nfqmark needs 5 threads with these options"),
+                .contains("nfqmark needs 6 threads with these options"),
         "{:?}",
         r.stderr
     );
@@ -1249,4 +1249,90 @@ fn bad_durations_and_rules_paths_are_refused_clearly() {
         "{log}"
     );
     assert_eq!(exit, Some(Exit::Code(0)), "{log}");
+}
+
+/// Sends `n` DNS queries from client B's namespace to the router's resolver address (the
+/// answers do not matter: the packets only need to reach the queue rules).
+fn send_queries_from_b(w: &World, label: &str, n: usize, gap: Duration) {
+    let names = names(Client::B, label, n);
+    let h = load::spawn_in(&w.b, "queries", move || {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        for (i, name) in names.iter().enumerate() {
+            let q = nfqmark::fixtures::dns_query(i as u16, name);
+            sock.send_to(&q, (lab::addr::ROUTER_B_V4, 53))?;
+            thread::sleep(gap);
+        }
+        Ok(())
+    })
+    .expect("start the sender");
+    load::join(h).expect("send the queries");
+}
+
+/// Packets the kernel lets past a full queue (fail-open) are invisible in /proc; nfqmark counts
+/// them from its NFQUEUE rules' own counters. Control: with nfqmark keeping up, the count stays
+/// 0. Then nfqmark is stopped (SIGSTOP) so its queue (8 packets long) fills, and 200 more
+/// queries pass unseen: the count rises by about that much, and a warning says so.
+#[test]
+fn packets_let_past_a_full_queue_are_counted_from_the_rules_counters() {
+    const PORT: u16 = 9141;
+    if !common::require_root("bypass") {
+        return;
+    }
+    let _turn = load_turn();
+    let mut w = world(
+        "bypass",
+        &["--queue-maxlen", "8", "--metrics", &PORT.to_string()],
+    );
+    w.start_nfqmark().expect("start nfqmark");
+    w.start_resolver(Family::V4).expect("start the resolver");
+    assert!(wait_healthy(&w, PORT), "no metrics endpoint");
+    // Control: a few queries, one at a time so the short queue keeps up; all received. The
+    // counters are read every 2 s.
+    send_queries_from_b(&w, "bypass-control", 20, Duration::from_millis(20));
+    thread::sleep(Duration::from_millis(2500));
+    let page = w.router_http_get(PORT, "/metrics").expect("scrape");
+    assert_eq!(metric(&page, "nfqmark_bypass_accounting"), 1, "{page}");
+    let before = metric(&page, "nfqmark_bypassed_total");
+    let saved = |tool: &str| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", w.router.name(), tool, "-c"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        before,
+        0,
+        "nothing was let past yet:\n{page}\n{}\n{}",
+        saved("iptables-save"),
+        saved("ip6tables-save")
+    );
+    // nfqmark stops taking packets: the queue fills, the rest passes unseen.
+    let nfq = pid(&w);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(nfq as i32, libc::SIGSTOP) };
+    send_queries_from_b(&w, "bypass-flood", 200, Duration::ZERO);
+    thread::sleep(Duration::from_millis(300));
+    // SAFETY: as above.
+    unsafe { libc::kill(nfq as i32, libc::SIGCONT) };
+    let mut after = 0;
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(500));
+        let page = w.router_http_get(PORT, "/metrics").expect("scrape");
+        after = metric(&page, "nfqmark_bypassed_total");
+        if after >= 700 {
+            break;
+        }
+    }
+    println!("bypassed: {before} before, {after} after 200 queries against a stopped nfqmark");
+    // Each of the 200 resolutions passes four queue rules (client query, upstream query,
+    // upstream answer, answer to the client), all let past while nfqmark is stopped, but for
+    // the 8 client queries that filled the queue: 4 x 192.
+    assert!((700..=800).contains(&after), "bypassed {after}");
+    assert!(
+        w.wait_log("passed queue(s)", 1, Duration::from_secs(3)),
+        "no warning:\n{}",
+        w.nfqmark_log()
+    );
 }
