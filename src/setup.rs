@@ -65,9 +65,9 @@ impl Plan {
     fn nft_queue(&self) -> String {
         let (a, b) = self.queues;
         if a == b {
-            format!("queue flags bypass to {a}")
+            format!("counter queue flags bypass to {a}")
         } else {
-            format!("queue flags bypass,fanout to {a}-{b}")
+            format!("counter queue flags bypass,fanout to {a}-{b}")
         }
     }
 
