@@ -12,7 +12,7 @@ use std::process::Command;
 use std::thread::sleep;
 use std::time::Duration;
 
-use nfqmark::lab::{self, Client, Family, Options, Resolver, World};
+use nfqmark::lab::{self, Client, Family, Opened, Options, Resolver, World};
 
 const RULES: &str = "\
 # Flows from clients in 198.18.1.0/24 to what *.video.nfqm.example resolves to: mark 0x20/0xff.
@@ -22,10 +22,6 @@ default accept
 
 fn ip(s: &str) -> std::net::IpAddr {
     s.parse().expect("address")
-}
-
-fn links(w: &World, client: &str, dst: &str, port: u16) -> Vec<String> {
-    w.sniffer.flow_links(ip(client), ip(dst), port)
 }
 
 /// The firewall rules `nfqmark setup --iptables ARGS --rules RULES` prints.
@@ -140,12 +136,15 @@ fn flows_to_resolved_addresses_get_the_rule_mark_until_the_ttl_passes() {
         "ip-198-18-9-81.video.nfqm.example",
         "198.18.9.81",
     );
-    w.connect_to(Client::A, ip("198.18.9.81"), 80)
+    let a_tcp = w
+        .connect_to(Client::A, ip("198.18.9.81"), 80)
         .expect("A connects");
-    w.udp_to(Client::A, ip("198.18.9.81"), 5000)
+    let a_udp = w
+        .udp_to(Client::A, ip("198.18.9.81"), 5000)
         .expect("A sends UDP");
     // Client B never resolved it (and no flow rule names B): not marked.
-    w.connect_to(Client::B, ip("198.18.9.81"), 80)
+    let b_tcp = w
+        .connect_to(Client::B, ip("198.18.9.81"), 80)
         .expect("B connects");
     // A name no rule names: not marked.
     dig(
@@ -153,7 +152,8 @@ fn flows_to_resolved_addresses_get_the_rule_mark_until_the_ttl_passes() {
         "ip-198-18-9-82.other.nfqm.example",
         "198.18.9.82",
     );
-    w.connect_to(Client::A, ip("198.18.9.82"), 80)
+    let a_other = w
+        .connect_to(Client::A, ip("198.18.9.82"), 80)
         .expect("A connects");
     // An alias of a named name: the addresses at the end of the CNAME chain are marked.
     dig(
@@ -161,7 +161,8 @@ fn flows_to_resolved_addresses_get_the_rule_mark_until_the_ttl_passes() {
         "alias-ip-198-18-9-83.video.nfqm.example",
         "198.18.9.83",
     );
-    w.connect_to(Client::A, ip("198.18.9.83"), 80)
+    let a_alias = w
+        .connect_to(Client::A, ip("198.18.9.83"), 80)
         .expect("A connects");
     // A 2-second TTL: marked now, not after it passed.
     dig(
@@ -169,51 +170,24 @@ fn flows_to_resolved_addresses_get_the_rule_mark_until_the_ttl_passes() {
         "ip-198-18-9-84.ttl-2.video.nfqm.example",
         "198.18.9.84",
     );
-    w.connect_to(Client::A, ip("198.18.9.84"), 80)
+    let a_ttl = w
+        .connect_to(Client::A, ip("198.18.9.84"), 80)
         .expect("A connects");
     sleep(Duration::from_millis(3200));
-    w.connect_to(Client::A, ip("198.18.9.84"), 443)
+    let a_expired = w
+        .connect_to(Client::A, ip("198.18.9.84"), 443)
         .expect("A connects after the TTL");
     sleep(Duration::from_millis(200));
 
-    let a = lab::addr::A_V4;
-    let b = lab::addr::B_V4;
+    let links = |f: &Opened| w.flow_links(f);
     let results = [
-        (
-            "A tcp to resolved name",
-            links(&w, a, "198.18.9.81", 80),
-            "link2",
-        ),
-        (
-            "A udp to resolved name",
-            links(&w, a, "198.18.9.81", 5000),
-            "link2",
-        ),
-        (
-            "B tcp, never resolved",
-            links(&w, b, "198.18.9.81", 80),
-            "link1",
-        ),
-        (
-            "A tcp, name not in a rule",
-            links(&w, a, "198.18.9.82", 80),
-            "link1",
-        ),
-        (
-            "A tcp to a CNAME's address",
-            links(&w, a, "198.18.9.83", 80),
-            "link2",
-        ),
-        (
-            "A tcp within the TTL",
-            links(&w, a, "198.18.9.84", 80),
-            "link2",
-        ),
-        (
-            "A tcp after the TTL",
-            links(&w, a, "198.18.9.84", 443),
-            "link1",
-        ),
+        ("A tcp to resolved name", links(&a_tcp), "link2"),
+        ("A udp to resolved name", links(&a_udp), "link2"),
+        ("B tcp, never resolved", links(&b_tcp), "link1"),
+        ("A tcp, name not in a rule", links(&a_other), "link1"),
+        ("A tcp to a CNAME's address", links(&a_alias), "link2"),
+        ("A tcp within the TTL", links(&a_ttl), "link2"),
+        ("A tcp after the TTL", links(&a_expired), "link1"),
     ];
     let log = w.stop_nfqmark();
     println!("{log}");
@@ -260,25 +234,20 @@ fn ipv6_flows_to_resolved_addresses_get_the_rule_mark() {
 
     // A matching name, resolved by client A: its TCP and UDP flows are marked.
     dig("ip6-2001-db8-9--81.video.nfqm.example", named);
-    w.connect_to(Client::A, ip(named), 80).expect("A connects");
-    w.udp_to(Client::A, ip(named), 5000).expect("A sends UDP");
+    let a_tcp = w.connect_to(Client::A, ip(named), 80).expect("A connects");
+    let a_udp = w.udp_to(Client::A, ip(named), 5000).expect("A sends UDP");
     // Client B never resolved it (and no flow rule names B): not marked.
-    w.connect_to(Client::B, ip(named), 80).expect("B connects");
+    let b_tcp = w.connect_to(Client::B, ip(named), 80).expect("B connects");
     // A name no rule names: not marked.
     dig("ip6-2001-db8-9--82.other.nfqm.example", other);
-    w.connect_to(Client::A, ip(other), 80).expect("A connects");
+    let a_other = w.connect_to(Client::A, ip(other), 80).expect("A connects");
     sleep(Duration::from_millis(200));
 
-    let (a, b) = (lab::addr::A_V6, lab::addr::B_V6);
     let results = [
-        ("A tcp to resolved name", links(&w, a, named, 80), "link2"),
-        ("A udp to resolved name", links(&w, a, named, 5000), "link2"),
-        ("B tcp, never resolved", links(&w, b, named, 80), "link1"),
-        (
-            "A tcp, name not in a rule",
-            links(&w, a, other, 80),
-            "link1",
-        ),
+        ("A tcp to resolved name", w.flow_links(&a_tcp), "link2"),
+        ("A udp to resolved name", w.flow_links(&a_udp), "link2"),
+        ("B tcp, never resolved", w.flow_links(&b_tcp), "link1"),
+        ("A tcp, name not in a rule", w.flow_links(&a_other), "link1"),
     ];
     let log = w.stop_nfqmark();
     println!("{log}");

@@ -19,10 +19,6 @@ fn world(tag: &str, rules: &str) -> World {
     world
 }
 
-fn ip(s: &str) -> std::net::IpAddr {
-    s.parse().expect("address")
-}
-
 #[test]
 fn lartc_mail_leaves_via_the_cheap_link() {
     if !common::require_root("lartc") {
@@ -64,16 +60,24 @@ fn lartc_mail_leaves_via_the_cheap_link() {
     )
     .expect("queue new TCP flows");
     w.start_nfqmark().expect("start nfqmark");
+    let mut opened = Vec::new();
     for port in [25, 80, 25, 443] {
-        w.connect(Client::B, Family::V4, port)
-            .unwrap_or_else(|e| panic!("connect to port {port}: {e}"));
+        opened.push(
+            w.connect(Client::B, Family::V4, port)
+                .unwrap_or_else(|e| panic!("connect to port {port}: {e}")),
+        );
     }
     std::thread::sleep(Duration::from_millis(200));
-    let service = ip(lab::addr::SERVICE_V4);
-    let b = ip(lab::addr::B_V4);
-    let mail = w.sniffer.flow_links(b, service, 25);
-    let web = w.sniffer.flow_links(b, service, 80);
-    let tls = w.sniffer.flow_links(b, service, 443);
+    let links = |port: u16| -> Vec<String> {
+        opened
+            .iter()
+            .filter(|f| f.to.port() == port)
+            .flat_map(|f| w.flow_links(f))
+            .collect()
+    };
+    let mail = links(25);
+    let web = links(80);
+    let tls = links(443);
     let log = w.stop_nfqmark();
     println!("port 25 via {mail:?}, port 80 via {web:?}, port 443 via {tls:?}\n{log}");
     assert!(

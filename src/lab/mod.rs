@@ -1,35 +1,52 @@
 //! The lab: a small network of namespaces where nfqmark does its job for real. The end-to-end
-//! tests and `nfqmark demo` both build it here (one implementation).
+//! tests, `nfqmark demo` and the end-to-end benchmark all build it here (one implementation).
 //!
 //! ```text
-//!   client A (198.18.1.2, 2001:db8:1::2) ─┐                      ┌─ link1 "fast" ─┐
-//!                                          ├─ router (resolver, ─┤                ├─ upstream DNS
-//!   client B (198.18.2.2, 2001:db8:2::2) ─┘   nfqmark)           └─ link2 "cheap" ┘  198.18.9.53
-//!                                                                                    2001:db8:9::53
+//!   client A (198.18.1.2, 2001:db8:1::2) ─┐                     ┌─ link1 "fast"  198.18.3.0/24 ─┐
+//!                                          ├─ router (resolver, ┤   MASQUERADE   2001:db8:3::/64 ├─ upstream DNS
+//!   client B (198.18.2.2, 2001:db8:2::2) ─┘   nfqmark)          └─ link2 "cheap" 198.18.4.0/24 ─┘  198.18.9.53
+//!                                                                   MASQUERADE   2001:db8:4::/64    2001:db8:9::53
 //! ```
 //!
 //! The router marks client A's packets 137 with the dnsmasq `--conntrack` README's rules, and
 //! `ip rule add fwmark 137 table 100` routes the upstream server over link 2. So a resolver
-//! query that carries client A's mark leaves over link 2; everything else over link 1. The
-//! upstream host records the link every query arrived on.
+//! query that carries client A's mark leaves over link 2; everything else over link 1.
+//!
+//! By default the network is a real multi-WAN router ([`Network::Real`]): the router masquerades
+//! on each uplink (IPv4, and IPv6 by NAT66 masquerade as mwan3 setups do), and the upstream host
+//! drops every packet whose source does not belong to the link it arrives on (ISP ingress
+//! filtering, BCP 38), has no route to the clients' subnets (NAT hides them) and answers over
+//! the link a query came in on. A packet of a conntrack flow whose mark changes after the flow's
+//! first packet leaves by the other link with the first link's NAT address, and is dropped
+//! there. [`Network::Ideal`] is the older, friendlier layout: no NAT, no source validation, the
+//! upstream host routes the clients' subnets back over link 1.
+//!
+//! The upstream host's sniffer records the link every query, answer and flow opening came
+//! over, and whether its source got past the ingress filter ([`sniffer`]).
 //!
 //! This module owns building and tearing down that world. Namespace names are unique per
 //! process and call, so tests run in parallel; addresses come only from 198.18.0.0/15 and
-//! 2001:db8::/32 and stay inside the namespaces; nothing touches the host's own network.
+//! 2001:db8::/32 and stay inside the namespaces; nothing touches the host's own network. It uses
+//! nfqmark's library only for the queue rules `nfqmark setup` prints (`crate::setup`) and test
+//! packets (`crate::fixtures`); everything it observes, it parses itself.
 
 pub mod netns;
+pub mod sniffer;
 pub mod upstream;
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::io::{self, Write as _};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use netns::{Guarded, Netns};
-use upstream::{Responder, Sink, Sniffer};
+use sniffer::{Prefix, Seen, Sniffer, Transport, Watched};
+use upstream::{Responder, Sink};
 
 /// The mark client A's traffic gets, as in the dnsmasq `--conntrack` README.
 pub const MARK_A: u32 = 137;
@@ -76,6 +93,30 @@ impl fmt::Display for Resolver {
     }
 }
 
+/// The router's uplinks and what is on their far side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// A real multi-WAN router: MASQUERADE on each uplink (IPv4 and IPv6), the upstream host
+    /// drops packets whose source does not belong to the link they arrive on, has no route to
+    /// the clients and answers over the link a query came in on.
+    #[default]
+    Real,
+    /// The idealized layout: no NAT, no source validation; the upstream host routes the clients'
+    /// subnets back over link 1, whatever link a packet came in on.
+    Ideal,
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Network::Real => {
+                "real multi-WAN (NAT on each uplink, the upstream host drops foreign sources)"
+            }
+            Network::Ideal => "idealized (no NAT, no source validation)",
+        })
+    }
+}
+
 /// Addresses of the lab. Every world uses the same ones: each lives in its own namespaces.
 pub mod addr {
     pub const A_V4: &str = "198.18.1.2";
@@ -91,7 +132,34 @@ pub mod addr {
     /// A service address on the upstream host, for flow tests (TCP and UDP sinks).
     pub const SERVICE_V4: &str = "198.18.9.80";
     pub const SERVICE_V6: &str = "2001:db8:9::80";
+    /// The router's and the upstream host's ends of link 1 and link 2; in the real layout the
+    /// router masquerades behind its end.
+    pub const ROUTER_LINK1_V4: &str = "198.18.3.1";
+    pub const ROUTER_LINK1_V6: &str = "2001:db8:3::1";
+    pub const ROUTER_LINK2_V4: &str = "198.18.4.1";
+    pub const ROUTER_LINK2_V6: &str = "2001:db8:4::1";
+    pub const UPSTREAM_LINK1_V4: &str = "198.18.3.2";
+    pub const UPSTREAM_LINK1_V6: &str = "2001:db8:3::2";
+    pub const UPSTREAM_LINK2_V4: &str = "198.18.4.2";
+    pub const UPSTREAM_LINK2_V6: &str = "2001:db8:4::2";
+    /// The link subnets: the only sources the upstream host accepts on each link (real layout).
+    pub const LINK1_NET_V4: &str = "198.18.3.0/24";
+    pub const LINK1_NET_V6: &str = "2001:db8:3::/64";
+    pub const LINK2_NET_V4: &str = "198.18.4.0/24";
+    pub const LINK2_NET_V6: &str = "2001:db8:4::/64";
+    /// Stands in for a public resolver some clients hard-code (8.8.8.8); the router may DNAT it.
+    pub const PUBLIC_RESOLVER_V4: &str = "198.18.200.53";
+    pub const PUBLIC_RESOLVER_V6: &str = "2001:db8:200::53";
 }
+
+/// The links and their subnets, as (link, IPv4 subnet, IPv6 subnet).
+pub const LINKS: [(&str, &str, &str); 2] = [
+    ("link1", addr::LINK1_NET_V4, addr::LINK1_NET_V6),
+    ("link2", addr::LINK2_NET_V4, addr::LINK2_NET_V6),
+];
+
+/// The ingress chain on the upstream host (raw table, real layout).
+pub const INGRESS_CHAIN: &str = "LAB-INGRESS";
 
 /// TCP ports the upstream host's service address accepts connections on.
 pub const SERVICE_TCP_PORTS: [u16; 3] = [25, 80, 443];
@@ -144,6 +212,8 @@ pub struct Options {
     /// Install the dnsmasq README's marking rules (client A -> mark 137) on the router. Off
     /// for "no marking at all" baselines.
     pub marking: bool,
+    /// The real multi-WAN layout (default) or the idealized one.
+    pub network: Network,
 }
 
 impl Options {
@@ -158,6 +228,7 @@ impl Options {
             queue_rules: true,
             dnsmasq_args: Vec::new(),
             marking: true,
+            network: Network::Real,
         }
     }
 }
@@ -178,6 +249,45 @@ pub struct World {
     dir: TempDir,
     options: Options,
     queue_rules_installed: bool,
+    /// The next local port each client's flows use (the router's NAT keeps it, so the sniffer
+    /// tells whose flow arrived): client A from 20000, client B from 26000.
+    next_port: [AtomicU16; 2],
+}
+
+/// The first local port of each client's flows, and how many there are.
+const FLOW_PORTS: [u16; 2] = [20_000, 26_000];
+const FLOW_PORTS_EACH: u16 = 6_000;
+
+/// A flow a client opened: the sniffer finds it by protocol, local port and destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub client: Client,
+    pub proto: Transport,
+    pub sport: u16,
+    pub to: SocketAddr,
+}
+
+/// Packets the upstream host's ingress filter dropped on each link (IPv4 and IPv6 together).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngressDrops {
+    pub link1: u64,
+    pub link2: u64,
+}
+
+impl IngressDrops {
+    pub fn total(&self) -> u64 {
+        self.link1 + self.link2
+    }
+}
+
+impl fmt::Display for IngressDrops {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "upstream host dropped {} packet(s) with a foreign source on link1, {} on link2",
+            self.link1, self.link2
+        )
+    }
 }
 
 /// A directory removed on drop.
@@ -325,19 +435,34 @@ impl World {
             ns.ip(&["route", "add", "default", "via", v4])?;
             ns.ip(&["-6", "route", "add", "default", "via", v6])?;
         }
-        // The upstream host answers whichever link a query came over: no reverse-path check.
+        // The upstream host does no reverse-path check of its own: in the real layout its
+        // ingress rules drop foreign sources (counted, and seen by the sniffer), in the ideal one
+        // it takes whatever comes.
         for key in ["all", "default", "link1", "link2"] {
             upstream.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0")?;
         }
-        upstream.ip(&["route", "add", "198.18.0.0/16", "via", "198.18.3.1"])?;
-        upstream.ip(&[
-            "-6",
-            "route",
-            "add",
-            "2001:db8::/32",
-            "via",
-            "2001:db8:3::1",
-        ])?;
+        match options.network {
+            Network::Real => {
+                // Each uplink masquerades; the far side accepts only the link's own addresses
+                // and has routes to the two links only, so it answers over the link a packet
+                // came in on.
+                for family in [Family::V4, Family::V6] {
+                    iptables_restore(&router, family, &masquerade_rules())?;
+                    iptables_restore(&upstream, family, &ingress_rules(family))?;
+                }
+            }
+            Network::Ideal => {
+                upstream.ip(&["route", "add", "198.18.0.0/16", "via", "198.18.3.1"])?;
+                upstream.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    "2001:db8::/32",
+                    "via",
+                    "2001:db8:3::1",
+                ])?;
+            }
+        }
         router.sysctl("net.ipv4.ip_forward", "1")?;
         router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         // Policy routing, as in the LARTC fwmark chapter: marked packets use the cheap link.
@@ -380,7 +505,7 @@ impl World {
             &SERVICE_TCP_PORTS,
             &SERVICE_UDP_PORTS,
         )?;
-        let sniffer = Sniffer::start(&upstream, &["link1", "link2"])?;
+        let sniffer = Sniffer::start(&upstream, &watched(options.network))?;
         Ok(World {
             resolver: None,
             nfqmark: None,
@@ -394,6 +519,7 @@ impl World {
             dir,
             options,
             queue_rules_installed: false,
+            next_port: [AtomicU16::new(0), AtomicU16::new(0)],
         })
     }
 
@@ -487,63 +613,128 @@ impl World {
 
     /// Feed `iptables-restore --noflush` (or `ip6tables-restore`) on the router with `rules`.
     pub fn router_iptables_restore(&self, family: Family, rules: &str) -> io::Result<()> {
-        let tool = match family {
-            Family::V4 => "iptables-restore",
-            Family::V6 => "ip6tables-restore",
-        };
-        let mut child = self
-            .router
-            .command(tool)
-            .arg("--noflush")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(rules.as_bytes())?;
+        iptables_restore(&self.router, family, rules)
+    }
+
+    /// Forget every connection the router's conntrack knows (`conntrack -F`): between a control
+    /// round and a measured one, so no NAT binding of the first carries over into the second.
+    pub fn flush_conntrack(&self) -> io::Result<()> {
+        for family in ["ipv4", "ipv6"] {
+            // conntrack -F prints a summary on stderr and exits 0, also with nothing to flush.
+            self.router.exec("conntrack", &["-F", "-f", family])?;
         }
-        let out = child.wait_with_output()?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(io::Error::other(format!(
-                "{tool} rejected the rules: {}\n{rules}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )))
+        Ok(())
+    }
+
+    /// Packets the upstream host's ingress filter dropped so far (zero in the ideal layout).
+    pub fn ingress_drops(&self) -> io::Result<IngressDrops> {
+        let mut drops = IngressDrops::default();
+        if self.options.network == Network::Ideal {
+            return Ok(drops);
+        }
+        for tool in ["iptables", "ip6tables"] {
+            let out = self.upstream.exec(
+                tool,
+                &["-w", "-t", "raw", "-L", INGRESS_CHAIN, "-v", "-x", "-n"],
+            )?;
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let (Some(pkts), Some(&"DROP")) =
+                    (f.first().and_then(|p| p.parse::<u64>().ok()), f.get(2))
+                else {
+                    continue;
+                };
+                if f.contains(&"link1") {
+                    drops.link1 += pkts;
+                } else if f.contains(&"link2") {
+                    drops.link2 += pkts;
+                }
+            }
+        }
+        Ok(drops)
+    }
+
+    /// A client's address in `family`.
+    pub fn client_addr(client: Client, family: Family) -> &'static str {
+        match (client, family) {
+            (Client::A, Family::V4) => addr::A_V4,
+            (Client::A, Family::V6) => addr::A_V6,
+            (Client::B, Family::V4) => addr::B_V4,
+            (Client::B, Family::V6) => addr::B_V6,
         }
     }
 
+    /// The next local port for a flow of `client`: the two clients' ranges do not overlap, so
+    /// the router's NAT never needs to change them and the sniffer tells the flows apart.
+    fn flow_port(&self, client: Client) -> u16 {
+        let k = match client {
+            Client::A => 0,
+            Client::B => 1,
+        };
+        let n = self.next_port[k].fetch_add(1, Ordering::Relaxed) % FLOW_PORTS_EACH;
+        FLOW_PORTS[k] + n
+    }
+
     /// Open a TCP connection from a client to the upstream host's service address.
-    pub fn connect(&self, client: Client, family: Family, port: u16) -> io::Result<()> {
-        let ns = self.client_ns(client);
-        upstream::tcp_connect_from(ns, self.service(family, port)?, Duration::from_secs(2))
+    pub fn connect(&self, client: Client, family: Family, port: u16) -> io::Result<Opened> {
+        self.connect_to(client, self.service(family, port)?.ip(), port)
     }
 
     /// Send a UDP datagram from a client to the upstream host's service address and wait for
     /// its echo.
-    pub fn udp_flow(&self, client: Client, family: Family, port: u16) -> io::Result<()> {
-        let ns = self.client_ns(client);
-        upstream::udp_exchange_from(ns, self.service(family, port)?, Duration::from_secs(2))
+    pub fn udp_flow(&self, client: Client, family: Family, port: u16) -> io::Result<Opened> {
+        self.udp_to(client, self.service(family, port)?.ip(), port)
     }
 
     /// Open a TCP connection from a client to any address and port.
-    pub fn connect_to(&self, client: Client, to: IpAddr, port: u16) -> io::Result<()> {
-        let ns = self.client_ns(client);
-        upstream::tcp_connect_from(
-            ns,
-            std::net::SocketAddr::new(to, port),
+    pub fn connect_to(&self, client: Client, to: IpAddr, port: u16) -> io::Result<Opened> {
+        let to = SocketAddr::new(to, port);
+        let sport = upstream::tcp_connect_from(
+            self.client_ns(client),
+            self.flow_port(client),
+            to,
             Duration::from_secs(2),
-        )
+        )?;
+        Ok(Opened {
+            client,
+            proto: Transport::Tcp,
+            sport,
+            to,
+        })
     }
 
     /// Send a UDP datagram from a client to any address and port, and wait for its echo.
-    pub fn udp_to(&self, client: Client, to: IpAddr, port: u16) -> io::Result<()> {
-        let ns = self.client_ns(client);
-        upstream::udp_exchange_from(
-            ns,
-            std::net::SocketAddr::new(to, port),
+    pub fn udp_to(&self, client: Client, to: IpAddr, port: u16) -> io::Result<Opened> {
+        let to = SocketAddr::new(to, port);
+        let sport = upstream::udp_exchange_from(
+            self.client_ns(client),
+            self.flow_port(client),
+            to,
             Duration::from_secs(2),
-        )
+        )?;
+        Ok(Opened {
+            client,
+            proto: Transport::Udp,
+            sport,
+            to,
+        })
+    }
+
+    /// The links on which the opening packets of `flow` arrived at the upstream host: `link1` or
+    /// `link2` when accepted, with ` (dropped: foreign source ADDR)` after it when the ingress
+    /// filter dropped it.
+    pub fn flow_links(&self, flow: &Opened) -> Vec<String> {
+        self.sniffer
+            .flows_from_port(flow.proto, flow.sport, flow.to)
+            .into_iter()
+            .map(|f| {
+                if f.accepted {
+                    f.link
+                } else {
+                    format!("{} (dropped: foreign source {})", f.link, f.src)
+                }
+            })
+            .collect()
     }
 
     /// GET `path` from an HTTP server on the router's loopback (nfqmark's `--metrics PORT`).
@@ -895,41 +1086,108 @@ fn kresd_conf(upstream: &str) -> String {
     conf
 }
 
-/// Which link each client's upstream queries arrived on, for a round whose names start with
-/// `a-` (client A) or `b-` (client B).
+/// Which link each client's upstream queries arrived on, whether the upstream host accepted
+/// them and answered them over that link, for a round whose names start with `a-` (client A)
+/// or `b-` (client B). Each count is of distinct names.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinkCounts {
+    /// Accepted: arrived on the link with one of the link's own addresses as source.
     pub a_link1: usize,
     pub a_link2: usize,
     pub b_link1: usize,
     pub b_link2: usize,
+    /// Arrived on the link with a foreign source (another link's NAT address, a client's
+    /// address) and dropped by the upstream host's ingress filter.
+    pub a_dropped1: usize,
+    pub a_dropped2: usize,
+    pub b_dropped1: usize,
+    pub b_dropped2: usize,
+    /// Accepted (name, link) pairs for which no answer left over that link (same transport).
+    pub unanswered: usize,
     /// Queries seen for names that are neither (should be none).
     pub other: usize,
 }
 
 impl LinkCounts {
-    /// Count distinct (name, link) pairs from the sniffer's records.
+    /// Count from the sniffer's records.
     pub fn from_sniffer(sniffer: &Sniffer, label: &str) -> LinkCounts {
+        LinkCounts::from_sniffer_where(sniffer, label, |_| true)
+    }
+
+    /// Count the queries `keep` keeps (e.g. only those over TCP).
+    pub fn from_sniffer_where(
+        sniffer: &Sniffer,
+        label: &str,
+        keep: impl Fn(&Seen) -> bool,
+    ) -> LinkCounts {
+        let answered: BTreeSet<(String, Transport, String)> = sniffer
+            .answers()
+            .into_iter()
+            .map(|a| (a.link, a.proto, a.name))
+            .collect();
+        let mut accepted = BTreeSet::new();
+        let mut dropped = BTreeSet::new();
+        for s in sniffer.seen() {
+            if !s.name.contains(label) || !keep(&s) {
+                continue;
+            }
+            let set = if s.accepted {
+                &mut accepted
+            } else {
+                &mut dropped
+            };
+            set.insert((s.link, s.proto, s.name));
+        }
         let mut c = LinkCounts::default();
-        for (link, names) in sniffer.names_by_link() {
-            for name in names {
-                if !name.contains(label) {
-                    continue;
-                }
-                match (
-                    name.starts_with("a-"),
-                    name.starts_with("b-"),
-                    link.as_str(),
-                ) {
-                    (true, _, "link1") => c.a_link1 += 1,
-                    (true, _, "link2") => c.a_link2 += 1,
-                    (_, true, "link1") => c.b_link1 += 1,
-                    (_, true, "link2") => c.b_link2 += 1,
-                    _ => c.other += 1,
-                }
+        let names = |set: &BTreeSet<(String, Transport, String)>| -> BTreeSet<(String, String)> {
+            set.iter()
+                .map(|(link, _, name)| (link.clone(), name.clone()))
+                .collect()
+        };
+        for (link, name) in names(&accepted) {
+            match (
+                name.starts_with("a-"),
+                name.starts_with("b-"),
+                link.as_str(),
+            ) {
+                (true, _, "link1") => c.a_link1 += 1,
+                (true, _, "link2") => c.a_link2 += 1,
+                (_, true, "link1") => c.b_link1 += 1,
+                (_, true, "link2") => c.b_link2 += 1,
+                _ => c.other += 1,
             }
         }
+        for (link, name) in names(&dropped) {
+            match (
+                name.starts_with("a-"),
+                name.starts_with("b-"),
+                link.as_str(),
+            ) {
+                (true, _, "link1") => c.a_dropped1 += 1,
+                (true, _, "link2") => c.a_dropped2 += 1,
+                (_, true, "link1") => c.b_dropped1 += 1,
+                (_, true, "link2") => c.b_dropped2 += 1,
+                _ => c.other += 1,
+            }
+        }
+        c.unanswered = accepted.difference(&answered).count();
         c
+    }
+
+    /// Every one of client A's `a` names arrived over link 2 and client B's `b` over link 1,
+    /// accepted and answered there; nothing else arrived, nothing was dropped.
+    pub fn exact(&self, a: usize, b: usize) -> bool {
+        *self
+            == LinkCounts {
+                a_link2: a,
+                b_link1: b,
+                ..LinkCounts::default()
+            }
+    }
+
+    /// Names dropped for a foreign source, both clients, both links.
+    pub fn dropped(&self) -> usize {
+        self.a_dropped1 + self.a_dropped2 + self.b_dropped1 + self.b_dropped2
     }
 }
 
@@ -939,8 +1197,100 @@ impl fmt::Display for LinkCounts {
             f,
             "client A: {} via link1, {} via link2 (cheap); client B: {} via link1, {} via link2",
             self.a_link1, self.a_link2, self.b_link1, self.b_link2
-        )
+        )?;
+        if self.dropped() > 0 {
+            write!(
+                f,
+                "; dropped for a foreign source: client A {} on link1, {} on link2, client B {} \
+                 on link1, {} on link2",
+                self.a_dropped1, self.a_dropped2, self.b_dropped1, self.b_dropped2
+            )?;
+        }
+        if self.unanswered > 0 {
+            write!(f, "; {} accepted but not answered", self.unanswered)?;
+        }
+        if self.other > 0 {
+            write!(f, "; {} other names", self.other)?;
+        }
+        Ok(())
     }
+}
+
+/// Feed `iptables-restore --noflush` (or `ip6tables-restore`) in `ns` with `rules`.
+fn iptables_restore(ns: &Netns, family: Family, rules: &str) -> io::Result<()> {
+    let tool = match family {
+        Family::V4 => "iptables-restore",
+        Family::V6 => "ip6tables-restore",
+    };
+    let mut child = ns
+        .command(tool)
+        .arg("--noflush")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(rules.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{tool} rejected the rules: {}\n{rules}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// The router's NAT in the real layout: each uplink masquerades (the same text for IPv4 and
+/// IPv6, NAT66).
+pub fn masquerade_rules() -> String {
+    let mut r = String::from("*nat\n");
+    for (link, _, _) in LINKS {
+        r.push_str(&format!(
+            "-A POSTROUTING -o {link} -m comment --comment \"lab: uplink NAT\" -j MASQUERADE\n"
+        ));
+    }
+    r.push_str("COMMIT\n");
+    r
+}
+
+/// The upstream host's ingress filter in the real layout: on each link, only the link's own
+/// subnet (and, for IPv6, link-local addresses, which neighbour discovery uses) gets in.
+pub fn ingress_rules(family: Family) -> String {
+    let mut r = format!("*raw\n:{INGRESS_CHAIN} - [0:0]\n-A PREROUTING -j {INGRESS_CHAIN}\n");
+    if family == Family::V6 {
+        r.push_str(&format!("-A {INGRESS_CHAIN} -s fe80::/10 -j RETURN\n"));
+    }
+    for (link, v4, v6) in LINKS {
+        let net = match family {
+            Family::V4 => v4,
+            Family::V6 => v6,
+        };
+        r.push_str(&format!(
+            "-A {INGRESS_CHAIN} -i {link} -s {net} -j RETURN\n"
+        ));
+        r.push_str(&format!(
+            "-A {INGRESS_CHAIN} -i {link} -m comment --comment \"lab: foreign source\" -j DROP\n"
+        ));
+    }
+    r.push_str("COMMIT\n");
+    r
+}
+
+/// The links the sniffer watches, with the sources the upstream host accepts on each.
+fn watched(network: Network) -> Vec<Watched> {
+    LINKS
+        .iter()
+        .map(|(link, v4, v6)| Watched {
+            link: link.to_string(),
+            sources: match network {
+                Network::Real => Some([v4, v6].iter().filter_map(|p| Prefix::parse(p)).collect()),
+                Network::Ideal => None,
+            },
+        })
+        .collect()
 }
 
 /// Sanity check used by callers: `iptables` works in a namespace at all.

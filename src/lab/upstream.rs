@@ -1,16 +1,17 @@
-//! The upstream DNS host of the lab: a small authoritative responder, and a sniffer that records
-//! which link each query arrived on.
+//! The upstream DNS host of the lab: a small authoritative responder and the services flow tests
+//! connect to (the sniffer that records which link each packet arrived on is in
+//! [`super::sniffer`]).
 //!
-//! Both run as threads of the calling process that enter the upstream namespace before opening
+//! All run as threads of the calling process that enter the upstream namespace before opening
 //! their sockets, so tests and the demo need no extra program. The responder answers every A
 //! query with 198.18.9.99 and every AAAA with 2001:db8:9::99, except that a first label
 //! `ip-198-18-9-81` (or `ip6-2001-db8-9--81`) names the address to answer, `alias-ip-...` answers
 //! with a CNAME to `ip-....cdn.nfqm.example` and its address, and a label `ttl-N` sets the TTL
 //! (60 s otherwise). A first label containing `tc-` gets a truncated (TC) empty answer over UDP,
-//! so the resolver or the client retries over TCP. The sniffer reads every frame on the named
-//! links (AF_PACKET) and keeps DNS queries and flow openings, which is how the tests count
-//! "arrived over link 2". The sink accepts TCP and echoes UDP on a few ports of every address
-//! of the upstream host's 198.18.9.0/24 and 2001:db8:9::/64.
+//! so the resolver or the client retries over TCP. The sink accepts TCP and echoes UDP on a few
+//! ports of every address of the upstream host's 198.18.9.0/24 and 2001:db8:9::/64. The host
+//! answers over the link a packet came in on: it has routes to the two links only (in the real
+//! layout), and never filters anything itself (the lab's ingress rules do).
 //!
 //! The responder shares the machine with the system under test, so it must stay cheap at
 //! benchmark rates: UDP takes up to 64 queries per `recvmmsg` and sends their answers with
@@ -18,13 +19,12 @@
 //! labels above) is answered straight from its bytes, giving the same bytes as the general path
 //! built with hickory-proto, which handles everything else.
 
-use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -34,8 +34,7 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use std::sync::mpsc::sync_channel;
 
 use super::netns::{Netns, enter};
-use crate::dns;
-use crate::packet::{self, Proto};
+pub use super::sniffer::{FlowSeen, Seen, Sniffer};
 
 /// The address every A query is answered with.
 pub const ANSWER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 99);
@@ -55,9 +54,15 @@ const DGRAM: usize = 65_535;
 
 /// Threads that stop when this is dropped.
 #[derive(Debug)]
-struct Threads {
+pub(super) struct Threads {
     stop: Arc<AtomicBool>,
     handles: Vec<JoinHandle<()>>,
+}
+
+impl Threads {
+    pub(super) fn new(stop: Arc<AtomicBool>, handles: Vec<JoinHandle<()>>) -> Threads {
+        Threads { stop, handles }
+    }
 }
 
 impl Drop for Threads {
@@ -71,7 +76,12 @@ impl Drop for Threads {
 
 /// Spawn a thread that enters `ns`, runs `setup` (open sockets) and reports its result before
 /// running `serve` with what setup returned.
-fn spawn_in<T, S, F>(ns: &Netns, name: &str, setup: S, serve: F) -> io::Result<JoinHandle<()>>
+pub(super) fn spawn_in<T, S, F>(
+    ns: &Netns,
+    name: &str,
+    setup: S,
+    serve: F,
+) -> io::Result<JoinHandle<()>>
 where
     T: Send + 'static,
     S: FnOnce() -> io::Result<T> + Send + 'static,
@@ -389,16 +399,33 @@ impl Sink {
                     move || {
                         let s = UdpSocket::bind(sa)?;
                         s.set_read_timeout(Some(POLL))?;
-                        Ok(s)
-                    },
-                    move |s| {
-                        let mut buf = [0u8; 2048];
-                        while !stop.load(Ordering::Relaxed) {
-                            if let Ok((n, peer)) = s.recv_from(&mut buf) {
-                                let _ = s.send_to(buf.get(..n).unwrap_or_default(), peer);
+                        if sa.is_ipv6() {
+                            // The destination of each datagram, and leave to send from it
+                            // (the service addresses come from a local route, not from
+                            // addresses of an interface: IPv6 wants free binding for that).
+                            for (level, option) in [
+                                (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
+                                (libc::IPPROTO_IP, libc::IP_FREEBIND),
+                            ] {
+                                let one: libc::c_int = 1;
+                                // SAFETY: `one` is a valid c_int and the length matches it.
+                                let rc = unsafe {
+                                    libc::setsockopt(
+                                        s.as_raw_fd(),
+                                        level,
+                                        option,
+                                        (&one as *const libc::c_int).cast(),
+                                        mem::size_of::<libc::c_int>() as libc::socklen_t,
+                                    )
+                                };
+                                if rc != 0 {
+                                    return Err(io::Error::last_os_error());
+                                }
                             }
                         }
+                        Ok(s)
                     },
+                    move |s| serve_udp_echo(&s, &stop),
                 )?);
             }
         }
@@ -408,36 +435,235 @@ impl Sink {
     }
 }
 
-/// Open a TCP connection from inside `ns` (a thread enters it), wait for the handshake, close.
-pub fn tcp_connect_from(ns: &Netns, to: SocketAddr, timeout: Duration) -> io::Result<()> {
+/// Echo UDP datagrams from the address each was sent to, as a real server does: a reply from
+/// another address of this host (the one routing would pick) would not match the router's NAT
+/// binding. A dual-stack socket gets that address as IPV6_PKTINFO (IPv4 ones mapped) and takes
+/// it back the same way when sending.
+fn serve_udp_echo(s: &UdpSocket, stop: &AtomicBool) {
+    let fd = s.as_raw_fd();
+    let mut buf = [0u8; 2048];
+    // Room for an in6_pktinfo control message, aligned for cmsghdr.
+    let mut control = [0u64; 16];
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: plain C structs; zeroed is a valid start.
+        let mut peer: libc::sockaddr_in6 = unsafe { mem::zeroed() };
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: as above.
+        let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+        msg.msg_name = (&mut peer as *mut libc::sockaddr_in6).cast();
+        msg.msg_namelen = mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = mem::size_of_val(&control);
+        // SAFETY: every pointer in `msg` points at a live buffer of the length given.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+        let Ok(n) = usize::try_from(n) else {
+            continue;
+        };
+        let mut local: Option<libc::in6_pktinfo> = None;
+        // SAFETY: the kernel filled `msg_controllen` bytes of `control`; the CMSG macros walk
+        // within them, and the data of an IPV6_PKTINFO message is an in6_pktinfo (read
+        // unaligned).
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::IPPROTO_IPV6 && (*c).cmsg_type == libc::IPV6_PKTINFO {
+                    local = Some(std::ptr::read_unaligned(
+                        libc::CMSG_DATA(c).cast::<libc::in6_pktinfo>(),
+                    ));
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        let mut reply_iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: n.min(buf.len()),
+        };
+        msg.msg_iov = &mut reply_iov;
+        msg.msg_control = std::ptr::null_mut();
+        msg.msg_controllen = 0;
+        if let Some(mut info) = local {
+            info.ipi6_ifindex = 0;
+            let size = mem::size_of::<libc::in6_pktinfo>() as libc::c_uint;
+            msg.msg_control = control.as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE only computes a length.
+            msg.msg_controllen = unsafe { libc::CMSG_SPACE(size) } as usize;
+            // SAFETY: `control` has room for one cmsghdr with an in6_pktinfo (CMSG_SPACE of it
+            // is far below its 128 bytes); the data is written unaligned.
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(&msg);
+                if !c.is_null() {
+                    (*c).cmsg_level = libc::IPPROTO_IPV6;
+                    (*c).cmsg_type = libc::IPV6_PKTINFO;
+                    (*c).cmsg_len = libc::CMSG_LEN(size) as usize;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::in6_pktinfo>(), info);
+                }
+            }
+        }
+        // SAFETY: `msg` points at the peer address, the received bytes and (maybe) the control
+        // message built above, all alive for the call.
+        unsafe {
+            libc::sendmsg(fd, &msg, 0);
+        }
+    }
+}
+
+/// Open a TCP connection from inside `ns` (a thread enters it) from local port `from_port`
+/// (0: any), wait for the handshake, close. Returns the local port.
+pub fn tcp_connect_from(
+    ns: &Netns,
+    from_port: u16,
+    to: SocketAddr,
+    timeout: Duration,
+) -> io::Result<u16> {
     let ns_name = ns.name().to_string();
     thread::Builder::new()
         .name("lab-connect".into())
         .spawn(move || {
             enter(&ns_name)?;
-            TcpStream::connect_timeout(&to, timeout).map(drop)
+            let s = tcp_connect_bound(from_port, to, timeout)?;
+            Ok(s.local_addr()?.port())
         })?
         .join()
         .map_err(|_| io::Error::other("connect thread panicked"))?
 }
 
-/// Send one UDP datagram from inside `ns` and wait for its echo.
-pub fn udp_exchange_from(ns: &Netns, to: SocketAddr, timeout: Duration) -> io::Result<()> {
+/// A TCP connection from local port `from_port` (0: any) of the calling thread's namespace.
+pub fn tcp_connect_bound(
+    from_port: u16,
+    to: SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let family = if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    if from_port != 0 {
+        let one: libc::c_int = 1;
+        // SAFETY: `one` is a valid c_int and the length matches it.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&one as *const libc::c_int).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let local = if to.is_ipv4() {
+            SocketAddr::from(([0u8; 4], from_port))
+        } else {
+            SocketAddr::from(([0u16; 8], from_port))
+        };
+        let (storage, len) = sockaddr(local);
+        // SAFETY: `storage` holds a sockaddr of `len` bytes for this family.
+        let rc = unsafe { libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    stream.set_nonblocking(true)?;
+    let (storage, len) = sockaddr(to);
+    // SAFETY: as above.
+    let rc = unsafe { libc::connect(fd, (&storage as *const libc::sockaddr_storage).cast(), len) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect to {to}"),
+            ));
+        }
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+    }
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+/// A socket address as the C structs the kernel takes.
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; zeroed is a valid start.
+    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is larger than sockaddr_in and suitably aligned for it.
+            let sin = unsafe {
+                &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
+            };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: sockaddr_storage is larger than sockaddr_in6 and suitably aligned for it.
+            let sin6 = unsafe {
+                &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// Send one UDP datagram from inside `ns` from local port `from_port` (0: any) and wait for
+/// its echo. Returns the local port.
+pub fn udp_exchange_from(
+    ns: &Netns,
+    from_port: u16,
+    to: SocketAddr,
+    timeout: Duration,
+) -> io::Result<u16> {
     let ns_name = ns.name().to_string();
     thread::Builder::new()
         .name("lab-udp".into())
         .spawn(move || {
             enter(&ns_name)?;
             let any: SocketAddr = if to.is_ipv4() {
-                SocketAddr::from(([0, 0, 0, 0], 0))
+                SocketAddr::from(([0, 0, 0, 0], from_port))
             } else {
-                SocketAddr::from(([0u16; 8], 0))
+                SocketAddr::from(([0u16; 8], from_port))
             };
             let s = UdpSocket::bind(any)?;
             s.set_read_timeout(Some(timeout))?;
             s.send_to(b"nfqmark lab flow", to)?;
             let mut buf = [0u8; 64];
-            s.recv_from(&mut buf).map(drop)
+            s.recv_from(&mut buf)?;
+            Ok(s.local_addr()?.port())
         })?
         .join()
         .map_err(|_| io::Error::other("udp thread panicked"))?
@@ -569,238 +795,6 @@ fn serve_tcp_conn(mut conn: TcpStream, stop: &AtomicBool) {
             return;
         }
     }
-}
-
-/// One DNS query seen arriving on a link.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Seen {
-    pub link: String,
-    pub proto: Proto,
-    pub src: IpAddr,
-    /// Lower-cased query name without the trailing dot.
-    pub name: String,
-    pub id: u16,
-}
-
-/// The opening packet of a flow (TCP SYN, or any UDP datagram not to port 53) seen arriving on a
-/// link.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FlowSeen {
-    pub link: String,
-    pub proto: Proto,
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub dport: u16,
-}
-
-/// What the sniffer keeps.
-#[derive(Debug, Default)]
-struct Records {
-    queries: Vec<Seen>,
-    flows: Vec<FlowSeen>,
-}
-
-/// Records DNS queries and flow openings arriving on each named interface.
-#[derive(Debug)]
-pub struct Sniffer {
-    seen: Arc<Mutex<Records>>,
-    _threads: Threads,
-}
-
-impl Sniffer {
-    pub fn start(ns: &Netns, links: &[&str]) -> io::Result<Sniffer> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Records::default()));
-        let mut handles = Vec::new();
-        for link in links {
-            let link = link.to_string();
-            let link_setup = link.clone();
-            let stop = Arc::clone(&stop);
-            let seen = Arc::clone(&seen);
-            handles.push(spawn_in(
-                ns,
-                "lab-sniffer",
-                move || packet_socket(&link_setup),
-                move |fd| sniff(&fd, &link, &stop, &seen),
-            )?);
-        }
-        Ok(Sniffer {
-            seen,
-            _threads: Threads { stop, handles },
-        })
-    }
-
-    fn records(&self) -> std::sync::MutexGuard<'_, Records> {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Every DNS query seen so far.
-    pub fn seen(&self) -> Vec<Seen> {
-        self.records().queries.clone()
-    }
-
-    /// Every flow opening seen so far.
-    pub fn flows(&self) -> Vec<FlowSeen> {
-        self.records().flows.clone()
-    }
-
-    /// Links on which flows from `src` to `dst`:`dport` arrived (one entry per opening packet).
-    pub fn flow_links(&self, src: IpAddr, dst: IpAddr, dport: u16) -> Vec<String> {
-        self.records()
-            .flows
-            .iter()
-            .filter(|f| f.src == src && f.dst == dst && f.dport == dport)
-            .map(|f| f.link.clone())
-            .collect()
-    }
-
-    /// Forget what was seen (between rounds).
-    pub fn clear(&self) {
-        let mut r = self.records();
-        r.queries.clear();
-        r.flows.clear();
-    }
-
-    /// Distinct query names per link.
-    pub fn names_by_link(&self) -> BTreeMap<String, std::collections::BTreeSet<String>> {
-        let mut out: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
-        for s in self.seen() {
-            out.entry(s.link).or_default().insert(s.name);
-        }
-        out
-    }
-}
-
-/// An AF_PACKET socket bound to `iface` in the calling thread's namespace.
-fn packet_socket(iface: &str) -> io::Result<OwnedFd> {
-    let proto = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: plain socket(2) call; the fd is owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            i32::from(proto),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let cname = std::ffi::CString::new(iface).map_err(io::Error::other)?;
-    // SAFETY: cname is a valid NUL-terminated string.
-    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-    if ifindex == 0 {
-        return Err(io::Error::other(format!("no interface {iface}")));
-    }
-    // SAFETY: sockaddr_ll is plain data; zeroed is a valid starting value.
-    let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = proto;
-    addr.sll_ifindex = ifindex as i32;
-    // SAFETY: addr is a valid sockaddr_ll and the length matches it.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_ll).cast(),
-            mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: POLL.as_micros() as libc::suseconds_t,
-    };
-    // SAFETY: tv is a valid timeval and the length matches it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(fd)
-}
-
-fn sniff(fd: &OwnedFd, link: &str, stop: &AtomicBool, seen: &Mutex<Records>) {
-    let mut buf = vec![0u8; 65_536];
-    while !stop.load(Ordering::Relaxed) {
-        // SAFETY: buf is valid for writes of its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        let Ok(n) = usize::try_from(n) else {
-            continue;
-        };
-        let Some(frame) = buf.get(..n) else { continue };
-        if let Some(s) = query_in_frame(frame, link)
-            && let Ok(mut r) = seen.lock()
-        {
-            r.queries.push(s);
-        } else if let Some(f) = flow_in_frame(frame, link)
-            && let Ok(mut r) = seen.lock()
-        {
-            r.flows.push(f);
-        }
-    }
-}
-
-fn ip_in_frame(frame: &[u8]) -> Option<packet::Packet<'_>> {
-    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
-    if ethertype != 0x0800 && ethertype != 0x86dd {
-        return None;
-    }
-    packet::parse(frame.get(14..)?).ok()
-}
-
-/// A flow's opening packet in an Ethernet frame: a TCP SYN, or UDP not to port 53.
-pub fn flow_in_frame(frame: &[u8], link: &str) -> Option<FlowSeen> {
-    let p = ip_in_frame(frame)?;
-    let opening = match p.proto {
-        Proto::Tcp => p.tcp.syn && !p.tcp.ack,
-        Proto::Udp => p.dport != 53 && p.sport != 53,
-        _ => false,
-    };
-    opening.then(|| FlowSeen {
-        link: link.to_string(),
-        proto: p.proto,
-        src: p.src,
-        dst: p.dst,
-        dport: p.dport,
-    })
-}
-
-/// The DNS query in an Ethernet frame, if it holds one (to port 53).
-pub fn query_in_frame(frame: &[u8], link: &str) -> Option<Seen> {
-    let p = ip_in_frame(frame)?;
-    if p.dport != 53 {
-        return None;
-    }
-    let d = match p.proto {
-        Proto::Udp => dns::parse_udp(p.payload).ok()?,
-        Proto::Tcp => dns::parse_tcp(p.payload).ok()?,
-        _ => return None,
-    };
-    if d.response {
-        return None;
-    }
-    let q = d.question?;
-    let mut name = q.name().to_ascii().to_ascii_lowercase();
-    if name.ends_with('.') {
-        name.pop();
-    }
-    Some(Seen {
-        link: link.to_string(),
-        proto: p.proto,
-        src: p.src,
-        name,
-        id: d.id,
-    })
 }
 
 #[cfg(test)]
