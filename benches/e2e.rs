@@ -1,7 +1,11 @@
 //! End-to-end resolver throughput with and without marking, on the lab's network namespaces
 //! (`nfqmark::lab`): client A runs dnsperf (unique names, 100 queries outstanding) against the
 //! router's resolver, which forwards to the upstream host over link 1, or over link 2 when the
-//! upstream query carries client A's mark.
+//! upstream query carries client A's mark. By default the lab is a real multi-WAN router (each
+//! uplink masquerades, the upstream host drops foreign sources); `--ideal` runs the idealized
+//! layout (no NAT, no source validation). Each run also counts the packets the upstream host
+//! dropped for a foreign source and the packets the router sent out of another link than their
+//! flow's NAT binding (MASQUERADE drops those).
 //!
 //! Configurations, alternated within every round (the starting one rotates each round, so a
 //! slow drift of the machine does not favour one of them):
@@ -38,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use nfqmark::lab::netns::{self, Netns};
 use nfqmark::lab::upstream::{self, Sniffer};
-use nfqmark::lab::{self, Family, LinkCounts, Options, Resolver, World};
+use nfqmark::lab::{self, Family, LinkCounts, Network, Options, Resolver, World};
 
 #[path = "common/procstat.rs"]
 mod procstat;
@@ -133,12 +137,14 @@ struct Args {
     /// Pin the resolver to CPU 0 and everything else (dnsperf, nfqmark, the lab's threads) to
     /// the other CPUs (the default when there are at least two).
     pin: bool,
+    /// The lab's layout: real multi-WAN (default) or idealized (`--ideal`).
+    network: Network,
 }
 
 const USAGE: &str = "\
 benches/e2e.sh [--rounds N] [--duration S] [--warmup S] [--clients N] [--outstanding N]
                [--configs 1,2,3,4,5] [--direct] [--count counters|sniffer]
-               [--nfqmark PATH] [--nfqmark-arg ARG]... [--no-pin]
+               [--nfqmark PATH] [--nfqmark-arg ARG]... [--no-pin] [--ideal]
   --rounds N         rounds; every round runs every configuration once (default 3)
   --duration S       measured seconds of dnsperf per run (default 10)
   --warmup S         dnsperf seconds before the measured ones, other names (default 2)
@@ -154,7 +160,9 @@ benches/e2e.sh [--rounds N] [--duration S] [--warmup S] [--clients N] [--outstan
                      resolver runs alone on CPU 0, and dnsperf, nfqmark and the lab's upstream
                      threads share the others: the client and upstream hosts, which would be
                      other machines, then do not take CPU from the resolver under test, and
-                     nfqmark gets no more than a router's second core (less: it shares it)";
+                     nfqmark gets no more than a router's second core (less: it shares it)
+  --ideal            the idealized lab (no NAT on the uplinks, no source validation upstream)
+                     instead of the real multi-WAN router";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -169,6 +177,7 @@ fn parse_args() -> Result<Args, String> {
         nfqmark: PathBuf::from(env!("CARGO_BIN_EXE_nfqmark")),
         nfqmark_args: Vec::new(),
         pin: num_cpus() >= 2.0,
+        network: Network::Real,
     };
     let mut it = std::env::args().skip(1);
     let num = |name: &str, v: Option<String>| -> Result<u32, String> {
@@ -196,6 +205,8 @@ fn parse_args() -> Result<Args, String> {
             }
             "--pin" => a.pin = num_cpus() >= 2.0,
             "--no-pin" => a.pin = false,
+            "--ideal" => a.network = Network::Ideal,
+            "--real" => a.network = Network::Real,
             "--direct" => {
                 if !a.configs.contains(&0) {
                     a.configs.insert(0, 0);
@@ -369,6 +380,10 @@ struct Sample {
     cpu: CpuUse,
     /// nfqmark's counter line at the end, when it ran.
     counters: String,
+    /// Packets the upstream host dropped for a foreign source during the measured run.
+    dropped: u64,
+    /// Packets the router sent out of another link than their flow's NAT binding's.
+    route_changes: u64,
 }
 
 impl Sample {
@@ -383,7 +398,8 @@ impl Sample {
     }
 }
 
-/// Per-link counter rules on the upstream host (no target: they only count).
+/// Per-link counter rules on the upstream host (no target: they only count). Appended after
+/// the jump to the lab's ingress filter, so in the real layout they count accepted packets.
 fn install_link_counters(up: &Netns) -> io::Result<()> {
     for link in ["link1", "link2"] {
         for proto in ["udp", "tcp"] {
@@ -567,6 +583,7 @@ fn run_one(cfg: Config, round: usize, args: &Args, names: u64) -> io::Result<Sam
     );
     opts.marking = cfg.marking;
     opts.nfqmark_args = args.nfqmark_args.clone();
+    opts.network = args.network;
     let mut world = World::build(opts)?;
     if args.count == Count::Counters {
         // Stop the sniffer threads: they would take CPU from what is measured.
@@ -595,6 +612,8 @@ fn run_one(cfg: Config, round: usize, args: &Args, names: u64) -> io::Result<Sam
     write_names(&file, &label, names)?;
     world.sniffer.clear();
     let (l1_before, l2_before) = link_counters(&world.upstream)?;
+    let dropped_before = world.ingress_drops()?.total();
+    let changes_before = world.route_changes()?.total();
     let mut first: Option<(CpuSnap, Instant)> = None;
     let mut last: Option<(CpuSnap, Instant)> = None;
     let (perf, _text) = dnsperf(&world, server, &file, args.duration, args, |pid| {
@@ -612,6 +631,8 @@ fn run_one(cfg: Config, round: usize, args: &Args, names: u64) -> io::Result<Sam
     })?;
     thread::sleep(Duration::from_millis(300));
     let (l1_after, l2_after) = link_counters(&world.upstream)?;
+    let dropped = world.ingress_drops()?.total() - dropped_before;
+    let route_changes = world.route_changes()?.total() - changes_before;
     let (link1, link2) = match args.count {
         Count::Counters => (l1_after - l1_before, l2_after - l2_before),
         Count::Sniffer => {
@@ -634,6 +655,8 @@ fn run_one(cfg: Config, round: usize, args: &Args, names: u64) -> io::Result<Sam
         link2,
         cpu,
         counters,
+        dropped,
+        route_changes,
     })
 }
 
@@ -660,7 +683,8 @@ fn summary(args: &Args, results: &BTreeMap<u8, Vec<Option<Sample>>>) -> String {
         out,
         "\ne2e summary: {} round(s) x {} s, dnsperf -c {} -q {}, unique names; medians over \
          rounds (min-max of QPS); CPU in % of one core (machine: {} cores, 100 % each)\n\
-         layout: {}",
+         layout: {}\n\
+         network: {}; \"marked\" is the share of upstream queries accepted over link 2",
         args.rounds,
         args.duration,
         args.clients,
@@ -671,7 +695,8 @@ fn summary(args: &Args, results: &BTreeMap<u8, Vec<Option<Sample>>>) -> String {
              on the others (--no-pin: the scheduler places everything)"
         } else {
             "unpinned: the scheduler places every party (the default pins the resolver)"
-        }
+        },
+        args.network
     );
     let _ = writeln!(
         out,
@@ -727,6 +752,16 @@ fn summary(args: &Args, results: &BTreeMap<u8, Vec<Option<Sample>>>) -> String {
             .collect();
         if !rcodes.is_empty() {
             let _ = writeln!(out, "    other response codes: {}", rcodes.join(" | "));
+        }
+        let lost_on_the_way: u64 = samples.iter().map(|s| s.dropped + s.route_changes).sum();
+        if lost_on_the_way > 0 {
+            let _ = writeln!(
+                out,
+                "    packets dropped upstream for a foreign source: {}; routed out of another \
+                 link than their flow's NAT binding: {} (all rounds)",
+                samples.iter().map(|s| s.dropped).sum::<u64>(),
+                samples.iter().map(|s| s.route_changes).sum::<u64>()
+            );
         }
     }
     let _ = writeln!(
@@ -855,12 +890,13 @@ fn main() {
         .copied()
         .collect();
     println!(
-        "e2e: {} round(s) of {:?}, {} s each (+{} s warm-up), nfqmark {}",
+        "e2e: {} round(s) of {:?}, {} s each (+{} s warm-up), nfqmark {}; network: {}",
         args.rounds,
         args.configs,
         args.duration,
         args.warmup,
-        args.nfqmark.display()
+        args.nfqmark.display(),
+        args.network
     );
     println!(
         "e2e: the lab's upstream responder builds an answer in {:.0} ns (one thread, queries \
@@ -889,7 +925,7 @@ fn main() {
                     }
                     println!(
                         "round {round} {:<28} {:>8.0} QPS  lat {:.2} ms (sd {:.2})  lost {}  \
-                         link1/link2 {}/{}  cpu resolver {:.0}% nfqmark {:.0}% responder {:.0}% \
+                         link1/link2 {}/{}  dropped {} rerouted {}  cpu resolver {:.0}% nfqmark {:.0}% responder {:.0}% \
                          sniffer {:.0}% dnsperf {:.0}% machine {:.0}%  [{:.0} s]{}{}",
                         format!("{}. {}", cfg.id, cfg.label),
                         s.perf.qps,
@@ -898,6 +934,8 @@ fn main() {
                         s.perf.lost,
                         s.link1,
                         s.link2,
+                        s.dropped,
+                        s.route_changes,
                         s.cpu.resolver,
                         s.cpu.nfqmark,
                         s.cpu.responder,

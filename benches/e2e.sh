@@ -7,7 +7,12 @@
 #   sudo -E env "PATH=$PATH" benches/e2e.sh                 # 3 rounds x 10 s: about 4 minutes
 #   sudo -E env "PATH=$PATH" benches/e2e.sh --rounds 5 --duration 20 --direct
 #   sudo -E env "PATH=$PATH" benches/e2e.sh --no-pin        # let the scheduler place everything
+#   sudo -E env "PATH=$PATH" benches/e2e.sh --ideal         # the idealized lab (no NAT upstream)
 #   benches/e2e.sh --help                                   # every option
+#
+# The lab is a real multi-WAN router by default: each uplink masquerades and the upstream host
+# drops packets whose source does not belong to the link they arrive on; each run prints how
+# many it dropped and how many the router sent out of another link than their flow's binding.
 #
 # Needs root (network namespaces, iptables, NFQUEUE), dnsperf, dnsmasq and unbound
 # (bash .ci/run installs them). Uses only 198.18.0.0/15 inside its own namespaces, removed at

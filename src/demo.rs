@@ -70,13 +70,16 @@ pub struct Summary {
 impl Summary {
     pub fn result_line(&self) -> String {
         format!(
-            "RESULT a_sent={} a_cheap={} a_fast={} b_sent={} b_cheap={} b_fast={}",
+            "RESULT a_sent={} a_cheap={} a_fast={} b_sent={} b_cheap={} b_fast={} dropped={} \
+             unanswered={}",
             self.a_sent,
             self.links.a_link2,
             self.links.a_link1,
             self.b_sent,
             self.links.b_link2,
-            self.links.b_link1
+            self.links.b_link1,
+            self.links.dropped(),
+            self.links.unanswered
         )
     }
 }
@@ -137,11 +140,13 @@ pub fn run(opts: &DemoOptions, out: &mut impl Write) -> Result<Summary, Error> {
     let _ = writeln!(
         out,
         "\nclient A ({}) is marked {} by the router's iptables rules; `ip rule fwmark {}` sends\n\
-         marked packets to the upstream DNS over the cheap link. nfqmark carries client A's mark\n\
-         onto dnsmasq's upstream queries.\n",
+         marked packets to the upstream DNS over the cheap link. Both links masquerade, and the\n\
+         upstream host drops what arrives with another link's address. nfqmark carries client\n\
+         A's mark onto {}'s upstream queries; a query counts when the upstream host accepted it.\n",
         lab::addr::A_V4,
         lab::MARK_A,
-        lab::MARK_A
+        lab::MARK_A,
+        opts.resolver
     );
     let _ = writeln!(
         out,
@@ -221,6 +226,7 @@ pub fn run(opts: &DemoOptions, out: &mut impl Write) -> Result<Summary, Error> {
         out,
         "\nsummary: client A sent {} queries: their upstream queries left {} via the cheap link, {} via the fast link.\n\
          \x20        client B sent {} queries: their upstream queries left {} via the cheap link, {} via the fast link.\n\
+         \x20        upstream host: {} name(s) dropped for a foreign source, {} accepted but not answered.\n\
          \x20        nfqmark: {}\n{}",
         summary.a_sent,
         summary.links.a_link2,
@@ -228,6 +234,8 @@ pub fn run(opts: &DemoOptions, out: &mut impl Write) -> Result<Summary, Error> {
         summary.b_sent,
         summary.links.b_link2,
         summary.links.b_link1,
+        summary.links.dropped(),
+        summary.links.unanswered,
         summary.counters,
         summary.result_line()
     );
@@ -257,9 +265,12 @@ fn keep(world: &mut World, signals: &Receiver<Signal>, out: &mut impl Write) -> 
          \x20 ip netns exec {a} dig @{ra} marked-by-nfqmark.nfqm.example\n\
          \x20 ip netns exec {r} iptables -t mangle -L -v -n\n\
          \x20 ip netns exec {r} conntrack -L -p udp --dport 53\n\
+         \x20 ip netns exec {r} iptables -t nat -L POSTROUTING -v -n\n\
+         \x20 ip netns exec {u} iptables -t raw -L {ingress} -v -n\n\
          \x20 ip netns exec {r} ip rule show\n\
          \x20 ip netns exec {u} tcpdump -ni link2 port 53\n",
         ra = lab::addr::ROUTER_A_V4,
+        ingress = lab::INGRESS_CHAIN,
     );
     loop {
         match signals.recv() {

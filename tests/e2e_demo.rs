@@ -1,6 +1,7 @@
 //! `nfqmark demo`, run as a newcomer would: the short run's summary shows every upstream query
-//! of client A on the cheap link and none of client B's; Ctrl-C in the middle leaves no
-//! namespace and no process behind.
+//! of client A on the cheap link and none of client B's, accepted and answered by the upstream
+//! host of the real multi-WAN lab; Ctrl-C in the middle leaves no namespace and no process
+//! behind.
 
 mod common;
 
@@ -60,6 +61,10 @@ fn demo_short_run_puts_client_a_on_the_cheap_link() {
     assert_eq!(result_field(line, "a_fast"), 0, "{line}");
     assert_eq!(result_field(line, "b_cheap"), 0, "{line}");
     assert_eq!(result_field(line, "b_fast"), b_sent, "{line}");
+    // The lab is a real multi-WAN router: nothing arrived upstream with the other link's
+    // address, and every query that arrived was answered.
+    assert_eq!(result_field(line, "dropped"), 0, "{line}");
+    assert_eq!(result_field(line, "unanswered"), 0, "{line}");
     assert!(
         demo_namespaces(pid).is_empty(),
         "namespaces left: {:?}",

@@ -160,6 +160,9 @@ pub const LINKS: [(&str, &str, &str); 2] = [
 
 /// The ingress chain on the upstream host (raw table, real layout).
 pub const INGRESS_CHAIN: &str = "LAB-INGRESS";
+/// The router's counting chain (mangle POSTROUTING, real layout): packets that leave by one
+/// link while their connection's NAT binding belongs to the other.
+pub const NATCHECK_CHAIN: &str = "LAB-NATCHECK";
 
 /// TCP ports the upstream host's service address accepts connections on.
 pub const SERVICE_TCP_PORTS: [u16; 3] = [25, 80, 443];
@@ -214,6 +217,11 @@ pub struct Options {
     pub marking: bool,
     /// The real multi-WAN layout (default) or the idealized one.
     pub network: Network,
+    /// Limit the source ports of the resolver's upstream queries to this range, so they are
+    /// reused within conntrack's timeout by other clients' queries: dnsmasq
+    /// `--min-port`/`--max-port` (`--query-port` for one port), unbound
+    /// `outgoing-port-permit`, knot-resolver through the router's `ip_local_port_range`.
+    pub upstream_ports: Option<(u16, u16)>,
 }
 
 impl Options {
@@ -229,6 +237,7 @@ impl Options {
             dnsmasq_args: Vec::new(),
             marking: true,
             network: Network::Real,
+            upstream_ports: None,
         }
     }
 }
@@ -277,6 +286,50 @@ pub struct IngressDrops {
 impl IngressDrops {
     pub fn total(&self) -> u64 {
         self.link1 + self.link2
+    }
+
+    /// What happened since `before`.
+    pub fn since(&self, before: &IngressDrops) -> IngressDrops {
+        IngressDrops {
+            link1: self.link1.saturating_sub(before.link1),
+            link2: self.link2.saturating_sub(before.link2),
+        }
+    }
+}
+
+/// Packets the router sent out of a link other than the one their connection's NAT binding
+/// belongs to (both links, IPv4 and IPv6 together): the route of a flow changed after its first
+/// packet. MASQUERADE drops such a packet and forgets the connection (the kernel's check that
+/// the output interface did not change); with a fixed SNAT it would leave with the other link's
+/// address and the far side would drop it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteChanges {
+    pub udp: u64,
+    pub tcp: u64,
+}
+
+impl RouteChanges {
+    pub fn total(&self) -> u64 {
+        self.udp + self.tcp
+    }
+
+    /// What happened since `before`.
+    pub fn since(&self, before: &RouteChanges) -> RouteChanges {
+        RouteChanges {
+            udp: self.udp.saturating_sub(before.udp),
+            tcp: self.tcp.saturating_sub(before.tcp),
+        }
+    }
+}
+
+impl fmt::Display for RouteChanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "router: {} UDP and {} TCP packet(s) routed out of another link than their flow's NAT \
+             binding (MASQUERADE drops them and forgets the flow)",
+            self.udp, self.tcp
+        )
     }
 }
 
@@ -448,6 +501,7 @@ impl World {
                 // came in on.
                 for family in [Family::V4, Family::V6] {
                     iptables_restore(&router, family, &masquerade_rules())?;
+                    iptables_restore(&router, family, &natcheck_rules(family))?;
                     iptables_restore(&upstream, family, &ingress_rules(family))?;
                 }
             }
@@ -654,6 +708,36 @@ impl World {
         Ok(drops)
     }
 
+    /// Packets of a flow the router routed out of the other link than its NAT binding's, so far
+    /// (zero in the ideal layout, which has no NAT).
+    pub fn route_changes(&self) -> io::Result<RouteChanges> {
+        let mut changes = RouteChanges::default();
+        if self.options.network == Network::Ideal {
+            return Ok(changes);
+        }
+        for tool in ["iptables", "ip6tables"] {
+            let out = self.router.exec(
+                tool,
+                &["-w", "-t", "mangle", "-L", NATCHECK_CHAIN, "-v", "-x", "-n"],
+            )?;
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let Some(pkts) = line
+                    .split_whitespace()
+                    .next()
+                    .and_then(|p| p.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                if line.contains("inside a udp flow") {
+                    changes.udp += pkts;
+                } else if line.contains("inside a tcp flow") {
+                    changes.tcp += pkts;
+                }
+            }
+        }
+        Ok(changes)
+    }
+
     /// A client's address in `family`.
     pub fn client_addr(client: Client, family: Family) -> &'static str {
         match (client, family) {
@@ -825,6 +909,14 @@ impl World {
                 if self.options.resolver == Resolver::DnsmasqConntrack {
                     args.push("--conntrack".into());
                 }
+                match self.options.upstream_ports {
+                    Some((lo, hi)) if lo == hi => args.push(format!("--query-port={lo}")),
+                    Some((lo, hi)) => {
+                        args.push(format!("--min-port={lo}"));
+                        args.push(format!("--max-port={hi}"));
+                    }
+                    None => {}
+                }
                 args.extend(self.options.dnsmasq_args.iter().cloned());
                 let mut cmd = self.router.command("dnsmasq");
                 cmd.args(&args);
@@ -832,7 +924,10 @@ impl World {
             }
             Resolver::Unbound => {
                 let conf = self.path("unbound.conf");
-                std::fs::write(&conf, unbound_conf(upstream, &self.dir.0))?;
+                std::fs::write(
+                    &conf,
+                    unbound_conf(upstream, &self.dir.0, self.options.upstream_ports),
+                )?;
                 let mut cmd = self.router.command("unbound");
                 cmd.args(["-d", "-c"]).arg(&conf);
                 cmd
@@ -844,6 +939,11 @@ impl World {
                 std::fs::create_dir_all(&rundir)?;
                 let conf = self.path("kresd.conf");
                 std::fs::write(&conf, kresd_conf(upstream))?;
+                if let Some((lo, hi)) = self.options.upstream_ports {
+                    // kresd takes its sockets' ports from the kernel's ephemeral range.
+                    self.router
+                        .sysctl("net.ipv4.ip_local_port_range", &format!("{lo} {hi}"))?;
+                }
                 let mut cmd = self.router.command("kresd");
                 cmd.args(["-n", "-c"]).arg(&conf).arg(&rundir);
                 cmd
@@ -1023,8 +1123,14 @@ pub fn wait_for(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
 
 /// unbound as a forwarder that caches nothing useful (names are unique anyway), validates
 /// nothing, and randomises the case of names it sends upstream (0x20).
-fn unbound_conf(upstream: &str, dir: &Path) -> String {
+fn unbound_conf(upstream: &str, dir: &Path, ports: Option<(u16, u16)>) -> String {
     let dir = dir.display();
+    let ports = match ports {
+        Some((lo, hi)) => {
+            format!("    outgoing-port-avoid: 0-65535\n    outgoing-port-permit: {lo}-{hi}\n")
+        }
+        None => String::new(),
+    };
     format!(
         r#"server:
     do-daemonize: no
@@ -1054,7 +1160,7 @@ fn unbound_conf(upstream: &str, dir: &Path) -> String {
     prefetch: no
     so-reuseport: no
     outgoing-range: 512
-remote-control:
+{ports}remote-control:
     control-enable: no
 forward-zone:
     name: "."
@@ -1251,6 +1357,29 @@ pub fn masquerade_rules() -> String {
         r.push_str(&format!(
             "-A POSTROUTING -o {link} -m comment --comment \"lab: uplink NAT\" -j MASQUERADE\n"
         ));
+    }
+    r.push_str("COMMIT\n");
+    r
+}
+
+/// The router's counting rules in the real layout: a packet of a confirmed connection (its NAT
+/// binding made by its first packet) leaving by a link while the connection's reply goes to the
+/// other link's subnet. No target: they only count, and change nothing.
+pub fn natcheck_rules(family: Family) -> String {
+    let mut r = format!("*mangle\n:{NATCHECK_CHAIN} - [0:0]\n-A POSTROUTING -j {NATCHECK_CHAIN}\n");
+    let [(l1, l1v4, l1v6), (l2, l2v4, l2v6)] = LINKS;
+    let (net1, net2) = match family {
+        Family::V4 => (l1v4, l2v4),
+        Family::V6 => (l1v6, l2v6),
+    };
+    for (out, bound) in [(l1, net2), (l2, net1)] {
+        for proto in ["udp", "tcp"] {
+            r.push_str(&format!(
+                "-A {NATCHECK_CHAIN} -o {out} -p {proto} -m conntrack --ctstatus CONFIRMED \
+                 --ctrepldst {bound} -m comment --comment \"lab: route changed inside a {proto} \
+                 flow\"\n"
+            ));
+        }
     }
     r.push_str("COMMIT\n");
     r

@@ -1,22 +1,28 @@
-//! Load and inspection helpers for the daemon's end-to-end tests (`tests/e2e_daemon.rs`).
+//! Load and inspection helpers for the end-to-end tests (`tests/e2e_daemon.rs`,
+//! `tests/e2e_multiwan.rs`).
 //!
 //! A raw-socket flood of malformed DNS-port packets sent from inside a client namespace, dnsperf
-//! runs, the kernel's own view of a queue (`/proc/net/netfilter/nfnetlink_queue`), nfqmark's
-//! counter line, a process's RSS, and the exit status of a child the lab owns (read without
-//! reaping it, so the lab still cleans up). Every loop here is bounded in count and in time.
+//! runs, DNS clients that ask over UDP like a stub resolver and over TCP in every shape RFC 7766
+//! allows (one query per connection, several pipelined in one segment, a message split after
+//! its length prefix or in its middle), the kernel's own view of a queue
+//! (`/proc/net/netfilter/nfnetlink_queue`), nfqmark's counter line, a process's RSS, and the
+//! exit status of a child the lab owns (read without reaping it, so the lab still cleans up).
+//! Every loop here is bounded in count and in time.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::mem;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RData, RecordType};
 use nfqmark::lab::netns::Netns;
 
 // ---------------------------------------------------------------------------------------------
@@ -901,6 +907,413 @@ fn l4_bytes(kind: Kind, rng: &mut Rng, sport: u16, dport: u16) -> Vec<u8> {
             t
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// DNS clients: UDP like a stub resolver, TCP in every shape a stream allows.
+// ---------------------------------------------------------------------------------------------
+
+/// How a client writes its TCP queries. Every write is its own segment: the socket has
+/// TCP_NODELAY and the writes of one message are [`AskLimits::pause`] apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpShape {
+    /// One query per connection, in one segment.
+    OnePerConnection,
+    /// This many queries per connection, all in one segment; answers read in any order.
+    Pipelined(usize),
+    /// One query per connection: the two-byte length prefix alone, then the message.
+    LonePrefix,
+    /// One query per connection, cut in the middle of the message (prefix and first half, then
+    /// the rest).
+    CutMiddle,
+}
+
+/// How a client asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Every query over UDP from one socket, all sent at once, unanswered ones sent again
+    /// (`tries`); a truncated answer is asked again over TCP, one query per connection, as a
+    /// stub resolver does.
+    Udp,
+    Tcp(TcpShape),
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Shape::Udp => f.write_str("UDP"),
+            Shape::Tcp(TcpShape::OnePerConnection) => f.write_str("TCP, one query per connection"),
+            Shape::Tcp(TcpShape::Pipelined(n)) => {
+                write!(f, "TCP, {n} pipelined queries per segment")
+            }
+            Shape::Tcp(TcpShape::LonePrefix) => {
+                f.write_str("TCP, length prefix alone then the message")
+            }
+            Shape::Tcp(TcpShape::CutMiddle) => f.write_str("TCP, message cut in the middle"),
+        }
+    }
+}
+
+/// Bounds of a client's run.
+#[derive(Debug, Clone, Copy)]
+pub struct AskLimits {
+    /// How long to wait for answers per try (UDP), per connection (TCP, from the connect).
+    pub timeout: Duration,
+    /// UDP tries per query (TCP connections are not retried).
+    pub tries: u32,
+    /// UDP queries outstanding at once (a new one is sent when one is answered or given up).
+    pub window: usize,
+    /// TCP connections open at once.
+    pub workers: usize,
+    /// Between the writes of one split message.
+    pub pause: Duration,
+}
+
+impl Default for AskLimits {
+    fn default() -> AskLimits {
+        AskLimits {
+            timeout: Duration::from_millis(1500),
+            tries: 2,
+            window: usize::MAX,
+            workers: 8,
+            pause: Duration::from_millis(20),
+        }
+    }
+}
+
+/// What a client got.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Asked {
+    pub sent: usize,
+    /// Names answered with the lab's address.
+    pub answered: usize,
+    /// Names answered truncated over UDP and asked again over TCP.
+    pub retried_over_tcp: usize,
+    /// Names never answered (sorted).
+    pub unanswered: Vec<String>,
+}
+
+impl fmt::Display for Asked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{} answered", self.answered, self.sent)?;
+        if self.retried_over_tcp > 0 {
+            write!(f, " ({} retried over TCP)", self.retried_over_tcp)?;
+        }
+        Ok(())
+    }
+}
+
+/// Ask `names` (type A from an IPv4 server address, AAAA from an IPv6 one) of `server` from
+/// inside `ns`, shaped as `shape`. An answer counts when its id and question match the query
+/// and it holds the lab upstream's address (`expected`).
+pub fn ask(
+    ns: &Netns,
+    server: SocketAddr,
+    names: &[String],
+    expected: IpAddr,
+    shape: Shape,
+    limits: AskLimits,
+) -> io::Result<Asked> {
+    let qtype = if server.is_ipv4() {
+        RecordType::A
+    } else {
+        RecordType::AAAA
+    };
+    let names: Vec<String> = names.to_vec();
+    let (answered, retried) = match shape {
+        Shape::Udp => {
+            let list = names.clone();
+            let (answered, truncated) = join(spawn_in(ns, "ask-udp", move || {
+                ask_udp(server, &list, qtype, expected, limits)
+            })?)?;
+            let again = ask_tcp(
+                ns,
+                server,
+                &truncated,
+                qtype,
+                expected,
+                TcpShape::OnePerConnection,
+                limits,
+            )?;
+            let n = truncated.len();
+            (answered.into_iter().chain(again).collect(), n)
+        }
+        Shape::Tcp(t) => (ask_tcp(ns, server, &names, qtype, expected, t, limits)?, 0),
+    };
+    let answered: std::collections::BTreeSet<String> = answered.into_iter().collect();
+    Ok(Asked {
+        sent: names.len(),
+        answered: answered.len(),
+        retried_over_tcp: retried,
+        unanswered: names
+            .iter()
+            .filter(|n| !answered.contains(*n))
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+    })
+}
+
+/// A query for `name` with `id`, recursion desired.
+fn dns_query(id: u16, name: &str, qtype: RecordType) -> io::Result<Vec<u8>> {
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(
+        Name::from_ascii(name).map_err(io::Error::other)?,
+        qtype,
+    ));
+    m.to_vec().map_err(io::Error::other)
+}
+
+/// How an answer to query `id` for `name` came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    /// Holds the expected address.
+    Good,
+    /// Truncated: ask again over TCP.
+    Truncated,
+    /// Anything else (another id, question or address, an error code).
+    Bad,
+}
+
+fn check_reply(bytes: &[u8], id: u16, name: &str, expected: IpAddr) -> Reply {
+    let Ok(m) = Message::from_vec(bytes) else {
+        return Reply::Bad;
+    };
+    let same_question = m.queries.first().is_some_and(|q| {
+        q.name()
+            .to_ascii()
+            .trim_end_matches('.')
+            .eq_ignore_ascii_case(name.trim_end_matches('.'))
+    });
+    if m.metadata.id != id || m.metadata.message_type != MessageType::Response || !same_question {
+        return Reply::Bad;
+    }
+    if m.metadata.truncation {
+        return Reply::Truncated;
+    }
+    let good = m.answers.iter().any(|r| match (&r.data, expected) {
+        (RData::A(a), IpAddr::V4(e)) => a.0 == e,
+        (RData::AAAA(a), IpAddr::V6(e)) => a.0 == e,
+        _ => false,
+    });
+    if good { Reply::Good } else { Reply::Bad }
+}
+
+/// The id of the first query of a client run: different runs use different ids.
+fn first_id(names: &[String]) -> u16 {
+    let seed = names
+        .first()
+        .map(|n| {
+            n.bytes()
+                .fold(0u16, |h, b| h.wrapping_mul(31).wrapping_add(u16::from(b)))
+        })
+        .unwrap_or(0);
+    seed ^ (std::process::id() as u16)
+}
+
+/// UDP from one socket of the calling thread's namespace, at most `limits.window` queries
+/// outstanding, each sent up to `limits.tries` times `limits.timeout` apart; returns the names
+/// answered and the names answered truncated.
+fn ask_udp(
+    server: SocketAddr,
+    names: &[String],
+    qtype: RecordType,
+    expected: IpAddr,
+    limits: AskLimits,
+) -> io::Result<(Vec<String>, Vec<String>)> {
+    let any: SocketAddr = if server.is_ipv4() {
+        SocketAddr::from(([0u8; 4], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let socket = UdpSocket::bind(any)?;
+    let base = first_id(names);
+    let id_of = |i: usize| base.wrapping_add(i as u16);
+    let ids: BTreeMap<u16, usize> = (0..names.len()).map(|i| (id_of(i), i)).collect();
+    let mut state: Vec<Option<Reply>> = vec![None; names.len()];
+    // Outstanding queries: index -> (when the last try is up, tries so far).
+    let mut outstanding: BTreeMap<usize, (Instant, u32)> = BTreeMap::new();
+    let mut next = 0;
+    let mut buf = [0u8; 4096];
+    loop {
+        while outstanding.len() < limits.window.max(1) && next < names.len() {
+            socket.send_to(&dns_query(id_of(next), &names[next], qtype)?, server)?;
+            outstanding.insert(next, (Instant::now() + limits.timeout, 1));
+            next += 1;
+        }
+        // Tries that are up: again, or given up.
+        let now = Instant::now();
+        let due: Vec<usize> = outstanding
+            .iter()
+            .filter(|(_, (until, _))| *until <= now)
+            .map(|(i, _)| *i)
+            .collect();
+        for i in due {
+            let tries = outstanding.get(&i).map_or(0, |(_, t)| *t);
+            if tries < limits.tries {
+                socket.send_to(&dns_query(id_of(i), &names[i], qtype)?, server)?;
+                outstanding.insert(i, (Instant::now() + limits.timeout, tries + 1));
+            } else {
+                outstanding.remove(&i);
+            }
+        }
+        let Some(until) = outstanding.values().map(|(u, _)| *u).min() else {
+            if next >= names.len() {
+                break;
+            }
+            continue;
+        };
+        let wait = until.saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            continue;
+        }
+        socket.set_read_timeout(Some(wait))?;
+        let Ok((n, _)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        let Some(reply) = buf.get(..n) else { continue };
+        let Some(id) = reply.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
+            continue;
+        };
+        if let Some(&i) = ids.get(&id)
+            && outstanding.contains_key(&i)
+        {
+            match check_reply(reply, id, &names[i], expected) {
+                Reply::Bad => {}
+                r => {
+                    state[i] = Some(r);
+                    outstanding.remove(&i);
+                }
+            }
+        }
+    }
+    let pick = |want: Reply| -> Vec<String> {
+        names
+            .iter()
+            .zip(&state)
+            .filter(|(_, s)| **s == Some(want))
+            .map(|(n, _)| n.clone())
+            .collect()
+    };
+    Ok((pick(Reply::Good), pick(Reply::Truncated)))
+}
+
+/// TCP with `limits.workers` connections at once, each a thread in `ns`; returns the names
+/// answered.
+fn ask_tcp(
+    ns: &Netns,
+    server: SocketAddr,
+    names: &[String],
+    qtype: RecordType,
+    expected: IpAddr,
+    shape: TcpShape,
+    limits: AskLimits,
+) -> io::Result<Vec<String>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let per_connection = match shape {
+        TcpShape::Pipelined(n) => n.max(1),
+        _ => 1,
+    };
+    let units: std::collections::VecDeque<Vec<String>> = names
+        .chunks(per_connection)
+        .map(<[String]>::to_vec)
+        .collect();
+    let units = std::sync::Arc::new(std::sync::Mutex::new(units));
+    let base = first_id(names);
+    let mut handles = Vec::new();
+    for w in 0..limits.workers.max(1) {
+        let units = std::sync::Arc::clone(&units);
+        handles.push(spawn_in(ns, "ask-tcp", move || {
+            let mut answered = Vec::new();
+            let mut k = 0u16;
+            loop {
+                let unit = {
+                    let mut q = units.lock().unwrap_or_else(|p| p.into_inner());
+                    q.pop_front()
+                };
+                let Some(unit) = unit else { break };
+                // Ids unique across workers and connections of this run.
+                let id0 = base
+                    .wrapping_add((w as u16).wrapping_mul(4099))
+                    .wrapping_add(k.wrapping_mul(per_connection as u16));
+                k = k.wrapping_add(1);
+                if let Ok(got) = tcp_connection(server, &unit, id0, qtype, expected, shape, limits)
+                {
+                    answered.extend(got);
+                }
+            }
+            Ok(answered)
+        })?);
+    }
+    let mut out = Vec::new();
+    for h in handles {
+        out.extend(join(h)?);
+    }
+    Ok(out)
+}
+
+/// One connection: write the queries for `unit` as `shape` says, read answers until each is in
+/// or the time is up.
+fn tcp_connection(
+    server: SocketAddr,
+    unit: &[String],
+    id0: u16,
+    qtype: RecordType,
+    expected: IpAddr,
+    shape: TcpShape,
+    limits: AskLimits,
+) -> io::Result<Vec<String>> {
+    let deadline = Instant::now() + limits.timeout;
+    let mut conn = TcpStream::connect_timeout(&server, limits.timeout)?;
+    conn.set_nodelay(true)?;
+    let mut framed = Vec::new();
+    for (i, name) in unit.iter().enumerate() {
+        let q = dns_query(id0.wrapping_add(i as u16), name, qtype)?;
+        framed.extend_from_slice(&(q.len() as u16).to_be_bytes());
+        framed.extend_from_slice(&q);
+    }
+    let cut = match shape {
+        TcpShape::OnePerConnection | TcpShape::Pipelined(_) => framed.len(),
+        TcpShape::LonePrefix => 2,
+        TcpShape::CutMiddle => 2 + (framed.len() - 2) / 2,
+    };
+    let (first, rest) = framed.split_at(cut.min(framed.len()));
+    conn.write_all(first)?;
+    if !rest.is_empty() {
+        thread::sleep(limits.pause);
+        conn.write_all(rest)?;
+    }
+    let mut answered = Vec::new();
+    let mut pending: BTreeMap<u16, &String> = unit
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (id0.wrapping_add(i as u16), n))
+        .collect();
+    while !pending.is_empty() {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        conn.set_read_timeout(Some(deadline - now))?;
+        let mut len = [0u8; 2];
+        conn.read_exact(&mut len)?;
+        let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        conn.read_exact(&mut msg)?;
+        let Some(id) = msg.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
+            continue;
+        };
+        if let Some(name) = pending.get(&id).copied()
+            && check_reply(&msg, id, name, expected) == Reply::Good
+        {
+            pending.remove(&id);
+            answered.push(name.clone());
+        }
+    }
+    Ok(answered)
 }
 
 #[cfg(test)]

@@ -8,9 +8,12 @@ use std::path::PathBuf;
 /// Returns false when the test should be skipped.
 pub fn require_root(test: &str) -> bool {
     if nfqmark::lab::netns::is_root() {
-        if let Err(missing) =
-            nfqmark::lab::check_programs(&[("unbound", "unbound"), ("dnsperf", "dnsperf")])
-        {
+        if let Err(missing) = nfqmark::lab::check_programs(&[
+            ("unbound", "unbound"),
+            ("kresd", "knot-resolver"),
+            ("dnsperf", "dnsperf"),
+            ("conntrack", "conntrack"),
+        ]) {
             panic!("{test}: {missing} (bash .ci/run installs everything the tests need)");
         }
         return true;
