@@ -511,48 +511,137 @@ cases! {
     knot_v4_udp: Case::new(Knot, V4, Shape::Udp);
     knot_v6_udp: Case::new(Knot, V6, Shape::Udp);
 
+    #[ignore = "issue 11: client A answered 0/40 (B 40/40): dnsmasq's upstream TCP SYN leaves \
+                unmarked over link1, the marked query segment is routed to link2 and MASQUERADE \
+                drops it (40 TCP route changes)"]
     dnsmasq_v4_tcp: Case::new(Dnsmasq, V4, ONE);
+    #[ignore = "issue 11: client A answered 0/40 (B 40/40): the upstream TCP connection's route \
+                changes after its SYN (40 TCP route changes)"]
     dnsmasq_v6_tcp: Case::new(Dnsmasq, V6, ONE);
     unbound_v4_tcp: Case::new(Unbound, V4, ONE);
     unbound_v6_tcp: Case::new(Unbound, V6, ONE);
     knot_v4_tcp: Case::new(Knot, V4, ONE);
     knot_v6_tcp: Case::new(Knot, V6, ONE);
 
+    #[ignore = "issue 11: client A answered 0/40: only the first of 4 queries in a segment is \
+                paired (10 of 40 reach link2, unanswered) and each upstream connection's route \
+                changes after its SYN (10 TCP route changes)"]
     dnsmasq_v4_tcp_pipelined: Case::new(Dnsmasq, V4, PIPELINED);
+    #[ignore = "issue 11: client A answered 0/40: only the first of 4 queries in a segment is \
+                paired, and the upstream connections' routes change (10 TCP route changes)"]
     dnsmasq_v6_tcp_pipelined: Case::new(Dnsmasq, V6, PIPELINED);
+    #[ignore = "issue 11: only the first of 4 pipelined queries in a segment is marked: 10 of A's \
+                40 upstream queries over link2, 30 over link1 (all answered)"]
     unbound_v4_tcp_pipelined: Case::new(Unbound, V4, PIPELINED);
+    #[ignore = "issue 11: only the first of 4 pipelined queries in a segment is marked: 10 of A's \
+                40 upstream queries over link2, 30 over link1 (all answered)"]
     unbound_v6_tcp_pipelined: Case::new(Unbound, V6, PIPELINED);
+    #[ignore = "issue 11: only the first of 4 pipelined queries in a segment is marked: 10 of A's \
+                40 upstream queries over link2, 30 over link1 (all answered)"]
     knot_v4_tcp_pipelined: Case::new(Knot, V4, PIPELINED);
+    #[ignore = "issue 11: only the first of 4 pipelined queries in a segment is marked: 10 of A's \
+                40 upstream queries over link2, 30 over link1 (all answered)"]
     knot_v6_tcp_pipelined: Case::new(Knot, V6, PIPELINED);
 
+    #[ignore = "issue 11: a query whose length prefix comes alone is never read: 0 of A's 40 \
+                upstream queries over link2, all 40 over link1 (all answered)"]
     dnsmasq_v4_tcp_lone_prefix: Case::new(Dnsmasq, V4, LONE_PREFIX);
+    #[ignore = "issue 11: a query whose length prefix comes alone is never read: 0 of A's 40 \
+                upstream queries over link2, all 40 over link1 (all answered)"]
     dnsmasq_v6_tcp_lone_prefix: Case::new(Dnsmasq, V6, LONE_PREFIX);
+    #[ignore = "issue 11: a query whose length prefix comes alone is never read: 0 of A's 40 \
+                upstream queries over link2, all 40 over link1 (all answered)"]
     unbound_v4_tcp_lone_prefix: Case::new(Unbound, V4, LONE_PREFIX);
+    #[ignore = "issue 11: a query whose length prefix comes alone is never read: 0 of A's 40 \
+                upstream queries over link2, all 40 over link1 (all answered)"]
     unbound_v6_tcp_lone_prefix: Case::new(Unbound, V6, LONE_PREFIX);
+    #[ignore = "issue 11: a query whose length prefix comes alone is never read: 0 of A's 40 \
+                upstream queries over link2, all 40 over link1 (all answered)"]
     knot_v4_tcp_lone_prefix: Case::new(Knot, V4, LONE_PREFIX);
+    #[ignore = "issue 11: a query whose length prefix comes alone is never read: 0 of A's 40 \
+                upstream queries over link2, all 40 over link1 (all answered)"]
     knot_v6_tcp_lone_prefix: Case::new(Knot, V6, LONE_PREFIX);
 
+    #[ignore = "issue 11: a query cut over two segments is never read: 0 of A's 40 upstream \
+                queries over link2, all 40 over link1 (all answered)"]
     dnsmasq_v4_tcp_cut: Case::new(Dnsmasq, V4, CUT);
+    #[ignore = "issue 11: a query cut over two segments is never read: 0 of A's 40 upstream \
+                queries over link2, all 40 over link1 (all answered)"]
     dnsmasq_v6_tcp_cut: Case::new(Dnsmasq, V6, CUT);
+    #[ignore = "issue 11: a query cut over two segments is never read: 0 of A's 40 upstream \
+                queries over link2, all 40 over link1 (all answered)"]
     unbound_v4_tcp_cut: Case::new(Unbound, V4, CUT);
+    #[ignore = "issue 11: a query cut over two segments is never read: 0 of A's 40 upstream \
+                queries over link2, all 40 over link1 (all answered)"]
     unbound_v6_tcp_cut: Case::new(Unbound, V6, CUT);
+    #[ignore = "issue 11: a query cut over two segments is never read: 0 of A's 40 upstream \
+                queries over link2, all 40 over link1 (all answered)"]
     knot_v4_tcp_cut: Case::new(Knot, V4, CUT);
+    #[ignore = "issue 11: a query cut over two segments is never read: 0 of A's 40 upstream \
+                queries over link2, all 40 over link1 (all answered)"]
     knot_v6_tcp_cut: Case::new(Knot, V6, CUT);
 
+    #[ignore = "issue 11: client A answered 0/40 (B 40/40): its own TCP retry's upstream \
+                connection changes route after the SYN (40 TCP route changes); the UDP queries \
+                are exact"]
     dnsmasq_v4_truncated: truncated(Dnsmasq, V4);
+    #[ignore = "issue 11: client A answered 0/40 (B 40/40): its own TCP retry's upstream \
+                connection changes route after the SYN (40 TCP route changes); the UDP queries \
+                are exact"]
     dnsmasq_v6_truncated: truncated(Dnsmasq, V6);
+    #[ignore = "issue 11: unbound pipelines both clients' TCP retries on shared upstream \
+                connections (2-8 connections, 1-2 of them carrying both clients' queries) and \
+                nfqmark re-marks segments inside them; in 3 runs: A answered 0-40/40, B \
+                1-40/40, 0-8 TCP route changes, up to 6 packets dropped upstream for a foreign \
+                source"]
     unbound_v4_truncated: truncated(Unbound, V4);
+    #[ignore = "issue 11: unbound pipelines both clients' TCP retries on shared upstream \
+                connections (4-7 connections, 1-5 of them carrying both clients' queries) and \
+                nfqmark re-marks segments inside them; in 3 runs: A answered 0-24/40, B \
+                1-30/40, 5-8 TCP route changes, 4-5 packets dropped upstream for a foreign \
+                source"]
     unbound_v6_truncated: truncated(Unbound, V6);
+    #[ignore = "issue 11: kresd pipelines both clients' TCP retries on 3-4 shared upstream \
+                connections (1-4 of them carrying both clients' queries) and nfqmark re-marks \
+                segments inside them; in 3 runs: A answered 0-38/40, B 0-38/40, 3-13 TCP route \
+                changes, 4-5 packets dropped upstream for a foreign source"]
     knot_v4_truncated: truncated(Knot, V4);
+    #[ignore = "issue 11: kresd pipelines both clients' TCP retries on 3-5 shared upstream \
+                connections (0-4 of them carrying both clients' queries) and nfqmark re-marks \
+                segments inside them; in 3 runs: A answered 0-40/40, B 6-40/40, 3-11 TCP route \
+                changes, 3-6 packets dropped upstream for a foreign source"]
     knot_v6_truncated: truncated(Knot, V6);
 
+    #[ignore = "issue 11: the one upstream flow changes link with the client: in 4 runs 12-18 \
+                UDP route changes, A answered 35-40/40, B 34-40/40, up to 7 packets dropped \
+                upstream for a foreign source"]
     dnsmasq_v4_query_port: ports(Dnsmasq, V4, QUERY_PORT);
+    #[ignore = "issue 11: the one upstream flow changes link with the client: in 4 runs 7-34 \
+                UDP route changes, A answered 40/40, B 23-39/40"]
     dnsmasq_v6_query_port: ports(Dnsmasq, V6, QUERY_PORT);
+    #[ignore = "issue 11: a port one client's query used, reused by the other's within \
+                conntrack's timeout, changes its flow's route: 0-29 UDP route changes in 4 \
+                runs (MASQUERADE drops the packet; dnsmasq's retry is answered: 40/40 each)"]
     dnsmasq_v4_port_reuse: ports(Dnsmasq, V4, FEW_PORTS);
+    #[ignore = "issue 11: a port one client's query used, reused by the other's within \
+                conntrack's timeout, changes its flow's route: 7-28 UDP route changes in 4 \
+                runs (all answered after retries)"]
     dnsmasq_v6_port_reuse: ports(Dnsmasq, V6, FEW_PORTS);
+    #[ignore = "issue 11: a port one client's query used, reused by the other's within \
+                conntrack's timeout, changes its flow's route: 19-36 UDP route changes in 4 \
+                runs; A answered 35-40/40, B 37-40/40"]
     unbound_v4_port_reuse: ports(Unbound, V4, FEW_PORTS);
+    #[ignore = "issue 11: a port one client's query used, reused by the other's within \
+                conntrack's timeout, changes its flow's route: 26-30 UDP route changes in 4 \
+                runs (all answered after retries)"]
     unbound_v6_port_reuse: ports(Unbound, V6, FEW_PORTS);
+    #[ignore = "issue 11: a port one client's query used, reused by the other's within \
+                conntrack's timeout, changes its flow's route: 15-30 UDP route changes in 3 \
+                runs; A answered 32-37/40, B 36-40/40"]
     knot_v4_port_reuse: ports(Knot, V4, FEW_PORTS);
+    #[ignore = "issue 11: a port one client's query used, reused by the other's within \
+                conntrack's timeout, changes its flow's route: 24-29 UDP route changes in 3 \
+                runs; A answered 35-36/40, B 28-33/40"]
     knot_v6_port_reuse: ports(Knot, V6, FEW_PORTS);
 
     dnsmasq_v4_dnat_udp: dnatted(Dnsmasq, V4, Shape::Udp);
@@ -561,7 +650,11 @@ cases! {
     unbound_v6_dnat_udp: dnatted(Unbound, V6, Shape::Udp);
     knot_v4_dnat_udp: dnatted(Knot, V4, Shape::Udp);
     knot_v6_dnat_udp: dnatted(Knot, V6, Shape::Udp);
+    #[ignore = "issue 11: client A answered 0/40 (B 40/40): dnsmasq's upstream TCP connection \
+                changes route after its SYN (40 TCP route changes)"]
     dnsmasq_v4_dnat_tcp: dnatted(Dnsmasq, V4, ONE);
+    #[ignore = "issue 11: client A answered 0/40 (B 40/40): dnsmasq's upstream TCP connection \
+                changes route after its SYN (40 TCP route changes)"]
     dnsmasq_v6_dnat_tcp: dnatted(Dnsmasq, V6, ONE);
     unbound_v4_dnat_tcp: dnatted(Unbound, V4, ONE);
     unbound_v6_dnat_tcp: dnatted(Unbound, V6, ONE);

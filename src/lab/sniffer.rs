@@ -163,6 +163,9 @@ struct Records {
 #[derive(Debug)]
 pub struct Sniffer {
     seen: Arc<Mutex<Records>>,
+    /// Some watched link accepts only its own sources: the host answers over the link a
+    /// query came in on.
+    validating: bool,
     _threads: Threads,
 }
 
@@ -192,8 +195,15 @@ impl Sniffer {
         }
         Ok(Sniffer {
             seen,
+            validating: links.iter().any(|w| w.sources.is_some()),
             _threads: Threads::new(stop, handles),
         })
+    }
+
+    /// Whether the upstream host filters sources per link (and so answers over the link a
+    /// query came in on); without that, an answer may leave by any link.
+    pub fn validating(&self) -> bool {
+        self.validating
     }
 
     fn records(&self) -> MutexGuard<'_, Records> {
