@@ -740,16 +740,6 @@ impl World {
         Ok(changes)
     }
 
-    /// A client's address in `family`.
-    pub fn client_addr(client: Client, family: Family) -> &'static str {
-        match (client, family) {
-            (Client::A, Family::V4) => addr::A_V4,
-            (Client::A, Family::V6) => addr::A_V6,
-            (Client::B, Family::V4) => addr::B_V4,
-            (Client::B, Family::V6) => addr::B_V6,
-        }
-    }
-
     /// The next local port for a flow of `client`: the two clients' ranges do not overlap, so
     /// the router's NAT never needs to change them and the sniffer tells the flows apart.
     fn flow_port(&self, client: Client) -> u16 {
