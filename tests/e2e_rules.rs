@@ -183,8 +183,6 @@ fn captive_portal_resolves_only_the_garden_for_unauthenticated_clients() {
 /// reload (dnsmasq picks random ports; a flow lives in conntrack for 30 s): their packets leave
 /// by the other link with the old link's NAT binding and are dropped.
 #[test]
-#[ignore = "issue 11: 18 of 1600 queries lost around the reload, 18 UDP route changes (a port \
-            used for B's unmarked queries reused for its marked ones)"]
 fn sighup_under_load_loses_nothing_and_puts_new_rules_in_force() {
     sighup_under_load("reload", Network::Real);
 }
