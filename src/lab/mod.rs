@@ -32,6 +32,7 @@
 //! nfqmark's library only for the queue rules `nfqmark setup` prints (`crate::setup`) and test
 //! packets (`crate::fixtures`); everything it observes, it parses itself.
 
+pub mod hierarchy;
 pub mod netns;
 pub mod sniffer;
 pub mod upstream;
@@ -224,6 +225,10 @@ pub struct Options {
     /// `--min-port`/`--max-port` (`--query-port` for one port), unbound
     /// `outgoing-port-permit`, knot-resolver through the router's `ip_local_port_range`.
     pub upstream_ports: Option<(u16, u16)>,
+    /// Serve a real DNS hierarchy on the upstream host ([`hierarchy`]) and run unbound or
+    /// kresd as full recursive resolvers from its root, instead of forwarding to the
+    /// responder. `None`: forwarding (dnsmasq ignores this in any case).
+    pub recursion: Option<hierarchy::Recursion>,
 }
 
 impl Options {
@@ -240,6 +245,7 @@ impl Options {
             marking: true,
             network: Network::Real,
             upstream_ports: None,
+            recursion: None,
         }
     }
 }
@@ -250,6 +256,7 @@ pub struct World {
     // Field order is drop order: processes, then threads in namespaces, then the namespaces.
     resolver: Option<Guarded>,
     nfqmark: Option<Guarded>,
+    hierarchy: Option<hierarchy::Hierarchy>,
     pub sniffer: Sniffer,
     _responder: Responder,
     _sink: Sink,
@@ -562,9 +569,17 @@ impl World {
             &SERVICE_UDP_PORTS,
         )?;
         let sniffer = Sniffer::start(&upstream, &watched(options.network))?;
+        let hierarchy = match options.recursion {
+            Some(_) => Some(hierarchy::Hierarchy::start(
+                &upstream,
+                &dir.0.join("hierarchy"),
+            )?),
+            None => None,
+        };
         Ok(World {
             resolver: None,
             nfqmark: None,
+            hierarchy,
             sniffer,
             _responder: responder,
             _sink: sink,
@@ -577,6 +592,11 @@ impl World {
             queue_rules_installed: false,
             next_port: [AtomicU16::new(0), AtomicU16::new(0)],
         })
+    }
+
+    /// The DNS hierarchy, when the world recurses ([`Options::recursion`]).
+    pub fn hierarchy(&self) -> Option<&hierarchy::Hierarchy> {
+        self.hierarchy.as_ref()
     }
 
     pub fn options(&self) -> &Options {
@@ -660,6 +680,11 @@ impl World {
     /// The pid of nfqmark, if running.
     pub fn nfqmark_pid(&self) -> Option<u32> {
         self.nfqmark.as_ref().map(|c| c.0.id())
+    }
+
+    /// The pid of the resolver, if running (tests pause it to line up clients' queries).
+    pub fn resolver_pid(&self) -> Option<u32> {
+        self.resolver.as_ref().map(|c| c.0.id())
     }
 
     /// Run iptables (or ip6tables) on the router.
@@ -916,10 +941,13 @@ impl World {
             }
             Resolver::Unbound => {
                 let conf = self.path("unbound.conf");
-                std::fs::write(
-                    &conf,
-                    unbound_conf(upstream, &self.dir.0, self.options.upstream_ports),
-                )?;
+                let text = match (&self.hierarchy, self.options.recursion) {
+                    (Some(h), Some(r)) => {
+                        h.unbound_conf(&self.dir.0, family, r, self.options.upstream_ports)
+                    }
+                    _ => unbound_conf(upstream, &self.dir.0, self.options.upstream_ports),
+                };
+                std::fs::write(&conf, text)?;
                 let mut cmd = self.router.command("unbound");
                 cmd.args(["-d", "-c"]).arg(&conf);
                 cmd
@@ -930,7 +958,11 @@ impl World {
                 let _ = std::fs::remove_dir_all(&rundir);
                 std::fs::create_dir_all(&rundir)?;
                 let conf = self.path("kresd.conf");
-                std::fs::write(&conf, kresd_conf(upstream))?;
+                let text = match (&self.hierarchy, self.options.recursion) {
+                    (Some(h), Some(r)) => h.kresd_conf(family, r),
+                    _ => kresd_conf(upstream),
+                };
+                std::fs::write(&conf, text)?;
                 if let Some((lo, hi)) = self.options.upstream_ports {
                     // kresd takes its sockets' ports from the kernel's ephemeral range.
                     self.router
@@ -951,7 +983,10 @@ impl World {
         let mut n = 0u32;
         let ready = wait_for(Duration::from_secs(10), || {
             n += 1;
-            let name = format!("{}-ready-{n}.nfqm.example", client.letter());
+            let name = match self.hierarchy {
+                Some(_) => hierarchy::READY_NAME.to_string(),
+                None => format!("{}-ready-{n}.nfqm.example", client.letter()),
+            };
             self.query(client, family, &[name], false)
                 .map(|r| r.answered == 1)
                 .unwrap_or(false)

@@ -110,6 +110,10 @@ pub struct Seen {
     pub dport: u16,
     /// Lower-cased query name without the trailing dot.
     pub name: String,
+    /// The question's type (1 A, 2 NS, 28 AAAA, 43 DS, 48 DNSKEY...).
+    pub qtype: u16,
+    /// The name as sent had upper-case letters: the resolver randomised its case (0x20).
+    pub cased: bool,
     pub id: u16,
     /// The source belongs to the link: the upstream host's ingress filter let it in. False: it
     /// arrived with another link's (or a client's) address and was dropped.
@@ -531,20 +535,35 @@ fn ip_in_frame(frame: &[u8]) -> Option<Ip<'_>> {
     Some(Ip { src, dst, l4 })
 }
 
-/// ID, QR, TC and the first question's name (lower-cased, no trailing dot) of a DNS message.
-fn dns_summary(message: &[u8]) -> Option<(u16, bool, bool, String)> {
+/// What the sniffer keeps of a DNS message.
+struct Summary {
+    id: u16,
+    response: bool,
+    truncated: bool,
+    /// The first question's name, lower-cased, no trailing dot.
+    name: String,
+    qtype: u16,
+    /// The name as sent had upper-case letters (0x20).
+    cased: bool,
+}
+
+fn dns_summary(message: &[u8]) -> Option<Summary> {
     let m = Message::from_vec(message).ok()?;
     let q = m.queries.first()?;
-    let mut name = q.name().to_ascii().to_ascii_lowercase();
+    // hickory keeps the name's case as sent.
+    let sent = q.name().to_ascii();
+    let mut name = sent.to_ascii_lowercase();
     if name.ends_with('.') {
         name.pop();
     }
-    Some((
-        m.metadata.id,
-        m.metadata.message_type == MessageType::Response,
-        m.metadata.truncation,
+    Some(Summary {
+        id: m.metadata.id,
+        response: m.metadata.message_type == MessageType::Response,
+        truncated: m.metadata.truncation,
         name,
-    ))
+        qtype: u16::from(q.query_type()),
+        cased: sent.bytes().any(|b| b.is_ascii_uppercase()),
+    })
 }
 
 /// Turn one frame on `link` into records: queries and flow openings arriving, answers leaving.
@@ -601,7 +620,15 @@ pub fn read_frame(
     };
     let mut events = Vec::new();
     for (message, dropped) in messages {
-        let Some((id, response, truncated, name)) = dns_summary(&message) else {
+        let Some(Summary {
+            id,
+            response,
+            truncated,
+            name,
+            qtype,
+            cased,
+        }) = dns_summary(&message)
+        else {
             continue;
         };
         match (outgoing, response) {
@@ -613,6 +640,8 @@ pub fn read_frame(
                 dst: ip.dst,
                 dport,
                 name,
+                qtype,
+                cased,
                 id,
                 accepted: !dropped,
             })),
@@ -844,6 +873,19 @@ mod tests {
         };
         assert_eq!(seen.name, "a-1.nfqm.example");
         assert!(!seen.accepted);
+        // The type and the case as sent are kept for the hierarchy's tables.
+        assert_eq!(seen.qtype, 1);
+        assert!(seen.cased);
+        let lower = read_frame(
+            &mut s,
+            &link2(),
+            false,
+            &udp_frame(ROUTER1, UPSTREAM, 4000, 53, &query(8, "a-1.nfqm.example")),
+        );
+        assert!(matches!(
+            lower.as_slice(),
+            [Event::Query(Seen { cased: false, .. })]
+        ));
         // Link 2's own address: accepted.
         let ev = read_frame(
             &mut s,
