@@ -26,6 +26,10 @@
 //! The upstream host's sniffer records the link every query, answer and flow opening came
 //! over, and whether its source got past the ingress filter ([`sniffer`]).
 //!
+//! With [`Options::recursion`], the upstream host also serves a real DNS hierarchy (root, TLD
+//! and second-level knotd servers, [`hierarchy`]) and unbound or kresd recurse from its root
+//! instead of forwarding to the responder.
+//!
 //! This module owns building and tearing down that world. Namespace names are unique per
 //! process and call, so tests run in parallel; addresses come only from 198.18.0.0/15 and
 //! 2001:db8::/32 and stay inside the namespaces; nothing touches the host's own network. It uses
