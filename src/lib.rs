@@ -26,5 +26,6 @@ pub mod queue;
 pub mod rules;
 pub mod setup;
 pub mod stats;
+pub mod stream;
 pub mod types;
 pub mod worker;

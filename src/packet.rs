@@ -5,6 +5,8 @@
 //! and a packet we cannot understand is an [`Error`], which the engine turns into the default
 //! verdict. Truncated copies (a short NFQUEUE copy range) are a normal case: parsing is lax, so a
 //! cut-off UDP payload is still handed up, marked `truncated`, for whatever it is worth.
+//! For TCP it also reads what stream reassembly ([`crate::stream`]) needs: the sequence number
+//! and the flags that open, end and reset a flow.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -56,7 +58,8 @@ impl fmt::Display for Proto {
     }
 }
 
-/// TCP flags we care about (SYN opens a flow; the rest is for logging and rules).
+/// TCP flags we care about: SYN fixes a flow's initial sequence number, FIN ends one direction,
+/// RST the whole connection (see [`crate::stream`]); ACK tells a SYN from a SYN-ACK.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TcpFlags {
     pub syn: bool,
@@ -76,6 +79,8 @@ pub struct Packet<'a> {
     /// Destination port for TCP and UDP, 0 otherwise.
     pub dport: u16,
     pub tcp: TcpFlags,
+    /// TCP sequence number (of the first payload byte, or of the SYN or FIN), 0 otherwise.
+    pub seq: u32,
     /// The L4 payload (after the UDP or TCP header); empty for other protocols.
     pub payload: &'a [u8],
     /// True when the copy we were given is shorter than the packet on the wire, or the packet is
@@ -119,6 +124,7 @@ pub fn parse(bytes: &[u8]) -> Result<Packet<'_>, Error> {
         sport: 0,
         dport: 0,
         tcp: TcpFlags::default(),
+        seq: 0,
         payload: &[],
         truncated,
     };
@@ -150,6 +156,7 @@ pub fn parse(bytes: &[u8]) -> Result<Packet<'_>, Error> {
                 fin: tcp.fin(),
                 rst: tcp.rst(),
             };
+            packet.seq = tcp.sequence_number();
             packet.payload = tcp.payload();
         }
         _ => {}
@@ -236,6 +243,45 @@ mod tests {
             assert!(p.payload.is_empty());
             assert!(!p.truncated);
         }
+    }
+
+    /// A TCP segment with the given sequence number and flags (`fixtures::tcp` fixes both).
+    fn tcp_segment(seq: u32, flags: &str, payload: &[u8]) -> Vec<u8> {
+        let mut b =
+            PacketBuilder::ipv4([198, 18, 0, 2], [198, 18, 0, 1], 64).tcp(40000, 53, seq, 64240);
+        for f in flags.chars() {
+            b = match f {
+                'S' => b.syn(),
+                'A' => b.ack(1),
+                'F' => b.fin(),
+                'R' => b.rst(),
+                _ => b,
+            };
+        }
+        let mut out = Vec::new();
+        b.write(&mut out, payload).unwrap();
+        out
+    }
+
+    #[test]
+    fn tcp_sequence_number_and_flags_are_read() {
+        let data = fixtures::tcp_framed(&query());
+        for (seq, flags, want) in [
+            (0, "S", (true, false, false, false)),
+            (u32::MAX, "SA", (true, true, false, false)),
+            (123_456_789, "AF", (false, true, true, false)),
+            (0x8000_0000, "R", (false, false, false, true)),
+            (1, "RA", (false, true, false, true)),
+        ] {
+            let bytes = tcp_segment(seq, flags, &data);
+            let p = parse(&bytes).unwrap();
+            assert_eq!(p.seq, seq, "{flags}");
+            let t = p.tcp;
+            assert_eq!((t.syn, t.ack, t.fin, t.rst), want, "{flags}");
+            assert_eq!(p.payload, &data[..]);
+        }
+        let udp = fixtures::udp(CLIENT4, 40000, RESOLVER4, 53, &query());
+        assert_eq!(parse(&udp).unwrap().seq, 0);
     }
 
     #[test]
