@@ -423,6 +423,9 @@ pub struct Streams {
     buffered: usize,
     spare: Vec<Vec<u8>>,
     out: Out,
+    /// The latest `now` seen: time never runs backwards here, so the lists stay in time order
+    /// even when callers on several threads read the clock in one order and lock in another.
+    latest: Option<Instant>,
     pub counters: StreamCounters,
 }
 
@@ -438,6 +441,7 @@ impl Streams {
             buffered: 0,
             spare: Vec::new(),
             out: Out::default(),
+            latest: None,
             counters: StreamCounters::default(),
         }
     }
@@ -460,12 +464,110 @@ impl Streams {
         self.buffered
     }
 
+    /// Check the table's invariants: lists and index agree, ended and broken flows hold
+    /// nothing, the byte count is right and within bounds. O(flows): for tests and fuzzing,
+    /// never for the packet path.
+    pub fn audit(&self) -> Result<(), String> {
+        if self.index.len() > self.config.capacity {
+            return Err(format!(
+                "{} flows, capacity {}",
+                self.index.len(),
+                self.config.capacity
+            ));
+        }
+        let mut sum = 0usize;
+        for (id, &i) in &self.index {
+            let node = self
+                .nodes
+                .get(i)
+                .ok_or(format!("index {i} outside the slab"))?;
+            if node.id != *id {
+                return Err(format!("slot {i} holds {:?}, indexed as {id:?}", node.id));
+            }
+            let flow = &node.flow;
+            sum += flow.bytes();
+            if flow.phase != Phase::Open && flow.bytes() != 0 {
+                return Err(format!(
+                    "{:?} flow holds {} bytes",
+                    flow.phase,
+                    flow.bytes()
+                ));
+            }
+            if let [hi, lo, ..] = flow.pending.as_slice()
+                && flow.pending.len() >= 2 + usize::from(u16::from_be_bytes([*hi, *lo]))
+            {
+                return Err("a complete message left pending".into());
+            }
+            let mut last = 0;
+            for &(lo, hi) in flow.held.runs() {
+                if lo <= last || hi <= lo || hi > flow.held.buf.len() {
+                    return Err(format!(
+                        "held runs {:?} in {} bytes",
+                        flow.held.runs(),
+                        flow.held.buf.len()
+                    ));
+                }
+                last = hi;
+            }
+            if flow.held.count == 0 && !flow.held.buf.is_empty() {
+                return Err("held bytes without runs".into());
+            }
+        }
+        if sum != self.buffered {
+            return Err(format!("flows hold {sum} bytes, counted {}", self.buffered));
+        }
+        if self.buffered > self.config.max_buffered {
+            return Err(format!(
+                "{} bytes held, budget {}",
+                self.buffered, self.config.max_buffered
+            ));
+        }
+        let mut listed = 0;
+        for (list, ended) in [(self.live, false), (self.ended, true)] {
+            let (mut i, mut prev) = (list.head, NIL);
+            let mut touched: Option<Instant> = None;
+            while i != NIL {
+                let node = self
+                    .nodes
+                    .get(i)
+                    .ok_or(format!("list link {i} outside the slab"))?;
+                if node.prev != prev || self.index.get(&node.id) != Some(&i) {
+                    return Err(format!("list broken at slot {i}"));
+                }
+                if (node.flow.phase == Phase::Ended) != ended {
+                    return Err(format!("{:?} flow in the wrong list", node.flow.phase));
+                }
+                if touched.is_some_and(|t| t > node.flow.touched) {
+                    return Err("list out of time order".into());
+                }
+                touched = Some(node.flow.touched);
+                listed += 1;
+                if listed > self.index.len() {
+                    return Err("list cycle".into());
+                }
+                (prev, i) = (i, node.next);
+            }
+            if list.tail != prev {
+                return Err("list tail is not its last node".into());
+            }
+        }
+        if listed != self.index.len() {
+            return Err(format!(
+                "{listed} flows listed, {} indexed",
+                self.index.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// Read one segment of flow `id`. The answer borrows the segment's payload and the table:
     /// handle its messages, then drop it before the next segment.
     pub fn segment<'a>(&'a mut self, id: FlowId, segment: Segment<'a>, now: Instant) -> Read<'a> {
         self.out.spans.clear();
         self.out.scratch.clear();
         self.out.partial_start = None;
+        let now = self.latest.map_or(now, |l| l.max(now));
+        self.latest = Some(now);
         self.expire(now);
         let status = self.step(id, &segment, now);
         let partial = self
@@ -516,10 +618,11 @@ impl Streams {
         };
         let slot = match self.index.get(&id).copied() {
             Some(i) if seg.flags.syn => {
+                // The same SYN again is a retransmission, whatever became of the flow since.
                 let same = self
                     .nodes
                     .get(i)
-                    .is_some_and(|n| n.flow.phase == Phase::Open && n.flow.isn == Some(seg.seq));
+                    .is_some_and(|n| n.flow.isn == Some(seg.seq));
                 if !same {
                     // A new connection on the same addresses (or the SYN of a flow picked up
                     // mid-stream, which cannot be told apart): start over.
@@ -571,15 +674,17 @@ impl Streams {
         };
         if seg.flags.fin
             && let Some(n) = self.nodes.get_mut(i)
-            && n.flow.phase == Phase::Open
-            && n.flow.fin.is_none()
         {
             // The FIN takes the sequence number after the segment's data. One before the next
             // expected byte is stale (a retransmission from before a restart): ignored.
             let len = u32::try_from(seg.payload.len()).unwrap_or(u32::MAX);
             let at = data_seq.wrapping_add(len);
-            if at.wrapping_sub(n.flow.next) as i32 >= 0 {
-                n.flow.fin = Some(at);
+            let ahead = at.wrapping_sub(n.flow.next) as i32;
+            match n.flow.phase {
+                Phase::Open if n.flow.fin.is_none() && ahead >= 0 => n.flow.fin = Some(at),
+                // This very segment broke the flow: its end still ends it.
+                Phase::Broken => self.end(i, now),
+                _ => {}
             }
         }
         if self
@@ -1186,6 +1291,9 @@ mod tests {
         assert_eq!(r.len(), got.messages.len());
         assert_eq!(r.is_empty(), got.messages.is_empty());
         assert_eq!(r.starts_message(), !got.starts.is_empty());
+        if let Err(e) = s.audit() {
+            panic!("after {seg:?}: {e}");
+        }
         got
     }
 
@@ -1821,6 +1929,43 @@ mod tests {
             feed(&mut s, id, data(501, &stream[..14]), now).bytes(),
             vec![msg(1, 12)]
         );
+    }
+
+    #[test]
+    fn a_retransmitted_syn_does_not_reopen_an_ended_flow() {
+        let mut s = streams();
+        let now = Instant::now();
+        let id = flow(40000);
+        let f = fixtures::tcp_framed(&msg(1, 12));
+        feed(&mut s, id, syn(0), now);
+        feed(&mut s, id, fin(1, &f), now);
+        feed(&mut s, id, syn(0), now);
+        assert_eq!(
+            feed(&mut s, id, data(1, &f), now).status,
+            Status::Retransmit
+        );
+        assert_eq!(s.counters.messages, 1);
+    }
+
+    #[test]
+    fn a_segment_that_breaks_the_flow_and_carries_fin_ends_it() {
+        let config = StreamConfig {
+            max_out_of_order: 10,
+            ..StreamConfig::default()
+        };
+        let mut s = Streams::new(config);
+        let now = Instant::now();
+        let id = flow(40000);
+        feed(&mut s, id, syn(0), now);
+        assert_eq!(
+            feed(&mut s, id, fin(100, &[1; 4]), now).status,
+            Status::Unread
+        );
+        assert_eq!(s.counters.bound_breaks, 1);
+        // Ended, so forgotten after the linger time rather than the idle time.
+        let linger = s.config().linger;
+        feed(&mut s, flow(1), syn(0), now + linger);
+        assert_eq!(s.len(), 1);
     }
 
     #[test]

@@ -27,8 +27,9 @@ fn main() -> ExitCode {
         Some("engine") => nfqmark_fuzz::engine,
         Some("rules") => nfqmark_fuzz::rules,
         Some("nfnl") => nfqmark_fuzz::nfnl,
+        Some("stream") => nfqmark_fuzz::stream,
         _ => {
-            eprintln!("usage: replay packet|engine|rules|nfnl FILE|DIR...");
+            eprintln!("usage: replay packet|engine|rules|nfnl|stream FILE|DIR...");
             return ExitCode::from(2);
         }
     };

@@ -22,8 +22,15 @@
 //!   reader and the ctnetlink answer reader. Checks the iteration advances, payloads lie inside
 //!   the datagram, a link-layer address is at most 8 bytes, and a dump yields at most one rule
 //!   per message.
+//! - [`stream`]: `stream::Streams`, the DNS-over-TCP reader. Frames a message sequence, cuts it
+//!   at input-chosen points, reorders, duplicates, merges (overlapping retransmissions) and
+//!   drops segments. Checks every yielded message is one of the originals (bytes and place in
+//!   the stream), in order, never twice; that all of them come when nothing was dropped and no
+//!   bound broke; and the table's invariants (`Streams::audit`) after every segment. A second
+//!   mode sends arbitrary segments of a few flows (any flags, sequence numbers, clock steps)
+//!   through a small table and checks bounds, borrowed slices and the invariants.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -37,6 +44,7 @@ use nfqmark::packet::{self, Proto};
 use nfqmark::pairing::PairingConfig;
 use nfqmark::rules::{Ctx, RuleSet};
 use nfqmark::stats::Stats;
+use nfqmark::stream::{FlowId, Segment, StreamConfig, Streams, MAX_FRAME};
 use nfqmark::types::{Checksum, Conn, Hook, Meta, Verdict};
 
 /// True when `part` is a sub-slice of `whole` (or empty).
@@ -433,6 +441,250 @@ fn nfnl_queue(data: &[u8]) {
     }
 }
 
+/// A byte reader over the fuzz input that yields zeros once it runs out.
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn u8(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    fn u16(&mut self) -> u16 {
+        u16::from_be_bytes([self.u8(), self.u8()])
+    }
+
+    fn u32(&mut self) -> u32 {
+        u32::from_be_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn stream_flow(n: u8) -> FlowId {
+    let client = SocketAddr::new(CLIENT4, 40000 + u16::from(n & 1));
+    let server = SocketAddr::new(ROUTER4, 53);
+    let id = FlowId {
+        src: client,
+        dst: server,
+    };
+    if n & 2 == 0 { id } else { id.reverse() }
+}
+
+/// Stream bounds chosen by two bits of the selector: out-of-order room and buffer budget.
+fn stream_config(select: u8) -> StreamConfig {
+    StreamConfig {
+        capacity: 4,
+        max_out_of_order: [MAX_FRAME, 64, 1000, 200_000][usize::from(select & 3)],
+        max_buffered: [32 << 20, 600][usize::from((select >> 2) & 1)],
+        ..StreamConfig::default()
+    }
+}
+
+/// Bytes of the stream the faithful mode builds, at most (keeps each run fast).
+const STREAM_CAP: usize = 300_000;
+
+/// Target `stream`: the first byte selects the mode (bit 7: arbitrary segments), the bounds
+/// (bits 0-2), long messages (bit 3), a FIN on the last byte (bit 4), no SYN so the flow is
+/// picked up at its first byte (bit 5), and whether segments may be dropped (bit 6).
+pub fn stream(data: &[u8]) {
+    let mut input = Bytes(data);
+    let select = input.u8();
+    if select & 0x80 != 0 {
+        return stream_chaos(select, input);
+    }
+    let config = stream_config(select);
+    let isn = input.u32();
+    // The messages: each one's bytes tell its index apart from the others'.
+    let count = usize::from(input.u8() % 17);
+    let mut messages = Vec::with_capacity(count);
+    let mut stream = Vec::new();
+    let mut offsets = std::collections::HashMap::new();
+    for k in 0..count {
+        let raw = input.u16();
+        let len = if select & 8 != 0 { usize::from(raw) } else { usize::from(raw % 80) };
+        if stream.len() + 2 + len > STREAM_CAP {
+            break;
+        }
+        let m: Vec<u8> = (0..len).map(|i| (k as u8).wrapping_mul(47) ^ (i as u8)).collect();
+        offsets.insert(stream.len(), messages.len());
+        stream.extend_from_slice(&fixtures::tcp_framed(&m));
+        messages.push(m);
+    }
+    // Cut it: each byte is a segment size, 1-128, or 64-8192 in steps of 64 with its top bit set;
+    // the last piece takes the rest.
+    let mut pieces: Vec<(usize, usize)> = Vec::new();
+    let mut at = 0;
+    while at < stream.len() {
+        let b = input.u8();
+        let size = if input.is_empty() {
+            stream.len() - at
+        } else if b & 0x80 != 0 {
+            (usize::from(b & 0x7f) + 1) * 64
+        } else {
+            usize::from(b) + 1
+        };
+        let end = (at + size).min(stream.len());
+        pieces.push((at, end));
+        at = end;
+    }
+    // Then reorder, duplicate, merge and drop, as the rest of the input says.
+    let mut schedule = pieces.clone();
+    let mut dropped = false;
+    for _ in 0..64 {
+        if input.is_empty() || schedule.is_empty() {
+            break;
+        }
+        let op = input.u8();
+        let i = usize::from(input.u8()) % schedule.len();
+        match op % 4 {
+            0 if i + 1 < schedule.len() => schedule.swap(i, i + 1),
+            1 => {
+                let again = schedule[i];
+                let to = (i + usize::from(op >> 2)).min(schedule.len());
+                schedule.insert(to, again);
+            }
+            2 if select & 0x40 != 0 && schedule.len() > 1 => {
+                let gone = schedule.remove(i);
+                // Dropped only if no other copy of those bytes is left.
+                dropped |= !schedule.iter().any(|&(lo, hi)| lo <= gone.0 && gone.1 <= hi);
+            }
+            3 if i + 1 < schedule.len() => {
+                let (a, b) = (schedule[i], schedule[i + 1]);
+                let merged = (a.0.min(b.0), a.1.max(b.1));
+                // A retransmission may cover more than both (its bytes are all real).
+                schedule.insert(usize::from(op >> 2).min(schedule.len()), merged);
+            }
+            _ => {}
+        }
+    }
+    let pickup = select & 0x20 != 0;
+    if pickup {
+        // Picked up at the stream's first byte: that segment must come first.
+        match pieces.first() {
+            Some(&first) => schedule.insert(0, first),
+            None => return,
+        }
+    }
+    let mut s = Streams::new(config);
+    let id = stream_flow(select);
+    let mut now = Instant::now();
+    let first = isn.wrapping_add(1);
+    if !pickup {
+        let syn = Segment {
+            seq: isn,
+            flags: nfqmark::packet::TcpFlags { syn: true, ..Default::default() },
+            payload: &[],
+            truncated: false,
+        };
+        let _ = s.segment(id, syn, now);
+    }
+    let base = if pickup { isn } else { first };
+    let mut next_index = 0usize;
+    for &(lo, hi) in &schedule {
+        now += Duration::from_millis(1);
+        let payload = &stream[lo..hi];
+        let segment = Segment {
+            seq: base.wrapping_add(lo as u32),
+            flags: nfqmark::packet::TcpFlags {
+                ack: true,
+                fin: select & 0x10 != 0 && hi == stream.len(),
+                ..Default::default()
+            },
+            payload,
+            truncated: false,
+        };
+        let read = s.segment(id, segment, now);
+        for m in read.messages() {
+            let offset = m.seq.wrapping_sub(base) as usize;
+            let Some(&k) = offsets.get(&offset) else {
+                panic!("a message at stream offset {offset}, where none starts");
+            };
+            assert!(k >= next_index, "message {k} after message {next_index}: twice or out of order");
+            assert_eq!(m.bytes, &messages[k][..], "message {k}'s bytes");
+            if m.borrowed {
+                assert!(within(payload, m.bytes), "borrowed bytes outside the segment");
+            }
+            if let Some(start) = m.start {
+                assert_eq!(lo + start, offset, "message {k}'s start in the segment");
+            }
+            next_index = k + 1;
+        }
+        for start in read.starts() {
+            assert!(offsets.contains_key(&(lo + start)), "a start at {}", lo + start);
+        }
+        if let Err(e) = s.audit() {
+            panic!("after {lo}..{hi}: {e}");
+        }
+    }
+    let c = s.counters;
+    if !dropped && c.bound_breaks == 0 && c.evictions == 0 && c.expiries == 0 {
+        assert_eq!(next_index, messages.len(), "messages missing, nothing lost: {c:?}");
+        assert_eq!(s.buffered(), 0, "bytes held after the whole stream");
+    }
+}
+
+/// The `stream` target's second mode: records of flow (bits 0-1), flags, sequence number,
+/// clock step and payload, through a two-flow-capacity table.
+fn stream_chaos(select: u8, mut input: Bytes<'_>) {
+    let config = StreamConfig {
+        capacity: usize::from(select & 3),
+        idle: Duration::from_millis(200),
+        linger: Duration::from_millis(50),
+        ..stream_config(select >> 2)
+    };
+    let mut s = Streams::new(config);
+    let mut now = Instant::now();
+    let mut yielded = 0u64;
+    while !input.is_empty() {
+        let who = input.u8();
+        let f = input.u8();
+        let seq = input.u32();
+        now += Duration::from_millis(u64::from(input.u8()));
+        let len = usize::from(input.u8()).min(input.0.len());
+        let (payload, rest) = input.0.split_at(len);
+        input.0 = rest;
+        let segment = Segment {
+            seq,
+            flags: nfqmark::packet::TcpFlags {
+                syn: f & 1 != 0,
+                ack: f & 2 != 0,
+                fin: f & 4 != 0,
+                rst: f & 8 != 0,
+            },
+            payload,
+            truncated: f & 16 != 0,
+        };
+        let read = s.segment(stream_flow(who), segment, now);
+        for m in read.messages() {
+            yielded += 1;
+            if m.borrowed {
+                assert!(within(payload, m.bytes), "borrowed bytes outside the segment");
+            }
+            if let Some(start) = m.start {
+                assert!(start + 2 + m.bytes.len() <= payload.len() || !m.borrowed);
+            }
+        }
+        for start in read.starts() {
+            assert!(start < payload.len(), "start {start} of {}", payload.len());
+        }
+        if let Some(p) = read.partial() {
+            assert!(p.head.len() < usize::from(p.len.unwrap_or(u16::MAX)).max(1));
+        }
+        if let Err(e) = s.audit() {
+            panic!("{e}");
+        }
+    }
+    assert_eq!(s.counters.messages, yielded);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Seeds.
 // ---------------------------------------------------------------------------------------------
@@ -641,6 +893,53 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     out.push(("nfnl", "nfnl-batch".into(), batch));
     out.push(("nfnl", "nft-rule-dump".into(), nft_rule_dump()));
     out.push(("nfnl", "ct-entry".into(), ct_entry()));
+    out.extend(stream_seeds());
+    out
+}
+
+/// Seeds for [`stream`]: a client's pipelined queries and a resolver's answers, cut in a few
+/// ways, in both modes.
+fn stream_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    // Faithful mode: selector, ISN, count, lengths, cuts, then (op, index) pairs.
+    let shapes: [(u8, u32, &[u16], &[u8], &[u8]); 5] = [
+        (0x00, 1000, &[29, 40, 33], &[2, 31, 10, 50], &[]),
+        (0x10, u32::MAX - 5, &[12, 0, 1, 60], &[1, 1, 20, 3], &[0, 1, 1, 0, 3, 2]),
+        (0x48, 7, &[1500, 300, 4000], &[0x85, 0x90, 2, 0xa0], &[0, 0, 2, 1, 1, 2]),
+        (0x21, 0x8000_0000, &[50, 50, 50, 50], &[30, 30, 30, 30, 30], &[3, 1, 0, 2]),
+        (0x02, 0, &[70, 70], &[10; 14], &[0, 3, 0, 5, 0, 7, 1, 9]),
+    ];
+    for (i, (select, isn, lens, cuts, ops)) in shapes.into_iter().enumerate() {
+        let mut input = vec![select];
+        input.extend_from_slice(&isn.to_be_bytes());
+        input.push(lens.len() as u8);
+        for l in lens {
+            input.extend_from_slice(&l.to_be_bytes());
+        }
+        input.extend_from_slice(cuts);
+        input.extend_from_slice(ops);
+        out.push(("stream", format!("stream-{i}"), input));
+    }
+    // Chaos mode: a handshake, a query in two pieces, its answer, FIN and RST, as records.
+    let q = fixtures::tcp_framed(&fixtures::dns_query(1, "www.example.com"));
+    let a = fixtures::tcp_framed(&fixtures::dns_answer_a(1, "www.example.com", &[Ipv4Addr::new(192, 0, 2, 80)]));
+    let records: [(u8, u8, u32, &[u8]); 7] = [
+        (0, 1, 100, &[]),
+        (2, 3, 900, &[]),
+        (0, 2, 101, &q[..2]),
+        (0, 2, 103, &q[2..]),
+        (2, 2, 901, &a),
+        (0, 6, 101 + q.len() as u32, &[]),
+        (2, 8, 901 + a.len() as u32, &[]),
+    ];
+    let mut input = vec![0x82];
+    for (who, flags, seq, payload) in records {
+        input.extend_from_slice(&[who, flags]);
+        input.extend_from_slice(&seq.to_be_bytes());
+        input.extend_from_slice(&[5, payload.len() as u8]);
+        input.extend_from_slice(payload);
+    }
+    out.push(("stream", "stream-chaos".into(), input));
     out
 }
 
@@ -672,6 +971,7 @@ mod tests {
                 "packet" => packet(&input),
                 "engine" => engine(&input),
                 "rules" => rules(&input),
+                "stream" => stream(&input),
                 "nfnl" => {
                     nfnl(&input);
                     if name.starts_with("nfnl-") {
