@@ -14,7 +14,7 @@
 //! the wire, and never scan all flows: work per segment is O(1) amortized (hash lookups, LRU
 //! lists, at most [`EXPIRE_PER_CALL`] expiries) plus the bytes it copies.
 //!
-//! Policies, in brief (the README of the integration says the same for operators):
+//! Policies:
 //!
 //! - SYN fixes the initial sequence number; data starts after it (TCP Fast Open data too). A flow
 //!   first seen on a data segment (nfqmark started mid-connection, or the flow expired or was
@@ -33,6 +33,28 @@
 //!   [`StreamConfig::linger`] so its late retransmissions are recognized, not picked up again.
 //! - Idle flows expire after [`StreamConfig::idle`]; at [`StreamConfig::capacity`] the oldest
 //!   flow is evicted (ended flows first).
+//!
+//! Use: one [`Streams`] per set of flows a caller sees (behind the caller's lock when several
+//! threads share it); per segment, [`Streams::segment`] (or [`Streams::packet`]), then read
+//! the answer before the next segment. Each message is a bare DNS message, as in a UDP payload:
+//!
+//! ```
+//! use std::time::Instant;
+//! use nfqmark::stream::{StreamConfig, Streams};
+//! use nfqmark::{dns, fixtures, packet};
+//!
+//! let (client, server) = ("198.18.0.2".parse().unwrap(), "198.18.0.1".parse().unwrap());
+//! let mut wire = fixtures::tcp_framed(&fixtures::dns_query(1, "a.example"));
+//! wire.extend(fixtures::tcp_framed(&fixtures::dns_query(2, "b.example")));
+//! let bytes = fixtures::tcp(client, 40000, server, 53, &wire);
+//! let segment = packet::parse(&bytes).unwrap();
+//!
+//! let mut streams = Streams::new(StreamConfig::default());
+//! let read = streams.packet(&segment, Instant::now()).unwrap();
+//! let ids: Vec<u16> = read.messages().filter_map(|m| dns::parse_udp(m.bytes).ok()).map(|d| d.id).collect();
+//! assert_eq!(ids, [1, 2]);
+//! assert_eq!(read.starts().count(), 2); // two messages begin in this segment
+//! ```
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -183,7 +205,7 @@ pub struct Message<'a> {
     pub borrowed: bool,
 }
 
-/// The message a segment leaves unfinished at its end: what the flow holds of it so far.
+/// The flow's unfinished message after a segment: what the flow holds of it so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Partial<'a> {
     /// Where its length prefix starts in this segment's payload, when it began in this segment.
@@ -243,7 +265,8 @@ impl<'a> Read<'a> {
         self.spans.is_empty()
     }
 
-    /// The message left unfinished at the end of the segment, if any.
+    /// The flow's unfinished message after this segment, if any (begun in this segment or an
+    /// earlier one: see [`Partial::start`]).
     pub fn partial(&self) -> Option<Partial<'a>> {
         self.partial
     }

@@ -44,7 +44,7 @@ use nfqmark::packet::{self, Proto};
 use nfqmark::pairing::PairingConfig;
 use nfqmark::rules::{Ctx, RuleSet};
 use nfqmark::stats::Stats;
-use nfqmark::stream::{FlowId, Segment, StreamConfig, Streams, MAX_FRAME};
+use nfqmark::stream::{FlowId, MAX_FRAME, Segment, StreamConfig, Streams};
 use nfqmark::types::{Checksum, Conn, Hook, Meta, Verdict};
 
 /// True when `part` is a sub-slice of `whole` (or empty).
@@ -509,11 +509,17 @@ pub fn stream(data: &[u8]) {
     let mut offsets = std::collections::HashMap::new();
     for k in 0..count {
         let raw = input.u16();
-        let len = if select & 8 != 0 { usize::from(raw) } else { usize::from(raw % 80) };
+        let len = if select & 8 != 0 {
+            usize::from(raw)
+        } else {
+            usize::from(raw % 80)
+        };
         if stream.len() + 2 + len > STREAM_CAP {
             break;
         }
-        let m: Vec<u8> = (0..len).map(|i| (k as u8).wrapping_mul(47) ^ (i as u8)).collect();
+        let m: Vec<u8> = (0..len)
+            .map(|i| (k as u8).wrapping_mul(47) ^ (i as u8))
+            .collect();
         offsets.insert(stream.len(), messages.len());
         stream.extend_from_slice(&fixtures::tcp_framed(&m));
         messages.push(m);
@@ -554,7 +560,9 @@ pub fn stream(data: &[u8]) {
             2 if select & 0x40 != 0 && schedule.len() > 1 => {
                 let gone = schedule.remove(i);
                 // Dropped only if no other copy of those bytes is left.
-                dropped |= !schedule.iter().any(|&(lo, hi)| lo <= gone.0 && gone.1 <= hi);
+                dropped |= !schedule
+                    .iter()
+                    .any(|&(lo, hi)| lo <= gone.0 && gone.1 <= hi);
             }
             3 if i + 1 < schedule.len() => {
                 let (a, b) = (schedule[i], schedule[i + 1]);
@@ -580,7 +588,10 @@ pub fn stream(data: &[u8]) {
     if !pickup {
         let syn = Segment {
             seq: isn,
-            flags: nfqmark::packet::TcpFlags { syn: true, ..Default::default() },
+            flags: nfqmark::packet::TcpFlags {
+                syn: true,
+                ..Default::default()
+            },
             payload: &[],
             truncated: false,
         };
@@ -607,10 +618,16 @@ pub fn stream(data: &[u8]) {
             let Some(&k) = offsets.get(&offset) else {
                 panic!("a message at stream offset {offset}, where none starts");
             };
-            assert!(k >= next_index, "message {k} after message {next_index}: twice or out of order");
+            assert!(
+                k >= next_index,
+                "message {k} after message {next_index}: twice or out of order"
+            );
             assert_eq!(m.bytes, &messages[k][..], "message {k}'s bytes");
             if m.borrowed {
-                assert!(within(payload, m.bytes), "borrowed bytes outside the segment");
+                assert!(
+                    within(payload, m.bytes),
+                    "borrowed bytes outside the segment"
+                );
             }
             if let Some(start) = m.start {
                 assert_eq!(lo + start, offset, "message {k}'s start in the segment");
@@ -618,7 +635,11 @@ pub fn stream(data: &[u8]) {
             next_index = k + 1;
         }
         for start in read.starts() {
-            assert!(offsets.contains_key(&(lo + start)), "a start at {}", lo + start);
+            assert!(
+                offsets.contains_key(&(lo + start)),
+                "a start at {}",
+                lo + start
+            );
         }
         if let Err(e) = s.audit() {
             panic!("after {lo}..{hi}: {e}");
@@ -626,7 +647,11 @@ pub fn stream(data: &[u8]) {
     }
     let c = s.counters;
     if !dropped && c.bound_breaks == 0 && c.evictions == 0 && c.expiries == 0 {
-        assert_eq!(next_index, messages.len(), "messages missing, nothing lost: {c:?}");
+        assert_eq!(
+            next_index,
+            messages.len(),
+            "messages missing, nothing lost: {c:?}"
+        );
         assert_eq!(s.buffered(), 0, "bytes held after the whole stream");
     }
 }
@@ -666,7 +691,10 @@ fn stream_chaos(select: u8, mut input: Bytes<'_>) {
         for m in read.messages() {
             yielded += 1;
             if m.borrowed {
-                assert!(within(payload, m.bytes), "borrowed bytes outside the segment");
+                assert!(
+                    within(payload, m.bytes),
+                    "borrowed bytes outside the segment"
+                );
             }
             if let Some(start) = m.start {
                 assert!(start + 2 + m.bytes.len() <= payload.len() || !m.borrowed);
@@ -902,11 +930,30 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
 fn stream_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut out = Vec::new();
     // Faithful mode: selector, ISN, count, lengths, cuts, then (op, index) pairs.
-    let shapes: [(u8, u32, &[u16], &[u8], &[u8]); 5] = [
+    type Shape = (u8, u32, &'static [u16], &'static [u8], &'static [u8]);
+    let shapes: [Shape; 5] = [
         (0x00, 1000, &[29, 40, 33], &[2, 31, 10, 50], &[]),
-        (0x10, u32::MAX - 5, &[12, 0, 1, 60], &[1, 1, 20, 3], &[0, 1, 1, 0, 3, 2]),
-        (0x48, 7, &[1500, 300, 4000], &[0x85, 0x90, 2, 0xa0], &[0, 0, 2, 1, 1, 2]),
-        (0x21, 0x8000_0000, &[50, 50, 50, 50], &[30, 30, 30, 30, 30], &[3, 1, 0, 2]),
+        (
+            0x10,
+            u32::MAX - 5,
+            &[12, 0, 1, 60],
+            &[1, 1, 20, 3],
+            &[0, 1, 1, 0, 3, 2],
+        ),
+        (
+            0x48,
+            7,
+            &[1500, 300, 4000],
+            &[0x85, 0x90, 2, 0xa0],
+            &[0, 0, 2, 1, 1, 2],
+        ),
+        (
+            0x21,
+            0x8000_0000,
+            &[50, 50, 50, 50],
+            &[30, 30, 30, 30, 30],
+            &[3, 1, 0, 2],
+        ),
         (0x02, 0, &[70, 70], &[10; 14], &[0, 3, 0, 5, 0, 7, 1, 9]),
     ];
     for (i, (select, isn, lens, cuts, ops)) in shapes.into_iter().enumerate() {
@@ -922,7 +969,11 @@ fn stream_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     }
     // Chaos mode: a handshake, a query in two pieces, its answer, FIN and RST, as records.
     let q = fixtures::tcp_framed(&fixtures::dns_query(1, "www.example.com"));
-    let a = fixtures::tcp_framed(&fixtures::dns_answer_a(1, "www.example.com", &[Ipv4Addr::new(192, 0, 2, 80)]));
+    let a = fixtures::tcp_framed(&fixtures::dns_answer_a(
+        1,
+        "www.example.com",
+        &[Ipv4Addr::new(192, 0, 2, 80)],
+    ));
     let records: [(u8, u8, u32, &[u8]); 7] = [
         (0, 1, 100, &[]),
         (2, 3, 900, &[]),
