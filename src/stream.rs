@@ -6,7 +6,9 @@
 //! the gap before it is filled. For each segment it reports every DNS message the segment
 //! completes or contains, in stream order, each exactly once, borrowed from the segment when the
 //! message lies wholly inside it. It is pure: segments and `now` come in, no clock, no I/O, no
-//! lock (the caller locks and exports the counters), and it never panics.
+//! lock (the caller locks and exports the counters), and it never panics. Its tables are the
+//! shared [`crate::lru::Lru`] slab (open flows and ended flows, least recently seen first)
+//! under a seeded hash index.
 //!
 //! It must never stall or alter traffic (it only reads: every segment still gets its verdict
 //! from the caller), never yield a message twice or one made of bytes that are not a message
@@ -63,6 +65,7 @@ use std::time::{Duration, Instant};
 // Flow identities come off the wire: the hasher is seeded at random, as in the pairing table.
 use foldhash::fast::RandomState;
 
+use crate::lru::{self, Lru};
 use crate::packet::{Packet, Proto, TcpFlags};
 
 /// The longest frame on a DNS-over-TCP stream: a two-byte length and a 65,535-byte message.
@@ -365,6 +368,7 @@ impl Held {
 
 #[derive(Debug)]
 struct Flow {
+    id: FlowId,
     phase: Phase,
     /// Sequence number of the SYN, when it was seen (tells a retransmitted SYN from a new
     /// connection on the same addresses).
@@ -378,7 +382,6 @@ struct Flow {
     /// Sequence number of `pending[0]`.
     pending_seq: u32,
     held: Held,
-    touched: Instant,
 }
 
 impl Flow {
@@ -387,28 +390,11 @@ impl Flow {
     }
 }
 
-const NIL: usize = usize::MAX;
-
-#[derive(Debug)]
-struct Node {
-    id: FlowId,
-    flow: Flow,
-    prev: usize,
-    next: usize,
-}
-
-/// A doubly linked list through the slab, oldest first.
-#[derive(Debug, Clone, Copy)]
-struct Lru {
-    head: usize,
-    tail: usize,
-}
-
-impl Lru {
-    const EMPTY: Lru = Lru {
-        head: NIL,
-        tail: NIL,
-    };
+/// Where a tracked flow lives: in the list of open and broken flows, or of ended ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Handle {
+    ended: bool,
+    id: lru::Id,
 }
 
 /// What one segment produced; reused from segment to segment so steady traffic allocates
@@ -435,13 +421,11 @@ enum Origin {
 #[derive(Debug)]
 pub struct Streams {
     config: StreamConfig,
-    index: HashMap<FlowId, usize, RandomState>,
-    nodes: Vec<Node>,
-    free: Vec<usize>,
+    index: HashMap<FlowId, Handle, RandomState>,
     /// Open and broken flows, least recently seen first.
-    live: Lru,
+    live: Lru<Flow>,
     /// Ended flows, least recently seen first.
-    ended: Lru,
+    ended: Lru<Flow>,
     /// Bytes held over all flows.
     buffered: usize,
     spare: Vec<Vec<u8>>,
@@ -457,10 +441,8 @@ impl Streams {
         Streams {
             config,
             index: HashMap::default(),
-            nodes: Vec::new(),
-            free: Vec::new(),
-            live: Lru::EMPTY,
-            ended: Lru::EMPTY,
+            live: Lru::new(),
+            ended: Lru::new(),
             buffered: 0,
             spare: Vec::new(),
             out: Out::default(),
@@ -487,7 +469,7 @@ impl Streams {
         self.buffered
     }
 
-    /// Check the table's invariants: lists and index agree, ended and broken flows hold
+    /// Check the table's invariants: index and lists agree, ended and broken flows hold
     /// nothing, the byte count is right and within bounds. O(flows): for tests and fuzzing,
     /// never for the packet path.
     pub fn audit(&self) -> Result<(), String> {
@@ -498,16 +480,25 @@ impl Streams {
                 self.config.capacity
             ));
         }
+        if self.live.len() + self.ended.len() != self.index.len() {
+            return Err(format!(
+                "{} + {} flows listed, {} indexed",
+                self.live.len(),
+                self.ended.len(),
+                self.index.len()
+            ));
+        }
         let mut sum = 0usize;
-        for (id, &i) in &self.index {
-            let node = self
-                .nodes
-                .get(i)
-                .ok_or(format!("index {i} outside the slab"))?;
-            if node.id != *id {
-                return Err(format!("slot {i} holds {:?}, indexed as {id:?}", node.id));
+        for (id, &h) in &self.index {
+            let flow = self
+                .flow(h)
+                .ok_or(format!("{id:?} indexed as {h:?}, not listed"))?;
+            if flow.id != *id {
+                return Err(format!("{:?} indexed as {id:?}", flow.id));
             }
-            let flow = &node.flow;
+            if (flow.phase == Phase::Ended) != h.ended {
+                return Err(format!("{:?} flow in the wrong list", flow.phase));
+            }
             sum += flow.bytes();
             if flow.phase != Phase::Open && flow.bytes() != 0 {
                 return Err(format!(
@@ -545,41 +536,6 @@ impl Streams {
                 self.buffered, self.config.max_buffered
             ));
         }
-        let mut listed = 0;
-        for (list, ended) in [(self.live, false), (self.ended, true)] {
-            let (mut i, mut prev) = (list.head, NIL);
-            let mut touched: Option<Instant> = None;
-            while i != NIL {
-                let node = self
-                    .nodes
-                    .get(i)
-                    .ok_or(format!("list link {i} outside the slab"))?;
-                if node.prev != prev || self.index.get(&node.id) != Some(&i) {
-                    return Err(format!("list broken at slot {i}"));
-                }
-                if (node.flow.phase == Phase::Ended) != ended {
-                    return Err(format!("{:?} flow in the wrong list", node.flow.phase));
-                }
-                if touched.is_some_and(|t| t > node.flow.touched) {
-                    return Err("list out of time order".into());
-                }
-                touched = Some(node.flow.touched);
-                listed += 1;
-                if listed > self.index.len() {
-                    return Err("list cycle".into());
-                }
-                (prev, i) = (i, node.next);
-            }
-            if list.tail != prev {
-                return Err("list tail is not its last node".into());
-            }
-        }
-        if listed != self.index.len() {
-            return Err(format!(
-                "{listed} flows listed, {} indexed",
-                self.index.len()
-            ));
-        }
         Ok(())
     }
 
@@ -596,18 +552,15 @@ impl Streams {
         let partial = self
             .index
             .get(&id)
-            .and_then(|&i| self.nodes.get(i))
-            .filter(|n| n.flow.phase == Phase::Open && !n.flow.pending.is_empty())
-            .map(|n| {
-                let pending = &n.flow.pending;
-                Partial {
-                    start: self.out.partial_start,
-                    len: match pending.as_slice() {
-                        [hi, lo, ..] => Some(u16::from_be_bytes([*hi, *lo])),
-                        _ => None,
-                    },
-                    head: pending.get(2..).unwrap_or_default(),
-                }
+            .and_then(|&h| self.flow(h))
+            .filter(|f| f.phase == Phase::Open && !f.pending.is_empty())
+            .map(|f| Partial {
+                start: self.out.partial_start,
+                len: match f.pending.as_slice() {
+                    [hi, lo, ..] => Some(u16::from_be_bytes([*hi, *lo])),
+                    _ => None,
+                },
+                head: f.pending.get(2..).unwrap_or_default(),
             });
         Read {
             status,
@@ -639,37 +592,30 @@ impl Streams {
         } else {
             seg.seq
         };
-        let slot = match self.index.get(&id).copied() {
-            Some(i) if seg.flags.syn => {
+        match self.index.get(&id).copied() {
+            Some(h) if seg.flags.syn => {
                 // The same SYN again is a retransmission, whatever became of the flow since.
-                let same = self
-                    .nodes
-                    .get(i)
-                    .is_some_and(|n| n.flow.isn == Some(seg.seq));
-                if !same {
+                if self.flow(h).is_none_or(|f| f.isn != Some(seg.seq)) {
                     // A new connection on the same addresses (or the SYN of a flow picked up
                     // mid-stream, which cannot be told apart): start over.
-                    self.restart(i, seg.seq);
+                    self.restart(id, seg.seq, now);
                 }
-                Some(i)
             }
-            Some(i) => Some(i),
+            Some(_) => {}
             None if seg.flags.syn => self.insert(id, Some(seg.seq), data_seq, now),
             // A bare ACK or FIN of a flow we do not track: nothing to remember.
             None if !has_data => return Status::Empty,
             None => {
-                let slot = self.insert(id, None, data_seq, now);
-                if slot.is_some() {
+                self.insert(id, None, data_seq, now);
+                if self.index.contains_key(&id) {
                     self.counters.picked_up += 1;
                 }
-                slot
             }
-        };
-        let Some(i) = slot else {
+        }
+        let Some(h) = self.touch(id, now) else {
             return Status::Unread;
         };
-        self.touch(i, now);
-        let Some(phase) = self.nodes.get(i).map(|n| n.flow.phase) else {
+        let Some(phase) = self.flow(h).map(|f| f.phase) else {
             return Status::Unread;
         };
         match phase {
@@ -681,7 +627,7 @@ impl Streams {
             Phase::Ended => return Status::Empty,
             Phase::Broken => {
                 if seg.flags.fin {
-                    self.end(i, now);
+                    self.end(id, now);
                 }
                 return if has_data {
                     Status::Unread
@@ -691,42 +637,39 @@ impl Streams {
             }
         }
         let status = if has_data {
-            self.data(i, data_seq, seg.payload, seg.truncated)
+            self.data(h, data_seq, seg.payload, seg.truncated)
         } else {
             Status::Empty
         };
-        if seg.flags.fin
-            && let Some(n) = self.nodes.get_mut(i)
-        {
-            // The FIN takes the sequence number after the segment's data. One before the next
-            // expected byte is stale (a retransmission from before a restart): ignored.
-            let len = u32::try_from(seg.payload.len()).unwrap_or(u32::MAX);
-            let at = data_seq.wrapping_add(len);
-            let ahead = at.wrapping_sub(n.flow.next) as i32;
-            match n.flow.phase {
-                Phase::Open if n.flow.fin.is_none() && ahead >= 0 => n.flow.fin = Some(at),
-                // This very segment broke the flow: its end still ends it.
-                Phase::Broken => self.end(i, now),
-                _ => {}
+        let mut end = false;
+        if let Some(flow) = self.flow_mut(h) {
+            if seg.flags.fin {
+                // The FIN takes the sequence number after the segment's data. One before the
+                // next expected byte is stale (a retransmission from before a restart).
+                let len = u32::try_from(seg.payload.len()).unwrap_or(u32::MAX);
+                let at = data_seq.wrapping_add(len);
+                let ahead = at.wrapping_sub(flow.next) as i32;
+                match flow.phase {
+                    Phase::Open if flow.fin.is_none() && ahead >= 0 => flow.fin = Some(at),
+                    // This very segment broke the flow: its end still ends it.
+                    Phase::Broken => end = true,
+                    _ => {}
+                }
             }
+            end |= flow.phase == Phase::Open && flow.fin == Some(flow.next);
         }
-        if self
-            .nodes
-            .get(i)
-            .is_some_and(|n| n.flow.phase == Phase::Open && n.flow.fin == Some(n.flow.next))
-        {
-            self.end(i, now);
+        if end {
+            self.end(id, now);
         }
         status
     }
 
     /// The payload of an open flow's segment whose data starts at `seq`.
-    fn data(&mut self, i: usize, seq: u32, payload: &[u8], truncated: bool) -> Status {
+    fn data(&mut self, h: Handle, seq: u32, payload: &[u8], truncated: bool) -> Status {
         let config = self.config;
-        let Some(node) = self.nodes.get_mut(i) else {
+        let Some(flow) = self.live.get_mut(h.id).filter(|_| !h.ended) else {
             return Status::Unread;
         };
-        let flow = &mut node.flow;
         let before = flow.bytes();
         // What this flow may hold without exceeding the budget of all flows.
         let room = config
@@ -781,93 +724,124 @@ impl Streams {
     /// at or just past the next expected byte (RFC 5961's check, loosely), so a stray RST with
     /// a wrong sequence number does not blind the reader.
     fn reset(&mut self, id: FlowId, seq: u32, now: Instant) {
-        if let Some(&i) = self.index.get(&id) {
-            let plausible = self.nodes.get(i).is_none_or(|n| {
-                n.flow.phase != Phase::Open || {
-                    let ahead = seq.wrapping_sub(n.flow.next) as i32;
-                    ahead >= 0 && ahead.unsigned_abs() as usize <= self.config.max_out_of_order
-                }
+        if let Some(&h) = self.index.get(&id) {
+            let room = self.config.max_out_of_order;
+            let plausible = self.flow(h).is_none_or(|f| {
+                let ahead = seq.wrapping_sub(f.next) as i32;
+                f.phase != Phase::Open || (ahead >= 0 && ahead.unsigned_abs() as usize <= room)
             });
             if !plausible {
                 return;
             }
-            self.end(i, now);
+            self.end(id, now);
         }
-        if let Some(&j) = self.index.get(&id.reverse()) {
-            self.end(j, now);
+        self.end(id.reverse(), now);
+    }
+
+    fn flow(&self, h: Handle) -> Option<&Flow> {
+        if h.ended {
+            self.ended.get(h.id)
+        } else {
+            self.live.get(h.id)
         }
     }
 
-    /// Start flow `i` over as a new connection whose SYN is `isn`.
-    fn restart(&mut self, i: usize, isn: u32) {
-        let Some(node) = self.nodes.get(i) else {
-            return;
+    fn flow_mut(&mut self, h: Handle) -> Option<&mut Flow> {
+        if h.ended {
+            self.ended.get_mut(h.id)
+        } else {
+            self.live.get_mut(h.id)
+        }
+    }
+
+    /// Mark flow `id` seen now; its handle.
+    fn touch(&mut self, id: FlowId, now: Instant) -> Option<Handle> {
+        let h = *self.index.get(&id)?;
+        if h.ended {
+            self.ended.touch(h.id, now);
+        } else {
+            self.live.touch(h.id, now);
+        }
+        Some(h)
+    }
+
+    /// Take flow `id` out of its list and the index, its buffers released.
+    fn take(&mut self, id: FlowId) -> Option<Flow> {
+        let h = self.index.remove(&id)?;
+        let mut flow = if h.ended {
+            self.ended.remove(h.id)
+        } else {
+            self.live.remove(h.id)
+        }?;
+        self.release(&mut flow);
+        Some(flow)
+    }
+
+    /// Put `flow` in the list its phase belongs to, as seen now.
+    fn put(&mut self, flow: Flow, now: Instant) {
+        let (id, ended) = (flow.id, flow.phase == Phase::Ended);
+        let list = if ended {
+            &mut self.ended
+        } else {
+            &mut self.live
         };
-        let was_ended = node.flow.phase == Phase::Ended;
-        if was_ended {
-            self.unlink(i);
+        if let Some(lid) = list.insert(flow, now) {
+            self.index.insert(id, Handle { ended, id: lid });
         }
-        self.release_buffers(i);
-        if let Some(node) = self.nodes.get_mut(i) {
-            let flow = &mut node.flow;
-            flow.phase = Phase::Open;
-            flow.isn = Some(isn);
-            flow.next = isn.wrapping_add(1);
-            flow.fin = None;
-        }
-        if was_ended {
-            self.link_back(i);
-        }
-    }
-
-    /// End flow `i`: drop its buffers, keep it for `linger` to recognize late retransmissions.
-    fn end(&mut self, i: usize, now: Instant) {
-        if self
-            .nodes
-            .get(i)
-            .is_none_or(|n| n.flow.phase == Phase::Ended)
-        {
-            return;
-        }
-        self.unlink(i);
-        self.release_buffers(i);
-        if let Some(node) = self.nodes.get_mut(i) {
-            node.flow.phase = Phase::Ended;
-            node.flow.touched = now;
-        }
-        self.link_back(i);
     }
 
     /// Free a flow's buffers (to the spare pool) and take their bytes off the budget.
-    fn release_buffers(&mut self, i: usize) {
-        let Some(node) = self.nodes.get_mut(i) else {
-            return;
-        };
-        let flow = &mut node.flow;
+    fn release(&mut self, flow: &mut Flow) {
         self.buffered = self.buffered.saturating_sub(flow.bytes());
         recycle(&mut self.spare, &mut flow.pending);
         recycle(&mut self.spare, &mut flow.held.buf);
         flow.held.clear();
     }
 
-    /// Track a new flow; `None` when the capacity is 0.
-    fn insert(&mut self, id: FlowId, isn: Option<u32>, next: u32, now: Instant) -> Option<usize> {
+    /// Start flow `id` over as a new connection whose SYN is `isn`.
+    fn restart(&mut self, id: FlowId, isn: u32, now: Instant) {
+        let Some(mut flow) = self.take(id) else {
+            return;
+        };
+        flow.phase = Phase::Open;
+        flow.isn = Some(isn);
+        flow.next = isn.wrapping_add(1);
+        flow.fin = None;
+        self.put(flow, now);
+    }
+
+    /// End flow `id`: drop its buffers, keep it for `linger` to recognize late retransmissions.
+    fn end(&mut self, id: FlowId, now: Instant) {
+        if self.index.get(&id).is_none_or(|h| h.ended) {
+            return;
+        }
+        let Some(mut flow) = self.take(id) else {
+            return;
+        };
+        flow.phase = Phase::Ended;
+        self.put(flow, now);
+    }
+
+    /// Track a new flow, evicting the least recently seen one (ended flows first) at capacity.
+    /// Nothing is tracked when the capacity is 0.
+    fn insert(&mut self, id: FlowId, isn: Option<u32>, next: u32, now: Instant) {
         if self.config.capacity == 0 {
-            return None;
+            return;
         }
         while self.index.len() >= self.config.capacity {
-            let victim = if self.ended.head != NIL {
-                self.ended.head
-            } else {
-                self.live.head
-            };
-            if victim == NIL {
+            let victim = self
+                .ended
+                .oldest()
+                .or_else(|| self.live.oldest())
+                .map(|(_, _, f)| f.id);
+            let Some(victim) = victim else {
                 break;
-            }
-            self.remove(victim);
+            };
+            self.take(victim);
             self.counters.evictions += 1;
         }
         let flow = Flow {
+            id,
             phase: Phase::Open,
             isn,
             next,
@@ -875,119 +849,27 @@ impl Streams {
             pending: Vec::new(),
             pending_seq: next,
             held: Held::default(),
-            touched: now,
         };
-        let node = Node {
-            id,
-            flow,
-            prev: NIL,
-            next: NIL,
-        };
-        let i = match self.free.pop() {
-            Some(i) => {
-                if let Some(slot) = self.nodes.get_mut(i) {
-                    *slot = node;
-                }
-                i
-            }
-            None => {
-                self.nodes.push(node);
-                self.nodes.len() - 1
-            }
-        };
-        self.index.insert(id, i);
-        self.link_back(i);
-        Some(i)
-    }
-
-    /// Forget flow `i` altogether.
-    fn remove(&mut self, i: usize) {
-        self.unlink(i);
-        self.release_buffers(i);
-        if let Some(node) = self.nodes.get(i) {
-            self.index.remove(&node.id);
-            self.free.push(i);
-        }
+        self.put(flow, now);
     }
 
     /// Drop flows past their time, oldest first, at most [`EXPIRE_PER_CALL`] of them.
     pub fn expire(&mut self, now: Instant) {
         for _ in 0..EXPIRE_PER_CALL {
-            let due = |list: Lru, after: Duration, nodes: &[Node]| {
-                nodes
-                    .get(list.head)
-                    .filter(|n| now.saturating_duration_since(n.flow.touched) >= after)
-                    .map(|_| list.head)
+            let due = |list: &Lru<Flow>, after: Duration| {
+                let cutoff = now.checked_sub(after)?;
+                list.oldest()
+                    .filter(|(_, at, _)| *at <= cutoff)
+                    .map(|(_, _, f)| f.id)
             };
-            if let Some(i) = due(self.ended, self.config.linger, &self.nodes) {
-                self.remove(i);
-            } else if let Some(i) = due(self.live, self.config.idle, &self.nodes) {
-                self.remove(i);
+            if let Some(id) = due(&self.ended, self.config.linger) {
+                self.take(id);
+            } else if let Some(id) = due(&self.live, self.config.idle) {
+                self.take(id);
                 self.counters.expiries += 1;
             } else {
                 return;
             }
-        }
-    }
-
-    fn touch(&mut self, i: usize, now: Instant) {
-        self.unlink(i);
-        if let Some(node) = self.nodes.get_mut(i) {
-            node.flow.touched = now;
-        }
-        self.link_back(i);
-    }
-
-    fn list_of(&mut self, i: usize) -> Option<&mut Lru> {
-        let ended = self.nodes.get(i)?.flow.phase == Phase::Ended;
-        Some(if ended {
-            &mut self.ended
-        } else {
-            &mut self.live
-        })
-    }
-
-    /// Take node `i` out of its list (chosen by its phase).
-    fn unlink(&mut self, i: usize) {
-        let Some((prev, next)) = self.nodes.get(i).map(|n| (n.prev, n.next)) else {
-            return;
-        };
-        if let Some(p) = self.nodes.get_mut(prev) {
-            p.next = next;
-        }
-        if let Some(n) = self.nodes.get_mut(next) {
-            n.prev = prev;
-        }
-        if let Some(list) = self.list_of(i) {
-            if list.head == i {
-                list.head = next;
-            }
-            if list.tail == i {
-                list.tail = prev;
-            }
-        }
-        if let Some(node) = self.nodes.get_mut(i) {
-            node.prev = NIL;
-            node.next = NIL;
-        }
-    }
-
-    /// Append node `i` to its list (chosen by its phase) as the most recently seen.
-    fn link_back(&mut self, i: usize) {
-        let Some(list) = self.list_of(i) else {
-            return;
-        };
-        let tail = list.tail;
-        list.tail = i;
-        if list.head == NIL {
-            list.head = i;
-        }
-        if let Some(t) = self.nodes.get_mut(tail) {
-            t.next = i;
-        }
-        if let Some(node) = self.nodes.get_mut(i) {
-            node.prev = tail;
-            node.next = NIL;
         }
     }
 }
