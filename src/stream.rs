@@ -204,7 +204,8 @@ pub struct Message<'a> {
     /// Where its length prefix starts in this segment's payload, when the message began in this
     /// segment (`None`: it began in an earlier segment, held or read).
     pub start: Option<usize>,
-    /// The bytes lie in this segment's payload (`false`: assembled in the flow's buffer).
+    /// The bytes lie in this segment's payload (`false`: assembled from bytes the flow held,
+    /// in the table's scratch space).
     pub borrowed: bool,
 }
 
