@@ -94,7 +94,7 @@ fn connection(s: &mut Streams, port: u16, wire: &Wire, now: Instant, messages: &
     );
     send(down, 9001, flags(false, false, false), &a[..half]);
     let up_end = 101 + q.len() as u32;
-    if port % 2 == 0 {
+    if port.is_multiple_of(2) {
         send(up, up_end, flags(false, true, false), &[]);
         send(down, 9001 + a.len() as u32, flags(false, true, false), &[]);
     } else {
