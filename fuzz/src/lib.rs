@@ -599,8 +599,18 @@ pub fn stream(data: &[u8]) {
     }
     let base = if pickup { isn } else { first };
     let mut next_index = 0usize;
+    // A model of what the reader has: which bytes came, and the first one that has not.
+    let mut have = vec![false; stream.len()];
+    let mut expected = 0usize;
+    let mut frames: Vec<(usize, usize)> = offsets.iter().map(|(&o, &k)| (o, k)).collect();
+    frames.sort_unstable();
     for &(lo, hi) in &schedule {
         now += Duration::from_millis(1);
+        let before = expected;
+        have[lo..hi].fill(true);
+        while have.get(expected) == Some(&true) {
+            expected += 1;
+        }
         let payload = &stream[lo..hi];
         let segment = Segment {
             seq: base.wrapping_add(lo as u32),
@@ -613,6 +623,7 @@ pub fn stream(data: &[u8]) {
             truncated: false,
         };
         let read = s.segment(id, segment, now);
+        let mut got = Vec::new();
         for m in read.messages() {
             let offset = m.seq.wrapping_sub(base) as usize;
             let Some(&k) = offsets.get(&offset) else {
@@ -633,12 +644,33 @@ pub fn stream(data: &[u8]) {
                 assert_eq!(lo + start, offset, "message {k}'s start in the segment");
             }
             next_index = k + 1;
+            got.push(k);
         }
-        for start in read.starts() {
-            assert!(
-                offsets.contains_key(&(lo + start)),
-                "a start at {}",
-                lo + start
+        let starts: Vec<usize> = read.starts().map(|start| lo + start).collect();
+        for start in &starts {
+            assert!(offsets.contains_key(start), "a start at {start}");
+        }
+        if s.counters.bound_breaks == 0 {
+            // Exactly the messages whose last byte just became reachable, and a start for each
+            // message beginning in the bytes this segment added to the stream.
+            let end = |&(o, k): &(usize, usize)| o + 2 + messages[k].len();
+            let due: Vec<usize> = frames
+                .iter()
+                .filter(|f| end(f) > before && end(f) <= expected)
+                .map(|&(_, k)| k)
+                .collect();
+            assert_eq!(
+                got, due,
+                "messages of {lo}..{hi} (stream read to {before}, then {expected})"
+            );
+            let begun: Vec<usize> = frames
+                .iter()
+                .map(|&(o, _)| o)
+                .filter(|&o| lo <= before && before <= o && o < hi)
+                .collect();
+            assert_eq!(
+                starts, begun,
+                "starts in {lo}..{hi} (stream read to {before})"
             );
         }
         if let Err(e) = s.audit() {
