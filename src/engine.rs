@@ -28,6 +28,7 @@ use crate::flows::{self, LearnConfig, Learned, Resolution};
 use crate::packet::{self, Packet, Proto};
 use crate::pairing::{Asker, ConnKey, FlowKey, Pairing, PairingConfig, UpstreamMatch};
 use crate::rules::{Ctx, RuleSet};
+use crate::stream::{FlowId, Segment, StreamConfig, Streams};
 use crate::types::{Checksum, Direction, Meta, Verdict, apply_mask};
 
 /// The role a DNS packet played in pairing, and whether it found its partner.
@@ -122,6 +123,8 @@ impl Default for EngineConfig {
 pub struct Tables {
     pub pairing: Pairing,
     pub learned: Learned,
+    /// DNS-over-TCP connections read as streams.
+    pub streams: Streams,
 }
 
 impl Tables {
@@ -129,6 +132,7 @@ impl Tables {
         Tables {
             pairing: Pairing::new(config.pairing),
             learned: Learned::new(learn),
+            streams: Streams::new(StreamConfig::default()),
         }
     }
 }
@@ -182,10 +186,9 @@ pub enum Step {
     },
 }
 
-/// What [`plan`] found: everything [`apply`] and [`finish`] need, and nothing borrowed from
-/// shared state.
+/// What [`plan`] found: everything [`apply`] and [`finish`] need, borrowing only the packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub struct Plan<'a> {
     pub class: Class,
     pub verdict: Verdict,
     pub rule: Option<usize>,
@@ -199,6 +202,14 @@ pub struct Plan {
     /// A packet this host sends on a DNS-over-TCP connection: the connection whose mark it
     /// keeps (when the queue does not report the conntrack entry).
     pub conn: Option<ConnKey>,
+    /// A segment of a DNS-over-TCP connection: [`apply`] reads it as a stream and takes a
+    /// pairing step for every message it completes or contains.
+    pub segment: Option<(FlowId, Segment<'a>)>,
+    /// Whether messages read from the stream take pairing steps (pairing on, or flow rules
+    /// that need to know which queries their answers answer).
+    pub track: bool,
+    /// Flow rules exist: answers read from the stream are decoded for them.
+    pub flow_rules: bool,
     /// The answer's names and addresses, read when a flow rule may learn from it (the answer
     /// is learned only if [`apply`] finds the query it answers).
     pub answer: Option<Resolution>,
@@ -215,6 +226,10 @@ pub struct Applied {
     /// The mark the packet's DNS-over-TCP connection started with, when nfqmark saw it start.
     pub conn_mark: Option<u32>,
     pub learned: u16,
+    /// DNS messages the packet's TCP segment completed or contained, and how many of them
+    /// could not be read.
+    pub messages: u16,
+    pub message_errors: u16,
 }
 
 impl Applied {
@@ -224,6 +239,8 @@ impl Applied {
         flow_mark: None,
         conn_mark: None,
         learned: 0,
+        messages: 0,
+        message_errors: 0,
     };
 }
 
@@ -242,7 +259,7 @@ pub fn decide(
 }
 
 /// Read the packet, evaluate the rules, and say which step it needs.
-pub fn plan(config: &EngineConfig, rules: &RuleSet, meta: &Meta, bytes: &[u8]) -> Plan {
+pub fn plan<'a>(config: &EngineConfig, rules: &RuleSet, meta: &Meta, bytes: &'a [u8]) -> Plan<'a> {
     let packet = match packet::parse(bytes) {
         Ok(p) => p,
         Err(e) => {
@@ -261,6 +278,9 @@ pub fn plan(config: &EngineConfig, rules: &RuleSet, meta: &Meta, bytes: &[u8]) -
                 dns_port: false,
                 step: Step::None,
                 conn: None,
+                segment: None,
+                track: false,
+                flow_rules: false,
                 answer: None,
             };
         }
@@ -287,6 +307,9 @@ pub fn plan(config: &EngineConfig, rules: &RuleSet, meta: &Meta, bytes: &[u8]) -
         dns_port,
         step: Step::None,
         conn: None,
+        segment: None,
+        track: false,
+        flow_rules: false,
         answer: None,
     };
     if dns_port
@@ -304,7 +327,20 @@ pub fn plan(config: &EngineConfig, rules: &RuleSet, meta: &Meta, bytes: &[u8]) -
         return plan;
     }
     let flow_rules = rules.has_flow_rules();
+    plan.flow_rules = flow_rules;
+    plan.track = outcome.pairing || flow_rules;
+    if dns_port && packet.proto == Proto::Tcp && plan.track {
+        // DNS over TCP is read as a stream (several messages in a segment, one message over
+        // several): the steps come from the messages, in [`apply`].
+        plan.segment = Segment::of(&packet);
+        if meta.checksum == Checksum::NotVerified && !crate::checksum::transport_ok(bytes) {
+            // The receiver drops it; its sender retransmits what it carried.
+            plan.class = Class::BadChecksum;
+            plan.segment = None;
+        }
+    }
     match dns.as_ref() {
+        Some(_) if plan.segment.is_some() || packet.proto == Proto::Tcp => {}
         Some(dns) => {
             // Flow learning needs the query an answer answers, so the tables follow DNS for it
             // even where a rule turns pairing's marks off.
@@ -397,8 +433,22 @@ fn dns_of(config: &EngineConfig, packet: &Packet<'_>) -> (Class, Option<Dns>) {
     }
 }
 
-/// The pairing step for a DNS message, from the packet's direction and whether it is an answer.
+/// The pairing step for the DNS message of a packet.
 fn dns_step(meta: &Meta, packet: &Packet<'_>, dns: &Dns, mark: u32) -> Step {
+    let src = SocketAddr::new(packet.src, packet.sport);
+    let dst = SocketAddr::new(packet.dst, packet.dport);
+    message_step(meta.direction(), packet.proto, src, dst, dns, mark)
+}
+
+/// The pairing step for a DNS message, from its direction and whether it is an answer.
+fn message_step(
+    direction: Direction,
+    proto: Proto,
+    src: SocketAddr,
+    dst: SocketAddr,
+    dns: &Dns,
+    mark: u32,
+) -> Step {
     let Some(question) = dns.question.as_ref() else {
         return Step::None;
     };
@@ -407,10 +457,8 @@ fn dns_step(meta: &Meta, packet: &Packet<'_>, dns: &Dns, mark: u32) -> Step {
     if dns.opcode != 0 || (!dns.response && dns.answer_count != 0) {
         return Step::None;
     }
-    let src = SocketAddr::new(packet.src, packet.sport);
-    let dst = SocketAddr::new(packet.dst, packet.dport);
     let question = question.key.clone();
-    match (meta.direction(), dns.response) {
+    match (direction, dns.response) {
         (Direction::Incoming, false) => Step::ClientQuery {
             question,
             asker: Asker {
@@ -419,12 +467,12 @@ fn dns_step(meta: &Meta, packet: &Packet<'_>, dns: &Dns, mark: u32) -> Step {
                 id: dns.id,
             },
             mark,
-            via: packet.proto,
+            via: proto,
         },
         (Direction::LocalOut, false) => Step::UpstreamQuery {
             question,
             flow: FlowKey {
-                proto: packet.proto,
+                proto,
                 local: src,
                 remote: dst,
                 id: dns.id,
@@ -432,7 +480,7 @@ fn dns_step(meta: &Meta, packet: &Packet<'_>, dns: &Dns, mark: u32) -> Step {
         },
         (Direction::Incoming, true) => Step::UpstreamAnswer {
             flow: FlowKey {
-                proto: packet.proto,
+                proto,
                 local: dst,
                 remote: src,
                 id: dns.id,
@@ -454,7 +502,7 @@ fn dns_step(meta: &Meta, packet: &Packet<'_>, dns: &Dns, mark: u32) -> Step {
                 server: dst,
                 id: dns.id,
             },
-            via: packet.proto,
+            via: proto,
         },
         (Direction::Forwarded, true) => Step::ForwardedAnswer {
             question,
@@ -463,29 +511,90 @@ fn dns_step(meta: &Meta, packet: &Packet<'_>, dns: &Dns, mark: u32) -> Step {
                 server: src,
                 id: dns.id,
             },
-            via: packet.proto,
+            via: proto,
         },
     }
 }
 
-/// Perform the plan's step on the tables.
+/// Perform the plan's step on the tables, and the steps of every DNS message the packet's TCP
+/// segment completes or contains.
 pub fn apply(
-    plan: &Plan,
+    plan: &Plan<'_>,
     rules: &RuleSet,
     tables: &mut Tables,
     meta: &Meta,
     now: Instant,
 ) -> Applied {
-    let pairing = &mut tables.pairing;
+    let Tables {
+        pairing,
+        learned,
+        streams,
+    } = tables;
+    let mut applied = Applied::NOTHING;
+    step(
+        &plan.step,
+        plan,
+        plan.answer.as_ref(),
+        rules,
+        pairing,
+        learned,
+        now,
+        &mut applied,
+    );
+    if let Some((id, segment)) = plan.segment {
+        let direction = meta.direction();
+        let read = streams.segment(id, segment, now);
+        for message in read.messages() {
+            applied.messages = applied.messages.saturating_add(1);
+            let Ok(dns) = dns::parse_udp(message.bytes) else {
+                applied.message_errors = applied.message_errors.saturating_add(1);
+                continue;
+            };
+            let s = message_step(direction, Proto::Tcp, id.src, id.dst, &dns, plan.mark);
+            let answer = (plan.flow_rules && dns.response && direction != Direction::Incoming)
+                .then(|| flows::answer_addresses(message.bytes))
+                .flatten();
+            step(
+                &s,
+                plan,
+                answer.as_ref(),
+                rules,
+                pairing,
+                learned,
+                now,
+                &mut applied,
+            );
+        }
+    }
+    if let Some(conn) = plan.conn {
+        applied.conn_mark = pairing.conn_mark(conn, now);
+    }
+    applied
+}
+
+/// One pairing or learning step; what it finds is added to `applied` (the first role and mark
+/// found stand for the packet).
+#[allow(clippy::too_many_arguments)] // one call site per kind of message; a struct would only rename them
+fn step(
+    step: &Step,
+    plan: &Plan<'_>,
+    answer: Option<&Resolution>,
+    rules: &RuleSet,
+    pairing: &mut Pairing,
+    learned: &mut Learned,
+    now: Instant,
+    applied: &mut Applied,
+) {
     let paired = |m: UpstreamMatch| match m {
         UpstreamMatch::Paired { mark, ambiguous } => (true, ambiguous, Some(mark)),
         UpstreamMatch::Unpaired => (false, false, None),
     };
-    let mut applied = Applied::NOTHING;
+    let mut role = Role::NotPaired;
+    let mut carried = None;
     // The client an answer goes to, and its mark, when the answer may teach flow rules.
     let mut learn_for = None;
-    match &plan.step {
-        Step::None => {}
+    match step {
+        Step::None => return,
         Step::ClientQuery {
             question,
             asker,
@@ -501,29 +610,27 @@ pub fn apply(
                 };
                 pairing.remember_conn(conn, *mark, now);
             }
-            applied.role = Role::ClientQuery;
+            role = Role::ClientQuery;
         }
         Step::UpstreamQuery { question, flow } => {
-            let (ok, ambiguous, carried) = paired(pairing.upstream_query(question, *flow, now));
-            applied.role = Role::UpstreamQuery {
+            let (ok, ambiguous, c) = paired(pairing.upstream_query(question, *flow, now));
+            role = Role::UpstreamQuery {
                 paired: ok,
                 ambiguous,
             };
-            applied.carried = carried;
+            carried = c;
         }
         Step::UpstreamAnswer { flow, truncated } => {
-            let carried = pairing.upstream_answer(flow, *truncated, now);
-            applied.role = Role::UpstreamAnswer {
+            carried = pairing.upstream_answer(flow, *truncated, now);
+            role = Role::UpstreamAnswer {
                 paired: carried.is_some(),
             };
-            applied.carried = carried;
         }
         Step::ClientAnswer { question, asker } => {
-            let carried = pairing.client_answer(question, *asker, now);
-            applied.role = Role::ClientAnswer {
+            carried = pairing.client_answer(question, *asker, now);
+            role = Role::ClientAnswer {
                 paired: carried.is_some(),
             };
-            applied.carried = carried;
             if carried.is_some() {
                 let mask = pairing.config().mask;
                 let mark = carried
@@ -533,9 +640,9 @@ pub fn apply(
             }
         }
         Step::TcpOpen { conn } => {
-            let (ok, _, carried) = paired(pairing.tcp_open(*conn, now));
-            applied.role = Role::TcpOpen { paired: ok };
-            applied.carried = carried;
+            let (ok, _, c) = paired(pairing.tcp_open(*conn, now));
+            role = Role::TcpOpen { paired: ok };
+            carried = c;
         }
         Step::ForwardedQuery {
             question,
@@ -552,22 +659,27 @@ pub fn apply(
             }
         }
         Step::FlowOpen { client, dst } => {
-            if let Some(target) = tables.learned.lookup(*client, plan.mark, *dst, now) {
+            if let Some(target) = learned.lookup(*client, plan.mark, *dst, now) {
                 let (value, mask) = target.mark;
                 applied.flow_mark = Some(apply_mask(plan.mark, value, mask));
-                applied.role = Role::FlowMarked;
+                role = Role::FlowMarked;
             }
         }
     }
-    if let Some(conn) = plan.conn {
-        applied.conn_mark = tables.pairing.conn_mark(conn, now);
+    if applied.role == Role::NotPaired {
+        applied.role = role;
     }
-    if let (Some((client, client_mark)), Some(answer)) = (learn_for, plan.answer.as_ref()) {
-        applied.learned = learn(rules, &mut tables.learned, client, client_mark, answer, now);
-    } else if plan.answer.is_some() && meta.direction() != Direction::Incoming {
-        log::trace!("answer to a query nfqmark did not see: not learned");
+    if applied.carried.is_none() {
+        applied.carried = carried;
     }
-    applied
+    match (learn_for, answer) {
+        (Some((client, client_mark)), Some(answer)) => {
+            let n = learn(rules, learned, client, client_mark, answer, now);
+            applied.learned = applied.learned.saturating_add(n);
+        }
+        (None, Some(_)) => log::trace!("answer to a query nfqmark did not see: not learned"),
+        _ => {}
+    }
 }
 
 /// Remember the addresses of an answer a client asked for, when a flow rule names one of its
@@ -640,12 +752,24 @@ pub fn finish(meta: &Meta, plan: &Plan, applied: &Applied, mask: u32) -> Decisio
             mark = flow_mark;
         }
     }
+    // A TCP segment read as a stream is DNS when it completed or held a message; a segment
+    // with none (handshake, ACK, the first part of a message) is not an error.
+    let class = match (
+        plan.segment.is_some(),
+        applied.messages,
+        applied.message_errors,
+    ) {
+        (false, _, _) => plan.class,
+        (true, 0, _) => Class::NotDns,
+        (true, n, bad) if bad >= n => Class::DnsError,
+        (true, _, _) => Class::Dns,
+    };
     Decision {
         verdict: plan.verdict,
         mark: (mark != meta.mark).then_some(mark),
         role: applied.role,
         rule: plan.rule,
-        class: plan.class,
+        class,
         conflict,
         learned: applied.learned,
     }
@@ -1669,18 +1793,45 @@ mod tests {
     }
 
     #[test]
-    fn tcp_bare_length_prefix_segment_is_accepted_without_a_mark() {
+    fn tcp_lone_length_prefix_then_the_message_is_one_client_query() {
         let lab = Lab::new();
         let msg = fixtures::dns_query(0x1111, "www.example.com");
         let framed = fixtures::tcp_framed(&msg);
-        let prefix = fixtures::tcp(CLIENT4, CLIENT_PORT, LAN4, 53, &framed[..2]);
+        let seq = fixtures::TCP_DATA_SEQ;
+        let prefix = fixtures::tcp_seq(CLIENT4, CLIENT_PORT, LAN4, 53, seq, &framed[..2]);
+        let rest = fixtures::tcp_seq(CLIENT4, CLIENT_PORT, LAN4, 53, seq + 2, &framed[2..]);
         assert_untouched(lab.decide(Hook::Input, MARK, &prefix));
-        assert_eq!(lab.stats.dns_errors.get(), 1);
+        assert_eq!(
+            (lab.stats.not_dns.get(), lab.stats.dns_errors.get()),
+            (1, 0)
+        );
         assert_eq!(lab.table().client_len(), 0);
+        let d = lab.decide(Hook::Input, MARK, &rest);
+        assert_eq!((d.role, d.class), (Role::ClientQuery, Class::Dns));
+        assert_eq!(lab.table().client_len(), 1);
+        // The same bytes again (a retransmission) are not a second query.
+        lab.decide(Hook::Input, MARK, &rest);
+        assert_eq!(lab.table().counters.client_queries, 1);
     }
 
     #[test]
-    fn tcp_continuation_segment_is_accepted_without_a_mark() {
+    fn several_queries_in_one_segment_are_each_recorded() {
+        let lab = Lab::new();
+        let mut wire = Vec::new();
+        for (id, name) in [(1, "a.example"), (2, "b.example"), (3, "c.example")] {
+            wire.extend(fixtures::tcp_framed(&fixtures::dns_query(id, name)));
+        }
+        let d = lab.decide(
+            Hook::Input,
+            MARK,
+            &fixtures::tcp(CLIENT4, CLIENT_PORT, LAN4, 53, &wire),
+        );
+        assert_eq!(d.role, Role::ClientQuery);
+        assert_eq!(lab.table().counters.client_queries, 3);
+    }
+
+    #[test]
+    fn tcp_answer_over_two_segments_is_paired_when_complete() {
         let lab = Lab::new();
         let plan = Plan {
             client_wire: Wire::Tcp,
@@ -1698,10 +1849,16 @@ mod tests {
             &addrs,
         ));
         let (head, tail) = framed.split_at(100);
-        let first = fixtures::tcp(UPSTREAM4, 53, WAN4, RESOLVER_PORT, head);
-        let second = fixtures::tcp(UPSTREAM4, 53, WAN4, RESOLVER_PORT, &tail[..tail.len() - 6]);
-        assert_eq!(lab.decide(Hook::Input, 0, &first).mark, Some(MARK));
-        assert_untouched(lab.decide(Hook::Input, 0, &second));
+        let seq = fixtures::TCP_DATA_SEQ;
+        let first = fixtures::tcp_seq(UPSTREAM4, 53, WAN4, RESOLVER_PORT, seq, head);
+        let second = fixtures::tcp_seq(UPSTREAM4, 53, WAN4, RESOLVER_PORT, seq + 100, tail);
+        // The answer is read when its last byte arrives: the segment that completes it pairs.
+        assert_untouched(lab.decide(Hook::Input, 0, &first));
+        let d = lab.decide(Hook::Input, 0, &second);
+        assert_eq!(
+            (d.mark, d.role),
+            (Some(MARK), Role::UpstreamAnswer { paired: true })
+        );
     }
 
     #[test]

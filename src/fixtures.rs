@@ -107,20 +107,36 @@ pub fn udp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, payload: &[u8]) -> 
     out
 }
 
-/// An IP/TCP packet with ACK and PSH set (a data segment).
+/// The sequence number of the first data byte of the TCP packets built here ([`tcp`]); the SYN
+/// ([`tcp_syn`]) comes just before it.
+pub const TCP_DATA_SEQ: u32 = 1000;
+
+/// An IP/TCP packet with ACK and PSH set (a data segment), the first of its connection's data.
 pub fn tcp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let builder = ip_step(src, dst)
-        .tcp(sport, dport, 1000, 64240)
-        .ack(1)
-        .psh();
+    tcp_seq(src, sport, dst, dport, TCP_DATA_SEQ, payload)
+}
+
+/// A data segment starting at sequence number `seq` (a later segment of a stream starts
+/// at `TCP_DATA_SEQ` plus the bytes sent before it).
+pub fn tcp_seq(
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+    seq: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    let builder = ip_step(src, dst).tcp(sport, dport, seq, 64240).ack(1).psh();
     let mut out = Vec::with_capacity(builder.size(payload.len()));
     builder.write(&mut out, payload).unwrap_or_default();
     out
 }
 
-/// An IP/TCP SYN (no payload).
+/// An IP/TCP SYN (no payload), whose data starts at [`TCP_DATA_SEQ`].
 pub fn tcp_syn(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Vec<u8> {
-    let builder = ip_step(src, dst).tcp(sport, dport, 1000, 64240).syn();
+    let builder = ip_step(src, dst)
+        .tcp(sport, dport, TCP_DATA_SEQ - 1, 64240)
+        .syn();
     let mut out = Vec::with_capacity(builder.size(0));
     builder.write(&mut out, &[]).unwrap_or_default();
     out

@@ -139,6 +139,9 @@ pub struct Snapshot {
     pub reloads_failed: u64,
     /// Packets let past nfqmark's queues, when the queue rules' counters can be read.
     pub bypassed: Option<u64>,
+    /// DNS over TCP read as streams.
+    pub streams: crate::stream::StreamCounters,
+    pub stream_flows: usize,
 }
 
 fn escape(label: &str) -> String {
@@ -333,6 +336,29 @@ pub fn render(s: &Snapshot) -> String {
         &[("table", "upstream")],
         s.waiting_upstream as u64,
     );
+    let t = &s.streams;
+    o.family(
+        "nfqmark_tcp_streams_total",
+        "counter",
+        "DNS over TCP read as streams: messages read, flows picked up without their SYN, retransmitted and out-of-order segments, flows no longer read (a bound broken), evicted and expired flows.",
+    );
+    for (outcome, v) in [
+        ("message", t.messages),
+        ("picked_up", t.picked_up),
+        ("retransmit", t.retransmits),
+        ("out_of_order", t.out_of_order),
+        ("bound_break", t.bound_breaks),
+        ("evicted", t.evictions),
+        ("expired", t.expiries),
+    ] {
+        o.sample("nfqmark_tcp_streams_total", &[("outcome", outcome)], v);
+    }
+    o.family(
+        "nfqmark_tcp_stream_flows",
+        "gauge",
+        "DNS-over-TCP flow directions followed now.",
+    );
+    o.sample("nfqmark_tcp_stream_flows", &[], s.stream_flows as u64);
     let l = &s.learned;
     o.family("nfqmark_flows_total", "counter", "DNS-learned flow marks.");
     for (outcome, v) in [

@@ -122,7 +122,7 @@ impl Shared {
 
     /// Everything the metrics page and the counter log line show.
     pub fn snapshot(&self) -> Snapshot {
-        let (pairing, waiting_clients, waiting_upstream, learned, learned_entries) = {
+        let (pairing, waiting_clients, waiting_upstream, learned, learned_entries, streams) = {
             let t = lock(&self.tables);
             (
                 t.pairing.counters,
@@ -130,6 +130,7 @@ impl Shared {
                 t.pairing.upstream_len(),
                 t.learned.counters,
                 t.learned.len(),
+                (t.streams.counters, t.streams.len()),
             )
         };
         let loaded = self.rules();
@@ -171,6 +172,8 @@ impl Shared {
                 .bypass_known
                 .load(Ordering::Relaxed)
                 .then(|| self.bypassed.get()),
+            streams: streams.0,
+            stream_flows: streams.1,
         }
     }
 }
@@ -337,7 +340,10 @@ pub fn decide_locked(
     now: Instant,
 ) -> Decision {
     let plan = engine::plan(config, rules, meta, payload);
-    let applied = if plan.step == engine::Step::None && plan.answer.is_none() && plan.conn.is_none()
+    let applied = if plan.step == engine::Step::None
+        && plan.answer.is_none()
+        && plan.conn.is_none()
+        && plan.segment.is_none()
     {
         engine::Applied::NOTHING
     } else {
