@@ -81,8 +81,9 @@ pub struct Decision {
     /// Index of the rule that matched, if any (for per-rule counters).
     pub rule: Option<usize>,
     pub class: Class,
-    /// Pairing wanted a mark other than the connection's, and the connection's was kept.
-    pub conflict: bool,
+    /// DNS messages in this packet that pairing would have marked otherwise than their
+    /// connection; the connection's mark was kept.
+    pub conflicts: u16,
     /// Addresses learned from this packet for flow rules.
     pub learned: u16,
 }
@@ -95,7 +96,7 @@ impl Decision {
             role: Role::NotPaired,
             rule: None,
             class: Class::NotDns,
-            conflict: false,
+            conflicts: 0,
             learned: 0,
         }
     }
@@ -230,6 +231,8 @@ pub struct Applied {
     /// could not be read.
     pub messages: u16,
     pub message_errors: u16,
+    /// Messages pairing would have marked otherwise than their connection.
+    pub conflicts: u16,
 }
 
 impl Applied {
@@ -241,6 +244,7 @@ impl Applied {
         learned: 0,
         messages: 0,
         message_errors: 0,
+        conflicts: 0,
     };
 }
 
@@ -531,6 +535,13 @@ pub fn apply(
         streams,
     } = tables;
     let mut applied = Applied::NOTHING;
+    // The connection's mark, where the packet is not its connection's first: the queue reports
+    // it where the kernel can; else nfqmark remembers the TCP connections it saw start.
+    applied.conn_mark = meta
+        .conn
+        .filter(|c| !c.first)
+        .map(|c| c.mark)
+        .or_else(|| plan.conn.and_then(|c| pairing.conn_mark(c, now)));
     step(
         &plan.step,
         plan,
@@ -565,9 +576,6 @@ pub fn apply(
                 &mut applied,
             );
         }
-    }
-    if let Some(conn) = plan.conn {
-        applied.conn_mark = pairing.conn_mark(conn, now);
     }
     applied
 }
@@ -672,6 +680,22 @@ fn step(
     if applied.carried.is_none() {
         applied.carried = carried;
     }
+    // Each message pairing would have marked otherwise than its connection is a conflict: the
+    // connection's mark wins (see [`finish`]).
+    if let (Some(c), Some(conn)) = (carried, applied.conn_mark)
+        && plan.pairing
+        && plan.dns_port
+    {
+        let mask = pairing.config().mask;
+        let wanted = if c & mask != 0 {
+            apply_mask(plan.mark, c, mask)
+        } else {
+            plan.mark
+        };
+        if apply_mask(wanted, conn, mask) != wanted {
+            applied.conflicts = applied.conflicts.saturating_add(1);
+        }
+    }
     match (learn_for, answer) {
         (Some((client, client_mark)), Some(answer)) => {
             let n = learn(rules, learned, client, client_mark, answer, now);
@@ -722,7 +746,6 @@ fn learn(
 /// the connection's mark kept where the packet is not its connection's first.
 pub fn finish(meta: &Meta, plan: &Plan, applied: &Applied, mask: u32) -> Decision {
     let mut mark = plan.mark;
-    let mut conflict = false;
     if plan.verdict == Verdict::Drop {
         mark = meta.mark;
     } else {
@@ -732,20 +755,11 @@ pub fn finish(meta: &Meta, plan: &Plan, applied: &Applied, mask: u32) -> Decisio
                 mark = apply_mask(mark, carried, mask);
             }
             // Any packet of a DNS connection that is not its first keeps the connection's
-            // mark under the mask: its route and NAT binding were chosen with it. The queue
-            // reports the connection's mark where the kernel can; else nfqmark remembers the
-            // marks of the TCP connections it saw start.
-            let conn_mark = meta
-                .conn
-                .filter(|c| !c.first)
-                .map(|c| c.mark)
-                .or(applied.conn_mark);
+            // mark under the mask: its route and NAT binding were chosen with it.
             if plan.dns_port
-                && let Some(conn_mark) = conn_mark
+                && let Some(conn_mark) = applied.conn_mark
             {
-                let kept = apply_mask(mark, conn_mark, mask);
-                conflict = applied.carried.is_some() && kept != mark;
-                mark = kept;
+                mark = apply_mask(mark, conn_mark, mask);
             }
         }
         if let Some(flow_mark) = applied.flow_mark {
@@ -770,7 +784,7 @@ pub fn finish(meta: &Meta, plan: &Plan, applied: &Applied, mask: u32) -> Decisio
         role: applied.role,
         rule: plan.rule,
         class,
-        conflict,
+        conflicts: applied.conflicts,
         learned: applied.learned,
     }
 }
@@ -1022,7 +1036,7 @@ mod tests {
             role,
             rule: None,
             class: Class::Dns,
-            conflict: false,
+            conflicts: 0,
             learned: 0,
         }
     }
@@ -1045,8 +1059,8 @@ mod tests {
     /// it has nothing to say about (whatever it found when reading it).
     fn assert_untouched(d: Decision) {
         assert_eq!(
-            (d.verdict, d.mark, d.role, d.rule, d.conflict),
-            (Verdict::Accept, None, Role::NotPaired, None, false),
+            (d.verdict, d.mark, d.role, d.rule, d.conflicts),
+            (Verdict::Accept, None, Role::NotPaired, None, 0),
             "{d:?}"
         );
     }
@@ -1928,7 +1942,7 @@ mod tests {
             MS,
         );
         assert_eq!(d.mark, Some(MARK));
-        assert!(!d.conflict);
+        assert_eq!(d.conflicts, 0);
     }
 
     #[test]
@@ -1943,7 +1957,7 @@ mod tests {
             &r.upstream_query,
             MS,
         );
-        assert_eq!((d.mark, d.conflict), (None, true));
+        assert_eq!((d.mark, d.conflicts), (None, 1));
         assert_eq!(d.role, upstream_query(true, false));
         assert_eq!(lab.stats.conn_conflicts.get(), 1);
         // The answer on that connection keeps its mark too.
@@ -1952,7 +1966,7 @@ mod tests {
             &r.upstream_answer,
             2 * MS,
         );
-        assert_eq!((d.mark, d.conflict), (None, true));
+        assert_eq!((d.mark, d.conflicts), (None, 1));
     }
 
     #[test]
@@ -1963,7 +1977,7 @@ mod tests {
         let lab = Lab::new();
         let ack = fixtures::tcp(WAN4, RESOLVER_PORT, UPSTREAM4, 53, &[]);
         let d = lab.decide_meta(with_conn(meta(Hook::Output, 0), MARK, false), &ack, MS);
-        assert_eq!((d.mark, d.conflict), (Some(MARK), false));
+        assert_eq!((d.mark, d.conflicts), (Some(MARK), 0));
         // Under a mask, only the mask's bits come from the connection.
         let lab = Lab::with_pairing(PairingConfig {
             mask: 0xff00,
@@ -1998,7 +2012,7 @@ mod tests {
         };
         lab.decide(Hook::Input, 0, &b.client_query());
         let d = lab.decide(Hook::Output, 0, &b.upstream_query());
-        assert_eq!((d.mark, d.conflict), (Some(MARK), true));
+        assert_eq!((d.mark, d.conflicts), (Some(MARK), 1));
         // The client's own TCP connection to the resolver: the answer's bare ACKs keep the
         // client's mark too.
         let to_client = fixtures::tcp(LAN4, 53, CLIENT4, CLIENT_PORT, &[]);

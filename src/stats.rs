@@ -89,8 +89,8 @@ impl Stats {
         if decision.mark.is_some() {
             self.marked.inc();
         }
-        if decision.conflict {
-            self.conn_conflicts.inc();
+        if decision.conflicts > 0 {
+            self.conn_conflicts.add(u64::from(decision.conflicts));
         }
         if decision.learned > 0 {
             self.flows_learned.add(u64::from(decision.learned));

@@ -365,7 +365,7 @@ fn count(stats: &Stats, loaded: &Loaded, decision: &Decision) {
             c.inc();
         }
     }
-    if decision.conflict {
+    if decision.conflicts > 0 {
         log::debug!(
             "{:?}: pairing wanted another mark than the connection's; kept the connection's",
             decision.role
