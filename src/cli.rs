@@ -38,9 +38,12 @@ pub struct CheckArgs {
     /// The rules file to check.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
-    /// Accept interface names that do not exist on this machine (checking a file for another).
-    #[arg(long)]
+    /// Do not look at this machine's interfaces (checking a file for another machine).
+    #[arg(long, conflicts_with = "strict_interfaces")]
     pub any_interface: bool,
+    /// A rule naming an interface this machine does not have now is an error, not a warning.
+    #[arg(long)]
+    pub strict_interfaces: bool,
 }
 
 #[derive(Debug, Args)]
@@ -145,6 +148,11 @@ pub struct RunArgs {
     /// Flow rules: most (client, address) entries remembered; the one closest to expiry goes.
     #[arg(long, value_name = "N", default_value_t = 65_536)]
     pub flow_capacity: usize,
+    /// Refuse a rules file (at start and at SIGHUP) that names an interface that does not exist
+    /// then; without it such a rule loads, with a warning, and matches once the interface
+    /// appears.
+    #[arg(long)]
+    pub strict_interfaces: bool,
     /// Serve Prometheus metrics over HTTP on ADDR:PORT (a bare PORT binds 127.0.0.1).
     #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen)]
     pub metrics: Option<std::net::SocketAddr>,

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use crate::cli::{CheckArgs, RunArgs, SetupArgs};
 use crate::engine::EngineConfig;
 use crate::flows::LearnConfig;
+use crate::links::{self, Links};
 use crate::metrics::{Alive, Endpoint, QueueSnapshot};
 use crate::pairing::PairingConfig;
 use crate::queue::{OpenError, Queue, QueueOptions};
@@ -57,6 +58,8 @@ pub enum Task {
     Metrics,
     /// The thread that counts packets let past the queues.
     Bypass,
+    /// The thread that keeps the link table current (started when rules name an interface).
+    Links,
 }
 
 impl fmt::Display for Task {
@@ -66,6 +69,7 @@ impl fmt::Display for Task {
             Task::Rules => f.write_str("the rules thread"),
             Task::Metrics => f.write_str("the metrics endpoint"),
             Task::Bypass => f.write_str("the bypass counter"),
+            Task::Links => f.write_str("the link table thread"),
         }
     }
 }
@@ -185,14 +189,6 @@ pub fn forward_signals<T: Send + 'static>(
     Ok(())
 }
 
-/// Interface name -> index on this machine (0 = no such interface).
-pub fn if_index(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (index != 0).then_some(index)
-}
-
 /// Largest rules file read. The largest example in rules/ is a few KiB; a walled garden of
 /// 100,000 names is about 3 MiB.
 pub const MAX_RULES_BYTES: u64 = 16 << 20;
@@ -278,22 +274,41 @@ pub fn load_rules_with(
     RuleSet::parse(&text, &path.display().to_string(), ifaces)
 }
 
-/// Load a rules file against this machine's interfaces.
-pub fn load_rules(path: &Path) -> Result<RuleSet, Vec<Diagnostic>> {
-    load_rules_with(path, &if_index)
-}
-
-/// `nfqmark check FILE`: 0 and a summary when good; 1 and every error when not.
+/// `nfqmark check FILE`: 0 and a summary when good (a rule naming an interface this machine
+/// lacks is a warning, or with `--strict-interfaces` an error); 1 and every error when not.
 pub fn check(args: &CheckArgs) -> i32 {
-    let any = |_: &str| Some(1u32);
-    let result = if args.any_interface {
-        load_rules_with(&args.file, &any)
-    } else {
-        load_rules(&args.file)
-    };
+    let result = load_rules_with(&args.file, &|_: &str| None).and_then(|rules| {
+        if args.any_interface || !rules.names_interfaces() {
+            return Ok((rules, Vec::new()));
+        }
+        match links::dump() {
+            Ok(here) => {
+                let missing = rules.missing_interfaces(&here, args.strict_interfaces);
+                if args.strict_interfaces && !missing.is_empty() {
+                    return Err(missing);
+                }
+                Ok((rules, missing))
+            }
+            Err(e) => {
+                eprintln!(
+                    "{}: warning: cannot list this machine's interfaces ({e}); interface names \
+                     not checked",
+                    args.file.display()
+                );
+                Ok((rules, Vec::new()))
+            }
+        }
+    });
     match result {
-        Ok(rules) => {
-            println!("{}: ok: {}", args.file.display(), rules.summary());
+        Ok((rules, warnings)) => {
+            for w in &warnings {
+                eprintln!("{}", w.warning());
+            }
+            let noted = match warnings.len() {
+                0 => String::new(),
+                n => format!(" ({n} warning(s))"),
+            };
+            println!("{}: ok: {}{noted}", args.file.display(), rules.summary());
             0
         }
         Err(diags) => {
@@ -473,6 +488,62 @@ pub fn threads_needed(args: &RunArgs) -> usize {
         + args.queue_numbers().len()
 }
 
+/// The rules file as the rules thread reads it: interfaces named by its rules are followed in
+/// the link table, which is started (dump, then a thread of its own) the first time a file
+/// names one.
+struct RulesFile {
+    path: PathBuf,
+    /// `--strict-interfaces`: a rule naming an interface that does not exist is an error.
+    strict: bool,
+    links: Option<Arc<Links>>,
+    events: Sender<Event>,
+}
+
+impl RulesFile {
+    /// Read and check the file; its rules follow the link table from now on.
+    fn load(&mut self) -> Result<RuleSet, Vec<Diagnostic>> {
+        let rules = load_rules_with(&self.path, &|_: &str| None)?;
+        if !rules.names_interfaces() {
+            return Ok(rules);
+        }
+        let links = self.links().map_err(|e| {
+            vec![Diagnostic {
+                source: self.path.display().to_string(),
+                line: 0,
+                col: 0,
+                message: format!("cannot follow the interfaces the rules name: {e}"),
+                hint: None,
+            }]
+        })?;
+        rules.follow(&links);
+        let missing = rules.missing_interfaces(&links.snapshot(), self.strict);
+        if self.strict && !missing.is_empty() {
+            return Err(missing);
+        }
+        for d in &missing {
+            log::warn!("{d}");
+        }
+        Ok(rules)
+    }
+
+    /// The link table, started on first use.
+    fn links(&mut self) -> Result<Arc<Links>, String> {
+        if let Some(links) = &self.links {
+            return Ok(Arc::clone(links));
+        }
+        let (links, watcher) = links::watch().map_err(|e| format!("rtnetlink: {e}"))?;
+        supervised("links".into(), Task::Links, &self.events, move || {
+            watcher
+                .run(&|| false)
+                .map_err(|e| format!("link notifications failed: {e}"))
+        })
+        .map_err(|e| e.to_string())?;
+        log::info!("following {} interfaces by name", links.snapshot().len());
+        self.links = Some(Arc::clone(&links));
+        Ok(links)
+    }
+}
+
 /// Work for the rules thread.
 enum Job {
     /// Load the file and send [`Event::Loaded`].
@@ -487,18 +558,24 @@ struct Loader {
 }
 
 impl Loader {
-    fn start(path: PathBuf, events: &Sender<Event>) -> Result<Loader, Error> {
+    fn start(path: PathBuf, strict: bool, events: &Sender<Event>) -> Result<Loader, Error> {
         // One job waiting at most: a SIGHUP while another reload waits is already covered by
         // it (it reads the file as it is then).
         let (jobs, todo) = mpsc::sync_channel::<Job>(1);
         let reply = events.clone();
+        let mut file = RulesFile {
+            path,
+            strict,
+            links: None,
+            events: events.clone(),
+        };
         supervised("rules".into(), Task::Rules, events, move || {
             for job in todo {
                 match job {
                     Job::Initial => {
-                        let _ = reply.send(Event::Loaded(load_rules(&path).map(Box::new)));
+                        let _ = reply.send(Event::Loaded(file.load().map(Box::new)));
                     }
-                    Job::Reload(shared) => reload(&path, &shared),
+                    Job::Reload(shared) => reload(&mut file, &shared),
                 }
             }
             Ok(())
@@ -536,7 +613,11 @@ fn run_inner(args: &RunArgs) -> Result<(), Error> {
         )));
     }
     let loader = match &args.rules {
-        Some(path) => Some(Loader::start(path.clone(), &events_tx)?),
+        Some(path) => Some(Loader::start(
+            path.clone(),
+            args.strict_interfaces,
+            &events_tx,
+        )?),
         None => None,
     };
     let rules = match (&loader, &args.rules) {
@@ -800,8 +881,9 @@ fn wait_for_workers(events: &Receiver<Event>, alive: &Alive) -> Result<(), Error
 
 /// SIGHUP, on the rules thread: load the rules file again; keep the old rules if the new file
 /// has errors.
-fn reload(path: &Path, shared: &Shared) {
-    match load_rules(path) {
+fn reload(file: &mut RulesFile, shared: &Shared) {
+    let path = file.path.clone();
+    match file.load() {
         Ok(rules) => {
             log::info!(
                 "SIGHUP: rules {} reloaded: {}",

@@ -17,6 +17,7 @@ mod fault;
 pub mod fixtures;
 pub mod flows;
 pub mod lab;
+pub mod links;
 pub mod lru;
 pub mod metrics;
 pub mod nfnl;

@@ -55,6 +55,9 @@ pub struct Meta {
     pub conn: Option<Conn>,
     /// What the kernel knows of the transport checksum.
     pub checksum: Checksum,
+    /// The source MAC address, for packets that arrived over an Ethernet-like link (the queue
+    /// reports the link-layer source); none for packets this host sends, or from other links.
+    pub src_mac: Option<[u8; 6]>,
 }
 
 /// A packet's conntrack entry, as the queue reports it.
@@ -79,7 +82,8 @@ pub enum Checksum {
 }
 
 impl Meta {
-    /// Metadata with no conntrack information and a checksum the kernel has verified.
+    /// Metadata with no conntrack information, no source MAC and a checksum the kernel has
+    /// verified.
     pub const fn new(hook: Hook, mark: u32, indev: u32, outdev: u32) -> Meta {
         Meta {
             hook,
@@ -88,6 +92,7 @@ impl Meta {
             outdev,
             conn: None,
             checksum: Checksum::Verified,
+            src_mac: None,
         }
     }
 

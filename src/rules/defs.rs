@@ -3,8 +3,8 @@
 //! This module owns the shared vocabulary of the rule language's two halves: the parsing side
 //! (`lex`, `syntax`, `values`, `resolve`) produces a [`Parsed`] file of [`RuleDef`]s and
 //! [`FlowDef`]s whose values are typed and checked (addresses as ranges, names in lower-case
-//! wire form, interfaces as indexes, set references expanded); the matching side (`matcher`,
-//! `flow_match`, `index/`) reads them. It holds data and nothing else: no parsing, no matching,
+//! wire form, interfaces as name patterns, MAC addresses as numbers, set references expanded);
+//! the matching side (`matcher`, `flow_match`, `index/`, `iface`) reads them. It holds data and nothing else: no parsing, no matching,
 //! and it imports nothing from the rest of the rule language.
 
 use crate::types::{Direction, Hook, Verdict};
@@ -35,6 +35,15 @@ pub(crate) struct NamePattern {
     pub wildcard: bool,
 }
 
+/// An interface name to match: exact, or iptables' `NAME+` (every name that starts with
+/// `NAME`; a lone `+` is every interface). Interface names are case-sensitive, as in the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct IfPattern {
+    /// The name, or the prefix (without the `+`).
+    pub name: Box<str>,
+    pub prefix: bool,
+}
+
 /// Which DNS messages `dns` matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DnsKind {
@@ -51,8 +60,10 @@ pub(crate) enum DnsKind {
 pub(crate) enum Test {
     Hook(Vec<Hook>),
     Dir(Vec<Direction>),
-    Iif(Vec<u32>),
-    Oif(Vec<u32>),
+    Iif(Vec<IfPattern>),
+    Oif(Vec<IfPattern>),
+    /// Source MAC addresses, as 48-bit numbers (the first byte in the high bits).
+    SrcMac(Vec<u64>),
     Src(Vec<AddrRange>),
     Dst(Vec<AddrRange>),
     Proto(Vec<u8>),
@@ -119,6 +130,7 @@ pub(crate) enum SetKind {
     Names,
     Addrs,
     Ports,
+    Macs,
 }
 
 impl SetKind {
@@ -127,6 +139,7 @@ impl SetKind {
             SetKind::Names => "names",
             SetKind::Addrs => "addrs",
             SetKind::Ports => "ports",
+            SetKind::Macs => "macs",
         }
     }
 
@@ -136,6 +149,7 @@ impl SetKind {
             SetKind::Names => "names",
             SetKind::Addrs => "addresses",
             SetKind::Ports => "ports",
+            SetKind::Macs => "MAC addresses",
         }
     }
 }
@@ -155,4 +169,14 @@ pub(crate) struct Parsed {
     pub flows: Vec<FlowDef>,
     pub default: Action,
     pub sets: Vec<SetSummary>,
+    /// Every interface the rules name, where (for "no such interface" warnings).
+    pub ifaces: Vec<IfaceUse>,
+}
+
+/// An interface named in a rule, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IfaceUse {
+    pub pattern: IfPattern,
+    pub line: usize,
+    pub col: usize,
 }

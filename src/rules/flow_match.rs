@@ -457,7 +457,7 @@ mod tests {
                 }
                 text.push('\n');
             }
-            let parsed = match parse(&text, "r.rules", &ifaces) {
+            let parsed = match parse(&text, "r.rules") {
                 Ok(p) => p,
                 Err(d) => panic!("generated flow rules do not parse: {d:#?}\n{text}"),
             };

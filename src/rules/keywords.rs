@@ -25,6 +25,7 @@ pub(super) enum Field {
     Dns,
     DnsName,
     DnsType,
+    SrcMac,
     /// `names` in a flow rule (not a packet-rule field, so not in [`FIELDS`]).
     Names,
 }
@@ -43,6 +44,7 @@ pub(super) const FIELDS: &[(&str, Field)] = &[
     ("dns", Field::Dns),
     ("dns-name", Field::DnsName),
     ("dns-type", Field::DnsType),
+    ("src-mac", Field::SrcMac),
 ];
 
 impl Field {
@@ -72,6 +74,7 @@ impl Field {
             Field::Dns => "dns query",
             Field::DnsName => "dns-name *.portal.example",
             Field::DnsType => "dns-type AAAA",
+            Field::SrcMac => "src-mac 02:00:5e:10:00:01",
             Field::Names => "names *.video.example, video.example",
         }
     }
@@ -82,6 +85,7 @@ impl Field {
             Field::Src | Field::Dst => Some(SetKind::Addrs),
             Field::Sport | Field::Dport => Some(SetKind::Ports),
             Field::DnsName | Field::Names => Some(SetKind::Names),
+            Field::SrcMac => Some(SetKind::Macs),
             _ => None,
         }
     }
@@ -101,6 +105,7 @@ impl Field {
             Field::Dns => Test::Dns(Vec::new()),
             Field::DnsName | Field::Names => Test::DnsName(Vec::new()),
             Field::DnsType => Test::DnsType(Vec::new()),
+            Field::SrcMac => Test::SrcMac(Vec::new()),
         }
     }
 }

@@ -8,6 +8,10 @@
 //! packet that lies in the list it was filed under. For the same reason the matcher a rule is
 //! filed under is not checked again: reaching the rule through its list proves it.
 //!
+//! Interface matchers hold pattern numbers; what a packet's interface indexes mean (which
+//! patterns their names match, which rules are filed under them) comes from the rule set's
+//! binding to the link table (`iface.rs`), read once per packet.
+//!
 //! Evaluation never allocates, never panics and never reads a clock; building happens once per
 //! load, off the packet path. Nothing here parses text (that is `syntax.rs`) or knows about flow
 //! rules (that is `flow_match.rs`).
@@ -15,8 +19,9 @@
 use std::sync::Arc;
 
 use super::defs::{DnsKind, RuleDef, Test};
+use super::iface::{Ifaces, Interner, View};
 use super::index::{
-    AddrSet, Candidates, FxMap, Index, LISTS, NameSet, RangeSet, has_ports, port_set,
+    AddrSet, Candidates, FxMap, Index, LISTS, NameSet, RangeSet, has_ports, mac_key, port_set,
 };
 use super::{Ctx, Outcome};
 use crate::types::{Direction, Hook};
@@ -25,8 +30,9 @@ use crate::types::{Direction, Hook};
 enum Check {
     Hook(Vec<Hook>),
     Dir(Vec<Direction>),
-    Iif(Vec<u32>),
-    Oif(Vec<u32>),
+    /// Interface pattern ids (`iface::Interner`).
+    Iif(Box<[u32]>),
+    Oif(Box<[u32]>),
     Src(AddrSet),
     Dst(AddrSet),
     Proto(Vec<u8>),
@@ -40,15 +46,23 @@ enum Check {
     /// Shared by the rules that name the same patterns (a named set used by many rules).
     DnsName(Arc<NameSet>),
     DnsType(Vec<u16>),
+    /// MAC addresses as `mac_key` numbers, sorted.
+    SrcMac(Box<[u64]>),
 }
 
 impl Check {
-    fn new(test: &Test, name_sets: &mut NameSets) -> Check {
+    fn new(test: &Test, name_sets: &mut NameSets, patterns: &mut Interner) -> Check {
         match test {
             Test::Hook(v) => Check::Hook(v.clone()),
             Test::Dir(v) => Check::Dir(v.clone()),
-            Test::Iif(v) => Check::Iif(v.clone()),
-            Test::Oif(v) => Check::Oif(v.clone()),
+            Test::Iif(v) => Check::Iif(patterns.ids(v)),
+            Test::Oif(v) => Check::Oif(patterns.ids(v)),
+            Test::SrcMac(v) => {
+                let mut macs = v.clone();
+                macs.sort_unstable();
+                macs.dedup();
+                Check::SrcMac(macs.into_boxed_slice())
+            }
             Test::Src(v) => Check::Src(AddrSet::new(v)),
             Test::Dst(v) => Check::Dst(AddrSet::new(v)),
             Test::Proto(v) => Check::Proto(v.clone()),
@@ -79,21 +93,25 @@ impl Check {
     fn cost(&self) -> u8 {
         match self {
             Check::Hook(_) | Check::Dir(_) | Check::Iif(_) | Check::Oif(_) | Check::Proto(_) => 0,
-            Check::Dns { .. } | Check::Mark(_) | Check::DnsType(_) => 1,
+            Check::Dns { .. } | Check::Mark(_) | Check::DnsType(_) | Check::SrcMac(_) => 1,
             Check::Sport(_) | Check::Dport(_) => 2,
             Check::Src(_) | Check::Dst(_) => 3,
             Check::DnsName(_) => 4,
         }
     }
 
-    fn holds(&self, ctx: &Ctx<'_>) -> bool {
+    fn holds(&self, ctx: &Ctx<'_>, links: View<'_>) -> bool {
         let p = ctx.packet;
         let question = ctx.dns.and_then(|d| d.question.as_ref());
         match self {
             Check::Hook(v) => v.contains(&ctx.meta.hook),
             Check::Dir(v) => v.contains(&ctx.meta.direction()),
-            Check::Iif(v) => v.contains(&ctx.meta.indev),
-            Check::Oif(v) => v.contains(&ctx.meta.outdev),
+            Check::Iif(ids) => links.indev.is_some_and(|l| l.any(ids)),
+            Check::Oif(ids) => links.outdev.is_some_and(|l| l.any(ids)),
+            Check::SrcMac(v) => ctx
+                .meta
+                .src_mac
+                .is_some_and(|m| v.binary_search(&mac_key(m)).is_ok()),
             Check::Src(s) => s.contains(p.src),
             Check::Dst(s) => s.contains(p.dst),
             Check::Proto(v) => v.contains(&p.proto.number()),
@@ -128,13 +146,14 @@ impl Compiled {
         index: usize,
         proven: Option<usize>,
         name_sets: &mut NameSets,
+        patterns: &mut Interner,
     ) -> Compiled {
         let mut checks: Vec<(bool, Check)> = rule
             .conds
             .iter()
             .enumerate()
             .filter(|(i, _)| Some(*i) != proven)
-            .map(|(_, c)| (c.negated, Check::new(&c.test, name_sets)))
+            .map(|(_, c)| (c.negated, Check::new(&c.test, name_sets, patterns)))
             .collect();
         checks.sort_by_key(|(_, c)| c.cost());
         Compiled {
@@ -148,31 +167,54 @@ impl Compiled {
         }
     }
 
-    fn matches(&self, ctx: &Ctx<'_>) -> bool {
-        self.checks.iter().all(|(neg, c)| c.holds(ctx) != *neg)
+    fn matches(&self, ctx: &Ctx<'_>, links: View<'_>) -> bool {
+        self.checks
+            .iter()
+            .all(|(neg, c)| c.holds(ctx, links) != *neg)
     }
 }
 
 /// The rules, compiled and indexed.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Matcher {
     rules: Vec<Compiled>,
     index: Index,
+    /// The interfaces the rules name, and their binding to the link table.
+    ifaces: Arc<Ifaces>,
+}
+
+impl Default for Matcher {
+    fn default() -> Matcher {
+        Matcher::build(&[])
+    }
 }
 
 impl Matcher {
     pub(crate) fn build(rules: &[RuleDef]) -> Matcher {
-        let (index, filed) = Index::build(rules);
+        let mut patterns = Interner::default();
+        let (index, filed, mut by_pattern) = Index::build(rules, &mut patterns);
         let mut name_sets = NameSets::default();
         let compiled = rules
             .iter()
             .enumerate()
-            .map(|(i, r)| Compiled::new(r, i, filed.get(i).copied().flatten(), &mut name_sets))
+            .map(|(i, r)| {
+                let proven = filed.get(i).copied().flatten();
+                Compiled::new(r, i, proven, &mut name_sets, &mut patterns)
+            })
             .collect();
+        by_pattern.iif.resize_with(patterns.len(), Vec::new);
+        by_pattern.oif.resize_with(patterns.len(), Vec::new);
+        let ifaces = Ifaces::new(patterns.into_patterns(), by_pattern.iif, by_pattern.oif);
         Matcher {
             rules: compiled,
             index,
+            ifaces: Arc::new(ifaces),
         }
+    }
+
+    /// The interfaces the rules name and their binding.
+    pub(crate) fn ifaces(&self) -> &Arc<Ifaces> {
+        &self.ifaces
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -189,18 +231,33 @@ impl Matcher {
         if self.rules.is_empty() {
             return None;
         }
+        if self.ifaces.is_empty() {
+            return self.first_match_with(ctx, View::default(), examined);
+        }
+        let (indev, outdev) = (ctx.meta.indev, ctx.meta.outdev);
+        self.ifaces
+            .with_bound(|bound| self.first_match_with(ctx, bound.view(indev, outdev), examined))
+    }
+
+    /// [`Matcher::first_match`] with the packet's interfaces already looked up.
+    fn first_match_with(
+        &self,
+        ctx: &Ctx<'_>,
+        links: View<'_>,
+        examined: &mut usize,
+    ) -> Option<Outcome> {
         let mut check = |r: u32| {
             *examined += 1;
             self.rules
                 .get(r as usize)
-                .filter(|rule| rule.matches(ctx))
+                .filter(|rule| rule.matches(ctx, links))
                 .map(|rule| rule.outcome)
         };
         let mut c = Candidates {
             lists: [&[]; LISTS],
             len: 0,
         };
-        self.index.candidates(ctx, &mut c);
+        self.index.candidates(ctx, links, &mut c);
         // Several lists: merge them in rule order (a rule can be in more than one), dropping
         // each list as it runs out.
         while c.len > 1 {
@@ -455,6 +512,57 @@ mod tests {
     }
 
     #[test]
+    fn interfaces_match_by_name_whatever_their_index() {
+        let rs = rules(
+            "iif ppp+ set-mark 1\n\
+             oif wg0 set-mark 2\n\
+             ! iif lan0 dir in set-mark 3\n",
+        );
+        let p = || udp("198.18.0.10", 1, "198.18.0.1", 2);
+        // ppp0 is link 4 on the test machine; wg0 does not exist yet.
+        assert_eq!(p().devs(4, 0).rule(&rs), Some(0));
+        assert_eq!(p().hook(Hook::Forward).devs(2, 9).rule(&rs), None);
+        assert_eq!(p().devs(2, 0).rule(&rs), None);
+        assert_eq!(
+            p().devs(0, 0).rule(&rs),
+            Some(2),
+            "no input interface is not lan0"
+        );
+        // wg0 appears as 9, ppp0 is created again as 12 and lan0 renamed to lan1.
+        let now: crate::links::LinkMap = [(1, "lo"), (2, "lan1"), (9, "wg0"), (12, "ppp0")]
+            .iter()
+            .map(|(i, n)| (*i, n.to_string()))
+            .collect();
+        let copy = rs.clone();
+        rs.bind(&now);
+        assert_eq!(p().hook(Hook::Forward).devs(2, 9).rule(&copy), Some(1));
+        assert_eq!(p().devs(12, 0).rule(&copy), Some(0));
+        assert_eq!(
+            p().devs(4, 0).rule(&copy),
+            Some(2),
+            "4 is gone: not a ppp link"
+        );
+        assert_eq!(p().devs(2, 0).rule(&copy), Some(2), "lan1 is not lan0");
+    }
+
+    #[test]
+    fn source_macs_match_only_packets_that_have_one() {
+        let rs = rules(
+            "src-mac 02:00:00:00:00:0a, 02:00:00:00:00:0b set-mark 1\n\
+             ! src-mac 02:00:00:00:00:0c set-mark 2\n",
+        );
+        let p = |mac| udp("198.18.0.10", 1, "198.18.0.1", 2).src_mac(mac);
+        assert_eq!(p(Some([2, 0, 0, 0, 0, 0x0b])).rule(&rs), Some(0));
+        assert_eq!(p(Some([2, 0, 0, 0, 0, 0x0c])).rule(&rs), None);
+        assert_eq!(p(Some([2, 0, 0, 0, 0, 0x0d])).rule(&rs), Some(1));
+        // A packet this host sends has no source MAC: `src-mac` never holds, its negation does.
+        assert_eq!(p(None).rule(&rs), Some(1));
+        let rs = rules("src-mac 02:00:00:00:00:0a dport 2 set-mark 1\n");
+        assert_eq!(p(None).rule(&rs), None);
+        assert_eq!(p(Some([2, 0, 0, 0, 0, 0x0a])).rule(&rs), Some(0));
+    }
+
+    #[test]
     fn actions_become_outcomes() {
         let rs = rules(
             "dport 1 drop\n\
@@ -635,7 +743,6 @@ mod tests {
             "src 198.18.0.0/15 dns-name a.example dport 53 proto udp set-mark 1\n\
              dns query dns-type A set-mark 2\n",
             "t.rules",
-            &ifaces,
         ) {
             Ok(p) => p,
             Err(d) => panic!("{d:#?}"),
@@ -675,7 +782,7 @@ mod tests {
     fn random_cond(rng: &mut Rng) -> (String, String) {
         let field = *rng.pick(&[
             "hook", "dir", "iif", "oif", "src", "dst", "src", "dst", "proto", "sport", "dport",
-            "dport", "mark", "dns", "dns-name", "dns-name", "dns-type",
+            "dport", "mark", "dns", "dns-name", "dns-name", "dns-type", "src-mac",
         ]);
         let values = match field {
             "hook" => random_values(
@@ -683,7 +790,14 @@ mod tests {
                 &["prerouting", "input", "forward", "output", "postrouting"],
             ),
             "dir" => random_values(rng, &["in", "out", "forward"]),
-            "iif" | "oif" => random_values(rng, &["lan0", "wan0"]),
+            "iif" | "oif" => random_values(
+                rng,
+                &[
+                    "lan0", "wan0", "ppp0", "lan+", "wan+", "+", "eth9", "ppp1", "lo",
+                ],
+            ),
+            "src-mac" if rng.chance(15) => "@macs".to_string(),
+            "src-mac" => random_values(rng, &MAC_TEXT),
             "src" | "dst" if rng.chance(15) => "@nets".to_string(),
             "src" | "dst" => random_values(rng, ADDR_PATTERNS),
             "proto" => random_values(rng, &["tcp", "udp", "icmp", "icmpv6"]),
@@ -702,7 +816,8 @@ mod tests {
         let mut text = String::from(
             "set nets addrs { 198.18.0.0/24, 2001:db8::/64, 203.0.113.5 }\n\
              set ports ports { 53, 1000-1499 }\n\
-             set names names { *.a.example, portal.example }\n",
+             set names names { *.a.example, portal.example }\n\
+             set macs macs { 02:00:00:00:00:01, 02:00:00:00:00:02 }\n",
         );
         for _ in 0..count {
             let mut conds: Vec<(bool, String, String)> = (0..1 + rng.below(3))
@@ -789,11 +904,27 @@ mod tests {
             Hook::PostRouting,
             Hook::Other(7),
         ]);
+        let mac = match rng.below(4) {
+            0 => None,
+            _ => Some(*rng.pick(&MACS)),
+        };
         Pkt::new(bytes)
             .hook(hook)
             .mark(*rng.pick(MARKS))
-            .devs(*rng.pick(&[0, 2, 3]), *rng.pick(&[0, 2, 3]))
+            .devs(
+                *rng.pick(&[0, 1, 2, 3, 4, 9]),
+                *rng.pick(&[0, 1, 2, 3, 4, 9]),
+            )
+            .src_mac(mac)
     }
+
+    /// Source MACs of the random packets, and how the random rules write them.
+    const MACS: [[u8; 6]; 3] = [[2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 3]];
+    const MAC_TEXT: [&str; 3] = [
+        "02:00:00:00:00:01",
+        "02:00:00:00:00:02",
+        "02:00:00:00:00:03",
+    ];
 
     /// The obvious reading of the rules, written without any index or precomputed set.
     fn naive(parsed: &Parsed, ctx: &Ctx<'_>) -> Outcome {
@@ -827,8 +958,27 @@ mod tests {
         match test {
             T::Hook(v) => v.contains(&ctx.meta.hook),
             T::Dir(v) => v.contains(&ctx.meta.direction()),
-            T::Iif(v) => v.contains(&ctx.meta.indev),
-            T::Oif(v) => v.contains(&ctx.meta.outdev),
+            // By name, through the test machine's links, with string operations of its own.
+            T::Iif(v) | T::Oif(v) => {
+                let index = if matches!(test, T::Iif(_)) {
+                    ctx.meta.indev
+                } else {
+                    ctx.meta.outdev
+                };
+                link_name(index).is_some_and(|name| {
+                    v.iter().any(|p| {
+                        if p.prefix {
+                            name.get(..p.name.len()) == Some(&*p.name)
+                        } else {
+                            name == &*p.name
+                        }
+                    })
+                })
+            }
+            T::SrcMac(v) => ctx.meta.src_mac.is_some_and(|m| {
+                let n = m.iter().fold(0u64, |acc, b| acc * 256 + u64::from(*b));
+                v.contains(&n)
+            }),
             T::Src(v) => v.iter().any(|r| in_range(r, p.src)),
             T::Dst(v) => v.iter().any(|r| in_range(r, p.dst)),
             T::Proto(v) => v.contains(&p.proto.number()),
@@ -868,7 +1018,7 @@ mod tests {
         for round in 0..25 {
             let count = [1, 5, 40, 300][round % 4];
             let text = random_rules(&mut rng, count);
-            let parsed = match parse(&text, "r.rules", &ifaces) {
+            let parsed = match parse(&text, "r.rules") {
                 Ok(p) => p,
                 Err(d) => panic!("generated rules do not parse: {d:#?}\n{text}"),
             };

@@ -6,10 +6,18 @@
 //! - text -> rules: `lex.rs` (tokens with line:col), `keywords.rs` (what each word means),
 //!   `values.rs` (one value word -> a typed value), `syntax.rs` (tokens -> statements, every
 //!   error at once with FILE:LINE:COL and a hint), `hints.rs` (did-you-mean tables and messages),
-//!   `resolve.rs` (statements -> rules: sets, interfaces); `defs.rs` holds the checked types both
-//!   halves share;
+//!   `resolve.rs` (statements -> rules: set references expanded); `defs.rs` holds the checked
+//!   types both halves share;
 //! - rules -> decisions: `index/` (the name trie, interval tables, key maps and the candidate
-//!   index), `matcher.rs` (packet rules: first match wins), `flow_match.rs` (flow rules).
+//!   index), `iface.rs` (interface names bound to the link table's indexes), `matcher.rs`
+//!   (packet rules: first match wins), `flow_match.rs` (flow rules).
+//!
+//! Interfaces are named, as in iptables (`iif lan0`, `oif ppp+`), and matched by name: a rule set
+//! is bound to a link table (index -> name). [`RuleSet::parse`] binds it to the names the caller
+//! resolves; [`RuleSet::follow`] keeps it bound to a live table (`crate::links`), so a rule keeps
+//! matching when its interface is created again with a new index, and starts matching when it
+//! first appears. An interface that does not exist is no error; [`RuleSet::missing_interfaces`]
+//! says which the rules name that a table lacks.
 //!
 //! The syntax is documented in `docs/rules.md`; example files live in `rules/`.
 //!
@@ -26,6 +34,7 @@
 mod defs;
 mod flow_match;
 mod hints;
+mod iface;
 mod index;
 mod keywords;
 mod lex;
@@ -41,11 +50,13 @@ mod values;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use hickory_proto::rr::Name;
 
 use crate::dns::Dns;
 use crate::flows::FlowTarget;
+use crate::links::{LinkMap, LinkWatcher, Links};
 use crate::packet::Packet;
 use crate::types::{Meta, Verdict};
 
@@ -117,6 +128,17 @@ impl fmt::Display for Diagnostic {
 
 impl std::error::Error for Diagnostic {}
 
+impl Diagnostic {
+    /// As a warning: `rules.conf:12:7: warning: no interface 'wg0' here (hint)`.
+    pub fn warning(&self) -> String {
+        let shown = Diagnostic {
+            message: format!("warning: {}", self.message),
+            ..self.clone()
+        };
+        shown.to_string()
+    }
+}
+
 /// What a set in the file held, for [`RuleSet::summary`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct SetCounts {
@@ -124,6 +146,7 @@ struct SetCounts {
     names: usize,
     addrs: usize,
     ports: usize,
+    macs: usize,
 }
 
 /// A checked, ready-to-match set of rules.
@@ -138,6 +161,8 @@ pub struct RuleSet {
     /// The line of each flow rule, by flow-rule index.
     flow_lines: Vec<usize>,
     sets: SetCounts,
+    /// Every interface the rules name, where.
+    iface_uses: Vec<defs::IfaceUse>,
 }
 
 impl Default for RuleSet {
@@ -157,18 +182,24 @@ impl RuleSet {
             flows: flow_match::Flows::default(),
             flow_lines: Vec::new(),
             sets: SetCounts::default(),
+            iface_uses: Vec::new(),
         }
     }
 
-    /// Parse rules from text. `source` is the file name used in messages. Interface names are
-    /// resolved to ifindex through `ifaces` (tests pass a closure; the daemon passes
-    /// if_nametoindex). On failure, every problem in the text is returned, in file order.
+    /// Parse rules from text. `source` is the file name used in messages. On failure, every
+    /// problem in the text is returned, in file order.
+    ///
+    /// Interfaces are names. The rule set starts bound to the interfaces `ifaces` gives an index
+    /// for, among the exact names the rules use (a fixed view of a machine: tests, benchmarks,
+    /// `nfqmark setup`); a name it does not know is no error, its rules just match nothing.
+    /// [`RuleSet::follow`] binds the rules to a live link table instead, [`RuleSet::bind`] to
+    /// another fixed one.
     pub fn parse(
         text: &str,
         source: &str,
         ifaces: &dyn Fn(&str) -> Option<u32>,
     ) -> Result<RuleSet, Vec<Diagnostic>> {
-        let parsed = parse(text, source, ifaces)?;
+        let parsed = parse(text, source)?;
         let mut sets = SetCounts::default();
         for s in &parsed.sets {
             sets.sets += 1;
@@ -176,6 +207,7 @@ impl RuleSet {
                 defs::SetKind::Names => sets.names += s.len,
                 defs::SetKind::Addrs => sets.addrs += s.len,
                 defs::SetKind::Ports => sets.ports += s.len,
+                defs::SetKind::Macs => sets.macs += s.len,
             }
         }
         let default = Outcome {
@@ -184,7 +216,7 @@ impl RuleSet {
             pairing: parsed.default.pairing,
             rule: None,
         };
-        Ok(RuleSet {
+        let rules = RuleSet {
             matcher: matcher::Matcher::build(&parsed.rules),
             default,
             source: source.to_string(),
@@ -192,7 +224,80 @@ impl RuleSet {
             flows: flow_match::Flows::build(&parsed.flows),
             flow_lines: parsed.flows.iter().map(|f| f.line).collect(),
             sets,
-        })
+            iface_uses: parsed.ifaces,
+        };
+        let mut known: Vec<(u32, &str)> = rules
+            .iface_uses
+            .iter()
+            .filter(|u| !u.pattern.prefix)
+            .filter_map(|u| ifaces(&u.pattern.name).map(|i| (i, &*u.pattern.name)))
+            .collect();
+        known.sort_unstable();
+        known.dedup();
+        rules.matcher.ifaces().bind(known.into_iter());
+        Ok(rules)
+    }
+
+    /// Bind the rules to a fixed link table: from now on (for every clone of this rule set),
+    /// an interface matches by the name `links` gives its index.
+    pub fn bind(&self, links: &LinkMap) {
+        self.matcher.ifaces().bind(links.iter());
+    }
+
+    /// Bind the rules to `links` now and after every change to it, for as long as this rule set
+    /// (or a clone) lives: an interface created, renamed, deleted or created again with a new
+    /// index is matched by its name as it is then. Does nothing when the rules name no
+    /// interface.
+    pub fn follow(&self, links: &Links) {
+        if !self.names_interfaces() {
+            return;
+        }
+        let watcher: Arc<dyn LinkWatcher> = self.matcher.ifaces().clone();
+        links.subscribe(&watcher);
+    }
+
+    /// True when a rule names an interface (`iif`, `oif`).
+    pub fn names_interfaces(&self) -> bool {
+        !self.iface_uses.is_empty()
+    }
+
+    /// Every place a rule names an interface that `links` does not have (for a `NAME+`
+    /// pattern: no name in `links` starts with it), in file order. `strict` words them as
+    /// errors (`--strict-interfaces`); otherwise they are meant as warnings: such a rule loads,
+    /// and matches once the interface exists.
+    pub fn missing_interfaces(&self, links: &LinkMap, strict: bool) -> Vec<Diagnostic> {
+        self.iface_uses
+            .iter()
+            .filter(|u| {
+                !links
+                    .iter()
+                    .any(|(_, name)| iface::matches(&u.pattern, name))
+            })
+            .map(|u| {
+                let shown = iface::text(&u.pattern);
+                let message = match (u.pattern.prefix, strict) {
+                    (false, true) => format!("unknown interface '{shown}'"),
+                    (true, true) => format!("no interface matches '{shown}'"),
+                    (false, false) => format!("no interface '{shown}' on this machine now"),
+                    (true, false) => format!("no interface matches '{shown}' on this machine now"),
+                };
+                let hint = if strict {
+                    "--strict-interfaces: every interface a rule names must exist when the rules \
+                     load; without it the rule loads and matches once the interface appears"
+                } else {
+                    "the rule loads and matches once the interface appears: interfaces are \
+                     followed by name as they come and go (--strict-interfaces makes this an \
+                     error)"
+                };
+                Diagnostic {
+                    source: self.source.clone(),
+                    line: u.line,
+                    col: u.col,
+                    message,
+                    hint: Some(hint.to_string()),
+                }
+            })
+            .collect()
     }
 
     /// The number of packet rules (the default and flow rules not counted).
@@ -222,6 +327,7 @@ impl RuleSet {
             (self.sets.names, "name", "names"),
             (self.sets.addrs, "address", "addresses"),
             (self.sets.ports, "port", "ports"),
+            (self.sets.macs, "MAC address", "MAC addresses"),
         ]
         .iter()
         .filter(|(n, _, _)| *n > 0)
@@ -293,14 +399,9 @@ impl RuleSet {
 
 /// Text -> checked rules: tokens, statements, then references resolved. Every problem in the
 /// text is returned, sorted by place.
-fn parse(
-    text: &str,
-    source: &str,
-    ifaces: &dyn Fn(&str) -> Option<u32>,
-) -> Result<defs::Parsed, Vec<Diagnostic>> {
+fn parse(text: &str, source: &str) -> Result<defs::Parsed, Vec<Diagnostic>> {
     let toks = lex::lex(text);
-    let interface = |name: &str| resolve::interface(ifaces, name);
-    let (statements, mut diags) = syntax::read(&toks, source, &interface);
+    let (statements, mut diags) = syntax::read(&toks, source);
     let parsed = resolve::resolve(statements, source, &mut diags);
     if !diags.is_empty() {
         diags.sort_by_key(|d| (d.line, d.col));

@@ -2,23 +2,22 @@
 //! hints): what each field parses to, and every mistake a user can make, with its place and hint.
 
 use super::defs::{
-    Action, AddrRange, Cond, DnsKind, FlowDef, NamePattern, Parsed, PortRange, RuleDef, SetKind,
-    Test,
+    Action, AddrRange, Cond, DnsKind, FlowDef, IfPattern, IfaceUse, NamePattern, Parsed, PortRange,
+    RuleDef, SetKind, Test,
 };
 use super::hints::did_you_mean;
 use super::parse;
 use crate::types::{Direction, Hook, Verdict};
 
-fn ifaces(name: &str) -> Option<u32> {
-    match name {
-        "lan0" => Some(2),
-        "wan0" => Some(3),
-        _ => None,
+fn iface(name: &str, prefix: bool) -> IfPattern {
+    IfPattern {
+        name: name.into(),
+        prefix,
     }
 }
 
 fn ok(text: &str) -> Parsed {
-    match parse(text, "t.rules", &ifaces) {
+    match parse(text, "t.rules") {
         Ok(p) => p,
         Err(d) => panic!("unexpected errors: {d:#?}"),
     }
@@ -26,7 +25,7 @@ fn ok(text: &str) -> Parsed {
 
 /// Every diagnostic, as the user sees it.
 fn errors(text: &str) -> Vec<String> {
-    match parse(text, "t.rules", &ifaces) {
+    match parse(text, "t.rules") {
         Ok(p) => panic!("expected errors for {text:?}, parsed {p:#?}"),
         Err(d) => d.iter().map(ToString::to_string).collect(),
     }
@@ -72,8 +71,8 @@ fn every_field_parses_to_its_values() {
         vec![
             Test::Hook(vec![Hook::PreRouting, Hook::Input]),
             Test::Dir(vec![Direction::Incoming, Direction::LocalOut]),
-            Test::Iif(vec![2]),
-            Test::Oif(vec![3]),
+            Test::Iif(vec![iface("lan0", false)]),
+            Test::Oif(vec![iface("wan0", false)]),
             Test::Src(vec![
                 AddrRange::V4(0xc612_0000, 0xc613_ffff),
                 AddrRange::V6(0x2001_0db8 << 96 | 1, 0x2001_0db8 << 96 | 1),
@@ -105,6 +104,65 @@ fn every_field_parses_to_its_values() {
         ]
     );
     assert_eq!(r.action, Action::ACCEPT);
+}
+
+#[test]
+fn interfaces_are_names_and_prefixes_wherever_they_are() {
+    // Names that exist nowhere parse: they are matched by name when packets come.
+    let p = ok("iif lan0, ppp+, + oif Wan0, a+b accept\n! oif wg0 drop\n");
+    let tests: Vec<&Test> = p
+        .rules
+        .iter()
+        .flat_map(|r| &r.conds)
+        .map(|c| &c.test)
+        .collect();
+    assert_eq!(
+        tests,
+        vec![
+            &Test::Iif(vec![
+                iface("lan0", false),
+                iface("ppp", true),
+                iface("", true)
+            ]),
+            &Test::Oif(vec![iface("Wan0", false), iface("a+b", false)]),
+            &Test::Oif(vec![iface("wg0", false)]),
+        ]
+    );
+    let used: Vec<(String, bool, usize, usize)> = p
+        .ifaces
+        .iter()
+        .map(|u: &IfaceUse| (u.pattern.name.to_string(), u.pattern.prefix, u.line, u.col))
+        .collect();
+    assert_eq!(
+        used,
+        vec![
+            ("lan0".to_string(), false, 1, 5),
+            ("ppp".to_string(), true, 1, 11),
+            (String::new(), true, 1, 17),
+            ("Wan0".to_string(), false, 1, 23),
+            ("a+b".to_string(), false, 1, 29),
+            ("wg0".to_string(), false, 2, 7),
+        ]
+    );
+    // Fifteen bytes is the kernel's longest name; the '+' does not count.
+    assert_eq!(ok("iif abcdefghijklmno+ accept").rules.len(), 1);
+}
+
+#[test]
+fn source_macs_parse_to_numbers_from_lists_and_sets() {
+    let p = ok("set phones macs { 02:00:5E:10:00:01, 0a:bb:cc:dd:ee:ff }\n\
+                src-mac @phones, 02:00:00:00:00:0a set-mark 1\n");
+    assert_eq!(
+        p.rules.first().map(|r| r.conds.clone()),
+        Some(vec![Cond {
+            negated: false,
+            test: Test::SrcMac(vec![0x0200_0000_000a, 0x0200_5e10_0001, 0x0abb_ccdd_eeff]),
+        }])
+    );
+    assert_eq!(
+        p.sets.first().map(|s| (s.kind, s.len)),
+        Some((SetKind::Macs, 2))
+    );
 }
 
 #[test]
@@ -490,11 +548,85 @@ const BAD: &[(&str, &str, &[&str])] = &[
         ],
     ),
     (
-        "unknown interface",
-        "iif lan0, eth9 accept",
+        "nftables' wildcard",
+        "iif lan0, wg* accept",
         &[
-            "t.rules:1:11: unknown interface 'eth9' (the interface must exist when the rules \
-               load; they are read again on reload)",
+            "t.rules:1:11: '*' in interface name 'wg*' (write 'wg+': a trailing '+' matches \
+               every interface whose name starts with 'wg', as in iptables)",
+        ],
+    ),
+    (
+        "interface name too long",
+        "oif averyveryverylong0 accept",
+        &[
+            "t.rules:1:5: interface name 'averyveryverylong0' is longer than 15 bytes (Linux \
+               interface names are at most 15 bytes; check the name with 'ip link')",
+        ],
+    ),
+    (
+        "address label for an interface",
+        "iif eth0:1 accept",
+        &[
+            "t.rules:1:5: ':' is not allowed in interface name 'eth0:1' ('eth0:1' is an \
+               address label, not an interface: write 'eth0')",
+        ],
+    ),
+    (
+        "interface with a slash",
+        "oif lan/0 accept",
+        &[
+            "t.rules:1:5: '/' is not allowed in interface name 'lan/0' (interface names \
+               cannot hold '/', ':' or '*')",
+        ],
+    ),
+    (
+        "interface set",
+        "iif @lans accept",
+        &[
+            "t.rules:1:5: 'iif' does not take a set (only dns-name, src, dst, sport, dport and \
+               src-mac take sets)",
+        ],
+    ),
+    (
+        "MAC address cut short",
+        "src-mac 02:00:5e:10:00 accept",
+        &[
+            "t.rules:1:9: '02:00:5e:10:00' is not a MAC address (write six two-digit hex bytes \
+               separated by ':', as in 02:00:5e:10:00:01)",
+        ],
+    ),
+    (
+        "MAC address with dashes",
+        "src-mac 02-00-5e-10-00-01 accept",
+        &[
+            "t.rules:1:9: '02-00-5e-10-00-01' is not a MAC address (write six two-digit hex \
+               bytes separated by ':', as in 02:00:5e:10:00:01)",
+        ],
+    ),
+    (
+        "group MAC address",
+        "src-mac ff:ff:ff:ff:ff:ff accept",
+        &[
+            "t.rules:1:9: ff:ff:ff:ff:ff:ff is a group (multicast or broadcast) address (no \
+               packet comes from a group address: the first byte of a source MAC is even)",
+        ],
+    ),
+    (
+        "MAC without a value",
+        "src-mac accept",
+        &["t.rules:1:8: 'src-mac' needs a value (e.g. 'src-mac 02:00:5e:10:00:01')"],
+    ),
+    (
+        "iptables' mac match",
+        "--mac-source 02:00:5e:10:00:01 accept",
+        &["t.rules:1:1: unknown field '--mac-source' (did you mean 'src-mac'?)"],
+    ),
+    (
+        "set of MAC addresses used for addresses",
+        "set lan macs { 02:00:5e:10:00:01 }\nsrc @lan accept",
+        &[
+            "t.rules:2:5: set '@lan' holds MAC addresses, but 'src' needs addresses (the set is \
+           defined on line 1)",
         ],
     ),
     (
@@ -696,8 +828,8 @@ const BAD: &[(&str, &str, &[&str])] = &[
         "set for a field that takes none",
         "hook @x accept",
         &[
-            "t.rules:1:6: 'hook' does not take a set (only dns-name, src, dst, sport and dport \
-               take sets)",
+            "t.rules:1:6: 'hook' does not take a set (only dns-name, src, dst, sport, dport and \
+               src-mac take sets)",
         ],
     ),
     (
@@ -988,7 +1120,7 @@ dport 25 accept
 prot udp dropp
 src 198.18.0.1/40 accept
 dns-name @nope accept
-iif eth9 oif wan0 set-mark 0x3/0x1
+iif eth9/1 oif wan0 set-mark 0x3/0x1
 default accept
 ";
     let e = errors(text);
@@ -1006,7 +1138,7 @@ default accept
             "t.rules:8:5:",
             "t.rules:9:10:",
             "t.rules:10:5:",
-            "t.rules:10:28:",
+            "t.rules:10:30:",
         ],
         "{e:#?}"
     );
@@ -1143,7 +1275,7 @@ fn garbage_never_panics() {
                     flow ! src 198.18.0.0/24 mark 1/1 names @g, x.example set-mark 1/1 per-mark\n\
                     default drop\n";
     for end in (0..=text.len()).filter(|i| text.is_char_boundary(*i)) {
-        let _ = parse(&text[..end], "t", &ifaces);
+        let _ = parse(&text[..end], "t");
     }
     for soup in [
         "{{{",
@@ -1167,6 +1299,6 @@ fn garbage_never_panics() {
         "flow not not",
         "flow names @",
     ] {
-        let _ = parse(soup, "t", &ifaces);
+        let _ = parse(soup, "t");
     }
 }

@@ -1,14 +1,11 @@
-//! Statements -> rules: set references expanded and checked against what their matcher takes,
-//! and interfaces named by index.
+//! Statements -> rules: set references expanded and checked against what their matcher takes.
 //!
-//! This module owns what a name in the file refers to: a `@set` (defined anywhere in the file, of
-//! the kind its matcher takes) and an interface (it must exist when the rules load: the daemon
-//! passes `if_nametoindex`, tests a closure). Interfaces are looked up through [`interface`] as
-//! the statement machine reads each `iif`/`oif` value, so an unknown one is reported at its place
-//! and drops its rule like any bad value. [`resolve`] turns the [`Statements`] of `syntax.rs`
-//! into the checked [`Parsed`] file of `defs.rs`, reporting each set reference that cannot be
-//! expanded with its place and a hint. It never reads text or tokens, never opens files, and
-//! never panics.
+//! This module owns what a `@set` in the file refers to (a set defined anywhere in the file, of
+//! the kind its matcher takes). [`resolve`] turns the [`Statements`] of `syntax.rs` into the
+//! checked [`Parsed`] file of `defs.rs`, reporting each set reference that cannot be expanded
+//! with its place and a hint. Interface names are not resolved here: they stay names, matched
+//! against the link table when packets come (`iface.rs`), so an interface may appear after the
+//! rules load. It never reads text or tokens, never opens files, and never panics.
 
 use std::collections::HashMap;
 
@@ -17,22 +14,6 @@ use super::defs::{Action, Cond, FlowDef, Parsed, RuleDef, SetKind, SetSummary, T
 use super::hints::did_you_mean;
 use super::keywords::Field;
 use super::syntax::{RawCond, RawFlow, RawRule, SetDef, SetRef, SetValues, Statements};
-use super::values::{VErr, verr};
-
-/// The index of interface `name`, through `ifaces` (0 is no interface).
-pub(super) fn interface(ifaces: &dyn Fn(&str) -> Option<u32>, name: &str) -> Result<u32, VErr> {
-    match ifaces(name) {
-        Some(idx) if idx != 0 => Ok(idx),
-        _ => Err(verr(
-            format!("unknown interface '{name}'"),
-            Some(
-                "the interface must exist when the rules load; they are read again on \
-                 reload"
-                    .to_string(),
-            ),
-        )),
-    }
-}
 
 /// The checked file: every rule and flow rule whose set references all resolve, the default and
 /// the sets. Problems are added to `diags`.
@@ -43,6 +24,7 @@ pub(super) fn resolve(statements: Statements, source: &str, diags: &mut Vec<Diag
         rules,
         flows,
         default,
+        ifaces,
     } = statements;
     let mut r = Resolver {
         source,
@@ -64,6 +46,7 @@ pub(super) fn resolve(statements: Statements, source: &str, diags: &mut Vec<Diag
         flows,
         default: default.map_or(Action::ACCEPT, |(_, a)| a),
         sets,
+        ifaces,
     }
 }
 
@@ -162,6 +145,7 @@ impl Resolver<'_> {
             (Test::DnsName(l), SetValues::Names(v)) => l.extend(v.iter().cloned()),
             (Test::Src(l) | Test::Dst(l), SetValues::Addrs(v)) => l.extend_from_slice(v),
             (Test::Sport(l) | Test::Dport(l), SetValues::Ports(v)) => l.extend_from_slice(v),
+            (Test::SrcMac(l), SetValues::Macs(v)) => l.extend_from_slice(v),
             _ => {
                 let want = field.set_kind().map_or("values", SetKind::noun);
                 let message = format!(

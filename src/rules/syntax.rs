@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use super::Diagnostic;
-use super::defs::{Action, AddrRange, Cond, NamePattern, PortRange, SetKind, Test};
+use super::defs::{Action, AddrRange, Cond, IfaceUse, NamePattern, PortRange, SetKind, Test};
 use super::hints::{self, FLOW_USAGE};
 use super::keywords::{
     ACTIONS, ActWord, DIRS, DNS_KINDS, FIELDS, FLOW_WORDS, Field, HOOKS, Keyword, flow_only,
@@ -20,8 +20,8 @@ use super::keywords::{
 };
 use super::lex::{Tok, Token, line_end};
 use super::values::{
-    VErr, lookup, parse_addr, parse_mark, parse_name, parse_port_range, parse_proto, parse_qtype,
-    valid_set_name,
+    VErr, lookup, parse_addr, parse_iface, parse_mac, parse_mark, parse_name, parse_port_range,
+    parse_proto, parse_qtype, valid_set_name,
 };
 use crate::types::Verdict;
 
@@ -31,6 +31,7 @@ pub(super) enum SetValues {
     Names(Vec<NamePattern>),
     Addrs(Vec<AddrRange>),
     Ports(Vec<PortRange>),
+    Macs(Vec<u64>),
 }
 
 impl SetValues {
@@ -39,6 +40,7 @@ impl SetValues {
             SetKind::Names => SetValues::Names(Vec::new()),
             SetKind::Addrs => SetValues::Addrs(Vec::new()),
             SetKind::Ports => SetValues::Ports(Vec::new()),
+            SetKind::Macs => SetValues::Macs(Vec::new()),
         }
     }
 
@@ -47,6 +49,7 @@ impl SetValues {
             SetValues::Names(_) => SetKind::Names,
             SetValues::Addrs(_) => SetKind::Addrs,
             SetValues::Ports(_) => SetKind::Ports,
+            SetValues::Macs(_) => SetKind::Macs,
         }
     }
 
@@ -55,6 +58,7 @@ impl SetValues {
             SetValues::Names(v) => v.len(),
             SetValues::Addrs(v) => v.len(),
             SetValues::Ports(v) => v.len(),
+            SetValues::Macs(v) => v.len(),
         }
     }
 
@@ -63,6 +67,7 @@ impl SetValues {
             SetValues::Names(v) => v.push(parse_name(item)?),
             SetValues::Addrs(v) => v.push(parse_addr(item)?),
             SetValues::Ports(v) => v.push(parse_port_range(item)?),
+            SetValues::Macs(v) => v.push(parse_mac(item)?),
         }
         Ok(())
     }
@@ -169,20 +174,14 @@ pub(super) struct Statements {
     pub(super) flows: Vec<RawFlow>,
     /// The `default` line's number and action, once seen.
     pub(super) default: Option<(usize, Action)>,
+    /// Every interface named in a rule, where.
+    pub(super) ifaces: Vec<IfaceUse>,
 }
 
-/// Turns an interface name into its index, or says why it cannot.
-pub(super) type Interfaces<'a> = &'a dyn Fn(&str) -> Result<u32, VErr>;
-
 /// Read the statements of a file. Every problem found is in the diagnostics, in the order found.
-pub(super) fn read(
-    toks: &[Token],
-    source: &str,
-    interface: Interfaces<'_>,
-) -> (Statements, Vec<Diagnostic>) {
+pub(super) fn read(toks: &[Token], source: &str) -> (Statements, Vec<Diagnostic>) {
     let mut st = State {
         source,
-        interface,
         diags: Vec::new(),
         out: Statements::default(),
     };
@@ -193,7 +192,6 @@ pub(super) fn read(
 /// The statement machine: what it has read so far, and every problem found.
 struct State<'a> {
     source: &'a str,
-    interface: Interfaces<'a>,
     diags: Vec<Diagnostic>,
     out: Statements,
 }
@@ -332,6 +330,7 @@ impl State<'_> {
             ("names", SetKind::Names),
             ("addrs", SetKind::Addrs),
             ("ports", SetKind::Ports),
+            ("macs", SetKind::Macs),
         ];
         match lookup(w, &kinds, "set kind") {
             Ok(k) => Some(k),
@@ -954,6 +953,14 @@ impl State<'_> {
             } else if let Err((m, h)) = self.add_value(&mut test, v.text) {
                 self.error(v.line, v.col, m, h);
                 ok = false;
+            } else if let Test::Iif(l) | Test::Oif(l) = &test
+                && let Some(pattern) = l.last()
+            {
+                self.out.ifaces.push(IfaceUse {
+                    pattern: pattern.clone(),
+                    line: v.line,
+                    col: v.col,
+                });
             }
         }
         if ok {
@@ -1045,7 +1052,7 @@ impl State<'_> {
             let takers = if flow {
                 "in a flow rule, only src and names take sets"
             } else {
-                "only dns-name, src, dst, sport and dport take sets"
+                "only dns-name, src, dst, sport, dport and src-mac take sets"
             };
             (format!("'{}' does not take a set", field.name()), takers)
         } else if set.is_empty() {
@@ -1069,7 +1076,8 @@ impl State<'_> {
         match test {
             Test::Hook(l) => lookup(text, HOOKS, "hook").map(|x| l.push(x)),
             Test::Dir(l) => lookup(text, DIRS, "direction").map(|x| l.push(x)),
-            Test::Iif(l) | Test::Oif(l) => (self.interface)(text).map(|x| l.push(x)),
+            Test::Iif(l) | Test::Oif(l) => parse_iface(text).map(|x| l.push(x)),
+            Test::SrcMac(l) => parse_mac(text).map(|x| l.push(x)),
             Test::Src(l) | Test::Dst(l) => parse_addr(text).map(|x| l.push(x)),
             Test::Proto(l) => parse_proto(text).map(|x| l.push(x)),
             Test::Sport(l) | Test::Dport(l) => parse_port_range(text).map(|x| l.push(x)),

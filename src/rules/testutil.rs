@@ -13,17 +13,29 @@ use crate::packet::{self, Proto};
 use crate::types::{Hook, Meta};
 use crate::{dns, fixtures};
 
+/// The test machine's links: index -> name.
+pub(crate) const LINKS: &[(u32, &str)] = &[(1, "lo"), (2, "lan0"), (3, "wan0"), (4, "ppp0")];
+
 pub(crate) fn ifaces(name: &str) -> Option<u32> {
-    match name {
-        "lan0" => Some(2),
-        "wan0" => Some(3),
-        _ => None,
-    }
+    LINKS.iter().find(|(_, n)| *n == name).map(|(i, _)| *i)
 }
 
+/// The name of link `index` on the test machine.
+pub(crate) fn link_name(index: u32) -> Option<&'static str> {
+    LINKS.iter().find(|(i, _)| *i == index).map(|(_, n)| *n)
+}
+
+pub(crate) fn link_map() -> crate::links::LinkMap {
+    LINKS.iter().map(|(i, n)| (*i, n.to_string())).collect()
+}
+
+/// Rules bound to the test machine's links (prefixes included).
 pub(crate) fn rules(text: &str) -> RuleSet {
     match RuleSet::parse(text, "t.rules", &ifaces) {
-        Ok(r) => r,
+        Ok(r) => {
+            r.bind(&link_map());
+            r
+        }
         Err(d) => panic!("{d:#?}"),
     }
 }
@@ -59,6 +71,11 @@ impl Pkt {
     pub(crate) fn devs(mut self, indev: u32, outdev: u32) -> Pkt {
         self.meta.indev = indev;
         self.meta.outdev = outdev;
+        self
+    }
+
+    pub(crate) fn src_mac(mut self, mac: Option<[u8; 6]>) -> Pkt {
+        self.meta.src_mac = mac;
         self
     }
 

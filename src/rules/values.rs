@@ -1,14 +1,16 @@
 //! Value words -> typed values: addresses and CIDRs, ports and port ranges, marks, DNS names,
-//! protocols and record types, and lookups in the keyword tables (hooks, directions, DNS kinds).
+//! interface names, MAC addresses, protocols and record types, and lookups in the keyword tables
+//! (hooks, directions, DNS kinds).
 //!
 //! This module owns what one value word may be. Each parser takes one word and returns the value
 //! (in the types of `defs.rs`) or a (message, hint) pair for the caller to report at the word's
 //! place. It never sees tokens, lines or other words (that is `syntax.rs`), never looks anything
-//! up outside the text (interfaces are `resolve.rs`'s), and never panics.
+//! up outside the text (whether an interface exists is the link table's business, at run time),
+//! and never panics.
 
 use std::net::IpAddr;
 
-use super::defs::{AddrRange, NamePattern, PortRange};
+use super::defs::{AddrRange, IfPattern, NamePattern, PortRange};
 use super::hints::{self, did_you_mean};
 use super::keywords::{PROTOS, QTYPES};
 
@@ -257,6 +259,94 @@ pub(super) fn parse_name(s: &str) -> Result<NamePattern, VErr> {
         wire: wire.into_boxed_slice(),
         wildcard,
     })
+}
+
+/// Longest interface name the kernel takes (`IFNAMSIZ` less the NUL).
+pub(super) const IFNAME_MAX: usize = 15;
+
+/// An interface name, or iptables' `NAME+` for every interface whose name starts with `NAME`.
+/// Names are kept as written: the kernel's are case-sensitive.
+pub(super) fn parse_iface(s: &str) -> Result<IfPattern, VErr> {
+    if let Some(stem) = s.strip_suffix('*') {
+        return Err(verr(
+            format!("'*' in interface name '{s}'"),
+            Some(format!(
+                "write '{stem}+': a trailing '+' matches every interface whose name starts with \
+                 '{stem}', as in iptables"
+            )),
+        ));
+    }
+    let (name, prefix) = match s.strip_suffix('+') {
+        Some(stem) => (stem, true),
+        None => (s, false),
+    };
+    if let Some(bad) = name.chars().find(|c| matches!(c, '/' | ':' | '*')) {
+        let hint = match (bad, name.split_once(':')) {
+            (':', Some((dev, _))) => {
+                format!("'{name}' is an address label, not an interface: write '{dev}'")
+            }
+            _ => "interface names cannot hold '/', ':' or '*'".to_string(),
+        };
+        return Err(verr(
+            format!("'{bad}' is not allowed in interface name '{s}'"),
+            Some(hint),
+        ));
+    }
+    if !prefix && (name == "." || name == "..") {
+        return Err(verr(
+            format!("'{s}' is not an interface name"),
+            Some("write the name 'ip link' shows, e.g. lan0".to_string()),
+        ));
+    }
+    if name.len() > IFNAME_MAX {
+        return Err(verr(
+            format!("interface name '{name}' is longer than {IFNAME_MAX} bytes"),
+            Some(format!(
+                "Linux interface names are at most {IFNAME_MAX} bytes; check the name with \
+                 'ip link'"
+            )),
+        ));
+    }
+    Ok(IfPattern {
+        name: name.into(),
+        prefix,
+    })
+}
+
+/// A MAC address, `02:00:5e:10:00:01` (any case), as a 48-bit number.
+pub(super) fn parse_mac(s: &str) -> Result<u64, VErr> {
+    let bad = || {
+        verr(
+            format!("'{s}' is not a MAC address"),
+            Some(
+                "write six two-digit hex bytes separated by ':', as in 02:00:5e:10:00:01"
+                    .to_string(),
+            ),
+        )
+    };
+    let mut mac = 0u64;
+    let mut bytes = 0;
+    for part in s.split(':') {
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        mac = (mac << 8) | u64::from(byte);
+        bytes += 1;
+    }
+    if bytes != 6 {
+        return Err(bad());
+    }
+    if (mac >> 40) & 1 == 1 {
+        return Err(verr(
+            format!("{s} is a group (multicast or broadcast) address"),
+            Some(
+                "no packet comes from a group address: the first byte of a source MAC is even"
+                    .to_string(),
+            ),
+        ));
+    }
+    Ok(mac)
 }
 
 /// Look `s` up (case-insensitively) in a keyword table, with a did-you-mean on failure.

@@ -1,23 +1,25 @@
-//! Key maps: rules by a 32-bit key (an interface index, a mark under a mask), with the range of
-//! keys named, so most misses need no hashing.
+//! Key maps: rules by a key (a mark under a mask, a MAC address), with the range of keys named,
+//! so most misses need no hashing.
 //!
 //! This module owns [`KeyMap`]. A lookup never allocates and never panics.
+
+use std::hash::Hash;
 
 use super::file;
 use super::hash::FxMap;
 
-/// Rules by a 32-bit key (an interface index, a mark under a mask), with the range of keys the
-/// rules name: most misses (mark 0, an interface no rule names) need no hashing.
+/// Rules by a key (a mark under a mask, a MAC address), with the range of keys the rules name:
+/// most misses (mark 0, a MAC no rule names) need no hashing.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct KeyMap {
-    map: FxMap<u32, Vec<u32>>,
-    min: u32,
-    max: u32,
+pub(crate) struct KeyMap<K = u32> {
+    map: FxMap<K, Vec<u32>>,
+    min: K,
+    max: K,
 }
 
-impl KeyMap {
+impl<K: Copy + Ord + Hash> KeyMap<K> {
     /// File `rule` under `key` (rules ascending).
-    pub(crate) fn file(&mut self, key: u32, rule: u32) {
+    pub(crate) fn file(&mut self, key: K, rule: u32) {
         if self.map.is_empty() {
             (self.min, self.max) = (key, key);
         }
@@ -26,7 +28,7 @@ impl KeyMap {
         file(self.map.entry(key).or_default(), rule);
     }
 
-    pub(crate) fn get(&self, key: u32) -> &[u32] {
+    pub(crate) fn get(&self, key: K) -> &[u32] {
         if key < self.min || key > self.max {
             return &[];
         }
@@ -46,7 +48,7 @@ mod tests {
 
     #[test]
     fn key_map_holds_its_keys_and_their_range() {
-        let mut m = KeyMap::default();
+        let mut m = KeyMap::<u32>::default();
         assert_eq!(m.get(0), &[] as &[u32]);
         for (key, rule) in [(7u32 << 16, 0u32), (3 << 16, 1), (7 << 16, 2), (7 << 16, 2)] {
             m.file(key, rule);

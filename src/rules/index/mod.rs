@@ -4,9 +4,12 @@
 //!
 //! DNS names go in a trie of labels read from the right (`names.rs`: exact names and `*.suffix`
 //! patterns together, one hash probe per label, stopping at the first label no pattern names),
-//! addresses and ports in interval tables (`interval.rs`), interfaces and marks (one map per
-//! mask, for the few most used masks) in key maps (`keymap.rs`), protocols, hooks and directions
-//! in arrays; rules with nothing to index on go to a catch-all list. A packet draws one list per
+//! addresses and ports in interval tables (`interval.rs`), marks (one map per mask, for the few
+//! most used masks) and source MACs in key maps (`keymap.rs`), protocols, hooks and directions
+//! in arrays; rules with nothing to index on go to a catch-all list. Rules filed under an
+//! interface are listed by interface pattern; which interface indexes those are changes with the
+//! link table, so those lists go to the binding (`../iface.rs`), which hands a packet the lists
+//! of its interfaces. A packet draws one list per
 //! kind of key (at most [`LISTS`]); a rule can only match a packet that lies in the list it was
 //! filed under, which is what lets `matcher.rs` merge the lists in rule order and skip the filed
 //! matcher's check.
@@ -30,17 +33,24 @@ pub(crate) use keymap::KeyMap;
 pub(crate) use names::{NameIndex, NameSet};
 pub(crate) use sets::{AddrSet, RangeSet, port_set};
 
+use super::iface::{Interner, View};
 use crate::packet::Proto;
 use crate::rules::Ctx;
-use crate::rules::defs::{AddrRange, Cond, NamePattern, PortRange, RuleDef, Test};
+use crate::rules::defs::{AddrRange, Cond, IfPattern, NamePattern, PortRange, RuleDef, Test};
 use crate::types::{Direction, Hook};
 
 /// How many distinct `mark` masks get an index of their own; rules with other masks are filed
 /// under another matcher or in the catch-all list.
 const MARK_MASKS: usize = 4;
 
-/// How many candidate lists one packet can draw from the index.
-pub(crate) const LISTS: usize = 12 + MARK_MASKS;
+/// How many candidate lists one packet can draw from the index (its interfaces' included).
+pub(crate) const LISTS: usize = 13 + MARK_MASKS;
+
+/// A MAC address as the key maps hold it: 48 bits, the first byte highest.
+pub(crate) fn mac_key(mac: [u8; 6]) -> u64 {
+    let [a, b, c, d, e, f] = mac;
+    u64::from_be_bytes([0, 0, a, b, c, d, e, f])
+}
 
 /// Ports exist only for TCP and UDP.
 pub(crate) fn has_ports(proto: Proto) -> bool {
@@ -64,6 +74,11 @@ fn selectivity(test: &Test, masks: &[u32]) -> Option<f64> {
             .sum::<f64>()
     };
     let n = |len: usize| len as f64;
+    let ifaces = |v: &[IfPattern]| {
+        v.iter()
+            .map(|p| if p.prefix { 0.1 } else { 0.05 })
+            .sum::<f64>()
+    };
     match test {
         Test::DnsName(v) if v.iter().all(|p| !p.wildcard) => Some(1e-6 * n(v.len())),
         Test::DnsName(v) => Some(1e-4 * n(v.len())),
@@ -71,8 +86,9 @@ fn selectivity(test: &Test, masks: &[u32]) -> Option<f64> {
         Test::Dst(v) => Some(addr_fraction(v)),
         Test::Sport(v) => Some(port_fraction(v)),
         Test::Dport(v) => Some(port_fraction(v)),
-        Test::Iif(v) => Some(0.05 * n(v.len())),
-        Test::Oif(v) => Some(0.05 * n(v.len())),
+        Test::Iif(v) => Some(ifaces(v)),
+        Test::Oif(v) => Some(ifaces(v)),
+        Test::SrcMac(v) => Some(1e-3 * n(v.len())),
         Test::Proto(v) => Some(0.3 * n(v.len())),
         Test::Hook(v) => Some(0.2 * n(v.len())),
         Test::Dir(v) => Some(0.33 * n(v.len())),
@@ -159,8 +175,7 @@ pub(crate) struct Index {
     dst6: IntervalIndex<u128>,
     sport: IntervalIndex<u16>,
     dport: IntervalIndex<u16>,
-    iif: KeyMap,
-    oif: KeyMap,
+    macs: KeyMap<u64>,
     /// By protocol number; 256 entries once built.
     proto: Vec<Vec<u32>>,
     hook: [Vec<u32>; 5],
@@ -180,10 +195,35 @@ struct Entries {
     dport: Vec<(u16, u16, u32)>,
 }
 
+/// Rules filed under an interface, by pattern id (`iface::Interner`), ascending: the binding
+/// turns them into lists by interface index.
+#[derive(Debug, Default)]
+pub(crate) struct ByPattern {
+    pub(crate) iif: Vec<Vec<u32>>,
+    pub(crate) oif: Vec<Vec<u32>>,
+}
+
+impl ByPattern {
+    fn file(lists: &mut Vec<Vec<u32>>, id: u32, rule: u32) {
+        let id = id as usize;
+        if lists.len() <= id {
+            lists.resize_with(id + 1, Vec::new);
+        }
+        if let Some(list) = lists.get_mut(id) {
+            file(list, rule);
+        }
+    }
+}
+
 impl Index {
-    /// The index of `rules`, and for each rule the condition it is filed under (its index in
-    /// the rule's conditions), `None` for rules in the catch-all list.
-    pub(crate) fn build(rules: &[RuleDef]) -> (Index, Vec<Option<usize>>) {
+    /// The index of `rules`, for each rule the condition it is filed under (its index in the
+    /// rule's conditions, `None` for rules in the catch-all list), and the rules filed under an
+    /// interface by pattern (numbered by `patterns`).
+    pub(crate) fn build(
+        rules: &[RuleDef],
+        patterns: &mut Interner,
+    ) -> (Index, Vec<Option<usize>>, ByPattern) {
+        let mut by_pattern = ByPattern::default();
         let mut ix = Index {
             proto: vec![Vec::new(); 256],
             ..Index::default()
@@ -210,8 +250,17 @@ impl Index {
                 Some(Test::Dst(v)) => addrs(v, &mut e.dst4, &mut e.dst6),
                 Some(Test::Sport(v)) => e.sport.extend(v.iter().map(|p| (p.lo, p.hi, r))),
                 Some(Test::Dport(v)) => e.dport.extend(v.iter().map(|p| (p.lo, p.hi, r))),
-                Some(Test::Iif(v)) => v.iter().for_each(|x| ix.iif.file(*x, r)),
-                Some(Test::Oif(v)) => v.iter().for_each(|x| ix.oif.file(*x, r)),
+                Some(Test::Iif(v)) => {
+                    for p in v {
+                        ByPattern::file(&mut by_pattern.iif, patterns.id(p), r);
+                    }
+                }
+                Some(Test::Oif(v)) => {
+                    for p in v {
+                        ByPattern::file(&mut by_pattern.oif, patterns.id(p), r);
+                    }
+                }
+                Some(Test::SrcMac(v)) => v.iter().for_each(|m| ix.macs.file(*m, r)),
                 Some(Test::Proto(v)) => {
                     for p in v {
                         if let Some(list) = ix.proto.get_mut(usize::from(*p)) {
@@ -255,12 +304,13 @@ impl Index {
         ix.dst6 = IntervalIndex::build(&e.dst6);
         ix.sport = IntervalIndex::build(&e.sport);
         ix.dport = IntervalIndex::build(&e.dport);
-        (ix, filed)
+        (ix, filed, by_pattern)
     }
 
     /// Add the candidate lists for one packet that are not empty, each sorted by rule number,
-    /// to `c` (filled in place: the lists are too big to return by value cheaply).
-    pub(crate) fn candidates<'s>(&'s self, ctx: &Ctx<'_>, c: &mut Candidates<'s>) {
+    /// to `c` (filled in place: the lists are too big to return by value cheaply); `links` is
+    /// what the packet's interfaces mean to the rules.
+    pub(crate) fn candidates<'s>(&'s self, ctx: &Ctx<'_>, links: View<'s>, c: &mut Candidates<'s>) {
         let p = ctx.packet;
         let meta = ctx.meta;
         if let Some(q) = ctx.dns.and_then(|d| d.question.as_ref()) {
@@ -282,8 +332,11 @@ impl Index {
             c.push(self.sport.lookup(p.sport));
             c.push(self.dport.lookup(p.dport));
         }
-        c.push(self.iif.get(meta.indev));
-        c.push(self.oif.get(meta.outdev));
+        c.push(links.indev.map_or(&[], |l| &l.iif));
+        c.push(links.outdev.map_or(&[], |l| &l.oif));
+        if let Some(mac) = meta.src_mac {
+            c.push(self.macs.get(mac_key(mac)));
+        }
         c.push(
             self.proto
                 .get(usize::from(p.proto.number()))
@@ -321,8 +374,7 @@ impl Index {
     #[cfg(test)]
     pub(crate) fn entries(&self) -> usize {
         self.names.entries()
-            + self.iif.entries()
-            + self.oif.entries()
+            + self.macs.entries()
             + self.src4.cells()
             + self.dst4.cells()
             + self.src6.cells()
