@@ -285,9 +285,9 @@ impl RuleSet {
                     "--strict-interfaces: every interface a rule names must exist when the rules \
                      load; without it the rule loads and matches once the interface appears"
                 } else {
-                    "the rule loads and matches once the interface appears: interfaces are \
-                     followed by name as they come and go (--strict-interfaces makes this an \
-                     error)"
+                    "the rule loads and matches once the interface appears, as interfaces \
+                     are followed by name as they come and go; --strict-interfaces makes this \
+                     an error"
                 };
                 Diagnostic {
                     source: self.source.clone(),
