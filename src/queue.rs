@@ -59,7 +59,7 @@ pub struct Queue {
 }
 
 /// Metadata of a queued packet, as the engine wants it: the conntrack entry when the kernel
-/// sent one with its status, the checksum state always.
+/// sent one with its status, the checksum state always, the source MAC when there is one.
 pub fn meta(msg: &PacketMsg<'_>) -> Meta {
     let mut meta = Meta::new(Hook::from_kernel(msg.hook), msg.mark, msg.indev, msg.outdev);
     meta.conn = msg.ct.and_then(|ct| {
@@ -73,6 +73,8 @@ pub fn meta(msg: &PacketMsg<'_>) -> Meta {
         ChecksumState::NotReady => Checksum::NotReady,
         ChecksumState::NotVerified => Checksum::NotVerified,
     };
+    // The link-layer source, when the packet came over an Ethernet-like link (rules' src-mac).
+    meta.src_mac = msg.hwaddr.and_then(|h| h.mac());
     meta
 }
 

@@ -654,7 +654,8 @@ fn runs_unprivileged_with_cap_net_admin_and_start_up_errors_say_why() {
         r.stderr
     );
 
-    // An interface that does not exist: FILE:LINE:COL, nothing started.
+    // An interface that does not exist, with --strict-interfaces: FILE:LINE:COL, nothing
+    // started. (Without it the rule loads and matches once the interface appears.)
     let rules = w.path("bad-iface.rules");
     let text = "hook prerouting iif nosuch0 proto udp dport 53 accept\ndefault accept\n";
     std::fs::write(&rules, text).expect("write rules");
@@ -667,7 +668,13 @@ fn runs_unprivileged_with_cap_net_admin_and_start_up_errors_say_why() {
     let r = run_in_router(
         &w,
         &[],
-        &["--queue", &other, "--rules", &rules.display().to_string()],
+        &[
+            "--queue",
+            &other,
+            "--strict-interfaces",
+            "--rules",
+            &rules.display().to_string(),
+        ],
     );
     println!("unknown interface: {} {:?}", r.status, r.stderr.trim());
     assert_eq!(r.status.code(), Some(2), "{r:?}");
