@@ -538,7 +538,10 @@ impl RulesFile {
                 .map_err(|e| format!("link notifications failed: {e}"))
         })
         .map_err(|e| e.to_string())?;
-        log::info!("following {} interfaces by name", links.snapshot().len());
+        log::info!(
+            "link table: {} interfaces now; rules match interfaces by name as they come and go",
+            links.snapshot().len()
+        );
         self.links = Some(Arc::clone(&links));
         Ok(links)
     }

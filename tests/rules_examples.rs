@@ -162,14 +162,20 @@ fn every_example_file_passes_check_without_its_interfaces() {
         .unwrap_or_default();
     entries.sort();
     for path in entries {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         let (status, stdout, stderr) = nfqmark_check(&rules_dir(), &[name]);
         println!("{name}: {status:?}\n{stdout}{stderr}");
         assert_eq!(status, Some(0), "{name}: {stdout}{stderr}");
         assert!(stdout.starts_with(&format!("{name}: ok: ")), "{stdout}");
         // What this machine lacks, as the library sees it: each is one warning with its place.
         let missing = load(name).missing_interfaces(&here, false);
-        let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains(": warning: ")).collect();
+        let warnings: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains(": warning: "))
+            .collect();
         assert_eq!(warnings.len(), missing.len(), "{name}: {stderr}");
         for (shown, d) in warnings.iter().zip(&missing) {
             assert!(
@@ -190,7 +196,10 @@ fn every_example_file_passes_check_without_its_interfaces() {
     }
     assert!(checked >= 6, "{checked} files");
     // The examples name lan0, lan+ and guest+; a test machine has none of them.
-    assert!(warned >= 3, "only {warned} files warned: does this machine have lan0?");
+    assert!(
+        warned >= 3,
+        "only {warned} files warned: does this machine have lan0?"
+    );
 }
 
 #[test]
@@ -226,17 +235,26 @@ default accept
     got.push(format!("home.rules: ok: {} (1 warning(s))", rs.summary()));
     let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/rules.md"))
         .unwrap_or_default();
-    let documented: Vec<&str> = doc.lines().filter(|l| l.starts_with("home.rules")).collect();
+    let documented: Vec<&str> = doc
+        .lines()
+        .filter(|l| l.starts_with("home.rules"))
+        .collect();
     assert_eq!(got, documented);
     // And the command prints exactly that where none of the four exists.
     let here = here();
-    if ["lan0", "wan0", "wg0"].iter().all(|n| here.index(n).is_none()) {
+    if ["lan0", "wan0", "wg0"]
+        .iter()
+        .all(|n| here.index(n).is_none())
+    {
         let (status, stdout, stderr) = nfqmark_check(&dir.0, &["home.rules"]);
         assert_eq!(status, Some(0), "{stdout}{stderr}");
         let warned: Vec<&str> = stderr.lines().collect();
         assert_eq!(warned.len(), 4, "{stderr}");
         assert_eq!(warned.get(3).copied(), documented.first().copied());
-        assert_eq!(stdout.trim(), "home.rules: ok: 4 rules, 0 sets, default accept (4 warning(s))");
+        assert_eq!(
+            stdout.trim(),
+            "home.rules: ok: 4 rules, 0 sets, default accept (4 warning(s))"
+        );
     }
 }
 
@@ -472,10 +490,18 @@ fn devices_are_marked_by_mac_on_the_lan_interfaces_only() {
     let tablet = Some([0x02, 0x00, 0x5e, 0x10, 0x00, 0x22]);
     let laptop = Some([0x02, 0x00, 0x5e, 0x10, 0x00, 0x99]);
     assert_eq!(from(2, tv), Some((0x2, 0xff)));
-    assert_eq!(from(6, tv), Some((0x2, 0xff)), "lan1 is a LAN interface too");
+    assert_eq!(
+        from(6, tv),
+        Some((0x2, 0xff)),
+        "lan1 is a LAN interface too"
+    );
     assert_eq!(from(6, tablet), Some((0x3, 0xff)));
     assert_eq!(from(2, laptop), None);
-    assert_eq!(from(3, tv), None, "the same MAC seen on the uplink is not the TV");
+    assert_eq!(
+        from(3, tv),
+        None,
+        "the same MAC seen on the uplink is not the TV"
+    );
     assert_eq!(from(7, laptop), Some((0x10, 0xff)));
     // Sent by this router: no MAC, no input interface, nothing matches.
     let mut local = meta(Hook::Output, 0, 0, 3);
