@@ -11,9 +11,12 @@
 //!
 //! The binding lives in [`Ifaces`], shared by a rule set's clones, and is replaced when the link
 //! table changes (on the link table's thread: `crate::links`). Readers never wait for that
-//! thread: each thread keeps the binding it last used and its generation, and takes the lock only
-//! when the generation moved (once per change), so evaluating a packet costs an atomic load and a
-//! thread-local access, no lock, no reference count, no allocation.
+//! thread. A packet whose interfaces both lie outside the range of indexes the binding holds (the
+//! rules name only the uplinks, the packet came in on the LAN) needs one atomic load and no
+//! binding at all; otherwise
+//! each thread keeps the binding it last used and its generation, and takes the lock only when
+//! the generation moved (once per change): an atomic load and a thread-local access, no lock, no
+//! reference count, no allocation.
 //!
 //! This module owns what an interface pattern matches and how the binding is built, stored and
 //! read. It never parses text (patterns come checked from `values.rs`), never talks to the kernel
@@ -93,6 +96,7 @@ pub(crate) struct LinkRules {
 
 impl LinkRules {
     /// Whether the interface's name matches any of the patterns `ids`.
+    #[inline]
     pub(crate) fn any(&self, ids: &[u32]) -> bool {
         ids.iter().any(|&id| {
             self.bits
@@ -110,12 +114,20 @@ pub(crate) struct View<'b> {
     pub(crate) outdev: Option<&'b LinkRules>,
 }
 
+/// Largest span of indexes (`max - min`) a binding keeps in a plain array; wider spans (a host
+/// that has created hundreds of thousands of links) go in a hash map.
+const DENSE_SPAN: u32 = 4096;
+
 /// The binding of a rule set's patterns to one link table: the indexes whose names match a
 /// pattern, and what each means.
 #[derive(Debug, Default)]
 pub(crate) struct Bound {
-    links: FxMap<u32, LinkRules>,
-    /// The range of indexes held: most misses need no hashing.
+    links: Vec<LinkRules>,
+    /// By `index - min`: the place in `links` plus one (0: nothing), when the span is small.
+    dense: Box<[u32]>,
+    /// By index, the place in `links`, when the span is wide.
+    sparse: FxMap<u32, u32>,
+    /// The range of indexes held: most misses need no lookup.
     min: u32,
     max: u32,
 }
@@ -123,14 +135,23 @@ pub(crate) struct Bound {
 impl Bound {
     /// What interface `index` means to the rules; `None` for an index no pattern matches (and
     /// for 0, no interface).
+    #[inline]
     pub(crate) fn get(&self, index: u32) -> Option<&LinkRules> {
         if index < self.min || index > self.max {
             return None;
         }
-        self.links.get(&index)
+        let place = if self.dense.is_empty() {
+            *self.sparse.get(&index)?
+        } else {
+            self.dense
+                .get((index - self.min) as usize)?
+                .checked_sub(1)?
+        };
+        self.links.get(place as usize)
     }
 
     /// What the packet's input and output interfaces mean.
+    #[inline]
     pub(crate) fn view(&self, indev: u32, outdev: u32) -> View<'_> {
         View {
             indev: self.get(indev),
@@ -159,6 +180,8 @@ pub(crate) struct Ifaces {
     current: RwLock<(u64, Arc<Bound>)>,
     /// The generation in `current`, readable without the lock.
     generation: AtomicU64,
+    /// The range of indexes the binding in force holds, `min << 32 | max` (empty: min > max).
+    range: AtomicU64,
 }
 
 impl std::fmt::Debug for Ifaces {
@@ -169,6 +192,9 @@ impl std::fmt::Debug for Ifaces {
             .finish()
     }
 }
+
+/// [`Ifaces::range`] holding no index (0 is no interface).
+const EMPTY_RANGE: u64 = 1 << 32;
 
 /// Source of [`Ifaces::id`]s: never reused within a process.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -199,6 +225,7 @@ impl Ifaces {
             filed_oif,
             current: RwLock::new((0, Arc::new(Bound::default()))),
             generation: AtomicU64::new(0),
+            range: AtomicU64::new(EMPTY_RANGE),
         }
     }
 
@@ -240,13 +267,23 @@ impl Ifaces {
             max: bits.keys().copied().max().unwrap_or(0),
             ..Bound::default()
         };
+        let dense = !bits.is_empty() && bound.max - bound.min < DENSE_SPAN;
+        if dense {
+            bound.dense = vec![0; (bound.max - bound.min) as usize + 1].into_boxed_slice();
+        }
         for (index, set) in bits {
-            let link = LinkRules {
+            let place = u32::try_from(bound.links.len()).unwrap_or(u32::MAX);
+            bound.links.push(LinkRules {
                 iif: rules(&self.filed_iif, &set),
                 oif: rules(&self.filed_oif, &set),
                 bits: set,
-            };
-            bound.links.insert(index, link);
+            });
+            match bound.dense.get_mut((index - bound.min) as usize) {
+                Some(slot) if dense => *slot = place + 1,
+                _ => {
+                    bound.sparse.insert(index, place);
+                }
+            }
         }
         bound
     }
@@ -257,6 +294,11 @@ impl Ifaces {
             return;
         }
         let bound = Arc::new(self.build(links));
+        let range = if bound.links.is_empty() {
+            EMPTY_RANGE
+        } else {
+            u64::from(bound.min) << 32 | u64::from(bound.max)
+        };
         let generation = {
             let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
             current.0 += 1;
@@ -264,6 +306,7 @@ impl Ifaces {
             current.0
         };
         self.generation.store(generation, Ordering::Release);
+        self.range.store(range, Ordering::Release);
     }
 
     fn read(&self) -> (u64, Arc<Bound>) {
@@ -271,9 +314,21 @@ impl Ifaces {
         (current.0, Arc::clone(&current.1))
     }
 
+    /// Whether interface `indev` or `outdev` may mean something under the binding in force:
+    /// when neither lies in the binding's range of indexes, the packet needs no binding (its
+    /// [`View`] is empty). The range and the binding may be of different generations around a
+    /// change: each answer is the one of some binding in force meanwhile.
+    #[inline]
+    pub(crate) fn may_hold(&self, indev: u32, outdev: u32) -> bool {
+        let range = self.range.load(Ordering::Acquire);
+        let (min, max) = ((range >> 32) as u32, range as u32);
+        (min..=max).contains(&indev) || (min..=max).contains(&outdev)
+    }
+
     /// Run `f` with the binding in force. The thread's cached binding is used while its
     /// generation is current; the lock is taken only after a change (or when the cache is
     /// unusable: during thread teardown, or from inside `f`).
+    #[inline]
     pub(crate) fn with_bound<R>(&self, mut f: impl FnMut(&Bound) -> R) -> R {
         let generation = self.generation.load(Ordering::Acquire);
         let cached = CACHE.try_with(|cell| {
@@ -360,6 +415,18 @@ mod tests {
     }
 
     #[test]
+    fn wide_spans_of_indexes_are_looked_up_by_hash() {
+        let ix = ifaces(&["veth+"], vec![vec![7]], vec![vec![]]);
+        for (near, far) in [(3, 4000), (3, 5000), (1, u32::MAX)] {
+            let b = ix.build([(near, "veth0"), (far, "veth1"), (near + 1, "lo")].into_iter());
+            assert_eq!(b.dense.is_empty(), far - near >= DENSE_SPAN, "{near}-{far}");
+            assert_eq!(b.get(near).map(|l| &*l.iif), Some(&[7][..]));
+            assert_eq!(b.get(far).map(|l| &*l.iif), Some(&[7][..]));
+            assert!(b.get(near + 1).is_none() && b.get(far - 1).is_none() && b.get(0).is_none());
+        }
+    }
+
+    #[test]
     fn more_than_64_patterns_use_more_words() {
         let names: Vec<String> = (0..130).map(|i| format!("if{i}")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -403,5 +470,12 @@ mod tests {
         // From inside a read, the cache is busy: the lock serves.
         let nested = ix.with_bound(|_| rules_of(9));
         assert_eq!(nested, Some(vec![0]));
+        // The range says which indexes may mean something.
+        assert!(ix.may_hold(9, 0) && ix.may_hold(0, 9));
+        assert!(!ix.may_hold(8, 10) && !ix.may_hold(0, 0));
+        ix.bind([(3, "wg0"), (12, "lo")].into_iter());
+        assert!(ix.may_hold(3, 0) && !ix.may_hold(9, 0));
+        ix.bind(std::iter::empty());
+        assert!(!ix.may_hold(3, 0) && !ix.may_hold(0, 0) && !ix.may_hold(u32::MAX, 1));
     }
 }

@@ -231,15 +231,17 @@ impl Matcher {
         if self.rules.is_empty() {
             return None;
         }
-        if self.ifaces.is_empty() {
+        let (indev, outdev) = (ctx.meta.indev, ctx.meta.outdev);
+        // Most packets' interfaces mean nothing to the rules: no binding to read.
+        if self.ifaces.is_empty() || !self.ifaces.may_hold(indev, outdev) {
             return self.first_match_with(ctx, View::default(), examined);
         }
-        let (indev, outdev) = (ctx.meta.indev, ctx.meta.outdev);
         self.ifaces
             .with_bound(|bound| self.first_match_with(ctx, bound.view(indev, outdev), examined))
     }
 
-    /// [`Matcher::first_match`] with the packet's interfaces already looked up.
+    /// [`Matcher::first_match`] with what the packet's interfaces mean already looked up.
+    #[inline(always)]
     fn first_match_with(
         &self,
         ctx: &Ctx<'_>,

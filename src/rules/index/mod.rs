@@ -310,6 +310,7 @@ impl Index {
     /// Add the candidate lists for one packet that are not empty, each sorted by rule number,
     /// to `c` (filled in place: the lists are too big to return by value cheaply); `links` is
     /// what the packet's interfaces mean to the rules.
+    #[inline(always)]
     pub(crate) fn candidates<'s>(&'s self, ctx: &Ctx<'_>, links: View<'s>, c: &mut Candidates<'s>) {
         let p = ctx.packet;
         let meta = ctx.meta;
