@@ -481,7 +481,8 @@ where
 }
 
 /// Threads `run` starts with these options, the main thread included: signals, the rules
-/// thread with a rules file, the metrics endpoint with `--metrics`, one worker per queue.
+/// thread with a rules file, the metrics endpoint with `--metrics`, one worker per queue. (Rules
+/// that name an interface start one more when they load, the link table's: not counted here.)
 pub fn threads_needed(args: &RunArgs) -> usize {
     3 + usize::from(args.rules.is_some())
         + usize::from(args.metrics.is_some())
