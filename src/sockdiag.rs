@@ -196,6 +196,12 @@ impl Resolver {
         self.stats
     }
 
+    /// Forget the hints: the next question scans every process (for measurements).
+    pub fn clear_hints(&mut self) {
+        self.holders = [None; HINTS];
+        self.parents = [None; HINTS];
+    }
+
     /// The TCP socket with exactly these ends (`local` = the socket's own address and port),
     /// or `None`. A listener is never returned for a connection's tuple.
     pub fn lookup(&mut self, ends: Ends) -> io::Result<Option<SockInfo>> {
