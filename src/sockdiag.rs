@@ -65,8 +65,10 @@ pub type Ends = (SocketAddr, SocketAddr);
 
 /// Most candidates' requests sent in one datagram (more are sent in several).
 const BATCH: usize = 16;
-/// Most processes read per question before giving up ([`Link::NoHolder`]).
-const SCAN_LIMIT: usize = 8192;
+/// How long a scan of every process may take by default before it gives up
+/// ([`Link::NoHolder`]): the SYN waits in the queue meanwhile. About 400 processes at the
+/// ~50 µs a process's fd table costs (more with many fds).
+pub const SCAN_BUDGET: std::time::Duration = std::time::Duration::from_millis(20);
 /// Most children of a hinted parent read before the full scan takes over.
 const CHILDREN_LIMIT: usize = 64;
 /// Recent holders (and their parents) remembered as hints.
@@ -100,7 +102,8 @@ pub enum Link {
     /// (`pid` is then `None`: no process was searched).
     NoCandidate { pid: Option<u32> },
     /// No process of our network namespace holds the SYN's socket (it was closed meanwhile,
-    /// or its holder lives in another pid namespace, or the search limit was reached).
+    /// or its holder lives in another pid namespace, or the scan ran out of time:
+    /// [`Stats::gave_up`]).
     NoHolder,
     /// No socket has the SYN's tuple: it is gone, or the tuple is not the socket's own (NAT
     /// applied before the queue).
@@ -132,6 +135,8 @@ pub struct Stats {
     pub denied: u64,
     /// Holders skipped because they live in another network namespace.
     pub foreign: u64,
+    /// Scans of every process that ran out of time ([`Resolver::set_budget`]).
+    pub gave_up: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -148,6 +153,7 @@ pub struct Resolver {
     /// not be read, and then no holder's namespace can be checked either.
     netns: Option<u64>,
     seq: u32,
+    budget: std::time::Duration,
     /// Most recent first.
     holders: [Option<u32>; HINTS],
     parents: [Option<u32>; HINTS],
@@ -182,6 +188,7 @@ impl Resolver {
             sock,
             netns,
             seq: 1,
+            budget: SCAN_BUDGET,
             holders: [None; HINTS],
             parents: [None; HINTS],
             stats: Stats::default(),
@@ -194,6 +201,11 @@ impl Resolver {
 
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// How long a scan of every process may take (default [`SCAN_BUDGET`]).
+    pub fn set_budget(&mut self, budget: std::time::Duration) {
+        self.budget = budget;
     }
 
     /// Forget the hints: the next question scans every process (for measurements).
@@ -235,8 +247,8 @@ impl Resolver {
         }
         let denied_before = self.stats.denied;
         match self.find_holder(u64::from(syn_sock.inode), &wanted)? {
-            Some((pid, link)) => {
-                self.remember(pid);
+            Some((pid, parent, link)) => {
+                self.remember(pid, parent);
                 Ok(link)
             }
             None if self.stats.denied > denied_before => Err(io::Error::new(
@@ -297,18 +309,16 @@ impl Resolver {
         Ok(())
     }
 
-    /// Find a process of our namespace holding socket `syn`, and what it holds of `wanted`.
-    fn find_holder(&mut self, syn: u64, wanted: &[Option<u64>]) -> io::Result<Option<(u32, Link)>> {
+    /// Find a process of our namespace holding socket `syn`, and what it holds of `wanted`;
+    /// with the holder's parent when the search knows it.
+    fn find_holder(
+        &mut self,
+        syn: u64,
+        wanted: &[Option<u64>],
+    ) -> io::Result<Option<(u32, Option<u32>, Link)>> {
         self.checked.clear();
-        // 1. The last holders themselves (a resolver that keeps one process per connection
-        //    for a while, or a non-forking one).
-        for pid in self.holders.into_iter().flatten() {
-            if let Some(found) = self.check_hinted(pid, syn, wanted) {
-                self.stats.hint_hits += 1;
-                return Ok(Some(found));
-            }
-        }
-        // 2. The newest children of the last holders' parents (dnsmasq: the new child).
+        // 1. The newest children of the last holders' parents (dnsmasq: the child it forked
+        //    for this client's connection).
         let mut kids = std::mem::take(&mut self.pids);
         let mut result = None;
         'parents: for parent in self.parents.into_iter().flatten() {
@@ -322,33 +332,46 @@ impl Resolver {
                 continue; // a parent of everything (a shell, a supervisor): the scan's job
             }
             for &pid in kids.iter().rev() {
-                if let Some(found) = self.check_hinted(pid, syn, wanted) {
-                    result = Some(found);
+                if let Some((pid, link)) = self.check_hinted(pid, syn, wanted) {
+                    result = Some((pid, Some(parent), link));
                     break 'parents;
                 }
             }
         }
         self.pids = kids;
+        // 2. The last holders themselves (a resolver that serves many connections in one
+        //    process, or a child whose parent we could not read).
+        if result.is_none() {
+            for pid in self.holders.into_iter().flatten() {
+                if let Some((pid, link)) = self.check_hinted(pid, syn, wanted) {
+                    result = Some((pid, None, link));
+                    break;
+                }
+            }
+        }
         if result.is_some() {
             self.stats.hint_hits += 1;
             return Ok(result);
         }
-        // 3. Every process not seen yet, newest first.
+        // 3. Every process not read yet, newest first (a resolver's new child has the highest
+        //    pid until pids wrap), within the time budget.
         self.stats.full_scans += 1;
+        let started = std::time::Instant::now();
         let mut all = std::mem::take(&mut self.pids);
         all.clear();
         let listed = sys::list_pids(&mut all);
         all.sort_unstable_by(|a, b| b.cmp(a));
         self.checked.sort_unstable();
-        for (n, &pid) in all.iter().enumerate() {
-            if n >= SCAN_LIMIT {
+        for &pid in &all {
+            if started.elapsed() >= self.budget {
+                self.stats.gave_up += 1;
                 break;
             }
             if self.checked.binary_search(&pid).is_ok() {
                 continue;
             }
-            if let Some(found) = self.check(pid, syn, wanted) {
-                result = Some(found);
+            if let Some((pid, link)) = self.check(pid, syn, wanted) {
+                result = Some((pid, None, link));
                 break;
             }
         }
@@ -388,12 +411,15 @@ impl Resolver {
         Some((pid, link))
     }
 
-    /// Keep `pid` and its parent as hints for the next question.
-    fn remember(&mut self, pid: u32) {
+    /// Keep `pid` and its parent (read from `/proc/PID/stat` unless known) as hints for the
+    /// next question.
+    fn remember(&mut self, pid: u32, parent: Option<u32>) {
         push_front(&mut self.holders, pid);
-        let parent = sys::read_to_vec(&format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| procfs::stat_ppid(&s));
+        let parent = parent.or_else(|| {
+            sys::read_to_vec(&format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| procfs::stat_ppid(&s))
+        });
         // Not init or kthreadd: their children are the whole system (the full scan's job).
         if let Some(ppid) = parent.filter(|&p| p > 2) {
             push_front(&mut self.parents, ppid);
@@ -720,6 +746,31 @@ pub mod procfs {
             .filter_map(|w| decimal(w).and_then(|n| u32::try_from(n).ok()))
     }
 
+    /// The names in a buffer of `struct linux_dirent64` records as `getdents64` fills it
+    /// (`d_ino` u64, `d_off` i64, `d_reclen` u16, `d_type` u8, then the NUL-terminated name,
+    /// padded to `d_reclen`). A record whose length is impossible ends the iteration.
+    pub fn dirent_names(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+        const NAME_AT: usize = 19;
+        let mut rest = buf;
+        std::iter::from_fn(move || {
+            let reclen = usize::from(u16::from_ne_bytes(*rest.get(16..18)?.first_chunk()?));
+            if reclen <= NAME_AT {
+                rest = &[];
+                return None;
+            }
+            let record = rest.get(..reclen)?;
+            rest = rest.get(reclen..).unwrap_or(&[]);
+            let name = record.get(NAME_AT..).unwrap_or(&[]);
+            let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+            Some(name.get(..end).unwrap_or(name))
+        })
+    }
+
+    /// A pid or fd number as `/proc` names them: digits only.
+    pub fn number(name: &[u8]) -> Option<u32> {
+        u32::try_from(decimal(name)?).ok()
+    }
+
     /// Whether process `pid`, whose fd table holds the socket inodes `held`, holds the SYN's
     /// socket `syn`; if so, what it holds of the candidates' sockets `wanted`.
     pub fn judge(pid: u32, held: &[u64], syn: u64, wanted: &[Option<u64>]) -> Option<Link> {
@@ -744,6 +795,7 @@ pub mod procfs {
 // ---------------------------------------------------------------------------------------------
 
 mod sys {
+    use std::fs::File;
     use std::io;
     use std::mem;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -905,29 +957,71 @@ mod sys {
 
     /// Every pid in `/proc` (processes, not threads).
     pub(super) fn list_pids(out: &mut Vec<u32>) -> io::Result<()> {
-        for entry in std::fs::read_dir("/proc")? {
-            let Ok(entry) = entry else { continue };
-            if let Some(pid) = procfs::pids(entry.file_name().as_bytes()).next() {
+        let dir = File::open("/proc")?;
+        each_name(&dir, |name| {
+            if let Some(pid) = procfs::number(name) {
                 out.push(pid);
             }
-        }
-        Ok(())
+        })
     }
 
-    /// The socket inodes in `pid`'s fd table. A process that exits meanwhile has none; an fd
+    /// The socket inodes in `pid`'s fd table: each `/proc/PID/fd/N` link read relative to the
+    /// open directory (no path walk per fd). A process that exits meanwhile has none; an fd
     /// closed between the listing and its readlink is skipped.
     pub(super) fn socket_inodes(pid: u32, out: &mut Vec<u64>) -> io::Result<()> {
-        let dir = format!("/proc/{pid}/fd");
-        for entry in std::fs::read_dir(&dir)? {
-            let Ok(entry) = entry else { continue };
-            let Ok(target) = std::fs::read_link(entry.path()) else {
-                continue;
+        let dir = File::open(format!("/proc/{pid}/fd"))?;
+        let mut target = [0u8; 64];
+        each_name(&dir, |name| {
+            // Digits only ("." and ".." are not fds), and room for the NUL after them.
+            let mut c_name = [0u8; 12];
+            if procfs::number(name).is_none() || name.len() >= c_name.len() {
+                return;
+            }
+            if let Some(dst) = c_name.get_mut(..name.len()) {
+                dst.copy_from_slice(name);
+            }
+            // SAFETY: `c_name` is NUL-terminated (zeroed, and the name is shorter than it);
+            // `target` is valid for writes of its length; `dir` is open.
+            let n = unsafe {
+                libc::readlinkat(
+                    dir.as_raw_fd(),
+                    c_name.as_ptr().cast::<libc::c_char>(),
+                    target.as_mut_ptr().cast::<libc::c_char>(),
+                    target.len(),
+                )
             };
-            if let Some(inode) = procfs::socket_inode(target.as_os_str().as_bytes()) {
+            let Ok(n) = usize::try_from(n) else { return };
+            if let Some(inode) = target.get(..n).and_then(procfs::socket_inode) {
                 out.push(inode);
             }
+        })
+    }
+
+    /// Call `f` with each name in directory `dir` (`getdents64`, no allocation per entry).
+    fn each_name(dir: &File, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: `buf` is valid for writes of its length and `dir` is an open directory;
+            // the kernel writes at most that many bytes of whole records.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_getdents64,
+                    dir.as_raw_fd(),
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                )
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let Some(filled) = usize::try_from(n).ok().and_then(|n| buf.get(..n)) else {
+                return Ok(());
+            };
+            if filled.is_empty() {
+                return Ok(());
+            }
+            procfs::dirent_names(filled).for_each(&mut f);
         }
-        Ok(())
     }
 }
 
@@ -1226,6 +1320,43 @@ mod tests {
         assert_eq!(procfs::pids(b"").count(), 0);
     }
 
+    fn dirent(name: &str) -> Vec<u8> {
+        let reclen = (19 + name.len() + 1).next_multiple_of(8);
+        let mut r = vec![0u8; reclen];
+        r[16..18].copy_from_slice(&(reclen as u16).to_ne_bytes());
+        r[18] = 10; // DT_LNK
+        r[19..19 + name.len()].copy_from_slice(name.as_bytes());
+        r
+    }
+
+    #[test]
+    fn dirents_give_their_names_and_stop_at_an_impossible_length() {
+        let mut buf = Vec::new();
+        for name in [".", "..", "0", "17", "123456"] {
+            buf.extend(dirent(name));
+        }
+        let names: Vec<&[u8]> = procfs::dirent_names(&buf).collect();
+        assert_eq!(names, [&b"."[..], b"..", b"0", b"17", b"123456"]);
+        let fds: Vec<u32> = names.iter().filter_map(|n| procfs::number(n)).collect();
+        assert_eq!(fds, [0, 17, 123_456]);
+        // Cut anywhere: the whole records before the cut, nothing past it, no panic.
+        for cut in 0..buf.len() {
+            let n = procfs::dirent_names(&buf[..cut]).count();
+            assert!(n <= 5 && n * 24 <= cut, "cut at {cut}: {n} names");
+        }
+        // A zero or too short record length ends the iteration instead of looping.
+        let mut bad = dirent("5");
+        bad[16..18].copy_from_slice(&0u16.to_ne_bytes());
+        assert_eq!(procfs::dirent_names(&bad).count(), 0);
+        bad[16..18].copy_from_slice(&19u16.to_ne_bytes());
+        assert_eq!(procfs::dirent_names(&bad).count(), 0);
+        // A name without its NUL ends at its record.
+        let mut full = dirent("1234");
+        let len = full.len();
+        full[19..len].fill(b'7');
+        assert_eq!(procfs::dirent_names(&full).next(), Some(&[b'7'; 5][..]));
+    }
+
     #[test]
     fn judge_names_the_one_candidate_the_holder_holds() {
         let held = [10, 20, 30];
@@ -1269,6 +1400,8 @@ mod tests {
         let client_ends = (client.local_addr().unwrap(), client.peer_addr().unwrap());
         let server_ends = (server.local_addr().unwrap(), server.peer_addr().unwrap());
         let mut r = Resolver::new().unwrap();
+        // However loaded the machine, the scan reaches us.
+        r.set_budget(std::time::Duration::from_secs(5));
         let c = r.lookup(client_ends).unwrap().expect("client end");
         let s = r.lookup(server_ends).unwrap().expect("server end");
         assert_eq!((c.state, s.state), (state::ESTABLISHED, state::ESTABLISHED));
@@ -1297,5 +1430,13 @@ mod tests {
         );
         let stats = r.stats();
         assert_eq!((stats.full_scans, stats.hint_hits), (1, 1), "{stats:?}");
+        // Without hints and without time for a scan: no holder, counted.
+        r.clear_hints();
+        r.set_budget(std::time::Duration::ZERO);
+        assert_eq!(
+            r.same_process(client_ends, &[server_ends]).unwrap(),
+            Link::NoHolder
+        );
+        assert_eq!(r.stats().gave_up, 1);
     }
 }
