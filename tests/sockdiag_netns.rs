@@ -839,3 +839,71 @@ fn cost_with_200_processes() {
         )
     );
 }
+
+/// A process counts as the holder only when it lives in the Resolver's network namespace. In
+/// one namespace: a thread of this test process listens and opens the Resolver there, while
+/// the process itself (its main thread, what `/proc/PID/ns/net` shows) stays in the host's;
+/// a bash started inside the namespace connects. The bash's end of the connection is believed
+/// to be the bash's (control: the namespace check passes for a process that lives there),
+/// the accepted end is found held by this process and not believed.
+#[test]
+fn a_holder_outside_our_network_namespace_is_not_believed() {
+    if !common::require_root("a_holder_outside_our_network_namespace_is_not_believed") {
+        return;
+    }
+    let ns = Netns::new(&format!("{}-x", unique_prefix("sdiagns"))).expect("namespace");
+    let bash = ns.command("bash");
+    let outcome = in_ns(&ns, move || {
+        let mut bash = bash;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let child = bash
+            .args([
+                "-c",
+                &format!("exec 3<>/dev/tcp/127.0.0.1/{port} && sleep 30"),
+            ])
+            .stdin(Stdio::null())
+            .spawn()?;
+        let child = Guarded(child);
+        listener.set_nonblocking(true)?;
+        let deadline = Instant::now() + WAIT;
+        let server = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let ours = (server.local_addr()?, server.peer_addr()?);
+        let theirs = (ours.1, ours.0);
+        let mut r = Resolver::new()?;
+        r.set_budget(Duration::from_secs(5));
+        // The bash's end: its holder lives here; it holds no candidate.
+        let bash_side = r.same_process(theirs, &[ours])?;
+        let foreign_before = r.stats().foreign;
+        // Our end: held by this process, which lives in the host's namespace.
+        r.clear_hints();
+        let our_side = r.same_process(ours, &[theirs])?;
+        let foreign = r.stats().foreign - foreign_before;
+        let bash_pid = child.0.id();
+        Ok((bash_side, bash_pid, our_side, foreign))
+    })
+    .join()
+    .expect("thread");
+    let (bash_side, bash_pid, our_side, foreign) = outcome.expect("namespace thread");
+    // `ip netns exec` execs bash in place: the pid is the bash's.
+    assert_eq!(
+        bash_side,
+        Link::NoCandidate {
+            pid: Some(bash_pid)
+        }
+    );
+    assert_eq!(
+        our_side,
+        Link::NoHolder,
+        "the holder's namespace is not the sockets'"
+    );
+    assert!(foreign >= 1, "the foreign holder is counted: {foreign}");
+}
