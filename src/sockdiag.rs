@@ -16,8 +16,9 @@
 //! the table says a SYN is ambiguous; the SYN stays queued meanwhile. Measured (release, Linux
 //! 6.18, 200 processes, 2 loaded cores; `cost_with_200_processes` in tests/sockdiag_netns.rs):
 //! one lookup ~3.3 µs; a dnsmasq SYN with the hints learned ~0.1 ms (one or two fd tables of
-//! ~25 µs each); with no hints ~0.35 ms (newest first: the new child is among the newest
-//! processes); a scan of every process ~2 ms for 120 of them, cut off at [`SCAN_BUDGET`].
+//! ~25 µs each, 0.1-0.15 ms median); with no hints 0.35-0.65 ms (newest first: the new child
+//! is among the newest processes); a scan of every process 2-6 ms median for ~130 of them
+//! (p90 up to 10 ms under that load), cut off at [`SCAN_BUDGET`].
 //!
 //! It must never: decide anything about packets, panic on what the kernel or `/proc` says
 //! (every length is checked; a process that exits mid-read is skipped), trust a cached pid for
