@@ -26,6 +26,7 @@ pub mod pairing;
 pub mod queue;
 pub mod rules;
 pub mod setup;
+pub mod sockdiag;
 pub mod stats;
 pub mod stream;
 pub mod types;
