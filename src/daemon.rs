@@ -920,7 +920,7 @@ pub fn report(shared: &Shared) -> String {
         "packets={} marked={} accepted={} dropped={} repeated={} parse_errors={} dns={} dns_errors={} \
          not_dns={} bad_checksums={} conn_conflicts={} client_queries={} over_quota={} paired={} \
          ambiguous={} unpaired={} upstream_answers={} client_answers={} tcp_intents={} \
-         tcp_opened={} tcp_ambiguous={} tcp_unpaired={} expired={} evicted={} waiting_clients={} \
+         tcp_opened={} tcp_by_socket={} tcp_ambiguous={} tcp_unpaired={} expired={} evicted={} waiting_clients={} \
          waiting_upstream={} flows_learned={} flows_marked={} enobufs={} verdict_errors={} \
          bypassed={} rules={} reloads={} reloads_rejected={}",
         t.packets,
@@ -943,6 +943,7 @@ pub fn report(shared: &Shared) -> String {
         p.client_answers,
         p.tcp_intents,
         p.tcp_opened,
+        p.tcp_by_socket,
         p.tcp_ambiguous,
         p.tcp_unpaired,
         p.expired,

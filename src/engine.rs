@@ -26,7 +26,9 @@ use std::time::Instant;
 use crate::dns::{self, Dns, QKey};
 use crate::flows::{self, LearnConfig, Learned, Resolution};
 use crate::packet::{self, Packet, Proto};
-use crate::pairing::{Asker, ConnKey, FlowKey, Pairing, PairingConfig, UpstreamMatch};
+use crate::pairing::{
+    Asker, ConnKey, FlowKey, Id, Pairing, PairingConfig, TcpCandidate, UpstreamMatch,
+};
 use crate::rules::{Ctx, RuleSet};
 use crate::stream::{FlowId, Segment, StreamConfig, Streams};
 use crate::types::{Checksum, Direction, Meta, Verdict, apply_mask};
@@ -217,7 +219,7 @@ pub struct Plan<'a> {
 }
 
 /// What [`apply`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     pub role: Role,
     /// The mark pairing carries to this packet, under the pairing mask.
@@ -233,6 +235,9 @@ pub struct Applied {
     pub message_errors: u16,
     /// Messages pairing would have marked otherwise than their connection.
     pub conflicts: u16,
+    /// The resolver opens a TCP connection and timing cannot tell for which of these waiting
+    /// clients: the caller asks the kernel (`crate::sockdiag`) and calls [`settle_syn`].
+    pub syn_candidates: Vec<TcpCandidate>,
 }
 
 impl Applied {
@@ -245,10 +250,15 @@ impl Applied {
         messages: 0,
         message_errors: 0,
         conflicts: 0,
+        syn_candidates: Vec::new(),
     };
 }
 
-/// Decide one packet: plan, apply, finish. Pure: all state is passed in, `now` included.
+/// Most waiting clients offered to the kernel for one ambiguous SYN.
+pub const MAX_SYN_CANDIDATES: usize = 16;
+
+/// Decide one packet: plan, apply, finish. Pure: all state is passed in, `now` included. An
+/// ambiguous SYN is settled by timing here (the worker asks the kernel first).
 pub fn decide(
     config: &EngineConfig,
     rules: &RuleSet,
@@ -258,8 +268,37 @@ pub fn decide(
     now: Instant,
 ) -> Decision {
     let plan = plan(config, rules, meta, bytes);
-    let applied = apply(&plan, rules, tables, meta, now);
+    let mut applied = apply(&plan, rules, tables, meta, now);
+    if !applied.syn_candidates.is_empty() {
+        settle_syn(&plan, tables, &mut applied, None, now);
+    }
     finish(meta, &plan, &applied, tables.pairing.config().mask)
+}
+
+/// Give the resolver's new TCP connection its mark once the kernel was asked which waiting
+/// client it serves: `chosen` is that client's intent, `None` when the kernel could not tell
+/// (then the oldest waiting client's, counted as ambiguous).
+pub fn settle_syn(
+    plan: &Plan<'_>,
+    tables: &mut Tables,
+    applied: &mut Applied,
+    chosen: Option<Id>,
+    now: Instant,
+) {
+    applied.syn_candidates.clear();
+    let Step::TcpOpen { conn } = plan.step else {
+        return;
+    };
+    let m = match chosen {
+        Some(intent) => tables.pairing.tcp_open_for(conn, intent, now),
+        None => tables.pairing.tcp_open(conn, now),
+    };
+    let (ok, carried) = match m {
+        UpstreamMatch::Paired { mark, .. } => (true, Some(mark)),
+        UpstreamMatch::Unpaired => (false, None),
+    };
+    applied.role = Role::TcpOpen { paired: ok };
+    applied.carried = carried;
 }
 
 /// Read the packet, evaluate the rules, and say which step it needs.
@@ -648,6 +687,12 @@ fn step(
             }
         }
         Step::TcpOpen { conn } => {
+            let candidates = pairing.tcp_candidates(*conn, now, MAX_SYN_CANDIDATES);
+            if !candidates.is_empty() {
+                // Decided by [`settle_syn`], once the kernel has been asked.
+                applied.syn_candidates = candidates;
+                return;
+            }
             let (ok, _, c) = paired(pairing.tcp_open(*conn, now));
             role = Role::TcpOpen { paired: ok };
             carried = c;

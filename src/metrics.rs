@@ -313,6 +313,7 @@ pub fn render(s: &Snapshot) -> String {
         ("client_answer", p.client_answers),
         ("tcp_intent", p.tcp_intents),
         ("tcp_opened", p.tcp_opened),
+        ("tcp_by_socket", p.tcp_by_socket),
         ("tcp_ambiguous", p.tcp_ambiguous),
         ("tcp_unpaired", p.tcp_unpaired),
         ("forwarded_query", p.forwarded_queries),

@@ -53,7 +53,8 @@ use std::time::{Duration, Instant};
 use foldhash::fast::RandomState;
 
 use crate::dns::QKey;
-use crate::lru::{Id, Lru};
+pub use crate::lru::Id;
+use crate::lru::Lru;
 use crate::packet::Proto;
 
 /// Most entries removed by expiry in one operation: a burst of entries due at once is spread
@@ -134,6 +135,9 @@ pub struct PairingCounters {
     pub tcp_ambiguous: u64,
     /// Resolver TCP connections that found no intent.
     pub tcp_unpaired: u64,
+    /// Resolver TCP connections whose client the kernel named (the process holding the
+    /// connection also holds that client's connection: sock_diag), where timing was ambiguous.
+    pub tcp_by_socket: u64,
     /// DNS queries routed through this host, remembered for their answers.
     pub forwarded_queries: u64,
     /// Entries dropped because their window passed.
@@ -168,6 +172,16 @@ pub struct Asker {
 pub struct ConnKey {
     pub local: SocketAddr,
     pub remote: SocketAddr,
+}
+
+/// A client's TCP connection waiting for the resolver to open its upstream connection: a
+/// candidate the kernel can confirm (see `crate::sockdiag`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpCandidate {
+    pub intent: Id,
+    /// The client's connection to the resolver, from this host's side.
+    pub client: ConnKey,
+    pub mark: u32,
 }
 
 /// What the table says about an upstream query or a resolver's TCP connection.
@@ -217,6 +231,8 @@ struct ClientEntry {
     /// Set when an upstream query took this client (its resolution is in progress): the order
     /// of claims, so the first claimer stays the owner of retries.
     claim: Option<u64>,
+    /// The intent this query holds for a TCP connection the resolver is expected to open.
+    intent: Option<Id>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -366,6 +382,7 @@ impl Pairing {
             host,
             mark,
             claim: None,
+            intent: None,
         };
         let Some(id) = self.clients.insert(entry, now) else {
             return Recorded::Off;
@@ -376,7 +393,9 @@ impl Pairing {
             .push(id);
         *self.per_host.entry(host).or_default() += 1;
         self.counters.client_queries += 1;
-        if via == Proto::Tcp {
+        if via == Proto::Tcp && !self.has_client_intent(asker, now) {
+            // One intent per client connection: a forwarder serves a client's pipelined queries
+            // over one upstream connection.
             self.add_intent(None, mark, Some(id), now);
         }
         Recorded::New
@@ -598,6 +617,75 @@ impl Pairing {
         UpstreamMatch::Unpaired
     }
 
+    /// When timing cannot tell whose query a resolver's new TCP connection serves: the waiting
+    /// clients' TCP connections (oldest first, at most `limit`), if they carry different marks
+    /// and no intent names this server. Empty when timing is enough.
+    pub fn tcp_candidates(&self, key: ConnKey, now: Instant, limit: usize) -> Vec<TcpCandidate> {
+        if self.conn_by_key.contains_key(&key) {
+            return Vec::new();
+        }
+        let cutoff = now.checked_sub(INTENT_WINDOW.min(self.config.window));
+        let fresh = |id: Id| match (self.intents.touched_at(id), cutoff) {
+            (Some(at), Some(c)) => at > c,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if self
+            .intents_by_server
+            .get(&Some(key.remote))
+            .is_some_and(|q| q.iter().any(|&id| fresh(id)))
+        {
+            return Vec::new();
+        }
+        let Some(queue) = self.intents_by_server.get(&None) else {
+            return Vec::new();
+        };
+        let mask = self.config.mask;
+        let marks = || {
+            queue
+                .iter()
+                .filter(|&&id| fresh(id))
+                .filter_map(|&id| self.intents.get(id).map(|i| i.mark & mask))
+        };
+        let first = marks().next();
+        if first.is_none_or(|f| marks().all(|m| m == f)) {
+            return Vec::new();
+        }
+        queue
+            .iter()
+            .copied()
+            .filter(|&id| fresh(id))
+            .filter_map(|id| {
+                let intent = self.intents.get(id)?;
+                let owner = self.clients.get(intent.owner?)?;
+                Some(TcpCandidate {
+                    intent: id,
+                    client: ConnKey {
+                        local: owner.asker.server,
+                        remote: owner.asker.client,
+                    },
+                    mark: intent.mark,
+                })
+            })
+            .take(limit)
+            .collect()
+    }
+
+    /// The resolver's new TCP connection serves the client of this intent (the kernel said so):
+    /// it takes that intent's mark. Falls back to [`Pairing::tcp_open`] if the intent is gone.
+    pub fn tcp_open_for(&mut self, key: ConnKey, intent: Id, now: Instant) -> UpstreamMatch {
+        let Some(chosen) = self.intents.remove(intent) else {
+            return self.tcp_open(key, now);
+        };
+        self.counters.tcp_opened += 1;
+        self.counters.tcp_by_socket += 1;
+        self.remember_conn(key, chosen.mark, now);
+        UpstreamMatch::Paired {
+            mark: chosen.mark,
+            ambiguous: false,
+        }
+    }
+
     fn claim_intent(&mut self, key: Option<SocketAddr>, now: Instant) -> Option<(u32, bool)> {
         let cutoff = now.checked_sub(INTENT_WINDOW.min(self.config.window));
         let queue = self.intents_by_server.get_mut(&key)?;
@@ -642,6 +730,13 @@ impl Pairing {
             self.counters.evicted += 1;
         }
         if let Some(id) = self.intents.insert(Intent { mark, owner }, now) {
+            // One intent per query: a newer one (another truncated answer) replaces it.
+            if let Some(old) = owner
+                .and_then(|o| self.clients.get_mut(o))
+                .and_then(|e| e.intent.replace(id))
+            {
+                self.intents.remove(old);
+            }
             let queue = self.intents_by_server.entry(server).or_default();
             // Stale handles (claimed or expired intents) are dropped as the queue is used; keep
             // the queue bounded even if it is never used.
@@ -653,21 +748,35 @@ impl Pairing {
         }
     }
 
+    /// Whether a query of this client connection (address, port, server) already waits for
+    /// the resolver's TCP connection.
+    fn has_client_intent(&self, asker: Asker, now: Instant) -> bool {
+        let cutoff = now.checked_sub(INTENT_WINDOW.min(self.config.window));
+        let Some(queue) = self.intents_by_server.get(&None) else {
+            return false;
+        };
+        // Intents of one connection are the newest ones when its queries arrive together: a
+        // short scan from the newest end finds it.
+        queue.iter().rev().take(64).any(|&id| {
+            let fresh = match (self.intents.touched_at(id), cutoff) {
+                (Some(at), Some(c)) => at > c,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            fresh
+                && self
+                    .intents
+                    .get(id)
+                    .and_then(|i| i.owner)
+                    .and_then(|o| self.clients.get(o))
+                    .is_some_and(|e| e.asker.client == asker.client && e.asker.server == asker.server)
+        })
+    }
+
     /// Intents owned by a client entry whose query has now left by another way.
     fn drop_intents_of(&mut self, owner: Id) {
-        // Only "any server" intents come from client queries; they are few and recent, and a
-        // client's intent is at most one, so a short scan from the newest end finds it.
-        let Some(queue) = self.intents_by_server.get(&None) else {
-            return;
-        };
-        let found = queue
-            .iter()
-            .rev()
-            .take(16)
-            .copied()
-            .find(|&id| self.intents.get(id).is_some_and(|i| i.owner == Some(owner)));
-        if let Some(id) = found {
-            self.intents.remove(id);
+        if let Some(intent) = self.clients.get_mut(owner).and_then(|e| e.intent.take()) {
+            self.intents.remove(intent);
         }
     }
 
@@ -762,6 +871,11 @@ impl Pairing {
 
     fn remove_client(&mut self, id: Id) -> Option<ClientEntry> {
         let entry = self.clients.remove(id)?;
+        // A client that has its answer (or is forgotten) needs no connection opened for it: a
+        // forwarder that relays a truncated answer leaves the TCP retry to its client.
+        if let Some(intent) = entry.intent {
+            self.intents.remove(intent);
+        }
         if let Some(ids) = self.by_question.get_mut(&entry.question) {
             ids.retain(|&x| x != id);
             if ids.is_empty() {
@@ -1890,5 +2004,59 @@ mod tests {
         // Forgotten after it has been idle for a while.
         p.expire(t0 + CONN_IDLE + 3 * MS);
         assert_eq!(p.conn_mark(c, t0 + CONN_IDLE + 3 * MS), None);
+    }
+
+    #[test]
+    fn simultaneous_tcp_clients_with_different_marks_are_candidates_for_the_kernel() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        let c = conn_to(upstream(53), 1);
+        p.client_query(
+            &key("a.example"),
+            ask(client(1, 1000), 1),
+            137,
+            Proto::Tcp,
+            t0,
+        );
+        assert!(
+            p.tcp_candidates(c, t0, 8).is_empty(),
+            "one client: timing is enough"
+        );
+        p.client_query(
+            &key("b.example"),
+            ask(client(2, 2000), 2),
+            0,
+            Proto::Tcp,
+            t0,
+        );
+        let cands = p.tcp_candidates(c, t0, 8);
+        assert_eq!(cands.len(), 2);
+        assert_eq!(cands[1].client.remote, client(2, 2000));
+        assert_eq!(cands[1].client.local, server());
+        // The kernel says the SYN's process holds B's connection: B's mark, not the oldest's.
+        assert_eq!(p.tcp_open_for(c, cands[1].intent, t0), paired(0, false));
+        assert_eq!(p.conn_mark(c, t0), Some(0));
+        assert_eq!(p.counters.tcp_by_socket, 1);
+        // A's intent still waits for its own SYN.
+        assert_eq!(p.tcp_open(conn_to(upstream(53), 2), t0), paired(137, false));
+    }
+
+    #[test]
+    fn a_truncated_answer_relayed_to_the_client_voids_the_intent() {
+        // dnsmasq passes a truncated answer on to its client, which retries over TCP itself:
+        // the resolver opens no connection for the UDP query.
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        let q = key("big.example");
+        p.client_query(&q, ask(client(1, 1000), 1), 137, Proto::Udp, t0);
+        p.upstream_query(&q, flow(5), t0);
+        assert_eq!(p.upstream_answer(&flow(5), true, t0 + MS), Some(137));
+        assert_eq!(p.intent_len(), 1);
+        assert_eq!(p.client_answer(&q, ask(client(1, 1000), 1), t0 + 2 * MS), Some(137));
+        assert_eq!(p.intent_len(), 0);
+        assert_eq!(
+            p.tcp_open(conn_to(upstream(53), 1), t0 + 3 * MS),
+            UpstreamMatch::Unpaired
+        );
     }
 }

@@ -347,9 +347,63 @@ pub fn decide_locked(
     {
         engine::Applied::NOTHING
     } else {
-        engine::apply(&plan, rules, &mut lock(tables), meta, now)
+        let mut applied = engine::apply(&plan, rules, &mut lock(tables), meta, now);
+        if !applied.syn_candidates.is_empty() {
+            // Off the lock: ask the kernel which waiting client the resolver's process serves.
+            let chosen = syn_owner(&plan, &applied.syn_candidates);
+            engine::settle_syn(&plan, &mut lock(tables), &mut applied, chosen, now);
+        }
+        applied
     };
     engine::finish(meta, &plan, &applied, config.pairing.mask)
+}
+
+thread_local! {
+    /// This worker's sock_diag socket, opened on first need; `None` once it failed to open.
+    static SOCKDIAG: std::cell::RefCell<Option<Option<crate::sockdiag::Resolver>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Which waiting client's TCP connection is held by the process that sends this SYN (a
+/// forking resolver such as dnsmasq serves each client from its own process); `None` when the
+/// kernel cannot say (one process serving every client, a socket gone, no permission).
+fn syn_owner(
+    plan: &engine::Plan<'_>,
+    candidates: &[crate::pairing::TcpCandidate],
+) -> Option<crate::pairing::Id> {
+    let engine::Step::TcpOpen { conn } = plan.step else {
+        return None;
+    };
+    let ends: Vec<crate::sockdiag::Ends> = candidates
+        .iter()
+        .map(|c| (c.client.local, c.client.remote))
+        .collect();
+    SOCKDIAG.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let resolver = slot.get_or_insert_with(|| match crate::sockdiag::Resolver::new() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                log::warn!(
+                    "sock_diag unavailable ({e}): the resolver's TCP connections are matched \
+                     to clients by timing alone"
+                );
+                None
+            }
+        });
+        let r = resolver.as_mut()?;
+        match r.same_process((conn.local, conn.remote), &ends) {
+            Ok(link) => {
+                log::debug!("SYN {} -> {}: {link:?}", conn.local, conn.remote);
+                link.index()
+                    .and_then(|i| candidates.get(i))
+                    .map(|c| c.intent)
+            }
+            Err(e) => {
+                log::debug!("sock_diag: {e}");
+                None
+            }
+        }
+    })
 }
 
 /// Every counter a decision moves.
