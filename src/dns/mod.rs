@@ -1,12 +1,14 @@
 //! DNS messages as nfqmark reads them: no general-purpose decoder on the packet path.
 //!
 //! - [`question`]: the header and first question of every DNS packet (pairing and rules).
+//! - [`answer`]: every record of a message, bounded (flow learning; attribution next).
 //! - [`name`]: the owned, case-insensitive name type and the one reader of compressed names.
 //! - [`rtype`]: record type numbers and their mnemonics.
 //!
 //! Everything here is pure: bytes in, values out, every length checked before it is read, no
 //! panic, no I/O, and no allocation sized from a number read off the wire.
 
+pub mod answer;
 pub mod name;
 pub mod question;
 
