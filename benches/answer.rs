@@ -116,20 +116,29 @@ fn hostile() -> Vec<u8> {
 struct Args {
     bench: bool,
     runs: usize,
+    only: Option<usize>,
+    reader: Option<usize>,
 }
 
 fn args() -> Args {
     let mut a = Args {
         bench: false,
         runs: 15,
+        only: None,
+        reader: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--bench" => a.bench = true,
             "--runs" => a.runs = it.next().and_then(|v| v.parse().ok()).unwrap_or(a.runs),
+            "--only" => a.only = it.next().and_then(|v| v.parse().ok()),
+            "--reader" => a.reader = it.next().and_then(|v| v.parse().ok()),
             "-h" | "--help" => {
-                println!("cargo bench --bench answer [-- --runs N (default 15)]");
+                println!(
+                    "cargo bench --bench answer [-- --runs N (default 15)] [--only 0|1|2 \
+                     (typical, referral, hostile)] [--reader 0-4 (in the order shown)]"
+                );
                 std::process::exit(0);
             }
             _ => {}
@@ -204,9 +213,14 @@ fn main() {
         }),
     ];
     if !args.bench {
-        for (_, msg) in &cases {
-            for (_, f) in &readers {
-                black_box(f(msg));
+        for (i, (_, msg)) in cases.iter().enumerate() {
+            if args.only.is_some_and(|o| o != i) {
+                continue;
+            }
+            for (j, (_, f)) in readers.iter().enumerate() {
+                if args.reader.is_none_or(|r| r == j) {
+                    black_box(f(msg));
+                }
             }
         }
         println!(
@@ -214,9 +228,15 @@ fn main() {
         );
         return;
     }
-    for (case, msg) in &cases {
+    for (i, (case, msg)) in cases.iter().enumerate() {
+        if args.only.is_some_and(|o| o != i) {
+            continue;
+        }
         println!("{case} ({} bytes)", msg.len());
-        for (label, f) in &readers {
+        for (j, (label, f)) in readers.iter().enumerate() {
+            if args.reader.is_some_and(|r| r != j) {
+                continue;
+            }
             // Iterations for about `budget` per run, from one timed call.
             let one = Instant::now();
             black_box(f(msg));

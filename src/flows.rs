@@ -40,20 +40,24 @@ pub struct Resolution {
 /// message has no question, or its header, questions or answer section cannot be read (the
 /// authority and additional sections are not read at all).
 ///
-/// Two passes over the answer section, neither allocating per record: the first keeps the
-/// CNAME records (at most [`crate::dns::answer::MAX_SECTION_RECORDS`]) to follow the chain in
-/// any order, the second takes the addresses of the chain's last name.
+/// One pass over the answer section keeps its CNAME and A/AAAA records (at most
+/// [`crate::dns::answer::MAX_SECTION_RECORDS`]), so the chain is followed whatever the records'
+/// order; then the addresses of the chain's last name are taken.
 pub fn answer_addresses(message: &[u8]) -> Option<Resolution> {
     let msg = Message::parse(message).ok()?;
     let question = msg.question()?.name.clone();
     let mut cnames: Vec<(Name, Name, u32)> = Vec::new();
+    let mut found: Vec<(Name, ChainAddress)> = Vec::new();
     for r in msg.section(Section::Answer) {
         let r = r.ok()?;
-        if let RData::Cname(target) = r.data {
+        if let Some(addr) = r.address() {
+            found.push((r.owner, ChainAddress { addr, ttl: r.ttl }));
+        } else if let RData::Cname(target) = r.data {
             cnames.push((r.owner, target, r.ttl));
         }
     }
-    let mut names = vec![question];
+    let mut names = Vec::with_capacity(4);
+    names.push(question);
     let mut chain_ttl = u32::MAX;
     for _ in 0..MAX_CHAIN {
         let Some(current) = names.last() else { break };
@@ -67,15 +71,12 @@ pub fn answer_addresses(message: &[u8]) -> Option<Resolution> {
         names.push(target.clone());
     }
     let current = names.last()?;
-    let addresses = msg
-        .section(Section::Answer)
-        .filter_map(Result::ok)
-        .filter(|r| &r.owner == current)
-        .filter_map(|r| {
-            Some(ChainAddress {
-                addr: r.address()?,
-                ttl: chain_ttl.min(r.ttl),
-            })
+    let addresses = found
+        .into_iter()
+        .filter(|(owner, _)| owner == current)
+        .map(|(_, a)| ChainAddress {
+            ttl: chain_ttl.min(a.ttl),
+            ..a
         })
         .collect();
     Some(Resolution { names, addresses })

@@ -404,15 +404,12 @@ impl<'a> Iterator for Records<'a> {
             let section = self.section;
             let announced = self.counts.get(section.index()).copied().unwrap_or(0);
             if section >= self.first && self.index < announced.min(MAX_SECTION_RECORDS) {
-                let item = read_record(self.bytes, self.at, section, self.index);
+                let item = read_record(self.bytes, &mut self.at, section, self.index);
                 match &item {
-                    Ok((_, end)) => {
-                        self.at = *end;
-                        self.index += 1;
-                    }
+                    Ok(_) => self.index += 1,
                     Err(_) => self.done = true,
                 }
-                return Some(item.map(|(record, _)| record));
+                return Some(item);
             }
             // This section is done with: on to the next one wanted, if any, stepping over the
             // rest of this one.
@@ -455,13 +452,14 @@ fn skip_record(bytes: &[u8], at: usize) -> Result<usize, (usize, ErrorKind)> {
     Ok(end)
 }
 
-/// Read the record at `at`; returns it and the offset after it.
-fn read_record(
-    bytes: &[u8],
-    at: usize,
+/// Read the record at `*next`, and move `*next` past it.
+fn read_record<'a>(
+    bytes: &'a [u8],
+    next: &mut usize,
     section: Section,
     index: u16,
-) -> Result<(Record<'_>, usize), Error> {
+) -> Result<Record<'a>, Error> {
+    let at = *next;
     let place = Place::Record(section, index);
     let err = |at, kind| Error { place, at, kind };
     let mut owner = Name::root();
@@ -511,7 +509,8 @@ fn read_record(
         },
         _ => RData::Other(raw),
     };
-    let record = Record {
+    *next = end;
+    Ok(Record {
         section,
         index,
         offset: at,
@@ -520,8 +519,7 @@ fn read_record(
         class,
         ttl,
         data,
-    };
-    Ok((record, end))
+    })
 }
 
 #[cfg(test)]
