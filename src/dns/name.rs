@@ -472,7 +472,9 @@ pub fn skip(msg: &[u8], start: usize) -> Result<usize, NameError> {
         };
         match b & 0xc0 {
             0x00 if b == 0 => return Ok(at + 1),
-            0x00 => at += 1 + usize::from(b),
+            0x00 if at + 1 + usize::from(b) < msg.len() => at += 1 + usize::from(b),
+            // The label runs to the end or past it: no room for what ends the name.
+            0x00 => return err(msg.len(), NameErrorKind::Truncated),
             0xc0 if at + 2 <= msg.len() => return Ok(at + 2),
             0xc0 => return err(msg.len(), NameErrorKind::Truncated),
             _ => return err(at, NameErrorKind::LabelType(b)),
@@ -705,6 +707,24 @@ mod tests {
                 "skip cut at {len}"
             );
         }
+    }
+
+    #[test]
+    fn truncation_is_reported_at_the_end_not_past_it() {
+        // Found by the fuzzer: skip() named an offset past the message when a label's length
+        // ran beyond its end.
+        let m = msg("3f 6162");
+        assert_eq!(
+            skip(&m, 12),
+            Err(NameError {
+                at: 15,
+                kind: NameErrorKind::Truncated
+            })
+        );
+        assert_eq!(kind(&m, 12), NameErrorKind::Truncated);
+        assert_eq!(read_at(&m, 12).unwrap_err().at, 15);
+        let m = msg("03 616263");
+        assert_eq!(skip(&m, 12).map_err(|e| e.at), Err(16));
     }
 
     #[test]
