@@ -385,10 +385,12 @@ impl std::error::Error for TextError {}
 /// Read the name at `start` in `msg` into `out` (lower-cased), following compression pointers
 /// under the rules in the module header. Returns the offset just after the name where it
 /// started (after its first pointer, if it has one).
+#[inline]
 pub fn read(msg: &[u8], start: usize, out: &mut Name) -> Result<usize, NameError> {
     read_labels(msg, start, out, true)
 }
 
+#[inline]
 fn read_labels(
     msg: &[u8],
     start: usize,
