@@ -1084,7 +1084,10 @@ mod tests {
                     for r in msg.records() {
                         r.unwrap_or_else(|e| panic!("{name}: {e}"));
                     }
-                    assert!(hickory_proto::op::Message::from_vec(&input).is_ok(), "{name}");
+                    assert!(
+                        hickory_proto::op::Message::from_vec(&input).is_ok(),
+                        "{name}"
+                    );
                 }
                 other => panic!("unknown target {other}"),
             }
