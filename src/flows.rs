@@ -1,9 +1,10 @@
 //! DNS-learned flow marks: which addresses a client resolved, through which names, until when.
 //!
-//! This module owns two pure steps. [`answer_addresses`] reads a DNS answer and follows its CNAME
-//! chain from the question to the A/AAAA records at its end, so an alias name that a rule names
-//! (`cdn.video.example` -> `edge-7.cdn.example` -> 198.18.7.7) yields the final addresses with
-//! every name along the chain. [`Learned`] remembers, per client, the addresses a flow rule
+//! This module owns two pure steps. [`answer_addresses`] reads a DNS answer (with nfqmark's own
+//! bounded reader, [`crate::dns::answer`]) and follows its CNAME chain from the question to the
+//! A/AAAA records at its end, so an alias name that a rule names (`cdn.video.example` ->
+//! `edge-7.cdn.example` -> 198.18.7.7) yields the final addresses with every name along the
+//! chain. [`Learned`] remembers, per client, the addresses a flow rule
 //! matched, each until its record's TTL (clamped to a floor and a ceiling), in a bounded table
 //! with `now` passed in; a new flow from that client to such an address gets the rule's mark.
 //! Nothing here reads a clock, does I/O, or sizes an allocation from a number off the wire.
@@ -12,8 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::Message;
-use hickory_proto::rr::{Name, RData};
+use crate::dns::Name;
+use crate::dns::answer::{Message, RData, Section};
 
 /// Longest CNAME chain followed (real chains are a handful of links; loops stop here).
 const MAX_CHAIN: usize = 16;
@@ -28,7 +29,7 @@ pub struct ChainAddress {
 }
 
 /// The addresses an answer gives for its question, and every name along the way (question
-/// first, then each CNAME target), lower-cased.
+/// first, then each CNAME target), lower-cased (as every [`Name`] is).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resolution {
     pub names: Vec<Name>,
@@ -36,42 +37,46 @@ pub struct Resolution {
 }
 
 /// Follow the answer section from the question through CNAMEs to A/AAAA records. `None` when the
-/// message cannot be read or is not an answer with a question.
+/// message has no question, or its header, questions or answer section cannot be read (the
+/// authority and additional sections are not read at all).
+///
+/// One pass over the answer section keeps its CNAME and A/AAAA records (at most
+/// [`crate::dns::answer::MAX_SECTION_RECORDS`]), so the chain is followed whatever the records'
+/// order; then the addresses of the chain's last name are taken.
 pub fn answer_addresses(message: &[u8]) -> Option<Resolution> {
-    let msg = Message::from_vec(message).ok()?;
-    let question = msg.queries.first()?.name().to_lowercase();
-    let mut names = vec![question.clone()];
-    let mut current = question;
+    let msg = Message::parse(message).ok()?;
+    let question = msg.question()?.name.clone();
+    let mut cnames: Vec<(Name, Name, u32)> = Vec::new();
+    let mut found: Vec<(Name, ChainAddress)> = Vec::new();
+    for r in msg.section(Section::Answer) {
+        let r = r.ok()?;
+        if let Some(addr) = r.address() {
+            found.push((r.owner, ChainAddress { addr, ttl: r.ttl }));
+        } else if let RData::Cname(target) = r.data {
+            cnames.push((r.owner, target, r.ttl));
+        }
+    }
+    let mut names = Vec::with_capacity(4);
+    names.push(question);
     let mut chain_ttl = u32::MAX;
     for _ in 0..MAX_CHAIN {
-        let cname = msg.answers.iter().find_map(|r| match &r.data {
-            RData::CNAME(target) if r.name.to_lowercase() == current => {
-                Some((target.0.to_lowercase(), r.ttl))
-            }
-            _ => None,
-        });
-        let Some((target, ttl)) = cname else { break };
-        if names.contains(&target) {
+        let Some(current) = names.last() else { break };
+        let Some((_, target, ttl)) = cnames.iter().find(|(owner, _, _)| owner == current) else {
+            break;
+        };
+        if names.contains(target) {
             break; // a loop
         }
-        chain_ttl = chain_ttl.min(ttl);
+        chain_ttl = chain_ttl.min(*ttl);
         names.push(target.clone());
-        current = target;
     }
-    let addresses = msg
-        .answers
-        .iter()
-        .filter(|r| r.name.to_lowercase() == current)
-        .filter_map(|r| {
-            let addr = match &r.data {
-                RData::A(a) => IpAddr::V4(a.0),
-                RData::AAAA(a) => IpAddr::V6(a.0),
-                _ => return None,
-            };
-            Some(ChainAddress {
-                addr,
-                ttl: chain_ttl.min(r.ttl),
-            })
+    let current = names.last()?;
+    let addresses = found
+        .into_iter()
+        .filter(|(owner, _)| owner == current)
+        .map(|(_, a)| ChainAddress {
+            ttl: chain_ttl.min(a.ttl),
+            ..a
         })
         .collect();
     Some(Resolution { names, addresses })
@@ -288,9 +293,9 @@ impl Learned {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_proto::op::{MessageType, OpCode, Query};
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
     use hickory_proto::rr::rdata::{A, AAAA, CNAME};
-    use hickory_proto::rr::{Record, RecordType};
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn name(s: &str) -> Name {
@@ -389,6 +394,67 @@ mod tests {
     fn garbage_is_not_an_answer() {
         assert_eq!(answer_addresses(&[1, 2, 3]), None);
         assert_eq!(answer_addresses(&[]), None);
+    }
+
+    fn texts(r: &Resolution) -> Vec<String> {
+        r.names.iter().map(|n| n.to_ascii()).collect()
+    }
+
+    #[test]
+    fn cname_chain_in_any_order_and_any_case_is_followed() {
+        let msg = answer(
+            "www.video.example.",
+            vec![
+                a("EDGE-7.cdn.example.", [198, 18, 7, 7], 120),
+                cname("CDN.video.example.", "edge-7.CDN.example.", 60),
+                cname("www.VIDEO.example.", "cdn.video.EXAMPLE.", 300),
+            ],
+        );
+        let r = answer_addresses(&msg).expect("an answer");
+        assert_eq!(
+            texts(&r),
+            [
+                "www.video.example.",
+                "cdn.video.example.",
+                "edge-7.cdn.example."
+            ]
+        );
+        assert_eq!(r.addresses.len(), 1);
+        assert_eq!(r.addresses[0].ttl, 60);
+    }
+
+    #[test]
+    fn answer_without_question_or_with_a_bad_answer_section_teaches_nothing() {
+        let mut no_question = Message::new(7, MessageType::Response, OpCode::Query);
+        no_question.add_answer(a("a.example.", [198, 18, 7, 7], 60));
+        assert_eq!(
+            answer_addresses(&no_question.to_vec().expect("encode")),
+            None
+        );
+        let msg = answer(
+            "a.example.",
+            vec![
+                cname("a.example.", "b.example.", 60),
+                a("b.example.", [198, 18, 7, 7], 60),
+            ],
+        );
+        // Cut anywhere: the answer section is incomplete, nothing is learned.
+        for len in 0..msg.len() {
+            assert_eq!(answer_addresses(&msg[..len]), None, "cut at {len}");
+        }
+        assert!(answer_addresses(&msg).is_some());
+    }
+
+    #[test]
+    fn sections_after_the_answers_are_not_read() {
+        // hickory-proto refused this whole message (a malformed additional record), so nothing
+        // was learned; the answer section alone is what flow learning reads now.
+        let mut msg = answer("a.example.", vec![a("a.example.", [198, 18, 7, 7], 60)]);
+        msg[11] = 1; // ARCOUNT 1, and a record of label type 0x40
+        msg.extend_from_slice(&[0x40, 0, 1, 0, 1, 0, 0, 0, 60, 0, 0]);
+        assert!(Message::from_vec(&msg).is_err());
+        let r = answer_addresses(&msg).expect("an answer");
+        assert_eq!(r.addresses.len(), 1);
     }
 
     #[test]

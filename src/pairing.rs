@@ -972,7 +972,7 @@ impl Pairing {
 mod tests {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-    use hickory_proto::rr::Name;
+    use crate::dns::Name;
 
     use super::*;
 

@@ -13,8 +13,8 @@ use std::cell::Cell;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use hickory_proto::rr::{Name, RecordType};
-use nfqmark::dns;
+use hickory_proto::rr::RecordType;
+use nfqmark::dns::{self, Name};
 use nfqmark::fixtures;
 use nfqmark::flows::FlowTarget;
 use nfqmark::links::{self, LinkMap};
@@ -528,7 +528,7 @@ fn chain(names: &[&str]) -> Vec<Name> {
     names
         .iter()
         .map(|n| match Name::from_ascii(n) {
-            Ok(name) => name.to_lowercase(),
+            Ok(name) => name,
             Err(e) => panic!("bad test name {n}: {e}"),
         })
         .collect()

@@ -28,8 +28,9 @@ fn main() -> ExitCode {
         Some("rules") => nfqmark_fuzz::rules,
         Some("nfnl") => nfqmark_fuzz::nfnl,
         Some("stream") => nfqmark_fuzz::stream,
+        Some("answer") => nfqmark_fuzz::answer,
         _ => {
-            eprintln!("usage: replay packet|engine|rules|nfnl|stream FILE|DIR...");
+            eprintln!("usage: replay packet|engine|rules|nfnl|stream|answer FILE|DIR...");
             return ExitCode::from(2);
         }
     };

@@ -5,15 +5,14 @@
 //! in file order winning, apart from the packet rules. It also keeps, per flow rule, the `src`
 //! ranges it can match, for `nfqmark setup` to turn into prefixes (that math is `setup.rs`'s).
 //!
-//! A lookup never allocates (names are put in wire form on the stack), never panics and never
-//! reads a clock. The learned-flow table itself is `crate::flows`.
+//! A lookup never allocates (names come in lower-case wire form), never panics and never reads a
+//! clock. The learned-flow table itself is `crate::flows`.
 
 use std::net::IpAddr;
 
-use hickory_proto::rr::Name;
-
 use super::defs::{AddrRange, FlowDef, Test};
 use super::index::{AddrSet, NameIndex};
+use crate::dns::Name;
 use crate::flows::FlowTarget;
 
 /// A flow rule's test of the client.
@@ -103,18 +102,14 @@ impl Flows {
     }
 
     /// The first flow rule whose client matchers hold and whose names match any of `names`.
-    /// Does not allocate: each name is put in wire form on the stack, then looked up.
+    /// Does not allocate: each name is already in lower-case wire form.
     pub(crate) fn target(&self, client: IpAddr, mark: u32, names: &[Name]) -> Option<FlowTarget> {
         if self.rules.is_empty() {
             return None;
         }
         let mut best: Option<u32> = None;
-        let mut buf = [0u8; 256];
         for name in names {
-            let Some(wire) = wire_form(name, &mut buf) else {
-                continue;
-            };
-            let (exact, below) = self.names.lookup(wire);
+            let (exact, below) = self.names.lookup(name.wire());
             for list in [exact, below] {
                 // Each list is in rule order: its first candidate that holds is its best.
                 for &r in list {
@@ -160,23 +155,6 @@ fn src_ranges(def: &FlowDef) -> Option<SrcRanges> {
     )
 }
 
-/// `name` in lower-case wire form (length-prefixed labels, ending in 0), written into `buf`;
-/// `None` if it cannot be a DNS name (longer than 255 bytes, or a label over 63).
-fn wire_form<'b>(name: &Name, buf: &'b mut [u8; 256]) -> Option<&'b [u8]> {
-    let mut n = 0;
-    for label in name.iter() {
-        let len = u8::try_from(label.len()).ok().filter(|l| *l <= 63)?;
-        let (head, rest) = buf.get_mut(n..=n + label.len())?.split_first_mut()?;
-        *head = len;
-        for (d, s) in rest.iter_mut().zip(label) {
-            *d = s.to_ascii_lowercase();
-        }
-        n += 1 + label.len();
-    }
-    *buf.get_mut(n)? = 0;
-    buf.get(..=n).filter(|w| w.len() <= 255)
-}
-
 #[cfg(test)]
 mod tests {
     use hickory_proto::rr::RecordType;
@@ -192,7 +170,7 @@ mod tests {
         names
             .iter()
             .map(|n| match Name::from_ascii(n) {
-                Ok(name) => name.to_lowercase(),
+                Ok(name) => name,
                 Err(e) => panic!("bad test name {n}: {e}"),
             })
             .collect()
@@ -380,20 +358,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn wire_form_lower_cases_and_refuses_nothing_real() {
-        let mut buf = [0u8; 256];
-        let n = Name::from_ascii("WWW.Example.COM").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            wire_form(&n, &mut buf),
-            Some(&b"\x03www\x07example\x03com\x00"[..])
-        );
-        assert_eq!(wire_form(&Name::root(), &mut buf), Some(&b"\x00"[..]));
-        let long = vec!["a".repeat(63); 3].join(".") + "." + &"b".repeat(61);
-        let n = Name::from_ascii(&long).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(wire_form(&n, &mut buf).map(<[u8]>::len), Some(255));
-    }
-
     /// What a flow rule should do, by a plain scan over the parsed rules and text comparison.
     fn naive_flow(parsed: &Parsed, client: IpAddr, mark: u32, names: &[String]) -> Option<usize> {
         let in_range = |r: &AddrRange| match (r, client) {
@@ -470,12 +434,12 @@ mod tests {
                 let names: Vec<String> = (0..rng.below(4))
                     .map(|_| rng.pick(NAMES).to_string())
                     .collect();
-                let hickory: Vec<Name> = names
+                let chain: Vec<Name> = names
                     .iter()
                     .map(|n| Name::from_ascii(n).unwrap_or_else(|e| panic!("{e}")))
                     .collect();
                 let want = naive_flow(&parsed, client, mark, &names);
-                let got = rs.flow_target(client, mark, &hickory);
+                let got = rs.flow_target(client, mark, &chain);
                 assert_eq!(
                     got.map(|t| t.rule),
                     want,

@@ -52,9 +52,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use hickory_proto::rr::Name;
-
-use crate::dns::Dns;
+use crate::dns::{Dns, Name};
 use crate::flows::FlowTarget;
 use crate::links::{LinkMap, LinkWatcher, Links};
 use crate::packet::Packet;
@@ -364,7 +362,7 @@ impl RuleSet {
     }
 
     /// The first flow rule (file order) whose `src`/`mark` matchers hold for this client and
-    /// whose names match ANY of `names` (lower-case hickory Names: the question then each CNAME
+    /// whose names match ANY of `names` (lower-case by construction: the question then each CNAME
     /// target). `rule` in the result is a flow-rule index usable with
     /// [`RuleSet::describe_flow`]. Does not allocate.
     pub fn flow_target(

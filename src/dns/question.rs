@@ -1,18 +1,22 @@
 //! DNS header and question, read from a UDP payload or a TCP segment (RFC 1035 §4.1, §4.2.2).
 //!
-//! This module owns the step from bytes to "which question, which id, query or answer". It uses
-//! hickory-proto's decoder, which checks every length before reading, and never panics. It reads
-//! only the header and the first question: that is all pairing needs, and it keeps the hot path
-//! short. Answers (for flow learning) are read elsewhere, only when a rule asks for them.
+//! This module owns the step from bytes to "which question, which id, query or answer", on
+//! every DNS packet. It reads only the header and the first question: that is all pairing and
+//! rules need, and it keeps the hot path short. Records (for flow learning) are read by
+//! [`super::answer`], only when a rule asks for them. It must never panic, read a byte before
+//! checking it is there, or allocate for a name that fits inline.
 //!
 //! Names are compared case-insensitively (resolvers that use 0x20 case randomisation send
 //! `wWw.ExAmple.COM` upstream for a client's `www.example.com`), so the pairing key holds the
-//! name in lower case, in wire form.
+//! name in lower case, in wire form. The question's name is read by [`super::name::read`]; it is
+//! the first name of a message, so no compression pointer in it can point at an earlier name,
+//! and every pointer is refused.
 
 use std::fmt;
 use std::sync::Arc;
 
-use hickory_proto::rr::Name;
+use super::name::{self, Name};
+use super::rtype;
 
 /// A lower-cased wire-form name. Names that fit (almost all) live inline, so building, cloning
 /// and dropping a key costs no allocation on the packet path; longer ones are shared.
@@ -75,20 +79,18 @@ pub struct QKey {
 }
 
 impl QKey {
-    /// Build a key from a parsed name; labels are lower-cased (ASCII only, as DNS defines).
+    /// Build a key from a name (held lower-cased already: DNS case is ASCII only).
     pub fn new(name: &Name, qtype: u16, qclass: u16) -> QKey {
-        let mut wire = Vec::with_capacity(name.len() + 2);
-        for label in name.iter() {
-            // A label is at most 63 bytes, so the length fits in a u8.
-            wire.push(label.len() as u8);
-            wire.extend(label.iter().map(u8::to_ascii_lowercase));
-        }
-        wire.push(0);
         QKey {
-            name: NameBuf::new(&wire),
+            name: NameBuf::new(name.wire()),
             qtype,
             qclass,
         }
+    }
+
+    /// The name (lower case).
+    pub fn name(&self) -> Name {
+        Name::from_wire(self.wire_name()).unwrap_or_else(|_| Name::root())
     }
 
     /// The lower-cased name in wire form (length-prefixed labels, ending with the root's 0).
@@ -111,34 +113,13 @@ impl Question {
 
     /// The name (lower case), for logs and tests.
     pub fn name(&self) -> Name {
-        let labels = WireLabels(self.key.wire_name());
-        Name::from_labels(labels).unwrap_or_else(|_| Name::root())
-    }
-}
-
-/// The labels of a wire-form name.
-struct WireLabels<'a>(&'a [u8]);
-
-impl<'a> Iterator for WireLabels<'a> {
-    type Item = &'a [u8];
-
-    fn next(&mut self) -> Option<&'a [u8]> {
-        let (&len, rest) = self.0.split_first()?;
-        let len = usize::from(len);
-        if len == 0 || rest.len() < len {
-            self.0 = &[];
-            return None;
-        }
-        let (label, tail) = rest.split_at(len);
-        self.0 = tail;
-        Some(label)
+        self.key.name()
     }
 }
 
 impl fmt::Display for Question {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let qtype = hickory_proto::rr::RecordType::from(self.key.qtype);
-        write!(f, "{} {}", self.name(), qtype)
+        write!(f, "{} {}", self.name(), rtype::Show(self.key.qtype))
     }
 }
 
@@ -185,7 +166,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 /// The header is 12 bytes (RFC 1035 §4.1.1).
-const HEADER_LEN: usize = 12;
+const HEADER_LEN: usize = name::HEADER_LEN;
 
 /// Parse a DNS message carried in one UDP datagram.
 pub fn parse_udp(payload: &[u8]) -> Result<Dns, Error> {
@@ -225,59 +206,9 @@ fn be16(bytes: &[u8], at: usize) -> Option<u16> {
     }
 }
 
-/// Longest name in wire form (RFC 1035 §2.3.4).
-const MAX_NAME: usize = 255;
-/// Most compression pointers followed in one name (a loop guard; real questions use none).
-const MAX_POINTERS: usize = 16;
-
-/// Read the name at `at` into `out` in lower case, following compression pointers (RFC 1035
-/// §4.1.4), which must point backwards. Returns the name's length in `out` and the offset just
-/// after the name where it started (after its first pointer, if any).
-fn read_name(bytes: &[u8], start: usize, out: &mut [u8; MAX_NAME]) -> Option<(usize, usize)> {
-    let mut at = start;
-    let mut len = 0usize;
-    let mut end = None;
-    let mut pointers = 0;
-    loop {
-        let l = *bytes.get(at)?;
-        match l & 0xc0 {
-            0x00 => {
-                let l = usize::from(l);
-                if len + l + 1 > MAX_NAME {
-                    return None;
-                }
-                out[len] = l as u8;
-                if l == 0 {
-                    return Some((len + 1, end.unwrap_or(at + 1)));
-                }
-                let label = bytes.get(at + 1..at + 1 + l)?;
-                for (dst, src) in out[len + 1..len + 1 + l].iter_mut().zip(label) {
-                    *dst = src.to_ascii_lowercase();
-                }
-                len += l + 1;
-                at += l + 1;
-            }
-            0xc0 => {
-                // A pointer refers to a name that occurs earlier in the message (RFC 1035
-                // §4.1.4): after the header, and before the name being read. For the question,
-                // the first name of a message, there is none, as hickory-proto also rules.
-                let target = usize::from(be16(bytes, at)? & 0x3fff);
-                pointers += 1;
-                if target < HEADER_LEN || target >= start || pointers > MAX_POINTERS {
-                    return None;
-                }
-                end.get_or_insert(at + 2);
-                at = target;
-            }
-            // 0x40 and 0x80: extended label types, unused and not ours to read.
-            _ => return None,
-        }
-    }
-}
-
-/// Header and first question, read directly from the bytes: no allocation but the key's name.
-/// (hickory-proto's decoder costs about 160 ns a message here, most of the decision budget; it
-/// stays in use for answers, where flow rules need whole records.)
+/// Header and first question, read directly from the bytes: no allocation but the key's name,
+/// and only for a name too long to sit inline. (hickory-proto's decoder cost about 160 ns a
+/// message here, most of the decision budget.)
 fn parse_message(bytes: &[u8]) -> Result<Dns, Error> {
     if bytes.len() < HEADER_LEN {
         return Err(Error::Short);
@@ -289,16 +220,12 @@ fn parse_message(bytes: &[u8]) -> Result<Dns, Error> {
     let question = if queries == 0 {
         None
     } else {
-        let mut name = [0u8; MAX_NAME];
-        let (len, after) = read_name(bytes, HEADER_LEN, &mut name).ok_or(Error::BadQuestion)?;
+        let mut name = Name::root();
+        let after = name::read(bytes, HEADER_LEN, &mut name).map_err(|_| Error::BadQuestion)?;
         let qtype = be16(bytes, after).ok_or(Error::BadQuestion)?;
         let qclass = be16(bytes, after + 2).ok_or(Error::BadQuestion)?;
         Some(Question {
-            key: QKey {
-                name: NameBuf::new(name.get(..len).unwrap_or_default()),
-                qtype,
-                qclass,
-            },
+            key: QKey::new(&name, qtype, qclass),
         })
     };
     Ok(Dns {
@@ -317,7 +244,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-    use hickory_proto::rr::{DNSClass, RecordType};
+    use hickory_proto::rr::{DNSClass, Name as HName, RecordType};
 
     use super::*;
     use crate::fixtures;
@@ -423,8 +350,10 @@ mod tests {
     #[test]
     fn key_lower_cases_ascii_only() {
         // DNS case-insensitivity is ASCII only (RFC 4343): other bytes are kept as they are.
-        let name = Name::from_labels(vec![&b"A\xc3\x89"[..], &b"com"[..]]).unwrap();
-        let key = QKey::new(&name, 1, 1);
+        let mut bytes = fixtures::dns_header_only(1, false);
+        bytes[5] = 1;
+        bytes.extend_from_slice(b"\x03A\xc3\x89\x03COM\x00\x00\x01\x00\x01");
+        let key = question(&bytes).key;
         assert_eq!(key.wire_name(), b"\x03a\xc3\x89\x03com\x00");
     }
 
@@ -459,7 +388,7 @@ mod tests {
     #[test]
     fn question_class_is_read_from_the_wire() {
         let mut msg = Message::new(3, MessageType::Query, OpCode::Query);
-        let mut query = Query::query(Name::from_ascii("version.bind").unwrap(), RecordType::TXT);
+        let mut query = Query::query(HName::from_ascii("version.bind").unwrap(), RecordType::TXT);
         query.set_query_class(DNSClass::CH);
         msg.add_query(query);
         let q = question(&msg.to_vec().unwrap());
@@ -571,7 +500,7 @@ mod tests {
         msg.metadata.truncation = true;
         msg.metadata.response_code = ResponseCode::NXDomain;
         msg.add_query(Query::query(
-            Name::from_ascii("nx.example.com").unwrap(),
+            HName::from_ascii("nx.example.com").unwrap(),
             RecordType::A,
         ));
         let dns = parse_udp(&msg.to_vec().unwrap()).unwrap();
