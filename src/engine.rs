@@ -295,7 +295,10 @@ pub fn settle_syn(
     };
     let (ok, carried) = match m {
         UpstreamMatch::Paired { mark, .. } => (true, Some(mark)),
-        UpstreamMatch::Unpaired => (false, None),
+        UpstreamMatch::Unpaired => {
+            tables.pairing.remember_conn(conn, plan.mark, now);
+            (false, None)
+        }
     };
     applied.role = Role::TcpOpen { paired: ok };
     applied.carried = carried;
@@ -694,6 +697,11 @@ fn step(
                 return;
             }
             let (ok, _, c) = paired(pairing.tcp_open(*conn, now));
+            if !ok {
+                // No client known for it: the connection starts with the packet's own mark and
+                // keeps it, whatever queries it carries later (counted as conflicts).
+                pairing.remember_conn(*conn, plan.mark, now);
+            }
             role = Role::TcpOpen { paired: ok };
             carried = c;
         }

@@ -614,12 +614,18 @@ impl Pairing {
             }
         }
         self.counters.tcp_unpaired += 1;
+        log::debug!(
+            "resolver TCP connection {} -> {}: no client waits for it ({} intents held)",
+            conn.local,
+            conn.remote,
+            self.intents.len()
+        );
         UpstreamMatch::Unpaired
     }
 
     /// When timing cannot tell whose query a resolver's new TCP connection serves: the waiting
-    /// clients' TCP connections (oldest first, at most `limit`), if they carry different marks
-    /// and no intent names this server. Empty when timing is enough.
+    /// clients' TCP connections (oldest first, at most `limit`), when two or more wait and no
+    /// intent names this server. Empty when timing is enough.
     pub fn tcp_candidates(&self, key: ConnKey, now: Instant, limit: usize) -> Vec<TcpCandidate> {
         if self.conn_by_key.contains_key(&key) {
             return Vec::new();
@@ -640,15 +646,10 @@ impl Pairing {
         let Some(queue) = self.intents_by_server.get(&None) else {
             return Vec::new();
         };
-        let mask = self.config.mask;
-        let marks = || {
-            queue
-                .iter()
-                .filter(|&&id| fresh(id))
-                .filter_map(|&id| self.intents.get(id).map(|i| i.mark & mask))
-        };
-        let first = marks().next();
-        if first.is_none_or(|f| marks().all(|m| m == f)) {
+        // With two or more clients waiting the kernel is asked even when their marks agree:
+        // timing would hand one client's intent to another's connection, and the client left
+        // without its intent would later be mistaken too.
+        if queue.iter().filter(|&&id| fresh(id)).nth(1).is_none() {
             return Vec::new();
         }
         queue
@@ -769,7 +770,9 @@ impl Pairing {
                     .get(id)
                     .and_then(|i| i.owner)
                     .and_then(|o| self.clients.get(o))
-                    .is_some_and(|e| e.asker.client == asker.client && e.asker.server == asker.server)
+                    .is_some_and(|e| {
+                        e.asker.client == asker.client && e.asker.server == asker.server
+                    })
         })
     }
 
@@ -2052,11 +2055,32 @@ mod tests {
         p.upstream_query(&q, flow(5), t0);
         assert_eq!(p.upstream_answer(&flow(5), true, t0 + MS), Some(137));
         assert_eq!(p.intent_len(), 1);
-        assert_eq!(p.client_answer(&q, ask(client(1, 1000), 1), t0 + 2 * MS), Some(137));
+        assert_eq!(
+            p.client_answer(&q, ask(client(1, 1000), 1), t0 + 2 * MS),
+            Some(137)
+        );
         assert_eq!(p.intent_len(), 0);
         assert_eq!(
             p.tcp_open(conn_to(upstream(53), 1), t0 + 3 * MS),
             UpstreamMatch::Unpaired
         );
+    }
+
+    #[test]
+    fn two_tcp_clients_of_one_mark_are_still_asked_about() {
+        // Timing would hand one client's intent to the other's connection; the client left
+        // without its intent would then be mistaken for a third.
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(16));
+        for (n, port) in [(1u8, 1000u16), (3, 3000)] {
+            p.client_query(
+                &key(&format!("n{n}.example")),
+                ask(client(n, port), u16::from(n)),
+                137,
+                Proto::Tcp,
+                t0,
+            );
+        }
+        assert_eq!(p.tcp_candidates(conn_to(upstream(53), 1), t0, 8).len(), 2);
     }
 }

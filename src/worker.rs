@@ -393,7 +393,15 @@ fn syn_owner(
         let r = resolver.as_mut()?;
         match r.same_process((conn.local, conn.remote), &ends) {
             Ok(link) => {
-                log::debug!("SYN {} -> {}: {link:?}", conn.local, conn.remote);
+                if link.index().is_none() {
+                    log::debug!(
+                        "SYN {} -> {}: {link:?} {:?} candidates {:?}",
+                        conn.local,
+                        conn.remote,
+                        r.stats(),
+                        ends
+                    );
+                }
                 link.index()
                     .and_then(|i| candidates.get(i))
                     .map(|c| c.intent)

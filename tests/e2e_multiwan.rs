@@ -521,69 +521,35 @@ cases! {
     knot_v4_udp: Case::new(Knot, V4, Shape::Udp);
     knot_v6_udp: Case::new(Knot, V6, Shape::Udp);
 
-    #[ignore = "issue 11: with both clients' TCP queries at once, dnsmasq's upstream SYNs often \
-                get the other client's mark: in 3 runs 14-18 of A's 40 upstream queries over \
-                link1 and 6-14 of B's over link2 (tcp_ambiguous 40-62, conn_conflicts 23-32), \
-                2-5 TCP route changes, A answered 35-38/40"]
     dnsmasq_v4_tcp: Case::new(Dnsmasq, V4, ONE);
-    #[ignore = "issue 11: with both clients' TCP queries at once, dnsmasq's upstream SYNs often \
-                get the other client's mark: in 3 runs 13-17 of A's 40 upstream queries over \
-                link1 and 7-11 of B's over link2 (tcp_ambiguous 41-50), 4-7 TCP route changes, A \
-                answered 33-36/40"]
     dnsmasq_v6_tcp: Case::new(Dnsmasq, V6, ONE);
     unbound_v4_tcp: Case::new(Unbound, V4, ONE);
     unbound_v6_tcp: Case::new(Unbound, V6, ONE);
     knot_v4_tcp: Case::new(Knot, V4, ONE);
     knot_v6_tcp: Case::new(Knot, V6, ONE);
 
-    #[ignore = "issue 11: read as a stream now, but dnsmasq forks per TCP client and its upstream \
-                SYNs are claimed by timing alone: the other client's mark on some (as \
-                dnsmasq_v4_tcp)"]
     dnsmasq_v4_tcp_pipelined: Case::new(Dnsmasq, V4, PIPELINED);
-    #[ignore = "issue 11: read as a stream now, but dnsmasq forks per TCP client and its upstream \
-                SYNs are claimed by timing alone: the other client's mark on some (as \
-                dnsmasq_v4_tcp)"]
     dnsmasq_v6_tcp_pipelined: Case::new(Dnsmasq, V6, PIPELINED);
     unbound_v4_tcp_pipelined: Case::new(Unbound, V4, PIPELINED);
     unbound_v6_tcp_pipelined: Case::new(Unbound, V6, PIPELINED);
     knot_v4_tcp_pipelined: Case::new(Knot, V4, PIPELINED);
     knot_v6_tcp_pipelined: Case::new(Knot, V6, PIPELINED);
 
-    #[ignore = "issue 11: read as a stream now, but dnsmasq forks per TCP client and its upstream \
-                SYNs are claimed by timing alone: the other client's mark on some (as \
-                dnsmasq_v4_tcp)"]
     dnsmasq_v4_tcp_lone_prefix: Case::new(Dnsmasq, V4, LONE_PREFIX);
-    #[ignore = "issue 11: read as a stream now, but dnsmasq forks per TCP client and its upstream \
-                SYNs are claimed by timing alone: the other client's mark on some (as \
-                dnsmasq_v4_tcp)"]
     dnsmasq_v6_tcp_lone_prefix: Case::new(Dnsmasq, V6, LONE_PREFIX);
     unbound_v4_tcp_lone_prefix: Case::new(Unbound, V4, LONE_PREFIX);
     unbound_v6_tcp_lone_prefix: Case::new(Unbound, V6, LONE_PREFIX);
     knot_v4_tcp_lone_prefix: Case::new(Knot, V4, LONE_PREFIX);
     knot_v6_tcp_lone_prefix: Case::new(Knot, V6, LONE_PREFIX);
 
-    #[ignore = "issue 11: read as a stream now, but dnsmasq forks per TCP client and its upstream \
-                SYNs are claimed by timing alone: the other client's mark on some (as \
-                dnsmasq_v4_tcp)"]
     dnsmasq_v4_tcp_cut: Case::new(Dnsmasq, V4, CUT);
-    #[ignore = "issue 11: read as a stream now, but dnsmasq forks per TCP client and its upstream \
-                SYNs are claimed by timing alone: the other client's mark on some (as \
-                dnsmasq_v4_tcp)"]
     dnsmasq_v6_tcp_cut: Case::new(Dnsmasq, V6, CUT);
     unbound_v4_tcp_cut: Case::new(Unbound, V4, CUT);
     unbound_v6_tcp_cut: Case::new(Unbound, V6, CUT);
     knot_v4_tcp_cut: Case::new(Knot, V4, CUT);
     knot_v6_tcp_cut: Case::new(Knot, V6, CUT);
 
-    #[ignore = "issue 11: the clients' own TCP retries: dnsmasq's upstream SYNs often get the \
-                other client's mark: in 3 runs 17-29 of A's 40 TCP upstream queries over link1 \
-                and as many of B's over link2 (tcp_ambiguous 45-64); the UDP queries exact, all \
-                answered"]
     dnsmasq_v4_truncated: truncated(Dnsmasq, V4);
-    #[ignore = "issue 11: the clients' own TCP retries: dnsmasq's upstream SYNs often get the \
-                other client's mark: in 3 runs 5-22 of A's 40 TCP upstream queries over link1 \
-                and as many of B's over link2 (tcp_ambiguous 73-79); the UDP queries exact, all \
-                answered"]
     dnsmasq_v6_truncated: truncated(Dnsmasq, V6);
     unbound_v4_truncated: truncated(Unbound, V4);
     unbound_v6_truncated: truncated(Unbound, V6);
@@ -605,13 +571,7 @@ cases! {
     unbound_v6_dnat_udp: dnatted(Unbound, V6, Shape::Udp);
     knot_v4_dnat_udp: dnatted(Knot, V4, Shape::Udp);
     knot_v6_dnat_udp: dnatted(Knot, V6, Shape::Udp);
-    #[ignore = "issue 11: as dnsmasq_v4_tcp: in 3 runs 6-14 of A's 40 upstream queries over \
-                link1 and 3-9 of B's over link2 (tcp_ambiguous 41-54), 4-7 TCP route changes, A \
-                answered 33-36/40"]
     dnsmasq_v4_dnat_tcp: dnatted(Dnsmasq, V4, ONE);
-    #[ignore = "issue 11: as dnsmasq_v6_tcp: in 3 runs 5-14 of A's 40 upstream queries over \
-                link1 and 5-12 of B's over link2 (tcp_ambiguous 38-55), 3-5 TCP route changes, A \
-                answered 35-37/40"]
     dnsmasq_v6_dnat_tcp: dnatted(Dnsmasq, V6, ONE);
     unbound_v4_dnat_tcp: dnatted(Unbound, V4, ONE);
     unbound_v6_dnat_tcp: dnatted(Unbound, V6, ONE);
