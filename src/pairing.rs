@@ -624,8 +624,9 @@ impl Pairing {
     }
 
     /// When timing cannot tell whose query a resolver's new TCP connection serves: the waiting
-    /// clients' TCP connections (oldest first, at most `limit`), when two or more wait and no
-    /// intent names this server. Empty when timing is enough.
+    /// clients' TCP connections (oldest first, at most `limit`), when two or more wait, or one
+    /// and an intent from a truncated answer of this server. Empty when timing is enough. If
+    /// the kernel names none of them, [`Pairing::tcp_open`] decides (truncated answers first).
     pub fn tcp_candidates(&self, key: ConnKey, now: Instant, limit: usize) -> Vec<TcpCandidate> {
         if self.conn_by_key.contains_key(&key) {
             return Vec::new();
@@ -636,20 +637,20 @@ impl Pairing {
             (Some(_), None) => true,
             (None, _) => false,
         };
-        if self
+        let server_intents = self
             .intents_by_server
             .get(&Some(key.remote))
-            .is_some_and(|q| q.iter().any(|&id| fresh(id)))
-        {
-            return Vec::new();
-        }
+            .is_some_and(|q| q.iter().any(|&id| fresh(id)));
         let Some(queue) = self.intents_by_server.get(&None) else {
             return Vec::new();
         };
         // With two or more clients waiting the kernel is asked even when their marks agree:
         // timing would hand one client's intent to another's connection, and the client left
-        // without its intent would later be mistaken too.
-        if queue.iter().filter(|&&id| fresh(id)).nth(1).is_none() {
+        // without its intent would later be mistaken too. With one client waiting and a
+        // truncated answer from this server pending too, the kernel tells which it is (a
+        // forwarder's child serving the client, or the resolver retrying itself).
+        let waiting = queue.iter().filter(|&&id| fresh(id)).take(2).count();
+        if waiting == 0 || (waiting == 1 && !server_intents) {
             return Vec::new();
         }
         queue
