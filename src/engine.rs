@@ -23,7 +23,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::dns::{self, Dns, QKey};
+use crate::dns::{self, Dns, Name, QKey};
 use crate::flows::{self, LearnConfig, Learned, Resolution};
 use crate::packet::{self, Packet, Proto};
 use crate::pairing::{
@@ -156,10 +156,12 @@ pub enum Step {
         question: QKey,
         flow: FlowKey,
     },
-    /// A server's answer to the resolver.
+    /// A server's answer to the resolver, with the names it points to (see
+    /// [`derived_names`]).
     UpstreamAnswer {
         flow: FlowKey,
         truncated: bool,
+        derived: Vec<Name>,
     },
     /// The resolver's answer to a client.
     ClientAnswer {
@@ -392,6 +394,9 @@ pub fn plan<'a>(config: &EngineConfig, rules: &RuleSet, meta: &Meta, bytes: &'a 
             // even where a rule turns pairing's marks off.
             if outcome.pairing || flow_rules {
                 plan.step = dns_step(meta, &packet, dns, mark);
+                if let Step::UpstreamAnswer { derived, .. } = &mut plan.step {
+                    *derived = derived_names(packet.payload);
+                }
             }
             if flow_rules && dns.response && meta.direction() != Direction::Incoming {
                 // An answer going to a client (from the local resolver, or routed through):
@@ -437,6 +442,42 @@ pub fn plan<'a>(config: &EngineConfig, rules: &RuleSet, meta: &Meta, bytes: &'a 
         plan.step = Step::None;
     }
     plan
+}
+
+/// Most names taken from one upstream answer for causal attribution.
+pub const MAX_DERIVED: usize = 16;
+
+/// The names an upstream answer points a resolution to: the name servers it delegates to (NS
+/// records, in the authority section of a referral or the answer to an NS query) and the
+/// targets of its CNAME and DNAME records. A recursive resolver asks about these next on the
+/// same client's behalf (name-server addresses, the alias's target). At most [`MAX_DERIVED`];
+/// reading stops at the first malformed record; an answer with no record names nothing.
+pub fn derived_names(message: &[u8]) -> Vec<Name> {
+    use crate::dns::answer::{Message, RData, Section};
+    let mut out = Vec::new();
+    // Counts in the header: no records, nothing to read (most answers over a forwarder's
+    // link carry only addresses, but a lone CNAME does point elsewhere, so any record counts).
+    let counts = message.get(6..10).unwrap_or_default();
+    if counts.iter().all(|&b| b == 0) {
+        return out;
+    }
+    let Ok(msg) = Message::parse(message) else {
+        return out;
+    };
+    for record in msg.sections(Section::Answer, Section::Authority) {
+        let Ok(record) = record else { break };
+        let target = match &record.data {
+            RData::Cname(n) | RData::Dname(n) | RData::Ns(n) => n,
+            _ => continue,
+        };
+        if !out.contains(target) {
+            out.push(target.clone());
+            if out.len() >= MAX_DERIVED {
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// The DNS message in a packet: the UDP payload, or the message after a TCP segment's length
@@ -532,6 +573,7 @@ fn message_step(
                 id: dns.id,
             },
             truncated: dns.truncated,
+            derived: Vec::new(),
         },
         (Direction::LocalOut, true) => Step::ClientAnswer {
             question,
@@ -603,7 +645,10 @@ pub fn apply(
                 applied.message_errors = applied.message_errors.saturating_add(1);
                 continue;
             };
-            let s = message_step(direction, Proto::Tcp, id.src, id.dst, &dns, plan.mark);
+            let mut s = message_step(direction, Proto::Tcp, id.src, id.dst, &dns, plan.mark);
+            if let Step::UpstreamAnswer { derived, .. } = &mut s {
+                *derived = derived_names(message.bytes);
+            }
             let answer = (plan.flow_rules && dns.response && direction != Direction::Incoming)
                 .then(|| flows::answer_addresses(message.bytes))
                 .flatten();
@@ -670,8 +715,12 @@ fn step(
             };
             carried = c;
         }
-        Step::UpstreamAnswer { flow, truncated } => {
-            carried = pairing.upstream_answer(flow, *truncated, now);
+        Step::UpstreamAnswer {
+            flow,
+            truncated,
+            derived,
+        } => {
+            carried = pairing.upstream_answer_with(flow, *truncated, derived, now);
             role = Role::UpstreamAnswer {
                 paired: carried.is_some(),
             };
@@ -1232,23 +1281,25 @@ mod tests {
         let lab = Lab::new();
         let plan = Plan::v4();
         lab.decide(Hook::Input, MARK, &plan.client_query());
-        for other in [
-            Plan {
-                upstream_name: "www.example.org",
-                ..plan
-            }
-            .upstream_query(),
-            {
-                let msg = fixtures::dns_message(0x2222, "www.example.com", RecordType::AAAA, false);
-                fixtures::udp(WAN4, RESOLVER_PORT, UPSTREAM4, 53, &msg)
-            },
-        ] {
-            assert_eq!(
-                lab.decide(Hook::Output, 0, &other),
-                accepted(None, upstream_query(false, false))
-            );
+        let other = Plan {
+            upstream_name: "www.example.org",
+            ..plan
         }
-        assert_eq!(lab.table().counters.unpaired, 2);
+        .upstream_query();
+        assert_eq!(
+            lab.decide(Hook::Output, 0, &other),
+            accepted(None, upstream_query(false, false))
+        );
+        assert_eq!(lab.table().counters.unpaired, 1);
+        // The same name with another type is the waiting resolution's own name (a recursive
+        // resolver asks A before AAAA): it carries the client's mark.
+        let msg = fixtures::dns_message(0x2222, "www.example.com", RecordType::AAAA, false);
+        let aaaa = fixtures::udp(WAN4, RESOLVER_PORT, UPSTREAM4, 53, &msg);
+        assert_eq!(
+            lab.decide(Hook::Output, 0, &aaaa),
+            accepted(Some(MARK), upstream_query(true, false))
+        );
+        assert_eq!(lab.table().counters.by_own_name, 1);
     }
 
     #[test]

@@ -37,6 +37,17 @@
 //! claimed, so it cannot hold a slot against a later client; and a host that floods a question
 //! fills only its own share of that question's entries and of the table.
 //!
+//! A full recursive resolver (unbound, knot-resolver) sends, for one client question, upstream
+//! queries with other names: the question's ancestors (qname minimisation, DS and DNSKEY for
+//! DNSSEC), the names of the name servers a referral points to and their ancestors, the targets
+//! of CNAME and DNAME records. So a waiting client also owns, for its window, the names its
+//! resolution may ask (causal attribution): its question's name and ancestors when it arrives,
+//! and the names that upstream answers paired to it point to. An upstream query whose question
+//! no client waits for is matched by name against those, its own name first, then derived
+//! names, then ancestors; among several owners the oldest client, counted as `ambiguous` when
+//! their marks differ (a top-level domain that both clients' names share, for instance).
+//! Bounded: [`MAX_NAMES`] names per client, [`MAX_OWNERS`] owners per name.
+//!
 //! DNS over TCP needs a mark on the SYN, which carries no question. So the table also keeps
 //! *intents*: after a truncated answer to an upstream query, the resolver's next TCP connection
 //! to that server belongs to that query's client; after a client's query over TCP, the
@@ -70,6 +81,13 @@ pub const INTENT_WINDOW: Duration = Duration::from_secs(3);
 
 /// Most intents waiting at once (a resolver opens few TCP connections at a time).
 const INTENT_CAPACITY: usize = 4096;
+
+/// Most names one waiting client owns (its question's, its ancestors', and the names answers to
+/// its resolution point to).
+pub const MAX_NAMES: usize = 48;
+
+/// Most waiting clients that own one name; beyond it, the newest owner is not added.
+pub const MAX_OWNERS: usize = 16;
 
 /// How long a DNS-over-TCP connection's mark is remembered after its last packet.
 pub const CONN_IDLE: Duration = Duration::from_secs(300);
@@ -140,6 +158,12 @@ pub struct PairingCounters {
     pub tcp_by_socket: u64,
     /// DNS queries routed through this host, remembered for their answers.
     pub forwarded_queries: u64,
+    /// Upstream queries paired by name to a waiting client's resolution (no client asked their
+    /// question): the question's own name with another type, an ancestor of it, a name an
+    /// answer to the resolution pointed to (name server, CNAME/DNAME target) or its ancestor.
+    pub by_own_name: u64,
+    pub by_ancestor: u64,
+    pub by_derived: u64,
     /// Entries dropped because their window passed.
     pub expired: u64,
     /// Entries dropped because a table, or a question's share of it, was full.
@@ -233,6 +257,27 @@ struct ClientEntry {
     claim: Option<u64>,
     /// The intent this query holds for a TCP connection the resolver is expected to open.
     intent: Option<Id>,
+    /// The names this query owns in [`Pairing::names`] (hashes), to take them back when it goes.
+    names: Vec<u64>,
+}
+
+/// What a name is to the resolution that owns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum NameKind {
+    /// The question's own name (asked with another type: A before AAAA, DS...).
+    Own,
+    /// A name an answer to the resolution pointed to: a name server, a CNAME or DNAME target.
+    Derived,
+    /// An ancestor of a derived name (minimised lookups of a name server's address).
+    DerivedAncestor,
+    /// An ancestor of the question's name (qname minimisation, DS and DNSKEY).
+    Ancestor,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct NameOwner {
+    owner: Id,
+    kind: NameKind,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -270,6 +315,10 @@ pub struct Pairing {
     intents_by_server: HashMap<Option<SocketAddr>, VecDeque<Id>, RandomState>,
     forwarded: Lru<Forwarded>,
     forwarded_by_key: HashMap<(Asker, Proto), (Id, QKey), RandomState>,
+    /// Names waiting clients' resolutions may ask, by hash of the lower-cased wire form (seeded
+    /// per process), with their owners.
+    names: HashMap<u64, Vec<NameOwner>, RandomState>,
+    name_hash: RandomState,
     /// The mark each DNS-over-TCP connection started with: its later packets keep it.
     conns: Lru<(ConnKey, u32)>,
     conn_by_key: HashMap<ConnKey, Id, RandomState>,
@@ -290,6 +339,8 @@ impl Pairing {
             intents_by_server: HashMap::default(),
             forwarded: Lru::new(),
             forwarded_by_key: HashMap::default(),
+            names: HashMap::default(),
+            name_hash: RandomState::default(),
             conns: Lru::new(),
             conn_by_key: HashMap::default(),
             next_claim: 0,
@@ -383,6 +434,7 @@ impl Pairing {
             mark,
             claim: None,
             intent: None,
+            names: Vec::new(),
         };
         let Some(id) = self.clients.insert(entry, now) else {
             return Recorded::Off;
@@ -392,6 +444,7 @@ impl Pairing {
             .or_default()
             .push(id);
         *self.per_host.entry(host).or_default() += 1;
+        self.own_names(id, question.wire_name(), NameKind::Own, NameKind::Ancestor);
         self.counters.client_queries += 1;
         if via == Proto::Tcp && !self.has_client_intent(asker, now) {
             // One intent per client connection: a forwarder serves a client's pipelined queries
@@ -440,6 +493,101 @@ impl Pairing {
         }
     }
 
+    fn hash_name(&self, wire: &[u8]) -> u64 {
+        use std::hash::BuildHasher as _;
+        self.name_hash.hash_one(wire)
+    }
+
+    /// Let client entry `owner` own `wire` (as `first`) and its ancestors up to the root (as
+    /// `rest`: a cold resolver's root priming and DNSKEY lookup belong to the first resolution
+    /// that needs them), within the bounds.
+    fn own_names(&mut self, owner: Id, wire: &[u8], first: NameKind, rest: NameKind) {
+        let mut kind = first;
+        let mut wire = wire;
+        loop {
+            if wire.is_empty() {
+                return;
+            }
+            let held = self.clients.get(owner).map_or(MAX_NAMES, |e| e.names.len());
+            if held >= MAX_NAMES {
+                return;
+            }
+            let hash = self.hash_name(wire);
+            let owners = self.names.entry(hash).or_default();
+            if let Some(o) = owners.iter_mut().find(|o| o.owner == owner) {
+                o.kind = o.kind.min(kind);
+            } else if owners.len() < MAX_OWNERS {
+                owners.push(NameOwner { owner, kind });
+                if let Some(e) = self.clients.get_mut(owner) {
+                    e.names.push(hash);
+                }
+            }
+            kind = rest;
+            match wire.first() {
+                Some(&len) if len != 0 => {
+                    wire = wire.get(1 + usize::from(len)..).unwrap_or_default();
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// An upstream query no client asked: the waiting resolution that owns its name, by kind
+    /// (own name, derived, derived ancestor, ancestor), then oldest client first.
+    fn by_name(&mut self, question: &QKey, flow: FlowKey, now: Instant) -> UpstreamMatch {
+        let cutoff = self.cutoff(now);
+        let hash = self.hash_name(question.wire_name());
+        let Some(owners) = self.names.get(&hash) else {
+            self.counters.unpaired += 1;
+            return UpstreamMatch::Unpaired;
+        };
+        let live: Vec<NameOwner> = owners
+            .iter()
+            .copied()
+            .filter(|o| self.fresh(o.owner, cutoff))
+            .collect();
+        let best = live
+            .iter()
+            .min_by_key(|o| (o.kind, self.clients.touched_at(o.owner)));
+        let Some((owner, kind, mark)) =
+            best.and_then(|o| self.clients.get(o.owner).map(|e| (o.owner, o.kind, e.mark)))
+        else {
+            self.counters.unpaired += 1;
+            return UpstreamMatch::Unpaired;
+        };
+        let mask = self.config.mask;
+        let ambiguous = live.iter().any(|o| {
+            self.clients
+                .get(o.owner)
+                .is_some_and(|e| e.mark & mask != mark & mask)
+        });
+        match kind {
+            NameKind::Own => self.counters.by_own_name += 1,
+            NameKind::Ancestor => self.counters.by_ancestor += 1,
+            NameKind::Derived | NameKind::DerivedAncestor => self.counters.by_derived += 1,
+        }
+        self.counters.paired += 1;
+        if ambiguous {
+            self.counters.ambiguous += 1;
+        }
+        self.remember_upstream(flow, mark, Some(owner), now);
+        UpstreamMatch::Paired { mark, ambiguous }
+    }
+
+    /// Names an upstream answer points to (name servers of a referral, CNAME and DNAME
+    /// targets): owned, with their ancestors, by the resolution the answered query was sent
+    /// for.
+    fn derive(&mut self, owner: Id, derived: &[crate::dns::Name]) {
+        for name in derived {
+            self.own_names(
+                owner,
+                name.wire(),
+                NameKind::Derived,
+                NameKind::DerivedAncestor,
+            );
+        }
+    }
+
     /// Step 2: the resolver sends a query upstream. Returns the mark to give it.
     pub fn upstream_query(
         &mut self,
@@ -450,8 +598,7 @@ impl Pairing {
         self.expire(now);
         let cutoff = self.cutoff(now);
         let Some(ids) = self.by_question.get(question) else {
-            self.counters.unpaired += 1;
-            return UpstreamMatch::Unpaired;
+            return self.by_name(question, flow, now);
         };
         let live: Vec<Id> = ids
             .iter()
@@ -459,8 +606,7 @@ impl Pairing {
             .filter(|&id| self.fresh(id, cutoff))
             .collect();
         let Some(chosen) = self.choose(&live, flow.id, now) else {
-            self.counters.unpaired += 1;
-            return UpstreamMatch::Unpaired;
+            return self.by_name(question, flow, now);
         };
         let Some(entry) = self.clients.get(chosen) else {
             self.counters.unpaired += 1;
@@ -554,6 +700,18 @@ impl Pairing {
         truncated: bool,
         now: Instant,
     ) -> Option<u32> {
+        self.upstream_answer_with(flow, truncated, &[], now)
+    }
+
+    /// [`Pairing::upstream_answer`], with the names the answer points to (name servers of a
+    /// referral, CNAME and DNAME targets): the resolution it answers owns them from now on.
+    pub fn upstream_answer_with(
+        &mut self,
+        flow: &FlowKey,
+        truncated: bool,
+        derived: &[crate::dns::Name],
+        now: Instant,
+    ) -> Option<u32> {
         self.expire(now);
         let id = self.by_flow.remove(flow)?;
         let due = match (self.upstream.touched_at(id), self.cutoff(now)) {
@@ -566,6 +724,11 @@ impl Pairing {
             return None;
         }
         self.counters.upstream_answers += 1;
+        if let Some(owner) = entry.owner
+            && !derived.is_empty()
+        {
+            self.derive(owner, derived);
+        }
         if truncated && flow.proto == Proto::Udp {
             self.add_intent(Some(flow.remote), entry.mark, entry.owner, now);
         }
@@ -875,6 +1038,14 @@ impl Pairing {
 
     fn remove_client(&mut self, id: Id) -> Option<ClientEntry> {
         let entry = self.clients.remove(id)?;
+        for hash in &entry.names {
+            if let Some(owners) = self.names.get_mut(hash) {
+                owners.retain(|o| o.owner != id);
+                if owners.is_empty() {
+                    self.names.remove(hash);
+                }
+            }
+        }
         // A client that has its answer (or is forgotten) needs no connection opened for it: a
         // forwarder that relays a truncated answer leaves the TCP retry to its client.
         if let Some(intent) = entry.intent {
@@ -1095,14 +1266,13 @@ mod tests {
             p.upstream_query(&key("b.example"), flow(1), t0),
             UpstreamMatch::Unpaired
         );
-        let other_type = QKey::new(&Name::from_ascii("a.example").unwrap(), 28, 1);
-        assert_eq!(
-            p.upstream_query(&other_type, flow(2), t0),
-            UpstreamMatch::Unpaired
-        );
-        assert_eq!(p.counters.unpaired, 2);
+        assert_eq!(p.counters.unpaired, 1);
         assert_eq!(p.counters.paired, 0);
-        assert_eq!(p.upstream_len(), 0);
+        // The same name with another type belongs to the waiting resolution (by its name).
+        let other_type = QKey::new(&Name::from_ascii("a.example").unwrap(), 28, 1);
+        assert_eq!(p.upstream_query(&other_type, flow(2), t0), paired(7, false));
+        assert_eq!(p.counters.by_own_name, 1);
+        assert_eq!(p.upstream_len(), 1);
     }
 
     #[test]
