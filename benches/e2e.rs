@@ -851,7 +851,7 @@ fn summary(args: &Args, results: &BTreeMap<u8, Vec<Option<Sample>>>) -> String {
 /// only: its two syscalls per query come on top), in ns: tells whether the responder thread
 /// can keep up, and what it takes from the machine.
 fn responder_answer_ns() -> f64 {
-    let query = nfqmark::fixtures::dns_query(0x1234, "a-r1c1-123456.nfqm.example");
+    let query = nfqmark_testkit::dns_query(0x1234, "a-r1c1-123456.nfqm.example");
     let n = 20_000u32;
     let start = Instant::now();
     for _ in 0..n {

@@ -14,7 +14,6 @@ pub mod dns;
 pub mod engine;
 #[cfg(debug_assertions)]
 mod fault;
-pub mod fixtures;
 pub mod flows;
 pub mod lab;
 pub mod links;
@@ -31,3 +30,7 @@ pub mod stats;
 pub mod stream;
 pub mod types;
 pub mod worker;
+
+// Unit tests build packets with the testkit crate (a dev-dependency), under the name they use.
+#[cfg(test)]
+use nfqmark_testkit as fixtures;

@@ -1265,7 +1265,7 @@ fn send_queries_from_b(w: &World, label: &str, n: usize, gap: Duration) {
     let h = load::spawn_in(&w.b, "queries", move || {
         let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
         for (i, name) in names.iter().enumerate() {
-            let q = nfqmark::fixtures::dns_query(i as u16, name);
+            let q = nfqmark_testkit::dns_query(i as u16, name);
             sock.send_to(&q, (lab::addr::ROUTER_B_V4, 53))?;
             thread::sleep(gap);
         }
