@@ -15,7 +15,6 @@ pub mod engine;
 #[cfg(debug_assertions)]
 mod fault;
 pub mod flows;
-pub mod lab;
 pub mod links;
 pub mod lru;
 pub mod metrics;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use nfqmark::cli::{Cli, Command, DemoArgs, DemoResolver};
 use nfqmark::demo::{self, DemoOptions};
-use nfqmark::lab::Resolver;
+use nfqmark_lab::Resolver;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
