@@ -9,6 +9,7 @@ pub mod bypass;
 pub mod checksum;
 pub mod cli;
 pub mod daemon;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod dns;
 pub mod engine;
