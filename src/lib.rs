@@ -5,8 +5,8 @@
 //! returns decisions, and an edge (queue, worker) that talks to the kernel. Everything in the
 //! core is testable without root.
 
-pub mod bypass;
-pub mod checksum;
+mod bypass;
+mod checksum;
 pub mod cli;
 pub mod daemon;
 #[cfg(feature = "demo")]
@@ -17,12 +17,12 @@ pub mod engine;
 mod fault;
 pub mod flows;
 pub mod links;
-pub mod lru;
-pub mod metrics;
+mod lru;
+mod metrics;
 pub mod nfnl;
 pub mod packet;
 pub mod pairing;
-pub mod queue;
+mod queue;
 pub mod rules;
 pub mod setup;
 pub mod sockdiag;

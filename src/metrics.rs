@@ -588,10 +588,6 @@ impl Endpoint {
         Ok(Endpoint { server })
     }
 
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.server.local_addr()
-    }
-
     /// Serve on this thread until `shared.stop` is set.
     pub fn run(self, shared: &Shared, alive: &Alive) {
         self.server.run(&shared.stop, |method, path, stats| {
