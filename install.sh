@@ -14,7 +14,7 @@ if ! command -v cargo >/dev/null; then
     echo "install.sh: cargo is missing: install Rust (https://rustup.rs) or the 'cargo' package" >&2
     exit 2
 fi
-cargo build --release --locked
+cargo build --release --locked -p nfqmark
 install -m 0755 target/release/nfqmark /usr/local/bin/nfqmark
 modprobe nfnetlink_queue 2>/dev/null || true
 echo "installed /usr/local/bin/nfqmark"

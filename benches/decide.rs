@@ -1,5 +1,5 @@
 //! The decision path, per packet: `engine::decide` (IP/UDP/TCP parse, DNS header and question,
-//! rules, pairing) on packets built with `nfqmark::fixtures`, with no rules and with a generated
+//! rules, pairing) on packets built with `nfqmark_testkit`, with no rules and with a generated
 //! 1,000-rule file (`rules_1000`, mostly non-matching: it exercises the index, not the default).
 //!
 //! `cargo bench --bench decide` prints ns/packet, the median of several timed runs after a
@@ -16,8 +16,8 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use nfqmark::fixtures;
 use nfqmark::types::{Hook, Meta};
+use nfqmark_testkit as fixtures;
 
 #[path = "common/rulegen.rs"]
 mod rulegen;
@@ -81,12 +81,12 @@ mod api {
             let m = Meta::new(nfqmark::types::Hook::Input, 0, 2, 0);
             for i in 0..n {
                 let host = super::v4(198, 19, (i % 64) as u8, 1 + (i / 64 % 250) as u8);
-                let q = nfqmark::fixtures::udp(
+                let q = nfqmark_testkit::udp(
                     host,
                     1024 + (i % 60_000) as u16,
                     super::v4(198, 18, 1, 1),
                     53,
-                    &nfqmark::fixtures::dns_query(i as u16, &format!("fill{i}.nfqm.example")),
+                    &nfqmark_testkit::dns_query(i as u16, &format!("fill{i}.nfqm.example")),
                 );
                 self.decide(&m, &q, now);
             }

@@ -1,5 +1,5 @@
 //! End-to-end resolver throughput with and without marking, on the lab's network namespaces
-//! (`nfqmark::lab`): client A runs dnsperf (unique names, 100 queries outstanding) against the
+//! (`nfqmark_lab`): client A runs dnsperf (unique names, 100 queries outstanding) against the
 //! router's resolver, which forwards to the upstream host over link 1, or over link 2 when the
 //! upstream query carries client A's mark. By default the lab is a real multi-WAN router (each
 //! uplink masquerades, the upstream host drops foreign sources); `--ideal` runs the idealized
@@ -40,9 +40,10 @@ use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nfqmark::lab::netns::{self, Netns};
-use nfqmark::lab::upstream::{self, Sniffer};
-use nfqmark::lab::{self, Family, LinkCounts, Network, Options, Resolver, World};
+use nfqmark_lab::netns::{self, Netns};
+use nfqmark_lab::sniffer::Sniffer;
+use nfqmark_lab::upstream;
+use nfqmark_lab::{self as lab, Family, LinkCounts, Network, Options, Resolver, World};
 
 #[path = "common/procstat.rs"]
 mod procstat;
@@ -851,7 +852,7 @@ fn summary(args: &Args, results: &BTreeMap<u8, Vec<Option<Sample>>>) -> String {
 /// only: its two syscalls per query come on top), in ns: tells whether the responder thread
 /// can keep up, and what it takes from the machine.
 fn responder_answer_ns() -> f64 {
-    let query = nfqmark::fixtures::dns_query(0x1234, "a-r1c1-123456.nfqm.example");
+    let query = nfqmark_testkit::dns_query(0x1234, "a-r1c1-123456.nfqm.example");
     let n = 20_000u32;
     let start = Instant::now();
     for _ in 0..n {

@@ -34,8 +34,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use nfqmark::fixtures;
-use nfqmark::lab::netns::{self, Netns};
+use nfqmark_lab::netns::{self, Netns};
+use nfqmark_testkit as fixtures;
 
 #[path = "common/procstat.rs"]
 mod procstat;
@@ -361,7 +361,7 @@ struct ConfigDef {
 }
 
 /// A running consumer: killed (and reaped) on drop.
-use nfqmark::lab::netns::Guarded as Running;
+use nfqmark_lab::netns::Guarded as Running;
 
 fn start_consumer(
     net: &Net,

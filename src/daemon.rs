@@ -26,7 +26,7 @@ use crate::cli::{CheckArgs, RunArgs, SetupArgs};
 use crate::engine::EngineConfig;
 use crate::flows::LearnConfig;
 use crate::links::{self, Links};
-use crate::metrics::{Alive, Endpoint, QueueSnapshot};
+use crate::metrics::{Alive, Endpoint, QueueSnapshot, Snapshot};
 use crate::pairing::PairingConfig;
 use crate::queue::{OpenError, Queue, QueueOptions};
 use crate::rules::{Diagnostic, RuleSet};
@@ -913,7 +913,7 @@ fn reload(file: &mut RulesFile, shared: &Shared) {
 /// One line with every counter, for SIGUSR1 and the exit log.
 pub fn report(shared: &Shared) -> String {
     // One read of every counter: the totals are summed from the same snapshot.
-    let s = shared.snapshot();
+    let s = Snapshot::of(shared);
     let t = QueueSnapshot::sum(&s.queues);
     let p = s.pairing;
     format!(

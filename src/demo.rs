@@ -2,7 +2,7 @@
 //! resolver's upstream queries took. A newcomer sees nfqmark do its job in under a minute.
 //!
 //! This module owns the demo's presentation only: the network is the one the end-to-end tests
-//! build ([`crate::lab`]), and nfqmark runs in it as the real daemon (this same binary, `run`).
+//! build ([`nfqmark_lab`]), and nfqmark runs in it as the real daemon (this same binary, `run`).
 //! It touches nothing outside its own namespaces, and tears them down on exit, on error and on
 //! Ctrl-C.
 
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 
 use crate::daemon::{Signal, signal_channel};
-use crate::lab::{self, Client, Family, LinkCounts, Options, Resolver, World};
+use nfqmark_lab::{self as lab, Client, Family, LinkCounts, Options, Resolver, World};
 
 /// What the demo was asked to do.
 #[derive(Debug, Clone)]

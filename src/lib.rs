@@ -5,25 +5,24 @@
 //! returns decisions, and an edge (queue, worker) that talks to the kernel. Everything in the
 //! core is testable without root.
 
-pub mod bypass;
-pub mod checksum;
+mod bypass;
+mod checksum;
 pub mod cli;
 pub mod daemon;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod dns;
 pub mod engine;
 #[cfg(debug_assertions)]
 mod fault;
-pub mod fixtures;
 pub mod flows;
-pub mod lab;
 pub mod links;
-pub mod lru;
-pub mod metrics;
+mod lru;
+mod metrics;
 pub mod nfnl;
 pub mod packet;
 pub mod pairing;
-pub mod queue;
+mod queue;
 pub mod rules;
 pub mod setup;
 pub mod sockdiag;
@@ -31,3 +30,7 @@ pub mod stats;
 pub mod stream;
 pub mod types;
 pub mod worker;
+
+// Unit tests build packets with the testkit crate (a dev-dependency), under the name they use.
+#[cfg(test)]
+use nfqmark_testkit as fixtures;

@@ -5,9 +5,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use nfqmark::cli::{Cli, Command, DemoArgs, DemoResolver};
+#[cfg(feature = "demo")]
+use nfqmark::cli::DemoResolver;
+use nfqmark::cli::{Cli, Command, DemoArgs};
+#[cfg(feature = "demo")]
 use nfqmark::demo::{self, DemoOptions};
-use nfqmark::lab::Resolver;
+#[cfg(feature = "demo")]
+use nfqmark_lab::Resolver;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -33,6 +37,7 @@ fn main() -> ExitCode {
     }
 }
 
+#[cfg(feature = "demo")]
 fn run_demo(args: &DemoArgs) -> ExitCode {
     let nfqmark = match std::env::current_exe() {
         Ok(p) => p,
@@ -64,4 +69,15 @@ fn run_demo(args: &DemoArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Built without the demo (`cargo build --no-default-features`): the subcommand stays in the
+/// command line, so help and completions do not depend on the build, and says so.
+#[cfg(not(feature = "demo"))]
+fn run_demo(_: &DemoArgs) -> ExitCode {
+    eprintln!(
+        "nfqmark demo: this nfqmark was built without the demo (cargo feature `demo`, on by \
+         default): build it with `cargo build --release` or ./install.sh"
+    );
+    ExitCode::from(2)
 }

@@ -1,12 +1,14 @@
 //! Prometheus metrics over HTTP (`--metrics ADDR:PORT`, loopback by default).
 //!
 //! This module owns the text exposition format, the routes (`GET /metrics`, and `GET /health`:
-//! 200 while every worker serves, 503 naming the queues whose worker is gone) and, in
-//! [`http`], the small bounded server that serves them from one thread. Rendering and routing
-//! are pure functions of a [`Snapshot`] and the worker liveness, so they are unit-tested
-//! without a socket; the server thread only takes snapshots and writes them out. It never
-//! touches the packet path (counters are atomics the workers bump anyway) and never starts a
-//! thread per connection.
+//! 200 while every worker serves, 503 naming the queues whose worker is gone), taking a
+//! [`Snapshot`] of the workers' shared state and the kernel's queue table in /proc
+//! ([`Snapshot::of`], also used for the counter log line) and, in [`http`], the small bounded
+//! server that serves them from one thread. Rendering and routing are pure functions of a
+//! [`Snapshot`] and the worker liveness, so they are unit-tested without a socket; the server
+//! thread only takes snapshots and writes them out. It never touches the packet path (counters
+//! are atomics the workers bump anyway) and never starts a thread per connection. It may use
+//! `worker` (the shared state it reads); `worker` never uses it.
 
 mod http;
 
@@ -19,8 +21,9 @@ pub use http::{HttpStats, Limits, Reply};
 
 use crate::flows::LearnCounters;
 use crate::pairing::PairingCounters;
+use crate::stats::Counter;
 use crate::stats::Stats;
-use crate::worker::Shared;
+use crate::worker::{Shared, lock};
 
 /// Counters of one queue's worker, copied out.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -142,6 +145,66 @@ pub struct Snapshot {
     /// DNS over TCP read as streams.
     pub streams: crate::stream::StreamCounters,
     pub stream_flows: usize,
+}
+
+impl Snapshot {
+    /// Everything the metrics page and the counter log line show, read from the workers' shared
+    /// state (one short hold of the tables' lock) and the kernel's queue table in /proc.
+    pub fn of(shared: &Shared) -> Snapshot {
+        let (pairing, waiting_clients, waiting_upstream, learned, learned_entries, streams) = {
+            let t = lock(&shared.tables);
+            (
+                t.pairing.counters,
+                t.pairing.client_len(),
+                t.pairing.upstream_len(),
+                t.learned.counters,
+                t.learned.len(),
+                (t.streams.counters, t.streams.len()),
+            )
+        };
+        let loaded = shared.rules();
+        let rules = (0..loaded.rules.len())
+            .map(|i| RuleSnapshot {
+                rule: loaded
+                    .rules
+                    .describe(i)
+                    .unwrap_or_else(|| format!("rule {i}")),
+                matches: loaded.matches.get(i).map_or(0, Counter::get),
+                marks: loaded.marks.get(i).map_or(0, Counter::get),
+            })
+            .collect();
+        let ours: Vec<u16> = shared.queues.iter().map(|q| q.num).collect();
+        let kernel: Vec<KernelQueue> =
+            std::fs::read_to_string("/proc/net/netfilter/nfnetlink_queue")
+                .map(|t| parse_proc_queues(&t))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|k| ours.contains(&k.num))
+                .collect();
+        Snapshot {
+            queues: shared
+                .queues
+                .iter()
+                .map(|q| QueueSnapshot::of(q.num, &q.stats))
+                .collect(),
+            kernel,
+            pairing,
+            waiting_clients,
+            waiting_upstream,
+            learned,
+            learned_entries,
+            rules,
+            rules_loaded: loaded.rules.len(),
+            reloads_ok: shared.reloads_ok.get(),
+            reloads_failed: shared.reloads_failed.get(),
+            bypassed: shared
+                .bypass_known
+                .load(Ordering::Relaxed)
+                .then(|| shared.bypassed.get()),
+            streams: streams.0,
+            stream_flows: streams.1,
+        }
+    }
 }
 
 fn escape(label: &str) -> String {
@@ -525,10 +588,6 @@ impl Endpoint {
         Ok(Endpoint { server })
     }
 
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.server.local_addr()
-    }
-
     /// Serve on this thread until `shared.stop` is set.
     pub fn run(self, shared: &Shared, alive: &Alive) {
         self.server.run(&shared.stop, |method, path, stats| {
@@ -536,7 +595,7 @@ impl Endpoint {
                 method,
                 path,
                 || {
-                    let mut page = render(&shared.snapshot());
+                    let mut page = render(&Snapshot::of(shared));
                     page.push_str(&render_http(stats));
                     page
                 },

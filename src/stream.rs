@@ -43,7 +43,8 @@
 //! ```
 //! use std::time::Instant;
 //! use nfqmark::stream::{StreamConfig, Streams};
-//! use nfqmark::{dns, fixtures, packet};
+//! use nfqmark::{dns, packet};
+//! use nfqmark_testkit as fixtures;
 //!
 //! let (client, server) = ("198.18.0.2".parse().unwrap(), "198.18.0.1".parse().unwrap());
 //! let mut wire = fixtures::tcp_framed(&fixtures::dns_query(1, "a.example"));

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use crate::engine::{self, Decision, EngineConfig, Tables};
 use crate::flows::LearnConfig;
-use crate::metrics::{KernelQueue, QueueSnapshot, RuleSnapshot, Snapshot};
 use crate::queue::{self, Item, Queue, Served};
 use crate::rules::RuleSet;
 use crate::stats::{Counter, Stats};
@@ -118,63 +117,6 @@ impl Shared {
     fn current(&self) -> (u64, Arc<Loaded>) {
         let generation = self.generation.load(Ordering::Acquire);
         (generation, self.rules())
-    }
-
-    /// Everything the metrics page and the counter log line show.
-    pub fn snapshot(&self) -> Snapshot {
-        let (pairing, waiting_clients, waiting_upstream, learned, learned_entries, streams) = {
-            let t = lock(&self.tables);
-            (
-                t.pairing.counters,
-                t.pairing.client_len(),
-                t.pairing.upstream_len(),
-                t.learned.counters,
-                t.learned.len(),
-                (t.streams.counters, t.streams.len()),
-            )
-        };
-        let loaded = self.rules();
-        let rules = (0..loaded.rules.len())
-            .map(|i| RuleSnapshot {
-                rule: loaded
-                    .rules
-                    .describe(i)
-                    .unwrap_or_else(|| format!("rule {i}")),
-                matches: loaded.matches.get(i).map_or(0, Counter::get),
-                marks: loaded.marks.get(i).map_or(0, Counter::get),
-            })
-            .collect();
-        let ours: Vec<u16> = self.queues.iter().map(|q| q.num).collect();
-        let kernel: Vec<KernelQueue> =
-            std::fs::read_to_string("/proc/net/netfilter/nfnetlink_queue")
-                .map(|t| crate::metrics::parse_proc_queues(&t))
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|k| ours.contains(&k.num))
-                .collect();
-        Snapshot {
-            queues: self
-                .queues
-                .iter()
-                .map(|q| QueueSnapshot::of(q.num, &q.stats))
-                .collect(),
-            kernel,
-            pairing,
-            waiting_clients,
-            waiting_upstream,
-            learned,
-            learned_entries,
-            rules,
-            rules_loaded: loaded.rules.len(),
-            reloads_ok: self.reloads_ok.get(),
-            reloads_failed: self.reloads_failed.get(),
-            bypassed: self
-                .bypass_known
-                .load(Ordering::Relaxed)
-                .then(|| self.bypassed.get()),
-            streams: streams.0,
-            stream_flows: streams.1,
-        }
     }
 }
 

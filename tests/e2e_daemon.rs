@@ -1,5 +1,5 @@
 //! End to end: nfqmark as a daemon under stress and in trouble, in the lab's namespaces (see
-//! `nfqmark::lab`): a flood of malformed DNS-port packets through the queue while real queries
+//! `nfqmark_lab`): a flood of malformed DNS-port packets through the queue while real queries
 //! flow, `kill -9` and SIGTERM under load, a flood of unique queries with the upstream silent
 //! against a small `--capacity`, and running as an unprivileged user with only CAP_NET_ADMIN,
 //! plus the start-up errors an operator meets first.
@@ -20,7 +20,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use load::{Counters, Exit, FloodLimits, FloodTarget, ProcQueue};
-use nfqmark::lab::{self, Client, Family, LinkCounts, Options, Resolver, World};
+use nfqmark_lab::{self as lab, Client, Family, LinkCounts, Options, Resolver, World};
 
 /// The queue every world here uses (the lab's rules carry `--queue-bypass`).
 const QUEUE: u16 = 11;
@@ -1265,7 +1265,7 @@ fn send_queries_from_b(w: &World, label: &str, n: usize, gap: Duration) {
     let h = load::spawn_in(&w.b, "queries", move || {
         let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
         for (i, name) in names.iter().enumerate() {
-            let q = nfqmark::fixtures::dns_query(i as u16, name);
+            let q = nfqmark_testkit::dns_query(i as u16, name);
             sock.send_to(&q, (lab::addr::ROUTER_B_V4, 53))?;
             thread::sleep(gap);
         }

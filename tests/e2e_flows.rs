@@ -12,7 +12,7 @@ use std::process::Command;
 use std::thread::sleep;
 use std::time::Duration;
 
-use nfqmark::lab::{self, Client, Family, Opened, Options, Resolver, World};
+use nfqmark_lab::{self as lab, Client, Family, Opened, Options, Resolver, World};
 
 const RULES: &str = "\
 # Flows from clients in 198.18.1.0/24 to what *.video.nfqm.example resolves to: mark 0x20/0xff.

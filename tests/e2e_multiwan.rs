@@ -1,6 +1,6 @@
 //! End to end on a real multi-WAN router (issue 11's acceptance): the router masquerades on
 //! each uplink (IPv4 and NAT66), the upstream host drops packets whose source does not belong to
-//! the link they arrive on and answers over the link a query came in on (see `nfqmark::lab`,
+//! the link they arrive on and answers over the link a query came in on (see `nfqmark_lab`,
 //! `Network::Real`).
 //!
 //! Every test is one case (resolver, family, how the clients ask) with marked client A and
@@ -37,9 +37,9 @@ use std::thread;
 use std::time::Duration;
 
 use load::{AskLimits, Asked, Shape, TcpShape};
-use nfqmark::lab::sniffer::Transport;
-use nfqmark::lab::{
-    self, Client, Family, IngressDrops, LinkCounts, Options, Resolver, RouteChanges, World,
+use nfqmark_lab::sniffer::Transport;
+use nfqmark_lab::{
+    self as lab, Client, Family, IngressDrops, LinkCounts, Options, Resolver, RouteChanges, World,
 };
 
 /// Names per client per round.

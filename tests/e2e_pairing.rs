@@ -2,7 +2,7 @@
 //! client's mark, so policy routing sends them over the cheap link, with dnsmasq (without
 //! `--conntrack`) and with unbound, over UDP and TCP, IPv4 and IPv6.
 //!
-//! The world (see `nfqmark::lab`): clients A and B, a router running the resolver and nfqmark,
+//! The world (see `nfqmark_lab`): clients A and B, a router running the resolver and nfqmark,
 //! an upstream DNS host over two links. Client A is marked 137 by the dnsmasq README's rules;
 //! `ip rule fwmark 137` routes the upstream server via link 2. The upstream host records the
 //! link every query arrived on: all of client A's must come over link 2, none of client B's.
@@ -18,7 +18,7 @@ mod common;
 use std::thread;
 use std::time::Duration;
 
-use nfqmark::lab::{self, Client, Family, LinkCounts, Network, Options, Resolver, World};
+use nfqmark_lab::{self as lab, Client, Family, LinkCounts, Network, Options, Resolver, World};
 
 /// Queries per client per round (each name unique, so each causes an upstream query).
 const PER_CLIENT: usize = 24;

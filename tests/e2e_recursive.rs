@@ -1,6 +1,6 @@
 //! End to end, issue 12: full recursive resolvers (unbound with qname minimisation on and off,
 //! kresd) recursing from the lab's own root through a real hierarchy of knotd servers
-//! (`nfqmark::lab::hierarchy`). One client question causes upstream queries with other names
+//! (`nfqmark_lab::hierarchy`). One client question causes upstream queries with other names
 //! and types: qname-minimised ancestors, name-server address lookups, CNAME targets, DS and
 //! DNSKEY. Every one of them belongs to the client whose zone it is in (client A's zones are
 //! `a-*`, B's `b-*`), so each must leave over that client's link: A's (marked 137) over link 2,
@@ -23,8 +23,8 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nfqmark::lab::hierarchy::{self, Answer, Kind, Owner, Recursion, Tally, UpstreamQuery};
-use nfqmark::lab::{Client, Family, Options, Resolver, World, addr};
+use nfqmark_lab::hierarchy::{self, Answer, Kind, Owner, Recursion, Tally, UpstreamQuery};
+use nfqmark_lab::{Client, Family, Options, Resolver, World, addr};
 
 /// One resolver configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,7 +208,7 @@ fn measure(config: Config) -> Result<Outcome, String> {
         control,
         bogus,
         measured,
-        counters: nfqmark::lab::last_counters(&log),
+        counters: nfqmark_lab::last_counters(&log),
     })
 }
 
@@ -495,7 +495,7 @@ fn shared_round(world: &World, family: Family, qa: &[String], qb: &[String]) -> 
     let (queued, a, b) = thread::scope(|s| {
         let a = s.spawn(|| hierarchy::ask(&world.a, Client::A, family, qa));
         let b = s.spawn(|| hierarchy::ask(&world.b, Client::B, family, qb));
-        let queued = nfqmark::lab::wait_for(Duration::from_secs(3), || both_queued(world, family));
+        let queued = nfqmark_lab::wait_for(Duration::from_secs(3), || both_queued(world, family));
         signal(pid, libc::SIGCONT);
         (queued, a.join(), b.join())
     });
@@ -542,7 +542,7 @@ fn shared_ancestor(config: Config) {
     world.start_resolver(family).expect("restart the resolver");
     let before = counter(&world.nfqmark_counters(), "ambiguous");
     let measured = shared_round(&world, family, &qa, &qb);
-    let counters = nfqmark::lab::last_counters(&world.stop_nfqmark());
+    let counters = nfqmark_lab::last_counters(&world.stop_nfqmark());
     let ambiguous = counter(&counters, "ambiguous").saturating_sub(before);
     let shared = measured.tally.total(Owner::Shared);
     println!(

@@ -16,12 +16,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use nfqmark::fixtures;
-use nfqmark::lab::{self, Client, Family, LinkCounts, Network, Options, Resolver, World, netns};
 use nfqmark::links::{self, Links};
 use nfqmark::packet;
 use nfqmark::rules::{Ctx, RuleSet};
 use nfqmark::types::{Hook, Meta};
+use nfqmark_lab::{
+    self as lab, Client, Family, LinkCounts, Network, Options, Resolver, World, netns,
+};
+use nfqmark_testkit as fixtures;
 
 fn world(tag: &str, rules: &str) -> World {
     world_in(tag, rules, Network::Real)

@@ -1,7 +1,7 @@
 //! The example rule files in `rules/` and the examples in `docs/rules.md`: every one parses
 //! without a single diagnostic and passes `nfqmark check` on a machine without the interfaces
 //! it names (warnings only; `--strict-interfaces` refuses them), and each example file does
-//! what its comments promise on packets built with `nfqmark::fixtures`. Also pins that
+//! what its comments promise on packets built with `nfqmark_testkit`. Also pins that
 //! evaluating rules allocates nothing (a counting allocator, per thread).
 //!
 //! These tests need no root and no network; they read `rules/` and `docs/rules.md`, list this
@@ -15,13 +15,13 @@ use std::path::{Path, PathBuf};
 
 use hickory_proto::rr::RecordType;
 use nfqmark::dns::{self, Name};
-use nfqmark::fixtures;
 use nfqmark::flows::FlowTarget;
 use nfqmark::links::{self, LinkMap};
 use nfqmark::packet::{self, Proto};
 use nfqmark::rules::{self, Ctx, Outcome, RuleSet};
 use nfqmark::setup;
 use nfqmark::types::{Hook, Meta, Verdict};
+use nfqmark_testkit as fixtures;
 
 /// Counts allocations made by the current thread, so parallel tests do not disturb each other.
 struct Counting;

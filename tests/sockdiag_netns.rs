@@ -37,10 +37,10 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use nfqmark::lab::netns::{Guarded, Netns, enter, unique_prefix};
-use nfqmark::lab::upstream::answer;
 use nfqmark::nfnl::{Config, RecvBuf, Socket, Verdict};
 use nfqmark::sockdiag::{Ends, Link, Resolver, state};
+use nfqmark_lab::netns::{Guarded, Netns, enter, unique_prefix};
+use nfqmark_lab::upstream::answer;
 
 /// The NFQUEUE the router's upstream SYNs go to (namespace-local).
 const QUEUE: u16 = 7;

@@ -12,9 +12,9 @@ use std::cell::Cell;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use nfqmark::fixtures;
 use nfqmark::packet::TcpFlags;
 use nfqmark::stream::{FlowId, Segment, StreamConfig, Streams};
+use nfqmark_testkit as fixtures;
 
 struct Counting;
 

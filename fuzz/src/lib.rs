@@ -43,7 +43,7 @@ pub use answer::{answer, reference_addresses, seed_answers};
 
 use nfqmark::dns::{self, Dns, QKey};
 use nfqmark::engine::{self, EngineConfig, Tables};
-use nfqmark::fixtures;
+use nfqmark_testkit as fixtures;
 use nfqmark::flows::LearnConfig;
 use nfqmark::nfnl::Messages;
 use nfqmark::nfnl::wire::{ct, nft};

@@ -283,6 +283,8 @@ impl Server {
         })
     }
 
+    /// The bound address (tests bind port 0).
+    #[cfg(test)]
     pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
         self.listener.local_addr()
     }

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::defs::IfPattern;
-use super::index::FxMap;
+use super::hash::FxMap;
 use crate::links::{LinkMap, LinkWatcher};
 
 /// Whether interface `name` matches `pattern`.

@@ -19,9 +19,10 @@
 use std::sync::Arc;
 
 use super::defs::{DnsKind, RuleDef, Test};
+use super::hash::FxMap;
 use super::iface::{Ifaces, Interner, View};
 use super::index::{
-    AddrSet, Candidates, FxMap, Index, LISTS, NameSet, RangeSet, has_ports, mac_key, port_set,
+    AddrSet, Candidates, Index, LISTS, NameSet, RangeSet, has_ports, mac_key, port_set,
 };
 use super::{Ctx, Outcome};
 use crate::types::{Direction, Hook};

@@ -33,6 +33,7 @@
 
 mod defs;
 mod flow_match;
+mod hash;
 mod hints;
 mod iface;
 mod index;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
-use nfqmark::lab::netns::Netns;
+use nfqmark_lab::netns::Netns;
 
 // ---------------------------------------------------------------------------------------------
 // The kernel's view of a queue.

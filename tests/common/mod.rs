@@ -7,8 +7,8 @@ use std::path::PathBuf;
 /// message saying how to run them, unless the user opts out with NFQMARK_SKIP_E2E=1.
 /// Returns false when the test should be skipped.
 pub fn require_root(test: &str) -> bool {
-    if nfqmark::lab::netns::is_root() {
-        if let Err(missing) = nfqmark::lab::check_programs(&[
+    if nfqmark_lab::netns::is_root() {
+        if let Err(missing) = nfqmark_lab::check_programs(&[
             ("unbound", "unbound"),
             ("kresd", "knot-resolver"),
             ("dnsperf", "dnsperf"),

@@ -6,7 +6,7 @@
 use std::hash::Hash;
 
 use super::file;
-use super::hash::FxMap;
+use crate::rules::hash::FxMap;
 
 /// Rules by a key (a mark under a mask, a MAC address), with the range of keys the rules name:
 /// most misses (mark 0, a MAC no rule names) need no hashing.

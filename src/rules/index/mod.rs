@@ -18,7 +18,6 @@
 //! allocates, never panics and never reads a clock; building happens once per load. It never
 //! decides whether a rule matches (that is `matcher.rs`).
 
-mod hash;
 mod interval;
 mod keymap;
 mod names;
@@ -27,7 +26,6 @@ mod sets;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-pub(crate) use hash::FxMap;
 pub(crate) use interval::IntervalIndex;
 pub(crate) use keymap::KeyMap;
 pub(crate) use names::{NameIndex, NameSet};

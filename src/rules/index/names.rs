@@ -7,8 +7,8 @@
 
 use std::hash::Hasher;
 
-use super::hash::{self, FxMap};
 use crate::rules::defs::NamePattern;
+use crate::rules::hash::{self, FxMap};
 
 // Names: a trie of labels, read from the right, with hashed edges.
 //

@@ -34,7 +34,6 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use std::sync::mpsc::sync_channel;
 
 use super::netns::{Netns, enter};
-pub use super::sniffer::{FlowSeen, Seen, Sniffer};
 
 /// The address every A query is answered with.
 pub const ANSWER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 99);
@@ -1068,7 +1067,7 @@ mod tests {
             // More than a burst, from three senders, sent before any is read.
             let n = 3 * BATCH as u16;
             for id in 0..n {
-                let mut q = crate::fixtures::dns_query(id, "www.nfqm.example");
+                let mut q = nfqmark_testkit::dns_query(id, "www.nfqm.example");
                 if id.is_multiple_of(7) {
                     q = query("tc-x.nfqm.example.", RecordType::A, true, None);
                     q[..2].copy_from_slice(&id.to_be_bytes());
@@ -1100,7 +1099,7 @@ mod tests {
     #[test]
     #[ignore]
     fn answer_cost() {
-        let q = crate::fixtures::dns_query(0x1234, "a-r1c1-123456.nfqm.example");
+        let q = nfqmark_testkit::dns_query(0x1234, "a-r1c1-123456.nfqm.example");
         let n = 200_000u32;
         for (what, f) in [
             (

@@ -692,7 +692,7 @@ mod tests {
     }
 
     fn query(id: u16, name: &str) -> Vec<u8> {
-        crate::fixtures::dns_query(id, name)
+        nfqmark_testkit::dns_query(id, name)
     }
 
     fn udp_frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
@@ -735,7 +735,7 @@ mod tests {
     fn framed(messages: &[Vec<u8>]) -> Vec<u8> {
         messages
             .iter()
-            .flat_map(|m| crate::fixtures::tcp_framed(m))
+            .flat_map(|m| nfqmark_testkit::tcp_framed(m))
             .collect()
     }
 
@@ -898,7 +898,7 @@ mod tests {
             [Event::Query(Seen { accepted: true, .. })]
         ));
         // The answer leaving.
-        let a = crate::fixtures::dns_answer(7, "a-1.nfqm.example");
+        let a = nfqmark_testkit::dns_answer(7, "a-1.nfqm.example");
         let ev = read_frame(
             &mut s,
             &link2(),

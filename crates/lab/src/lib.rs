@@ -30,11 +30,12 @@
 //! and second-level knotd servers, [`hierarchy`]) and unbound or kresd recurse from its root
 //! instead of forwarding to the responder.
 //!
-//! This module owns building and tearing down that world. Namespace names are unique per
-//! process and call, so tests run in parallel; addresses come only from 198.18.0.0/15 and
-//! 2001:db8::/32 and stay inside the namespaces; nothing touches the host's own network. It uses
-//! nfqmark's library only for the queue rules `nfqmark setup` prints (`crate::setup`) and test
-//! packets (`crate::fixtures`); everything it observes, it parses itself.
+//! This crate (nfqmark-lab) owns building and tearing down that world. Namespace names are
+//! unique per process and call, so tests run in parallel; addresses come only from
+//! 198.18.0.0/15 and 2001:db8::/32 and stay inside the namespaces; nothing touches the host's own
+//! network. It must never depend on the nfqmark library: it runs the nfqmark binary it is given
+//! ([`Options::nfqmark`]), for the queue rules too (`nfqmark setup`, [`queue_rules`]), and
+//! everything it observes, it parses itself. Its own tests build packets with nfqmark-testkit.
 
 pub mod hierarchy;
 pub mod netns;
@@ -367,22 +368,28 @@ impl Drop for TempDir {
 }
 
 /// The rules `nfqmark setup` prints for DNS pairing only (no rules file) on `queue`, as
-/// `iptables-restore --noflush` input for one family: the same text the README shows.
-pub fn queue_rules(queue: u16, family: Family) -> String {
-    let plan = crate::setup::Plan {
-        queues: (queue, queue),
-        mask: u32::MAX,
-        dns_ports: vec![53],
-        flow_clients_v4: None,
-        flow_clients_v6: None,
-        zones: true,
-        source: "the lab".into(),
-    };
-    let family = match family {
-        Family::V4 => crate::setup::Family::V4,
-        Family::V6 => crate::setup::Family::V6,
-    };
-    crate::setup::iptables(&plan, family)
+/// `iptables-restore --noflush` input for one family: the README's rules, from the `nfqmark`
+/// binary under test itself (`nfqmark setup --iptables --queue N [-6]`), run in `netns`
+/// (where it probes the kernel for conntrack zones as it would on a router).
+pub fn queue_rules(
+    netns: &Netns,
+    nfqmark: &Path,
+    queue: u16,
+    family: Family,
+) -> io::Result<String> {
+    let bin = nfqmark.to_string_lossy();
+    let queue = queue.to_string();
+    let mut args = vec!["setup", "--iptables", "--queue", queue.as_str()];
+    if family == Family::V6 {
+        args.push("-6");
+    }
+    let out = netns.exec(&bin, &args)?;
+    String::from_utf8(out.stdout).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{bin} {}: output is not UTF-8: {e}", args.join(" ")),
+        )
+    })
 }
 
 /// The dnsmasq `--conntrack` README's marking rules, for client A's address.
@@ -626,7 +633,8 @@ impl World {
         let q = self.options.queue;
         if self.options.queue_rules && !self.queue_rules_installed {
             for family in [Family::V4, Family::V6] {
-                self.router_iptables_restore(family, &queue_rules(q, family))?;
+                let rules = queue_rules(&self.router, &bin, q, family)?;
+                self.router_iptables_restore(family, &rules)?;
             }
             self.queue_rules_installed = true;
         }

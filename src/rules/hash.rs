@@ -1,4 +1,5 @@
-//! The hash of the rule index: its maps and the name trie's edges.
+//! The hash of the rules' maps: the rule index's maps and name trie edges, and the interface
+//! bindings (`iface`). A leaf of `rules/`: `index` and `iface` both use it, and it uses neither.
 //!
 //! This module owns the choice of hash function for keys that come from the rules file: FxHash
 //! from the `rustc-hash` crate (the multiply-rotate hash rustc uses, a few cycles per key against
