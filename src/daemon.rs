@@ -919,7 +919,7 @@ pub fn report(shared: &Shared) -> String {
     format!(
         "packets={} marked={} accepted={} dropped={} repeated={} parse_errors={} dns={} dns_errors={} \
          not_dns={} bad_checksums={} conn_conflicts={} client_queries={} over_quota={} paired={} \
-         ambiguous={} unpaired={} upstream_answers={} client_answers={} tcp_intents={} \
+         ambiguous={} by_own_name={} by_ancestor={} by_derived={} unpaired={} upstream_answers={} client_answers={} tcp_intents={} \
          tcp_opened={} tcp_by_socket={} tcp_ambiguous={} tcp_unpaired={} expired={} evicted={} waiting_clients={} \
          waiting_upstream={} flows_learned={} flows_marked={} enobufs={} verdict_errors={} \
          bypassed={} rules={} reloads={} reloads_rejected={}",
@@ -938,6 +938,9 @@ pub fn report(shared: &Shared) -> String {
         p.over_quota,
         p.paired,
         p.ambiguous,
+        p.by_own_name,
+        p.by_ancestor,
+        p.by_derived,
         p.unpaired,
         p.upstream_answers,
         p.client_answers,

@@ -2257,6 +2257,39 @@ mod tests {
         assert_eq!(lab.decide(Hook::Forward, 0, &routed).learned, 1);
     }
 
+    #[test]
+    fn derived_names_are_the_targets_of_cnames_dnames_and_name_servers() {
+        use hickory_proto::op::{Message, MessageType, OpCode};
+        use hickory_proto::rr::rdata::{A, CNAME, NS};
+        use hickory_proto::rr::{Name as HName, RData, Record};
+        let n = |s: &str| HName::from_ascii(s).unwrap();
+        let mut m = Message::new(7, MessageType::Response, OpCode::Query);
+        m.add_answer(Record::from_rdata(
+            n("a.lab."),
+            60,
+            RData::CNAME(CNAME(n("t.cdn.hosting."))),
+        ));
+        m.add_answer(Record::from_rdata(
+            n("t.cdn.hosting."),
+            60,
+            RData::A(A::new(198, 18, 7, 7)),
+        ));
+        m.add_authority(Record::from_rdata(
+            n("cdn.hosting."),
+            60,
+            RData::NS(NS(n("NS1.dns.hosting."))),
+        ));
+        let wire = m.to_vec().unwrap();
+        let names: Vec<String> = derived_names(&wire).iter().map(|n| n.to_ascii()).collect();
+        assert_eq!(names, ["t.cdn.hosting.", "ns1.dns.hosting."]);
+        // A header without records names nothing; cut messages name nothing more and never
+        // panic.
+        assert!(derived_names(&wire[..12]).is_empty());
+        for cut in 0..wire.len() {
+            let _ = derived_names(&wire[..cut]);
+        }
+    }
+
     // --- Robustness -------------------------------------------------------------------------
 
     /// Marsaglia's xorshift64: deterministic, no crate, good enough to pick bytes.

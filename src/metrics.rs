@@ -380,6 +380,9 @@ pub fn render(s: &Snapshot) -> String {
         ("tcp_ambiguous", p.tcp_ambiguous),
         ("tcp_unpaired", p.tcp_unpaired),
         ("forwarded_query", p.forwarded_queries),
+        ("by_own_name", p.by_own_name),
+        ("by_ancestor", p.by_ancestor),
+        ("by_derived", p.by_derived),
         ("expired", p.expired),
         ("evicted", p.evicted),
     ] {

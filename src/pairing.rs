@@ -2254,4 +2254,189 @@ mod tests {
         }
         assert_eq!(p.tcp_candidates(conn_to(upstream(53), 1), t0, 8).len(), 2);
     }
+
+    // --- Causal attribution for recursive resolvers (issue 12) ---------------------------------
+
+    fn name(text: &str) -> crate::dns::Name {
+        crate::dns::Name::from_ascii(text).unwrap()
+    }
+
+    fn typed(text: &str, qtype: u16) -> QKey {
+        QKey::new(&name(text), qtype, 1)
+    }
+
+    #[test]
+    fn minimised_ancestors_of_a_waiting_question_carry_its_mark() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(64));
+        p.client_query(
+            &key("www1.sub.a-zone.lab"),
+            ask(client(1, 1000), 1),
+            137,
+            Proto::Udp,
+            t0,
+        );
+        for (i, (n, t)) in [
+            ("lab", 2),
+            ("a-zone.lab", 1),
+            ("sub.a-zone.lab", 2),
+            (".", 48),
+        ]
+        .iter()
+        .enumerate()
+        {
+            assert_eq!(
+                p.upstream_query(&typed(n, *t), flow(i as u16), t0),
+                paired(137, false),
+                "{n}"
+            );
+        }
+        assert_eq!(p.counters.by_ancestor, 4);
+        // Not a name of the resolution: unpaired.
+        assert_eq!(
+            p.upstream_query(&key("other.lab"), flow(9), t0),
+            UpstreamMatch::Unpaired
+        );
+    }
+
+    #[test]
+    fn names_an_answer_points_to_belong_to_the_resolution_it_answers() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(64));
+        p.client_query(
+            &key("www1.a-oob.lab"),
+            ask(client(1, 1000), 1),
+            137,
+            Proto::Udp,
+            t0,
+        );
+        // The referral for a-oob.lab names an out-of-bailiwick server without glue.
+        let q = typed("a-oob.lab", 1);
+        assert_eq!(p.upstream_query(&q, flow(1), t0), paired(137, false));
+        p.upstream_answer_with(&flow(1), false, &[name("ns1.a-dns.hosting")], t0);
+        // Its address lookup, minimised through its own ancestors, is A's too.
+        for (i, n) in ["hosting", "a-dns.hosting", "ns1.a-dns.hosting"]
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(
+                p.upstream_query(&typed(n, 1), flow(10 + i as u16), t0),
+                paired(137, false),
+                "{n}"
+            );
+        }
+        // A CNAME target from an answer to that lookup chain: still A's.
+        p.upstream_answer_with(&flow(12), false, &[name("www1.a-cdn.hosting")], t0);
+        assert_eq!(
+            p.upstream_query(&typed("www1.a-cdn.hosting", 1), flow(20), t0),
+            paired(137, false)
+        );
+        assert!(p.counters.by_derived >= 3);
+        // Once the client has its answer, none of it is anyone's any more.
+        p.client_answer(&key("www1.a-oob.lab"), ask(client(1, 1000), 1), t0);
+        assert!(p.names.is_empty());
+        assert_eq!(
+            p.upstream_query(&typed("ns1.a-dns.hosting", 28), flow(30), t0),
+            UpstreamMatch::Unpaired
+        );
+    }
+
+    #[test]
+    fn a_shared_ancestor_goes_to_the_oldest_client_and_is_ambiguous() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(64));
+        p.client_query(
+            &key("www1.b-zone.lab"),
+            ask(client(2, 2000), 2),
+            0,
+            Proto::Udp,
+            t0,
+        );
+        p.client_query(
+            &key("www1.a-zone.lab"),
+            ask(client(1, 1000), 1),
+            137,
+            Proto::Udp,
+            t0 + MS,
+        );
+        assert_eq!(
+            p.upstream_query(&typed("lab", 2), flow(1), t0 + 2 * MS),
+            paired(0, true)
+        );
+        assert_eq!(p.counters.ambiguous, 1);
+        // Each client's own zone is its own, not ambiguous.
+        assert_eq!(
+            p.upstream_query(&typed("a-zone.lab", 2), flow(2), t0 + 2 * MS),
+            paired(137, false)
+        );
+        // The exact question another client asked wins over a name match.
+        p.client_query(
+            &typed("a-zone.lab", 2),
+            ask(client(2, 2001), 3),
+            0,
+            Proto::Udp,
+            t0,
+        );
+        assert_eq!(
+            p.upstream_query(&typed("a-zone.lab", 2), flow(3), t0 + 3 * MS),
+            paired(0, false)
+        );
+    }
+
+    #[test]
+    fn own_name_ranks_before_derived_and_ancestors() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(64));
+        // B's question's ancestor is A's own name: A asked it (with another type).
+        p.client_query(
+            &key("x.a-zone.lab"),
+            ask(client(2, 2000), 2),
+            0,
+            Proto::Udp,
+            t0,
+        );
+        p.client_query(
+            &typed("a-zone.lab", 28),
+            ask(client(1, 1000), 1),
+            137,
+            Proto::Udp,
+            t0,
+        );
+        assert_eq!(
+            p.upstream_query(&typed("a-zone.lab", 1), flow(1), t0),
+            paired(137, true)
+        );
+        assert_eq!(p.counters.by_own_name, 1);
+    }
+
+    #[test]
+    fn names_per_client_and_owners_per_name_are_bounded() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(1000));
+        p.client_query(&key("a.lab"), ask(client(1, 1000), 1), 137, Proto::Udp, t0);
+        p.upstream_query(&key("a.lab"), flow(1), t0);
+        let many: Vec<crate::dns::Name> = (0..200)
+            .map(|i| name(&format!("ns{i}.x{i}.hosting")))
+            .collect();
+        p.upstream_answer_with(&flow(1), false, &many, t0);
+        let owned = p
+            .clients
+            .oldest()
+            .map(|(_, _, e)| e.names.len())
+            .unwrap_or(0);
+        assert_eq!(owned, MAX_NAMES);
+        for i in 0..100u16 {
+            p.client_query(
+                &key(&format!("q{i}.lab")),
+                ask(client(2, 2000 + i), i),
+                0,
+                Proto::Udp,
+                t0,
+            );
+        }
+        let lab = p.hash_name(name("lab").wire());
+        assert_eq!(p.names.get(&lab).map(Vec::len), Some(MAX_OWNERS));
+        p.expire_all(t0 + Duration::from_secs(6));
+        assert!(p.names.is_empty(), "every name goes with its owners");
+    }
 }

@@ -14,8 +14,10 @@
 //! 2. **measured**, with nfqmark and a fresh resolver (cold cache): the same questions, the same
 //!    answers, and every upstream query sorted by kind and counted per link.
 //!
-//! Today nfqmark pairs exact questions only, so the tests asserting every kind are ignored with
-//! the figures measured; the tests for the control and the client's own question pass.
+//! nfqmark attributes every kind to the client whose resolution caused it (causal attribution,
+//! see src/pairing.rs). Before it did, only exact questions were paired: measured on 717b3b9,
+//! client A's names over link2 were 48/74 with unbound (minimisation on), 0 of the ancestors,
+//! name-server lookups, CNAME targets and DS/DNSKEY queries.
 
 mod common;
 
@@ -398,31 +400,26 @@ fn unbound_minimised_v6_own_questions() {
 }
 
 #[test]
-#[ignore = "issue 12: measured on main 717b3b9 (multi-WAN layout), client A's names over link2: 48/74 (own question 48/48, minimised ancestors 0/12, name-server addresses 0/2, CNAME targets 0/9, DS/DNSKEY 0/3)"]
 fn unbound_minimised_every_query() {
     every_query_keeps_its_mark(Config::UnboundMinimised);
 }
 
 #[test]
-#[ignore = "issue 12: measured on main 717b3b9 (multi-WAN layout), client A's names over link2: 48/60 (own question 48/48, name-server addresses 0/1, CNAME targets 0/8, DS/DNSKEY 0/3)"]
 fn unbound_not_minimised_every_query() {
     every_query_keeps_its_mark(Config::UnboundNotMinimised);
 }
 
 #[test]
-#[ignore = "issue 12: measured on main 717b3b9 (multi-WAN layout), client A's names over link2: 48/74 (own question 48/48, minimised ancestors (type NS) 0/12, name-server addresses 0/2, CNAME targets 0/9, DS/DNSKEY 0/3)"]
 fn kresd_every_query() {
     every_query_keeps_its_mark(Config::Kresd);
 }
 
 #[test]
-#[ignore = "issue 12: measured on main 717b3b9 (multi-WAN layout), client A's names over link2: 48/60 (own question 48/48, name-server addresses 0/1, CNAME targets 0/8, DS/DNSKEY 0/3)"]
 fn kresd_not_minimised_every_query() {
     every_query_keeps_its_mark(Config::KresdNotMinimised);
 }
 
 #[test]
-#[ignore = "issue 12: measured on main 717b3b9 (multi-WAN layout), client A's names over link2: 40/123 (own AAAA question 40/40, its name as type A 0/48, minimised ancestors 0/12, name-server addresses 0/3, CNAME targets 0/17, DS/DNSKEY 0/3)"]
 fn unbound_minimised_v6_every_query() {
     every_query_keeps_its_mark(Config::UnboundMinimisedV6);
 }
@@ -593,13 +590,11 @@ fn shared_ancestor(config: Config) {
 }
 
 #[test]
-#[ignore = "issue 12: measured on main 717b3b9 (multi-WAN layout): lab. A and lab. DNSKEY sent while both clients waited, 0 counted ambiguous (both over link1); A's a-zone.lab A over link1"]
 fn unbound_shared_ancestor_is_ambiguous() {
     shared_ancestor(Config::UnboundMinimised);
 }
 
 #[test]
-#[ignore = "issue 12: measured on main 717b3b9 (multi-WAN layout): lab. NS and lab. DNSKEY sent while both clients waited, 0 counted ambiguous (both over link1); A's a-zone.lab NS over link1"]
 fn kresd_shared_ancestor_is_ambiguous() {
     shared_ancestor(Config::Kresd);
 }
