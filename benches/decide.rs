@@ -92,6 +92,16 @@ mod api {
             }
         }
 
+        /// Attribute names from the start, as for a recursive resolver (issue 12): every client
+        /// query registers its name and ancestors, every upstream answer is read for the names
+        /// it points to.
+        pub fn attributing(self) -> Engine {
+            if let Ok(mut t) = self.tables.lock() {
+                t.pairing.start_attributing();
+            }
+            self
+        }
+
         /// Waiting entries left in the pairing table (0 after whole cycles).
         pub fn waiting(&self) -> usize {
             self.tables
@@ -430,8 +440,9 @@ fn args() -> Args {
             "--only" => a.only = it.next().and_then(|v| v.parse().ok()),
             "-h" | "--help" => {
                 println!(
-                    "cargo bench --bench decide [-- --runs N (default 15)] [--only 0|1|2 \
-                     (0 rules, 1,000 rules, 1,000 rules with a full table)]"
+                    "cargo bench --bench decide [-- --runs N (default 15)] [--only 0|1|2|3 \
+                     (0 rules, 1,000 rules, 1,000 rules with a full table, 1,000 rules \
+                     attributing names as for a recursive resolver)]"
                 );
                 std::process::exit(0);
             }
@@ -459,12 +470,17 @@ fn main() {
     };
     let n_rules = api::rule_count(&loaded);
     let full = api::Engine::new(loaded.clone());
+    let loaded_again = loaded.clone();
     // A full client table: every new client query evicts the oldest.
     full.prefill(if args.bench { 65_536 } else { 1024 }, Instant::now());
     let configs: Vec<(&str, api::Engine)> = vec![
         ("0 rules", api::Engine::new(api::no_rules())),
         ("1,000 rules", api::Engine::new(loaded)),
         ("1,000 rules, table full", full),
+        (
+            "1,000 rules, recursive",
+            api::Engine::new(loaded_again).attributing(),
+        ),
     ]
     .into_iter()
     .enumerate()

@@ -215,6 +215,9 @@ pub struct Plan<'a> {
     pub track: bool,
     /// Flow rules exist: answers read from the stream are decoded for them.
     pub flow_rules: bool,
+    /// The DNS message of an upstream answer over UDP: [`apply`] reads the names it points to
+    /// when the tables attribute names (a recursive resolver).
+    pub message: Option<&'a [u8]>,
     /// The answer's names and addresses, read when a flow rule may learn from it (the answer
     /// is learned only if [`apply`] finds the query it answers).
     pub answer: Option<Resolution>,
@@ -329,6 +332,7 @@ pub fn plan<'a>(config: &EngineConfig, rules: &RuleSet, meta: &Meta, bytes: &'a 
                 segment: None,
                 track: false,
                 flow_rules: false,
+                message: None,
                 answer: None,
             };
         }
@@ -358,6 +362,7 @@ pub fn plan<'a>(config: &EngineConfig, rules: &RuleSet, meta: &Meta, bytes: &'a 
         segment: None,
         track: false,
         flow_rules: false,
+        message: None,
         answer: None,
     };
     if dns_port
@@ -394,8 +399,9 @@ pub fn plan<'a>(config: &EngineConfig, rules: &RuleSet, meta: &Meta, bytes: &'a 
             // even where a rule turns pairing's marks off.
             if outcome.pairing || flow_rules {
                 plan.step = dns_step(meta, &packet, dns, mark);
-                if let Step::UpstreamAnswer { derived, .. } = &mut plan.step {
-                    *derived = derived_names(packet.payload);
+                if let Step::UpstreamAnswer { .. } = plan.step {
+                    // Read for the names it points to only if the tables attribute names.
+                    plan.message = Some(packet.payload);
                 }
             }
             if flow_rules && dns.response && meta.direction() != Direction::Incoming {
@@ -619,6 +625,23 @@ pub fn apply(
         streams,
     } = tables;
     let mut applied = Applied::NOTHING;
+    let own_step;
+    let first_step = match (&plan.step, plan.message) {
+        (
+            Step::UpstreamAnswer {
+                flow, truncated, ..
+            },
+            Some(message),
+        ) if pairing.attributing() => {
+            own_step = Step::UpstreamAnswer {
+                flow: *flow,
+                truncated: *truncated,
+                derived: derived_names(message),
+            };
+            &own_step
+        }
+        (step, _) => step,
+    };
     // The connection's mark, where the packet is not its connection's first: the queue reports
     // it where the kernel can; else nfqmark remembers the TCP connections it saw start.
     applied.conn_mark = meta
@@ -627,7 +650,7 @@ pub fn apply(
         .map(|c| c.mark)
         .or_else(|| plan.conn.and_then(|c| pairing.conn_mark(c, now)));
     step(
-        &plan.step,
+        first_step,
         plan,
         plan.answer.as_ref(),
         rules,
@@ -646,7 +669,9 @@ pub fn apply(
                 continue;
             };
             let mut s = message_step(direction, Proto::Tcp, id.src, id.dst, &dns, plan.mark);
-            if let Step::UpstreamAnswer { derived, .. } = &mut s {
+            if let Step::UpstreamAnswer { derived, .. } = &mut s
+                && pairing.attributing()
+            {
                 *derived = derived_names(message.bytes);
             }
             let answer = (plan.flow_rules && dns.response && direction != Direction::Incoming)

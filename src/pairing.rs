@@ -319,6 +319,10 @@ pub struct Pairing {
     /// per process), with their owners.
     names: HashMap<u64, Vec<NameOwner>, RandomState>,
     name_hash: RandomState,
+    /// Set once an upstream query matched no waiting question: the resolver recurses (or sends
+    /// queries of its own), so names are attributed from then on. A forwarder whose every
+    /// upstream query is a client's question never pays for it.
+    attributing: bool,
     /// The mark each DNS-over-TCP connection started with: its later packets keep it.
     conns: Lru<(ConnKey, u32)>,
     conn_by_key: HashMap<ConnKey, Id, RandomState>,
@@ -341,6 +345,7 @@ impl Pairing {
             forwarded_by_key: HashMap::default(),
             names: HashMap::default(),
             name_hash: RandomState::default(),
+            attributing: false,
             conns: Lru::new(),
             conn_by_key: HashMap::default(),
             next_claim: 0,
@@ -444,7 +449,9 @@ impl Pairing {
             .or_default()
             .push(id);
         *self.per_host.entry(host).or_default() += 1;
-        self.own_names(id, question.wire_name(), NameKind::Own, NameKind::Ancestor);
+        if self.attributing {
+            self.own_names(id, question.wire_name(), NameKind::Own, NameKind::Ancestor);
+        }
         self.counters.client_queries += 1;
         if via == Proto::Tcp && !self.has_client_intent(asker, now) {
             // One intent per client connection: a forwarder serves a client's pipelined queries
@@ -532,9 +539,41 @@ impl Pairing {
         }
     }
 
+    /// Whether names are attributed (see the field): callers read an upstream answer's names
+    /// only then.
+    pub fn attributing(&self) -> bool {
+        self.attributing
+    }
+
+    /// The first upstream query no client asked: from now on every waiting client owns its
+    /// names, those waiting now included (a one-time walk over the table).
+    pub fn start_attributing(&mut self) {
+        self.attributing = true;
+        let mut waiting = Vec::with_capacity(self.clients.len());
+        for ids in self.by_question.values() {
+            waiting.extend(ids.iter().copied());
+        }
+        for id in waiting {
+            if let Some(wire) = self
+                .clients
+                .get(id)
+                .map(|e| e.question.wire_name().to_vec())
+            {
+                self.own_names(id, &wire, NameKind::Own, NameKind::Ancestor);
+            }
+        }
+        log::info!(
+            "the resolver sends queries no client asked (it recurses): attributing them by name \
+             to the resolutions that cause them"
+        );
+    }
+
     /// An upstream query no client asked: the waiting resolution that owns its name, by kind
     /// (own name, derived, derived ancestor, ancestor), then oldest client first.
     fn by_name(&mut self, question: &QKey, flow: FlowKey, now: Instant) -> UpstreamMatch {
+        if !self.attributing {
+            self.start_attributing();
+        }
         let cutoff = self.cutoff(now);
         let hash = self.hash_name(question.wire_name());
         let Some(owners) = self.names.get(&hash) else {
@@ -725,6 +764,7 @@ impl Pairing {
         }
         self.counters.upstream_answers += 1;
         if let Some(owner) = entry.owner
+            && self.attributing
             && !derived.is_empty()
         {
             self.derive(owner, derived);
@@ -2413,6 +2453,7 @@ mod tests {
     fn names_per_client_and_owners_per_name_are_bounded() {
         let t0 = Instant::now();
         let mut p = Pairing::new(config(1000));
+        p.start_attributing();
         p.client_query(&key("a.lab"), ask(client(1, 1000), 1), 137, Proto::Udp, t0);
         p.upstream_query(&key("a.lab"), flow(1), t0);
         let many: Vec<crate::dns::Name> = (0..200)
@@ -2438,5 +2479,24 @@ mod tests {
         assert_eq!(p.names.get(&lab).map(Vec::len), Some(MAX_OWNERS));
         p.expire_all(t0 + Duration::from_secs(6));
         assert!(p.names.is_empty(), "every name goes with its owners");
+    }
+
+    #[test]
+    fn a_forwarder_never_pays_for_attribution() {
+        // Every upstream query is a client's question: no name is ever owned.
+        let t0 = Instant::now();
+        let mut p = Pairing::new(config(64));
+        for i in 0..10u16 {
+            let q = key(&format!("w{i}.example"));
+            p.client_query(&q, ask(client(1, 1000 + i), i), 137, Proto::Udp, t0);
+            p.upstream_query(&q, flow(i), t0);
+        }
+        assert!(!p.attributing() && p.names.is_empty());
+        // The first query no client asked turns it on, for the clients waiting now too.
+        assert_eq!(
+            p.upstream_query(&key("example"), flow(99), t0),
+            paired(137, false)
+        );
+        assert!(p.attributing() && !p.names.is_empty());
     }
 }
