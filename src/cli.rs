@@ -28,6 +28,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Print the firewall rules a rules file needs, for iptables-restore or nft -f.
     Setup(SetupArgs),
+    /// Run a packet capture (pcap or pcapng) through nfqmark's decision path, offline: what
+    /// would nfqmark have done with each packet?
+    Replay(ReplayArgs),
     /// Show nfqmark at work in a throw-away network of namespaces (needs root; touches nothing
     /// outside its namespaces).
     Demo(DemoArgs),
@@ -73,6 +76,74 @@ pub struct SetupArgs {
     /// has them.
     #[arg(long)]
     pub no_zones: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The capture: pcap or pcapng, best taken on the router with `tcpdump -i any -w FILE`
+    /// (Linux cooked headers say which way each packet went, and on which interface).
+    #[arg(value_name = "CAPTURE")]
+    pub capture: PathBuf,
+    /// Where packets reach nfqmark: `auto` guesses the hook of each packet from its direction
+    /// and the router's addresses (see docs); a hook name queues every packet there.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub hook: ReplayHook,
+    /// One JSON object per line instead of a table (the last line holds the counters).
+    #[arg(long)]
+    pub json: bool,
+    /// Also list the packets `nfqmark setup`'s rules would not queue.
+    #[arg(long)]
+    pub all: bool,
+    /// An address of the router (repeatable). Without it they are inferred from the capture:
+    /// addresses that packets leave from and never arrive from.
+    #[arg(long, value_name = "ADDR")]
+    pub router_addr: Vec<std::net::IpAddr>,
+    /// The mark your PREROUTING rules give a client's packets (the dnsmasq README's MARK
+    /// rules), as ADDR[/LEN]=MARK; repeatable, first match wins. A capture has no marks.
+    #[arg(long, value_name = "ADDR[/LEN]=MARK", value_parser = parse_client_mark)]
+    pub client_mark: Vec<(crate::replay::Prefix, u32)>,
+    /// The name of the interface with this index on the capturing router (repeatable), for
+    /// rules that name interfaces: `ip -o link` lists them.
+    #[arg(long, value_name = "INDEX=NAME", value_parser = parse_iface)]
+    pub iface: Vec<(u32, String)>,
+    /// Every option of `nfqmark run`, so the service's command line can be pasted: those that
+    /// shape decisions (--rules, --mark-mask, --window, --capacity, --dns-port,
+    /// --conntrack-info, --copy-range, the flow options) apply; the others are ignored.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Where replayed packets reach nfqmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReplayHook {
+    /// Guess each packet's hook from its direction and the router's addresses.
+    Auto,
+    Prerouting,
+    Input,
+    Forward,
+    Output,
+    Postrouting,
+}
+
+/// `198.18.1.0/24=137`, `2001:db8:1::2=0x89`.
+pub fn parse_client_mark(s: &str) -> Result<(crate::replay::Prefix, u32), String> {
+    let bad = || format!("'{s}' is not ADDR[/LEN]=MARK (e.g. 198.18.1.0/24=137)");
+    let (prefix, mark) = s.split_once('=').ok_or_else(bad)?;
+    let prefix = crate::replay::Prefix::parse(prefix).ok_or_else(bad)?;
+    let mark = parse_u32(mark)?;
+    Ok((prefix, mark))
+}
+
+/// `3=lan0`.
+pub fn parse_iface(s: &str) -> Result<(u32, String), String> {
+    let bad = || format!("'{s}' is not INDEX=NAME (e.g. 3=lan0; `ip -o link` shows the indexes)");
+    let (index, name) = s.split_once('=').ok_or_else(bad)?;
+    let index: u32 = index.trim().parse().map_err(|_| bad())?;
+    let name = name.trim();
+    if index == 0 || name.is_empty() || name.len() > 15 {
+        return Err(bad());
+    }
+    Ok((index, name.to_string()))
 }
 
 #[derive(Debug, Args)]

@@ -404,7 +404,7 @@ pub fn setup(args: &SetupArgs) -> i32 {
     0
 }
 
-fn engine_config(args: &RunArgs) -> EngineConfig {
+pub(crate) fn engine_config(args: &RunArgs) -> EngineConfig {
     EngineConfig {
         pairing: PairingConfig {
             window: args.window,
@@ -420,7 +420,7 @@ fn engine_config(args: &RunArgs) -> EngineConfig {
     }
 }
 
-fn learn_config(args: &RunArgs) -> LearnConfig {
+pub(crate) fn learn_config(args: &RunArgs) -> LearnConfig {
     LearnConfig {
         ttl_floor: args.flow_ttl_min,
         ttl_ceiling: args.flow_ttl_max,

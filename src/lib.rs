@@ -23,6 +23,7 @@ pub mod nfnl;
 pub mod packet;
 pub mod pairing;
 mod queue;
+pub mod replay;
 pub mod rules;
 pub mod setup;
 pub mod sockdiag;

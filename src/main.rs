@@ -33,7 +33,31 @@ fn main() -> ExitCode {
         },
         Command::Check(args) => ExitCode::from(nfqmark::daemon::check(&args) as u8),
         Command::Setup(args) => ExitCode::from(nfqmark::daemon::setup(&args) as u8),
+        Command::Replay(args) => run_replay(&args),
         Command::Demo(args) => run_demo(&args),
+    }
+}
+
+fn run_replay(args: &nfqmark::cli::ReplayArgs) -> ExitCode {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let result = nfqmark::replay::run(args, &mut out, &mut std::io::stderr());
+    let flushed = std::io::Write::flush(&mut out);
+    match (result, flushed) {
+        (Ok(_), Ok(())) => ExitCode::SUCCESS,
+        (Err(nfqmark::replay::Error::Rules(diags)), _) => {
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            ExitCode::from(1)
+        }
+        (Err(e), _) => {
+            eprintln!("nfqmark replay: {e}");
+            ExitCode::from(2)
+        }
+        (Ok(_), Err(e)) => {
+            eprintln!("nfqmark replay: cannot write the output: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
