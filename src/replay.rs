@@ -277,11 +277,7 @@ fn nflog(data: &[u8], host_big_endian: bool) -> Result<(Seen, &[u8]), Skip> {
             MARK => logged.mark = be32(value, 0).ok_or(Skip::Truncated)?,
             INDEV => logged.indev = be32(value, 0).ok_or(Skip::Truncated)?,
             OUTDEV => logged.outdev = be32(value, 0).ok_or(Skip::Truncated)?,
-            HWADDR => {
-                if be16(value, 0) == Some(6) {
-                    src_mac = mac_at(value, 4);
-                }
-            }
+            HWADDR if be16(value, 0) == Some(6) => src_mac = mac_at(value, 4),
             PAYLOAD => payload = Some(value),
             _ => {}
         }
@@ -589,7 +585,9 @@ impl Prefix {
                 u32::from(p) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(p), IpAddr::V6(a)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.len)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
                 u128::from(p) & mask == u128::from(a) & mask
             }
             _ => false,
@@ -639,11 +637,7 @@ impl LocalGuess {
 
     /// The addresses judged the router's, sorted.
     pub fn addresses(&self) -> Vec<IpAddr> {
-        let mut v: Vec<IpAddr> = self
-            .leaving
-            .difference(&self.arriving)
-            .copied()
-            .collect();
+        let mut v: Vec<IpAddr> = self.leaving.difference(&self.arriving).copied().collect();
         v.sort_unstable();
         v
     }
@@ -925,7 +919,8 @@ impl Model {
 
     fn dns(&self, p: &Packet<'_>) -> bool {
         matches!(p.proto, Proto::Udp | Proto::Tcp)
-            && (self.config.dns_ports.contains(&p.sport) || self.config.dns_ports.contains(&p.dport))
+            && (self.config.dns_ports.contains(&p.sport)
+                || self.config.dns_ports.contains(&p.dport))
     }
 
     /// Place a packet: its hook, whether it is queued there, and the metadata the queue would
@@ -941,11 +936,7 @@ impl Model {
     ) -> Placed {
         let key = CtKey::of(p);
         let (ct_mark, first) = self.ct.touch(key, now);
-        let conn = |mark: u32| {
-            self.config
-                .conntrack_info
-                .then_some(Conn { mark, first })
-        };
+        let conn = |mark: u32| self.config.conntrack_info.then_some(Conn { mark, first });
         if let Some(l) = seen.logged {
             let mut meta = Meta::new(l.hook, l.mark, l.indev, l.outdev);
             meta.src_mac = seen.src_mac;
@@ -1611,7 +1602,11 @@ fn hook_of(h: ReplayHook) -> Option<Hook> {
 
 /// `nfqmark replay`: read the capture (twice when the router's addresses are to be inferred),
 /// write a table or JSON lines to `out`, and notes (what was inferred, the counters) to `notes`.
-pub fn run(args: &ReplayArgs, out: &mut dyn Write, notes: &mut dyn Write) -> Result<Summary, Error> {
+pub fn run(
+    args: &ReplayArgs,
+    out: &mut dyn Write,
+    notes: &mut dyn Write,
+) -> Result<Summary, Error> {
     let run = &args.run;
     let rules = match &run.rules {
         Some(path) => {
@@ -1772,4 +1767,728 @@ pub fn run(args: &ReplayArgs, out: &mut dyn Write, notes: &mut dyn Write) -> Res
         counters,
         replay,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Capture writers, for tests: real file bytes, as tcpdump and dumpcap write them.
+// ---------------------------------------------------------------------------------------------
+
+/// Capture files built in memory, for unit and integration tests. Nothing else uses them.
+pub mod fixture {
+    use std::time::Duration;
+
+    use super::Dir;
+
+    /// A classic pcap file (microsecond timestamps, this machine's byte order as tcpdump
+    /// writes it): `frames` are (time since the epoch, link-layer bytes).
+    pub fn pcap(link: u32, frames: &[(Duration, Vec<u8>)]) -> Vec<u8> {
+        let mut o = Vec::new();
+        o.extend_from_slice(&0xa1b2_c3d4u32.to_ne_bytes());
+        o.extend_from_slice(&2u16.to_ne_bytes());
+        o.extend_from_slice(&4u16.to_ne_bytes());
+        o.extend_from_slice(&0i32.to_ne_bytes());
+        o.extend_from_slice(&0u32.to_ne_bytes());
+        o.extend_from_slice(&262_144u32.to_ne_bytes());
+        o.extend_from_slice(&link.to_ne_bytes());
+        for (ts, data) in frames {
+            let secs = u32::try_from(ts.as_secs()).unwrap_or(u32::MAX);
+            o.extend_from_slice(&secs.to_ne_bytes());
+            o.extend_from_slice(&ts.subsec_micros().to_ne_bytes());
+            let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+            o.extend_from_slice(&len.to_ne_bytes());
+            o.extend_from_slice(&len.to_ne_bytes());
+            o.extend_from_slice(data);
+        }
+        o
+    }
+
+    fn block(o: &mut Vec<u8>, kind: u32, body: &[u8]) {
+        let padded = body.len().div_ceil(4) * 4;
+        let total = u32::try_from(12 + padded).unwrap_or(u32::MAX);
+        o.extend_from_slice(&kind.to_le_bytes());
+        o.extend_from_slice(&total.to_le_bytes());
+        o.extend_from_slice(body);
+        o.resize(o.len() + padded - body.len(), 0);
+        o.extend_from_slice(&total.to_le_bytes());
+    }
+
+    fn option(o: &mut Vec<u8>, code: u16, value: &[u8]) {
+        o.extend_from_slice(&code.to_le_bytes());
+        o.extend_from_slice(&u16::try_from(value.len()).unwrap_or(0).to_le_bytes());
+        o.extend_from_slice(value);
+        o.resize(o.len() + value.len().div_ceil(4) * 4 - value.len(), 0);
+    }
+
+    /// A little-endian pcapng file: one interface per (link type, name), then packets as
+    /// (time since the epoch, interface number, direction flag, link-layer bytes).
+    pub fn pcapng(
+        ifaces: &[(u32, &str)],
+        packets: &[(Duration, u32, Option<Dir>, Vec<u8>)],
+    ) -> Vec<u8> {
+        let mut o = Vec::new();
+        let mut shb = Vec::new();
+        shb.extend_from_slice(&0x1a2b_3c4du32.to_le_bytes());
+        shb.extend_from_slice(&1u16.to_le_bytes());
+        shb.extend_from_slice(&0u16.to_le_bytes());
+        shb.extend_from_slice(&(-1i64).to_le_bytes());
+        block(&mut o, 0x0a0d_0d0a, &shb);
+        for (link, name) in ifaces {
+            let mut idb = Vec::new();
+            idb.extend_from_slice(&u16::try_from(*link).unwrap_or(0).to_le_bytes());
+            idb.extend_from_slice(&0u16.to_le_bytes());
+            idb.extend_from_slice(&262_144u32.to_le_bytes());
+            option(&mut idb, 2, name.as_bytes());
+            option(&mut idb, 9, &[9]); // nanoseconds
+            option(&mut idb, 0, &[]);
+            block(&mut o, 1, &idb);
+        }
+        for (ts, iface, dir, data) in packets {
+            let ticks = u64::try_from(ts.as_nanos()).unwrap_or(u64::MAX);
+            let mut epb = Vec::new();
+            epb.extend_from_slice(&iface.to_le_bytes());
+            epb.extend_from_slice(&u32::try_from(ticks >> 32).unwrap_or(0).to_le_bytes());
+            epb.extend_from_slice(
+                &u32::try_from(ticks & 0xffff_ffff)
+                    .unwrap_or(0)
+                    .to_le_bytes(),
+            );
+            let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+            epb.extend_from_slice(&len.to_le_bytes());
+            epb.extend_from_slice(&len.to_le_bytes());
+            epb.extend_from_slice(data);
+            epb.resize(epb.len() + data.len().div_ceil(4) * 4 - data.len(), 0);
+            if let Some(dir) = dir {
+                let flags: u32 = match dir {
+                    Dir::In => 1,
+                    Dir::Out => 2,
+                };
+                option(&mut epb, 2, &flags.to_le_bytes());
+                option(&mut epb, 0, &[]);
+            }
+            block(&mut o, 6, &epb);
+        }
+        o
+    }
+
+    /// A Linux cooked v2 (SLL2) frame, as `tcpdump -i any` records it.
+    pub fn sll2(ip: &[u8], ifindex: u32, dir: Dir, mac: [u8; 6]) -> Vec<u8> {
+        let mut o = Vec::with_capacity(20 + ip.len());
+        let ethertype: u16 = if ip.first().is_some_and(|b| b >> 4 == 6) {
+            0x86dd
+        } else {
+            0x0800
+        };
+        o.extend_from_slice(&ethertype.to_be_bytes());
+        o.extend_from_slice(&[0, 0]);
+        o.extend_from_slice(&ifindex.to_be_bytes());
+        o.extend_from_slice(&1u16.to_be_bytes()); // ARPHRD_ETHER
+        o.push(match dir {
+            Dir::In => 0,
+            Dir::Out => 4,
+        });
+        o.push(6);
+        o.extend_from_slice(&mac);
+        o.extend_from_slice(&[0, 0]);
+        o.extend_from_slice(ip);
+        o
+    }
+
+    /// An Ethernet frame carrying `ip`.
+    pub fn ethernet(ip: &[u8], src: [u8; 6]) -> Vec<u8> {
+        let mut o = Vec::with_capacity(14 + ip.len());
+        o.extend_from_slice(&[2, 0, 0, 0, 0, 1]);
+        o.extend_from_slice(&src);
+        let ethertype: u16 = if ip.first().is_some_and(|b| b >> 4 == 6) {
+            0x86dd
+        } else {
+            0x0800
+        };
+        o.extend_from_slice(&ethertype.to_be_bytes());
+        o.extend_from_slice(ip);
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::path::PathBuf;
+
+    use clap::Parser;
+
+    use super::fixture::{ethernet, pcap, pcapng, sll2};
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::fixtures;
+
+    const A: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 2));
+    const B: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 2, 2));
+    const LAN_A: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1));
+    const LAN_B: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 2, 1));
+    const WAN: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 3, 1));
+    const UPSTREAM: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 9, 53));
+    const SERVICE: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 9, 80));
+    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+    const T0: Duration = Duration::from_secs(1_800_000_000);
+    const IF_A: u32 = 2;
+    const IF_B: u32 = 3;
+    const IF_WAN: u32 = 4;
+
+    fn ms(n: u64) -> Duration {
+        T0 + Duration::from_millis(n)
+    }
+
+    /// A temporary file removed on drop.
+    struct Temp(PathBuf);
+
+    impl Temp {
+        fn new(tag: &str, bytes: &[u8]) -> Temp {
+            let path = std::env::temp_dir().join(format!(
+                "nfqmark-replay-{}-{tag}-{:?}.pcap",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            std::fs::write(&path, bytes).expect("write the test capture");
+            Temp(path)
+        }
+    }
+
+    impl Drop for Temp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn args(extra: &[&str]) -> ReplayArgs {
+        let mut v = vec!["nfqmark", "replay"];
+        v.extend_from_slice(extra);
+        match Cli::try_parse_from(v).expect("replay arguments").command {
+            Command::Replay(a) => a,
+            _ => unreachable!("not replay"),
+        }
+    }
+
+    /// One resolution through the router as `tcpdump -i any` records it: the client's query
+    /// arriving, the resolver's upstream query leaving (id 0x5000 + n, port 33000 + n), its
+    /// answer arriving, the answer to the client leaving. `gap` between upstream query and
+    /// client query.
+    fn resolution(
+        client: IpAddr,
+        lan: IpAddr,
+        ifindex: u32,
+        n: u16,
+        at: u64,
+        gap: u64,
+    ) -> Vec<(Duration, Vec<u8>)> {
+        let name = format!("{}-{n}.nfqm.example", if client == A { 'a' } else { 'b' });
+        let q = fixtures::dns_query(n, &name);
+        let a = fixtures::dns_answer(n, &name);
+        let uq = fixtures::dns_query(0x5000 + n, &name);
+        let ua = fixtures::dns_answer(0x5000 + n, &name);
+        let cport = 40_000 + n;
+        let uport = 33_000 + n;
+        vec![
+            (
+                ms(at),
+                sll2(
+                    &fixtures::udp(client, cport, lan, 53, &q),
+                    ifindex,
+                    Dir::In,
+                    MAC,
+                ),
+            ),
+            (
+                ms(at + gap),
+                sll2(
+                    &fixtures::udp(WAN, uport, UPSTREAM, 53, &uq),
+                    IF_WAN,
+                    Dir::Out,
+                    MAC,
+                ),
+            ),
+            (
+                ms(at + gap + 1),
+                sll2(
+                    &fixtures::udp(UPSTREAM, 53, WAN, uport, &ua),
+                    IF_WAN,
+                    Dir::In,
+                    MAC,
+                ),
+            ),
+            (
+                ms(at + gap + 2),
+                sll2(
+                    &fixtures::udp(lan, 53, client, cport, &a),
+                    ifindex,
+                    Dir::Out,
+                    MAC,
+                ),
+            ),
+        ]
+    }
+
+    fn two_clients(gap: u64) -> Vec<(Duration, Vec<u8>)> {
+        let mut frames = resolution(A, LAN_A, IF_A, 1, 0, gap);
+        frames.extend(resolution(B, LAN_B, IF_B, 2, 100, gap));
+        frames.sort_by_key(|f| f.0);
+        frames
+    }
+
+    fn replay_json(bytes: &[u8], extra: &[&str]) -> (Vec<String>, Summary) {
+        let tmp = Temp::new("json", bytes);
+        let path = tmp.0.display().to_string();
+        let mut v = vec![path.as_str(), "--json"];
+        v.extend_from_slice(extra);
+        let mut out = Vec::new();
+        let mut notes = Vec::new();
+        let summary = run(&args(&v), &mut out, &mut notes).expect("replay");
+        let text = String::from_utf8(out).expect("utf-8");
+        (text.lines().map(str::to_string).collect(), summary)
+    }
+
+    /// A field of a JSON line, as written (strings with their quotes).
+    fn field<'a>(line: &'a str, key: &str) -> &'a str {
+        let pat = format!("\"{key}\":");
+        let Some(start) = line.find(&pat) else {
+            return "";
+        };
+        let rest = &line[start + pat.len()..];
+        if let Some(body) = rest.strip_prefix('"') {
+            let end = body.find('"').map_or(rest.len(), |j| j + 2);
+            return &rest[..end];
+        }
+        let end = rest.find([',', '}']).unwrap_or(rest.len());
+        &rest[..end]
+    }
+
+    fn counter(line: &str, key: &str) -> u64 {
+        line.split([' ', '"'])
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {line}"))
+    }
+
+    #[test]
+    fn a_marked_clients_upstream_query_gets_its_mark_and_the_other_clients_not() {
+        let bytes = pcap(linktype::LINUX_SLL2, &two_clients(1));
+        let (lines, summary) = replay_json(&bytes, &["--client-mark", "198.18.1.2=137"]);
+        assert!(summary.inferred);
+        assert_eq!(summary.locals, vec![LAN_A, LAN_B, WAN], "{lines:?}");
+        // Eight packets, all queued (DNS at INPUT and OUTPUT), and the counters line.
+        assert_eq!(lines.len(), 9, "{lines:#?}");
+        let upstream: Vec<&String> = lines
+            .iter()
+            .filter(|l| field(l, "role") == "\"upstream-query\"")
+            .collect();
+        assert_eq!(upstream.len(), 2);
+        assert_eq!(field(upstream[0], "qname"), "\"a-1.nfqm.example.\"");
+        assert_eq!(field(upstream[0], "mark"), "137");
+        assert_eq!(field(upstream[0], "hook"), "\"output\"");
+        assert_eq!(field(upstream[0], "paired"), "true");
+        assert_eq!(field(upstream[1], "mark"), "0");
+        let client_query = &lines[0];
+        assert_eq!(field(client_query, "hook"), "\"input\"");
+        assert_eq!(field(client_query, "in"), "\"if2\"");
+        assert_eq!(field(client_query, "mark_in"), "137");
+        let counters = lines.last().expect("counters");
+        assert_eq!(counter(counters, "paired"), 2, "{counters}");
+        assert_eq!(counter(counters, "client_queries"), 2, "{counters}");
+        assert_eq!(counter(counters, "client_answers"), 2, "{counters}");
+        assert_eq!(counter(counters, "upstream_answers"), 2, "{counters}");
+        assert_eq!(counter(counters, "packets"), 8, "{counters}");
+        // A's upstream query and A's answer changed mark: 2 marked packets. The upstream
+        // answer arrives with the mark already, restored from its connection in PREROUTING.
+        assert_eq!(counter(counters, "marked"), 2, "{counters}");
+        let upstream_answer = &lines[2];
+        assert_eq!(field(upstream_answer, "role"), "\"upstream-answer\"");
+        assert_eq!(field(upstream_answer, "mark_in"), "137");
+        assert_eq!(field(upstream_answer, "set_mark"), "null");
+
+        // Control: without the client's mark nothing is carried, so the same check fails.
+        let (lines, _) = replay_json(&bytes, &[]);
+        assert!(
+            lines
+                .iter()
+                .all(|l| !l.contains("\"role\"") || field(l, "mark") == "0"),
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn time_comes_from_the_capture() {
+        // The resolver asks 6 s after the client: past the 5 s window, nothing pairs.
+        let bytes = pcap(linktype::LINUX_SLL2, &two_clients(6_000));
+        let (lines, _) = replay_json(&bytes, &["--client-mark", "198.18.1.2=137"]);
+        let counters = lines.last().expect("counters");
+        assert_eq!(counter(counters, "paired"), 0, "{counters}");
+        assert_eq!(counter(counters, "unpaired"), 2, "{counters}");
+        // With a 10 s window they pair again.
+        let (lines, _) = replay_json(
+            &bytes,
+            &["--client-mark", "198.18.1.2=137", "--window", "10s"],
+        );
+        assert_eq!(counter(lines.last().expect("counters"), "paired"), 2);
+    }
+
+    #[test]
+    fn a_forwarded_packet_is_decided_once_and_new_flows_go_to_prerouting() {
+        // Client A opens a TCP connection to a service through the router (masqueraded on the
+        // way out): seen arriving on the LAN, then leaving on the WAN with the router's address.
+        let syn_in = fixtures::tcp_syn(A, 20_000, SERVICE, 80);
+        let syn_out = fixtures::tcp_syn(WAN, 61_000, SERVICE, 80);
+        let q = fixtures::dns_query(7, "x.nfqm.example");
+        let frames = vec![
+            (
+                ms(0),
+                sll2(&fixtures::udp(A, 40_007, LAN_A, 53, &q), IF_A, Dir::In, MAC),
+            ),
+            (
+                ms(1),
+                sll2(
+                    &fixtures::udp(WAN, 33_007, UPSTREAM, 53, &q),
+                    IF_WAN,
+                    Dir::Out,
+                    MAC,
+                ),
+            ),
+            (ms(10), sll2(&syn_in, IF_A, Dir::In, MAC)),
+            (ms(11), sll2(&syn_out, IF_WAN, Dir::Out, MAC)),
+        ];
+        let bytes = pcap(linktype::LINUX_SLL2, &frames);
+        // The capture has no answer from the router's LAN address: name it.
+        let (lines, summary) = replay_json(
+            &bytes,
+            &[
+                "--all",
+                "--router-addr",
+                "198.18.1.1",
+                "--router-addr",
+                "198.18.3.1",
+            ],
+        );
+        assert_eq!(lines.len(), 5, "{lines:#?}");
+        assert_eq!(field(&lines[0], "hook"), "\"input\"", "{}", lines[0]);
+        assert_eq!(field(&lines[2], "hook"), "\"forward\"", "{}", lines[2]);
+        assert_eq!(field(&lines[2], "queued"), "false");
+        assert_eq!(field(&lines[3], "hook"), "\"fwd-out\"", "{}", lines[3]);
+        assert_eq!(counter(&summary.replay, "forwarded_out"), 1);
+        // With flow rules, setup queues new flows at PREROUTING.
+        let tmp = Temp::new(
+            "flowrules",
+            b"flow src 198.18.1.0/24 names *.nfqm.example set-mark 0x20/0xff\ndefault accept\n",
+        );
+        let rules = tmp.0.display().to_string();
+        let (lines, _) = replay_json(
+            &bytes,
+            &[
+                "--all",
+                "--rules",
+                &rules,
+                "--router-addr",
+                "198.18.1.1",
+                "--router-addr",
+                "198.18.3.1",
+            ],
+        );
+        assert_eq!(field(&lines[2], "hook"), "\"prerouting\"", "{}", lines[2]);
+        assert_eq!(field(&lines[2], "queued"), "true");
+        assert_eq!(field(&lines[3], "hook"), "\"fwd-out\"", "{}", lines[3]);
+    }
+
+    #[test]
+    fn pcapng_interface_names_bind_the_rules_and_flags_give_the_direction() {
+        let q = fixtures::dns_query(9, "a-9.nfqm.example");
+        let uq = fixtures::dns_query(0x77, "a-9.nfqm.example");
+        let packets = vec![
+            (
+                ms(0),
+                0,
+                Some(Dir::In),
+                ethernet(&fixtures::udp(A, 40_009, LAN_A, 53, &q), MAC),
+            ),
+            (
+                ms(1),
+                1,
+                Some(Dir::Out),
+                ethernet(&fixtures::udp(WAN, 33_009, UPSTREAM, 53, &uq), MAC),
+            ),
+        ];
+        let bytes = pcapng(
+            &[(linktype::ETHERNET, "lan0"), (linktype::ETHERNET, "wan0")],
+            &packets,
+        );
+        let tmp = Temp::new(
+            "ifrules",
+            b"iif lan0 dns query set-mark 0x42\ndefault accept\n",
+        );
+        let rules = tmp.0.display().to_string();
+        let (lines, summary) = replay_json(&bytes, &["--rules", &rules]);
+        assert_eq!(summary.info.format, "pcapng");
+        // Only the WAN address sends in this capture: the LAN address is not inferred, so the
+        // client's query looks forwarded and is not queued.
+        assert_eq!(summary.locals, vec![WAN], "{lines:#?}");
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        let (lines, _) = replay_json(
+            &bytes,
+            &[
+                "--rules",
+                &rules,
+                "--router-addr",
+                "198.18.1.1",
+                "--router-addr",
+                "198.18.3.1",
+            ],
+        );
+        assert_eq!(field(&lines[0], "in"), "\"lan0\"");
+        assert_eq!(field(&lines[0], "set_mark"), "66", "{}", lines[0]);
+        assert!(field(&lines[0], "rule").contains(":1\""), "{}", lines[0]);
+        assert_eq!(field(&lines[1], "out"), "\"wan0\"");
+        assert_eq!(field(&lines[1], "mark"), "66", "{}", lines[1]);
+        // Control: the rule names another interface, nothing matches.
+        let tmp = Temp::new(
+            "ifrules2",
+            b"iif lan1 dns query set-mark 0x42\ndefault accept\n",
+        );
+        let rules = tmp.0.display().to_string();
+        let (lines, _) = replay_json(&bytes, &["--rules", &rules, "--router-addr", "198.18.1.1"]);
+        assert_eq!(field(&lines[0], "set_mark"), "null", "{}", lines[0]);
+    }
+
+    #[test]
+    fn a_capture_without_direction_needs_the_router_addresses() {
+        let q = fixtures::dns_query(9, "a-9.nfqm.example");
+        let frames = vec![(
+            ms(0),
+            ethernet(&fixtures::udp(A, 40_009, LAN_A, 53, &q), MAC),
+        )];
+        let bytes = pcap(linktype::ETHERNET, &frames);
+        let tmp = Temp::new("nodir", &bytes);
+        let path = tmp.0.display().to_string();
+        let e = run(&args(&[&path]), &mut Vec::new(), &mut Vec::new()).expect_err("no direction");
+        assert!(e.to_string().contains("--router-addr"), "{e}");
+        let (lines, _) = replay_json(&bytes, &["--router-addr", "198.18.1.1"]);
+        assert_eq!(field(&lines[0], "hook"), "\"input\"");
+        assert_eq!(field(&lines[0], "role"), "\"client-query\"");
+    }
+
+    #[test]
+    fn repeat_runs_the_packet_through_the_hook_again() {
+        let q = fixtures::dns_query(9, "a-9.nfqm.example");
+        let frames = vec![(
+            ms(0),
+            sll2(&fixtures::udp(A, 40_009, LAN_A, 53, &q), IF_A, Dir::In, MAC),
+        )];
+        let bytes = pcap(linktype::LINUX_SLL2, &frames);
+        let tmp = Temp::new(
+            "repeat",
+            b"mark 0 dns query set-mark 137 repeat\ndefault accept\n",
+        );
+        let rules = tmp.0.display().to_string();
+        let (lines, _) = replay_json(&bytes, &["--rules", &rules, "--router-addr", "198.18.1.1"]);
+        assert_eq!(field(&lines[0], "passes"), "2", "{}", lines[0]);
+        assert_eq!(field(&lines[0], "mark"), "137", "{}", lines[0]);
+        let tmp = Temp::new(
+            "repeat2",
+            b"dns query set-mark 137 repeat\ndefault accept\n",
+        );
+        let rules = tmp.0.display().to_string();
+        let (lines, summary) =
+            replay_json(&bytes, &["--rules", &rules, "--router-addr", "198.18.1.1"]);
+        assert_eq!(field(&lines[0], "passes"), "4", "{}", lines[0]);
+        assert_eq!(counter(&summary.replay, "repeat_loops"), 1);
+    }
+
+    #[test]
+    fn link_layers() {
+        let ip = fixtures::udp(A, 1, LAN_A, 53, b"x");
+        let framed = sll2(&ip, 5, Dir::In, MAC);
+        let (seen, got) = link_layer(linktype::LINUX_SLL2, &framed, false).expect("sll2");
+        assert_eq!(
+            (seen.dir, seen.ifindex, seen.src_mac),
+            (Some(Dir::In), Some(5), Some(MAC))
+        );
+        assert_eq!(got, &ip[..]);
+        let (seen, _) = link_layer(linktype::LINUX_SLL2, &sll2(&ip, 5, Dir::Out, MAC), false)
+            .expect("sll2 out");
+        assert_eq!((seen.dir, seen.src_mac), (Some(Dir::Out), None));
+        // SLL v1: packet type, ARPHRD_LOOPBACK, address length 6, address, protocol.
+        let mut sll = vec![0, 4, 0x03, 0x04, 0, 6];
+        sll.extend_from_slice(&[0; 8]);
+        sll.extend_from_slice(&0x0800u16.to_be_bytes());
+        sll.extend_from_slice(&ip);
+        let (seen, got) = link_layer(linktype::LINUX_SLL, &sll, false).expect("sll");
+        assert_eq!((seen.dir, seen.loopback), (Some(Dir::Out), true));
+        assert_eq!(got, &ip[..]);
+        // Ethernet with a VLAN tag; ARP is not IP.
+        let mut eth = ethernet(&ip, MAC);
+        eth.splice(12..12, [0x81, 0x00, 0x00, 0x07]);
+        assert_eq!(
+            link_layer(linktype::ETHERNET, &eth, false).expect("vlan").1,
+            &ip[..]
+        );
+        let mut arp = ethernet(&ip, MAC);
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        assert_eq!(
+            link_layer(linktype::ETHERNET, &arp, false),
+            Err(Skip::NotIp)
+        );
+        assert_eq!(link_layer(147, &ip, false), Err(Skip::Link(147)));
+        // NFLOG: header, packet header (hook INPUT), mark, indev, payload.
+        let tlv = |o: &mut Vec<u8>, kind: u16, v: &[u8]| {
+            o.extend_from_slice(&u16::try_from(4 + v.len()).unwrap_or(0).to_le_bytes());
+            o.extend_from_slice(&kind.to_le_bytes());
+            o.extend_from_slice(v);
+            o.resize(o.len().div_ceil(4) * 4, 0);
+        };
+        let mut nf = vec![2, 0, 0, 5];
+        tlv(&mut nf, 1, &[0x08, 0x00, 1, 0]);
+        tlv(&mut nf, 2, &137u32.to_be_bytes());
+        tlv(&mut nf, 4, &7u32.to_be_bytes());
+        tlv(&mut nf, 9, &ip);
+        let (seen, got) = link_layer(linktype::NFLOG, &nf, false).expect("nflog");
+        assert_eq!(
+            seen.logged,
+            Some(Logged {
+                hook: Hook::Input,
+                mark: 137,
+                indev: 7,
+                outdev: 0
+            })
+        );
+        assert_eq!(got, &ip[..]);
+        // No prefix of any frame panics.
+        for frame in [sll2(&ip, 5, Dir::In, MAC), sll, eth, nf] {
+            for link in [
+                linktype::ETHERNET,
+                linktype::LINUX_SLL,
+                linktype::LINUX_SLL2,
+                linktype::NFLOG,
+                linktype::RAW,
+            ] {
+                for n in 0..frame.len() {
+                    let _ = link_layer(link, &frame[..n], false);
+                    let _ = link_layer(link, &frame[..n], true);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn damaged_captures_are_errors_or_cut_never_panics() {
+        let good = pcap(linktype::LINUX_SLL2, &two_clients(1));
+        let ng = pcapng(
+            &[(linktype::RAW, "x")],
+            &[(
+                ms(0),
+                0,
+                Some(Dir::In),
+                fixtures::udp(A, 1, LAN_A, 53, b"abc"),
+            )],
+        );
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for base in [&good, &ng] {
+            // Cut anywhere: the frames before the cut are read, and it says so.
+            for cut in (0..base.len()).step_by(7) {
+                let tmp = Temp::new("cut", &base[..cut]);
+                let mut n = 0;
+                if let Ok(info) = read_capture(&tmp.0, &mut |_| n += 1) {
+                    assert!(info.cut || cut == 0 || n > 0 || info.frames == 0);
+                }
+            }
+            for _ in 0..200 {
+                let mut bytes = base.clone();
+                for _ in 0..1 + next() % 8 {
+                    let i = (next() % bytes.len() as u64) as usize;
+                    bytes[i] = next() as u8;
+                }
+                let tmp = Temp::new("mut", &bytes);
+                let path = tmp.0.display().to_string();
+                let _ = run(
+                    &args(&[&path, "--router-addr", "198.18.1.1"]),
+                    &mut Vec::new(),
+                    &mut Vec::new(),
+                );
+            }
+        }
+        let tmp = Temp::new("empty", b"");
+        let e = read_capture(&tmp.0, &mut |_| {}).expect_err("empty");
+        assert!(e.to_string().contains("empty"), "{e}");
+        let tmp = Temp::new("text", b"this is not a capture at all, just text\n");
+        let e = read_capture(&tmp.0, &mut |_| {}).expect_err("text");
+        assert!(e.to_string().contains("not a pcap or pcapng"), "{e}");
+    }
+
+    #[test]
+    fn the_table_has_a_line_per_queued_packet() {
+        let bytes = pcap(linktype::LINUX_SLL2, &two_clients(1));
+        let tmp = Temp::new("table", &bytes);
+        let path = tmp.0.display().to_string();
+        let mut out = Vec::new();
+        let mut notes = Vec::new();
+        run(
+            &args(&[
+                &path,
+                "--client-mark",
+                "198.18.1.0/24=137",
+                "--iface",
+                "2=ca",
+            ]),
+            &mut out,
+            &mut notes,
+        )
+        .expect("replay");
+        let text = String::from_utf8(out).expect("utf-8");
+        let notes = String::from_utf8(notes).expect("utf-8");
+        assert!(
+            notes.contains("router addresses (inferred): 198.18.1.1, 198.18.2.1, 198.18.3.1"),
+            "{notes}"
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].contains("hook") && lines[0].contains("pairing"),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains("input")
+                && lines[1].contains(" ca ")
+                && lines[1].contains("a-1.nfqm.example. A")
+                && lines[1].contains("client-query"),
+            "{text}"
+        );
+        assert!(
+            lines[2].contains("output")
+                && lines[2].contains("0x0->0x89")
+                && lines[2].contains("upstream-query paired"),
+            "{text}"
+        );
+        assert!(text.contains("counters: packets=8 marked=2"), "{text}");
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_str("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
+    }
+
+    #[test]
+    fn prefixes() {
+        let p = Prefix::parse("198.18.1.0/24").expect("v4");
+        assert!(p.contains(A) && !p.contains(B));
+        let p = Prefix::parse("2001:db8:1::/48").expect("v6");
+        assert!(p.contains("2001:db8:1:2::5".parse().expect("addr")));
+        assert!(!p.contains(A));
+        assert!(Prefix::parse("198.18.1.0/33").is_none());
+        assert!(Prefix::parse("0.0.0.0/0").expect("all").contains(B));
+        assert!(crate::cli::parse_client_mark("198.18.1.2").is_err());
+        assert_eq!(
+            crate::cli::parse_client_mark("198.18.1.2=0x89").map(|(_, m)| m),
+            Ok(137)
+        );
+        assert!(crate::cli::parse_iface("0=x").is_err());
+    }
 }
