@@ -1078,8 +1078,8 @@ pub struct Row {
     pub proto: Proto,
     pub src: SocketAddr,
     pub dst: SocketAddr,
-    /// The DNS question (name, type) and whether the message is an answer.
-    pub question: Option<(String, String, bool)>,
+    /// The DNS message's question, as read from the packet.
+    pub question: Option<QuestionText>,
     /// The rule that matched (FILE:LINE).
     pub rule: Option<String>,
     pub decision: Option<Decision>,
@@ -1333,8 +1333,18 @@ impl Replayer {
     }
 }
 
-/// The DNS question of a packet to or from a DNS port: (name, type, is an answer).
-fn question(p: &Packet<'_>, ports: &[u16]) -> Option<(String, String, bool)> {
+/// The question of a DNS message, for the output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuestionText {
+    /// Lower case, with the trailing dot.
+    pub name: String,
+    pub qtype: String,
+    pub answer: bool,
+    pub id: u16,
+}
+
+/// The DNS question of a packet to or from a DNS port (the first message of a TCP segment).
+fn question(p: &Packet<'_>, ports: &[u16]) -> Option<QuestionText> {
     if !ports.contains(&p.sport) && !ports.contains(&p.dport) {
         return None;
     }
@@ -1345,7 +1355,12 @@ fn question(p: &Packet<'_>, ports: &[u16]) -> Option<(String, String, bool)> {
     };
     let q = dns.question.as_ref()?;
     let qtype = hickory_proto::rr::RecordType::from(q.qtype()).to_string();
-    Some((q.name().to_string(), qtype, dns.response))
+    Some(QuestionText {
+        name: q.name().to_string(),
+        qtype,
+        answer: dns.response,
+        id: dns.id,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1409,9 +1424,12 @@ pub fn table_line(r: &Row) -> String {
     };
     let flow = format!("{} {} > {}", proto_text(r.proto), r.src, r.dst);
     let dns = match &r.question {
-        Some((name, qtype, answer)) => {
-            format!("{}{name} {qtype}", if *answer { "ans " } else { "" })
-        }
+        Some(q) => format!(
+            "{}{} {}",
+            if q.answer { "ans " } else { "" },
+            q.name,
+            q.qtype
+        ),
         None => "-".into(),
     };
     let (verdict, pairing) = match &r.decision {
@@ -1503,15 +1521,17 @@ pub fn json_line(r: &Row) -> String {
         r.dst.port()
     );
     match &r.question {
-        Some((name, qtype, answer)) => {
+        Some(q) => {
             let _ = write!(
                 o,
-                ",\"qname\":{},\"qtype\":{},\"answer\":{answer}",
-                json_str(name),
-                json_str(qtype)
+                ",\"qname\":{},\"qtype\":{},\"answer\":{},\"id\":{}",
+                json_str(&q.name),
+                json_str(&q.qtype),
+                q.answer,
+                q.id
             );
         }
-        None => o.push_str(",\"qname\":null,\"qtype\":null,\"answer\":null"),
+        None => o.push_str(",\"qname\":null,\"qtype\":null,\"answer\":null,\"id\":null"),
     }
     let _ = write!(
         o,
