@@ -76,6 +76,16 @@ pub struct SetupArgs {
     /// has them.
     #[arg(long)]
     pub no_zones: bool,
+    /// Print the policy routing instead, as shell commands for `sh`: for each --route, an
+    /// `ip rule` from its mark to its own table, the table's default route, and a kill switch
+    /// (marked packets are refused, never routed by the main table, while the link is down);
+    /// IPv4 and IPv6.
+    #[arg(long)]
+    pub routes: bool,
+    /// With --routes: MARK=DEV[,via=GW][,via6=GW6][,table=N][,pref=N], one per mark
+    /// (repeatable), e.g. 137=wan2,via=198.51.100.1 or 0x20=wg0.
+    #[arg(long = "route", value_name = "MARK=DEV[,via=GW]...", value_parser = crate::setup::parse_route, requires = "routes")]
+    pub route: Vec<crate::setup::RouteSpec>,
 }
 
 #[derive(Debug, Args)]

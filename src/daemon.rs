@@ -325,6 +325,22 @@ pub fn check(args: &CheckArgs) -> i32 {
 /// file has errors, 0 otherwise.
 pub fn setup(args: &SetupArgs) -> i32 {
     use crate::setup::{self as s, Family, Plan};
+    if args.routes {
+        let source = args.rules.as_ref().map_or_else(
+            || "the marks given".to_string(),
+            |p| p.display().to_string(),
+        );
+        return match s::routes(&args.route, args.mark_mask, &source) {
+            Ok(text) => {
+                print!("{text}");
+                0
+            }
+            Err(e) => {
+                eprintln!("nfqmark setup: {e}");
+                2
+            }
+        };
+    }
     let (rules, source) = match &args.rules {
         Some(path) => match load_rules_with(path, &|_: &str| Some(1u32)) {
             Ok(r) => (r, path.display().to_string()),

@@ -491,6 +491,289 @@ pub fn probe_nft_queue() -> Result<bool, String> {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Policy routing: the `ip rule` and `ip route` lines for each mark (`nfqmark setup --routes`).
+// ---------------------------------------------------------------------------------------------
+
+/// One mark's route (`--route MARK=DEV[,via=GW][,via6=GW6][,table=N][,pref=N]`): packets whose
+/// mark under the mask equals `mark` use table `table`, whose default route leaves by `dev`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub mark: u32,
+    pub dev: String,
+    /// The IPv4 gateway; none: `dev` is point-to-point (ppp0, wg0), or the link has no IPv4.
+    pub via4: Option<Ipv4Addr>,
+    /// The IPv6 gateway; none: as for IPv4.
+    pub via6: Option<Ipv6Addr>,
+    /// Routing table; `None`: 100, 101, ... by position.
+    pub table: Option<u32>,
+    /// `ip rule` preference; `None`: 20000, 20001, ... by position (before main's 32766).
+    pub pref: Option<u32>,
+}
+
+/// Parse `--route MARK=DEV[,via=GW][,via6=GW6][,table=N][,pref=N]`.
+pub fn parse_route(s: &str) -> Result<RouteSpec, String> {
+    let example = "e.g. 137=wan2,via=198.51.100.1 or 0x20=wg0";
+    let (mark, rest) = s.split_once('=').ok_or_else(|| {
+        format!("'{s}' is not MARK=DEV[,via=GW][,via6=GW6][,table=N] ({example})")
+    })?;
+    let mark = crate::cli::parse_u32(mark)?;
+    if mark == 0 {
+        return Err(format!(
+            "'{s}': mark 0 is every unmarked packet; give the mark nfqmark sets ({example})"
+        ));
+    }
+    let mut parts = rest.split(',');
+    let dev = parts.next().unwrap_or("").trim();
+    if dev.is_empty() || dev.len() > 15 || dev.contains(['/', ' ', '=']) {
+        return Err(format!(
+            "'{s}': '{dev}' is not an interface name (at most 15 characters; {example})"
+        ));
+    }
+    let mut spec = RouteSpec {
+        mark,
+        dev: dev.to_string(),
+        via4: None,
+        via6: None,
+        table: None,
+        pref: None,
+    };
+    for part in parts {
+        let (key, value) = part.split_once('=').unwrap_or((part, ""));
+        let value = value.trim();
+        let bad = |what: &str| format!("'{s}': '{part}': {what} ({example})");
+        match key.trim() {
+            "via" => match value.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(a)) => spec.via4 = Some(a),
+                Ok(std::net::IpAddr::V6(a)) => spec.via6 = Some(a),
+                Err(_) => return Err(bad("not an address")),
+            },
+            "via6" => spec.via6 = Some(value.parse().map_err(|_| bad("not an IPv6 address"))?),
+            "table" => {
+                let t: u32 = value.parse().map_err(|_| bad("not a table number"))?;
+                // 0 is unspec; 253-255 are default, main and local.
+                if t == 0 || (253..=255).contains(&t) {
+                    return Err(bad("tables 0 and 253-255 are the kernel's; pick another"));
+                }
+                spec.table = Some(t);
+            }
+            "pref" => {
+                let p: u32 = value.parse().map_err(|_| bad("not a rule preference"))?;
+                if p == 0 || p >= 32766 {
+                    return Err(bad(
+                        "a preference from 1 to 32765 (before the main table's rule)",
+                    ));
+                }
+                spec.pref = Some(p);
+            }
+            other => {
+                return Err(bad(&format!(
+                    "unknown key '{other}' (expected via, via6, table or pref)"
+                )));
+            }
+        }
+    }
+    Ok(spec)
+}
+
+/// The metric of the kill switch: the largest, so any real route of the table wins while it
+/// exists.
+pub const KILL_SWITCH_METRIC: u32 = u32::MAX;
+
+/// The shell commands (for `sh`) that route each mark by its own table, IPv4 and IPv6, with a
+/// kill switch in every table: an `unreachable` default route of the largest metric, so that when
+/// the mark's link is down (its routes gone) marked packets are refused instead of falling
+/// through to the main table's route. `mask`: the bits of the mark nfqmark owns (`fwmark
+/// MARK/MASK`). Marks that share a table share its routes. Commands are idempotent: run again,
+/// they leave one copy of each rule and route.
+pub fn routes(specs: &[RouteSpec], mask: u32, source: &str) -> Result<String, String> {
+    if specs.is_empty() {
+        return Err(
+            "--routes needs at least one --route MARK=DEV[,via=GW][,via6=GW6] (the marks your \
+             rules set, and the uplink each one uses)"
+                .to_string(),
+        );
+    }
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "# nfqmark setup --routes for {source}, nfqmark {}",
+        env!("CARGO_PKG_VERSION")
+    );
+    o.push_str("# apply once (e.g. when the uplinks come up): nfqmark setup --routes ... | sh\n");
+    o.push_str(
+        "# Each mark has its own table; its last route is a kill switch: when the uplink goes down\n\
+         # (its routes go with it) marked packets are refused, never sent by the main table.\n\
+         # A cable pulled leaves the link up and its routes in place unless the kernel ignores\n\
+         # routes with a lost carrier (net.ipv4.conf.DEV.ignore_routes_with_linkdown=1, and the\n\
+         # same under net.ipv6), set below.\n",
+    );
+    o.push_str("set -e\n");
+    let mut seen_tables: Vec<u32> = Vec::new();
+    let mut removal = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let index = u32::try_from(i).unwrap_or(u32::MAX);
+        let table = spec.table.unwrap_or(100u32.saturating_add(index));
+        let pref = spec.pref.unwrap_or(20_000u32.saturating_add(index));
+        let mark = spec.mark & mask;
+        if mark == 0 {
+            return Err(format!(
+                "--route {:#x}={}: the mark has no bit under --mark-mask {mask:#x}",
+                spec.mark, spec.dev
+            ));
+        }
+        let fwmark = if mask == u32::MAX {
+            format!("{mark:#x}")
+        } else {
+            format!("{mark:#x}/{mask:#x}")
+        };
+        let dev = &spec.dev;
+        let _ = writeln!(o, "\n# mark {fwmark} -> table {table} -> {dev}");
+        let _ = writeln!(
+            o,
+            "sysctl -qw net.ipv4.conf.{dev}.ignore_routes_with_linkdown=1 net.ipv6.conf.{dev}.ignore_routes_with_linkdown=1 || true"
+        );
+        for (family, via) in [
+            ("-4", spec.via4.map(|a| a.to_string())),
+            ("-6", spec.via6.map(|a| a.to_string())),
+        ] {
+            let name = if family == "-4" { "IPv4" } else { "IPv6" };
+            if !seen_tables.contains(&table) {
+                // The kill switch first: from the moment the rule exists, the table never lets a
+                // marked packet fall through to the main table.
+                let _ = writeln!(
+                    o,
+                    "ip {family} route replace unreachable default metric {KILL_SWITCH_METRIC} table {table}"
+                );
+                let other_family_has_gateway = match family {
+                    "-4" => spec.via6.is_some(),
+                    _ => spec.via4.is_some(),
+                };
+                let route = match via {
+                    Some(gw) => Some(format!("default via {gw} dev {dev}")),
+                    // A link with a gateway for the other family only: this family has no
+                    // route there, only the kill switch.
+                    None if other_family_has_gateway => None,
+                    None => Some(format!("default dev {dev}")),
+                };
+                match route {
+                    // A link that is down now refuses the route: the kill switch holds until
+                    // the route is added again (run this again when the link is up).
+                    Some(route) => {
+                        let _ = writeln!(
+                            o,
+                            "ip {family} route replace {route} table {table} || echo \"nfqmark: {dev} is down or has no {name}: marked {name} packets are refused until this runs again with it up\" >&2"
+                        );
+                    }
+                    None => {
+                        let _ = writeln!(
+                            o,
+                            "# no {name} gateway on {dev}: marked {name} packets are refused"
+                        );
+                    }
+                }
+            }
+            let _ = writeln!(
+                o,
+                "while ip {family} rule del pref {pref} 2>/dev/null; do :; done"
+            );
+            let _ = writeln!(
+                o,
+                "ip {family} rule add pref {pref} fwmark {fwmark} table {table}"
+            );
+        }
+        if !seen_tables.contains(&table) {
+            seen_tables.push(table);
+            removal.push(format!(
+                "ip -4 route flush table {table}; ip -6 route flush table {table}"
+            ));
+        }
+        removal.push(format!(
+            "ip -4 rule del pref {pref}; ip -6 rule del pref {pref}"
+        ));
+    }
+    o.push_str("\n# remove:\n");
+    for r in removal {
+        let _ = writeln!(o, "#   {r}");
+    }
+    Ok(o)
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    fn spec(s: &str) -> RouteSpec {
+        parse_route(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn route_specs_parse_and_errors_say_what_is_wrong() {
+        let r = spec("137=wan2,via=198.51.100.1,via6=2001:db8::1,table=120,pref=900");
+        assert_eq!(r.mark, 137);
+        assert_eq!(r.dev, "wan2");
+        assert_eq!(r.via4, Some(Ipv4Addr::new(198, 51, 100, 1)));
+        assert_eq!(r.via6, "2001:db8::1".parse().ok());
+        assert_eq!((r.table, r.pref), (Some(120), Some(900)));
+        let r = spec("0x20=wg0,via=2001:db8::1");
+        assert_eq!((r.mark, r.via4, r.via6.is_some()), (0x20, None, true));
+        for (bad, says) in [
+            ("137", "is not MARK=DEV"),
+            ("0=wan2", "mark 0"),
+            ("x=wan2", "32-bit number"),
+            ("137=", "not an interface name"),
+            ("137=averyveryverylongname", "not an interface name"),
+            ("137=wan2,via=nope", "not an address"),
+            ("137=wan2,table=254", "kernel's"),
+            ("137=wan2,pref=40000", "preference"),
+            ("137=wan2,gw=1.2.3.4", "unknown key 'gw'"),
+        ] {
+            let e = parse_route(bad).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn each_mark_gets_a_table_a_rule_and_a_kill_switch_in_both_families() {
+        let text = routes(
+            &[
+                spec("137=link2,via=198.18.4.2,via6=2001:db8:4::2"),
+                spec("0x20=wg0"),
+                spec("0x30=wan3,via=198.51.100.1"),
+            ],
+            u32::MAX,
+            "test",
+        )
+        .expect("routes");
+        for line in [
+            "ip -4 rule add pref 20000 fwmark 0x89 table 100",
+            "ip -6 rule add pref 20000 fwmark 0x89 table 100",
+            "ip -4 route replace default via 198.18.4.2 dev link2 table 100 || echo \"nfqmark: link2 is down or has no IPv4: marked IPv4 packets are refused until this runs again with it up\" >&2",
+            "ip -4 route replace unreachable default metric 4294967295 table 100",
+            "ip -6 route replace unreachable default metric 4294967295 table 100",
+            "ip -6 route replace default dev wg0 table 101 || echo \"nfqmark: wg0 is down or has no IPv6: marked IPv6 packets are refused until this runs again with it up\" >&2",
+            "ip -4 rule add pref 20001 fwmark 0x20 table 101",
+            "ip -4 route replace default via 198.51.100.1 dev wan3 table 102 || echo \"nfqmark: wan3 is down or has no IPv4: marked IPv4 packets are refused until this runs again with it up\" >&2",
+            "# no IPv6 gateway on wan3: marked IPv6 packets are refused",
+            "ip -6 route replace unreachable default metric 4294967295 table 102",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("ip -6 route replace default dev wan3"),
+            "{text}"
+        );
+        // Under a mask, the rules match the mask's bits only.
+        let text = routes(&[spec("0x100=wan2")], 0xff00, "test").expect("masked");
+        assert!(text.contains("fwmark 0x100/0xff00 table 100"), "{text}");
+        assert!(routes(&[spec("0x1=wan2")], 0xff00, "t").is_err());
+        assert!(routes(&[], u32::MAX, "t").is_err());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
