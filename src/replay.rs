@@ -25,10 +25,13 @@
 //!   saves a mark under the mask. Connections are keyed by the addresses and ports the capture
 //!   shows (after NAT on the way out, before DNAT on the way in, as an interface sees them).
 //!
-//! Each queued packet then goes through [`worker::decide_locked`], the function every worker
-//! calls (engine plan, apply under the tables' lock, finish), with the time taken from the
-//! capture; the counters are the daemon's own ([`crate::stats::Stats`], the pairing table's) and
-//! are printed as the daemon logs them.
+//! Each queued packet then goes through [`engine::decide`] (plan, apply, finish: the steps every
+//! worker takes) on the daemon's own shared state ([`Shared`]: tables, rules, counters), with the
+//! time taken from the capture; the counters are printed as the daemon logs them. One step the
+//! worker takes a capture cannot: for a resolver's TCP SYN that several waiting clients could
+//! have caused, the worker asks the running kernel which client connection the resolver's
+//! process holds (`crate::sockdiag`); replay settles it as `engine::decide` does, by timing (the
+//! oldest waiting client, counted as ambiguous).
 //!
 //! This module owns the reading of capture files (the only I/O here, in [`read_capture`]) and
 //! the model above. It must never decide anything itself: every verdict and mark comes from the
@@ -47,12 +50,12 @@ use pcap_parser::traits::PcapNGPacketBlock;
 use pcap_parser::{Block, PcapBlockOwned, PcapError};
 
 use crate::cli::{ReplayArgs, ReplayHook};
-use crate::engine::{Class, Decision, Role};
+use crate::engine::{self, Class, Decision, Role};
 use crate::links::{LinkEvent, LinkMap};
 use crate::packet::{self, Packet, Proto};
 use crate::rules::RuleSet;
 use crate::types::{Conn, Hook, Meta, Verdict, apply_mask};
-use crate::worker::{Loaded, Shared, decide_locked};
+use crate::worker::{Loaded, Shared, lock};
 
 // ---------------------------------------------------------------------------------------------
 // Link layers: what a capture's frame says besides the IP packet. Pure.
@@ -1268,10 +1271,10 @@ impl Replayer {
         let mut meta = placed.meta;
         let mut decision;
         loop {
-            decision = decide_locked(
+            decision = engine::decide(
                 &self.shared.config,
                 &self.loaded.rules,
-                &self.shared.tables,
+                &mut lock(&self.shared.tables),
                 &meta,
                 copy,
                 now,
