@@ -944,8 +944,15 @@ impl Model {
             let mut meta = Meta::new(l.hook, l.mark, l.indev, l.outdev);
             meta.src_mac = seen.src_mac;
             meta.conn = conn(ct_mark);
+            let guess = match self.config.hook {
+                Some(h) => {
+                    meta.hook = h;
+                    Guess::Fixed(h)
+                }
+                None => Guess::Logged(l.hook),
+            };
             return Placed {
-                guess: Guess::Logged(l.hook),
+                guess,
                 queued: true,
                 meta,
             };

@@ -10,8 +10,13 @@
 //! `--client-mark`), must give every upstream query the mark its link shows and end with the
 //! daemon's counters.
 //!
-//! Control: the same capture replayed without `--client-mark` disagrees with the sniffer on
-//! every one of client A's upstream queries, so the comparison can fail.
+//! A second capture records the packets as netfilter hands them to the queue: NFLOG rules just
+//! before nfqmark's queue rules (`tcpdump -i nflog:5`), with hook, interfaces and mark, so its
+//! replay needs no `--client-mark`; it must agree with the daemon the same way.
+//!
+//! Controls: the `-i any` capture replayed without `--client-mark` disagrees with the sniffer
+//! on every one of client A's upstream queries, and the NFLOG capture replayed with every packet
+//! forced to INPUT (`--hook input`) has no upstream query at all: the comparisons can fail.
 
 mod common;
 
@@ -69,15 +74,50 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
     &rest[..end]
 }
 
-/// tcpdump on every interface of the router, writing `path` packet by packet.
-fn start_capture(world: &World, path: &Path) -> Guarded {
+/// NFLOG group of the queue-side capture.
+const NFLOG_GROUP: &str = "5";
+
+/// NFLOG rules just before nfqmark's queue rules (which `start_nfqmark` installed): the packets
+/// as netfilter hands them to the queue, with hook, interfaces and mark.
+fn log_queued_packets(world: &World) {
+    for tool in ["iptables", "ip6tables"] {
+        let mut rules: Vec<Vec<&str>> = vec![vec![
+            "-t", "raw", "-I", "OUTPUT", "-p", "udp", "--dport", "53",
+        ]];
+        for chain in ["NFQMARK-DNS-IN", "NFQMARK-DNS-OUT"] {
+            for proto in ["udp", "tcp"] {
+                for dir in ["--dport", "--sport"] {
+                    rules.push(vec!["-t", "mangle", "-I", chain, "-p", proto, dir, "53"]);
+                }
+            }
+        }
+        for mut r in rules {
+            // In NFQMARK-DNS-OUT the resolver's UDP queries are not queued (raw is): skip them.
+            if r.contains(&"NFQMARK-DNS-OUT") && r.contains(&"udp") && r.contains(&"--dport") {
+                continue;
+            }
+            r.extend(["-j", "NFLOG", "--nflog-group", NFLOG_GROUP]);
+            world.router_iptables(tool, &r).expect("NFLOG rule");
+        }
+    }
+}
+
+/// tcpdump on every interface of the router (or on the NFLOG group: `nflog`), writing `path`
+/// packet by packet.
+fn start_capture(world: &World, path: &Path, nflog: bool) -> Guarded {
     let log = std::fs::File::create(path.with_extension("log")).expect("tcpdump log");
+    let iface = if nflog {
+        format!("nflog:{NFLOG_GROUP}")
+    } else {
+        "any".to_string()
+    };
+    let filter: &[&str] = if nflog { &[] } else { &["port", "53"] };
     let child = world
         .router
         .command("tcpdump")
-        .args(["-i", "any", "-n", "-U", "-s", "0", "-w"])
+        .args(["-i", &iface, "-n", "-U", "-s", "0", "-w"])
         .arg(path)
-        .args(["port", "53"])
+        .args(filter)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -92,9 +132,10 @@ fn start_capture(world: &World, path: &Path) -> Guarded {
     guard
 }
 
-/// Stop tcpdump; it writes what it still holds and exits.
-fn stop_capture(mut tcpdump: Guarded, path: &Path) {
-    thread::sleep(Duration::from_millis(300));
+/// Stop tcpdump; it writes what it still holds and exits. The kernel hands NFLOG messages over
+/// in batches, flushed at the latest after a second: wait for the last batch first.
+fn stop_capture(mut tcpdump: Guarded, path: &Path, nflog: bool) {
+    thread::sleep(Duration::from_millis(if nflog { 2_000 } else { 300 }));
     tcpdump.terminate(Duration::from_secs(3));
     let log = std::fs::read_to_string(path.with_extension("log")).unwrap_or_default();
     println!("tcpdump: {}", log.trim());
@@ -174,8 +215,11 @@ fn replay_decides_as_the_daemon(resolver: Resolver, tag: &str, rounds: &[(Family
     options.queue = 5;
     let mut world = World::build(options).expect("build the lab");
     let capture = world.path("router.pcap");
-    let tcpdump = start_capture(&world, &capture);
+    let tcpdump = start_capture(&world, &capture, false);
     world.start_nfqmark().expect("start nfqmark");
+    log_queued_packets(&world);
+    let logged = world.path("queued.pcap");
+    let nflog = start_capture(&world, &logged, true);
     let mut labels = Vec::new();
     let mut started = None;
     for &(family, tcp) in rounds {
@@ -209,7 +253,8 @@ fn replay_decides_as_the_daemon(resolver: Resolver, tag: &str, rounds: &[(Family
     }
     thread::sleep(Duration::from_millis(300));
     let daemon = world.nfqmark_counters();
-    stop_capture(tcpdump, &capture);
+    stop_capture(tcpdump, &capture, false);
+    stop_capture(nflog, &logged, true);
     let log = world.stop_nfqmark();
     println!("daemon: {daemon}");
 
@@ -253,6 +298,33 @@ fn replay_decides_as_the_daemon(resolver: Resolver, tag: &str, rounds: &[(Family
         failures.is_empty(),
         "replay differs from the daemon:\n{}\ndaemon log:\n{log}",
         failures.join("\n")
+    );
+
+    // The NFLOG capture holds hooks, interfaces and marks: no --client-mark needed.
+    let lines = replay(&logged, &iface_args);
+    let summary = lines.last().cloned().unwrap_or_default();
+    println!("replay of the NFLOG capture: {summary}");
+    let marks = replay_marks(&lines);
+    let mut failures = Vec::new();
+    for label in &labels {
+        failures.extend(disagreements(&world, &marks, label));
+    }
+    for key in COMPARED {
+        let (d, r) = (counter(&daemon, key), counter(&summary, key));
+        if d.is_none() || d != r {
+            failures.push(format!("counter {key}: daemon {d:?}, replay {r:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "replay of the NFLOG capture differs from the daemon:\n{}",
+        failures.join("\n")
+    );
+    // Control for it: every packet forced to INPUT, no upstream query is one.
+    let lines = replay(&logged, &["--hook".to_string(), "input".to_string()]);
+    assert!(
+        replay_marks(&lines).is_empty(),
+        "control: upstream queries at INPUT"
     );
 
     // Control: without client A's mark (a capture has no marks), replay disagrees with what
