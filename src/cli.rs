@@ -89,6 +89,12 @@ pub struct SetupArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Every option of `nfqmark run` is accepted, so the service's command line \
+can be pasted: --rules, --mark-mask, --window, --capacity, --dns-port, --conntrack-info, \
+--copy-range and the flow options shape the decisions; the others are ignored. Capturing for \
+replay, and what replay cannot know: docs/recipes.md."
+)]
 pub struct ReplayArgs {
     /// The capture: pcap or pcapng, best taken on the router with `tcpdump -i any -w FILE`
     /// (Linux cooked headers say which way each packet went, and on which interface).
