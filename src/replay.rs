@@ -404,20 +404,26 @@ pub fn read_capture(
     each: &mut dyn FnMut(&Frame<'_>),
 ) -> Result<CaptureInfo, CaptureError> {
     let file = std::fs::File::open(path).map_err(CaptureError::Open)?;
+    read_capture_from(&path.display().to_string(), file, each)
+}
+
+/// [`read_capture`] from any reader; `name` names it in errors.
+pub fn read_capture_from<R: io::Read + Send>(
+    name: &str,
+    input: R,
+    each: &mut dyn FnMut(&Frame<'_>),
+) -> Result<CaptureInfo, CaptureError> {
     let mut capacity = 1 << 16;
     let not_capture = |e: &dyn fmt::Debug| {
         CaptureError::Format(format!(
             "{}: not a pcap or pcapng capture ({e:?}); write one with tcpdump -w FILE",
-            path.display()
+            name
         ))
     };
-    let mut reader = match pcap_parser::create_reader(capacity, file) {
+    let mut reader = match pcap_parser::create_reader(capacity, input) {
         Ok(r) => r,
         Err(PcapError::Eof) => {
-            return Err(CaptureError::Format(format!(
-                "{}: the file is empty",
-                path.display()
-            )));
+            return Err(CaptureError::Format(format!("{}: the file is empty", name)));
         }
         Err(e) => return Err(not_capture(&e)),
     };
@@ -518,9 +524,9 @@ pub fn read_capture(
                     info.cut = true;
                     break;
                 }
-                reader.refill().map_err(|e| {
-                    CaptureError::Format(format!("{}: read error: {e:?}", path.display()))
-                })?;
+                reader
+                    .refill()
+                    .map_err(|e| CaptureError::Format(format!("{}: read error: {e:?}", name)))?;
             }
             Err(PcapError::UnexpectedEof) => {
                 info.cut = true;
@@ -530,22 +536,22 @@ pub fn read_capture(
                 if capacity >= MAX_BLOCK {
                     return Err(CaptureError::Format(format!(
                         "{}: a block of more than {} MiB at byte {}: not a capture nfqmark reads",
-                        path.display(),
+                        name,
                         MAX_BLOCK >> 20,
                         reader.consumed()
                     )));
                 }
                 capacity *= 4;
                 reader.grow(capacity);
-                reader.refill().map_err(|e| {
-                    CaptureError::Format(format!("{}: read error: {e:?}", path.display()))
-                })?;
+                reader
+                    .refill()
+                    .map_err(|e| CaptureError::Format(format!("{}: read error: {e:?}", name)))?;
             }
             Err(e) => {
                 let what = format!("{e:?}");
                 return Err(CaptureError::Format(format!(
                     "{}: unreadable block at byte {} ({what}); the file may be damaged",
-                    path.display(),
+                    name,
                     reader.consumed()
                 )));
             }

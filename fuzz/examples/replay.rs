@@ -29,8 +29,9 @@ fn main() -> ExitCode {
         Some("nfnl") => nfqmark_fuzz::nfnl,
         Some("stream") => nfqmark_fuzz::stream,
         Some("answer") => nfqmark_fuzz::answer,
+        Some("capture") => nfqmark_fuzz::capture,
         _ => {
-            eprintln!("usage: replay packet|engine|rules|nfnl|stream|answer FILE|DIR...");
+            eprintln!("usage: replay packet|engine|rules|nfnl|stream|answer|capture FILE|DIR...");
             return ExitCode::from(2);
         }
     };

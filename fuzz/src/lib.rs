@@ -38,8 +38,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 mod answer;
+mod capture;
 
 pub use answer::{answer, reference_addresses, seed_answers};
+pub use capture::{capture, seed_captures};
 
 use nfqmark::dns::{self, Dns, QKey};
 use nfqmark::engine::{self, EngineConfig, Tables};
@@ -415,7 +417,10 @@ pub fn nfnl(data: &[u8]) {
         .map_or(0, u32::from_ne_bytes);
     let mut dump = nft::RuleDump::default();
     let _ = dump.feed(data, seq);
-    assert!(dump.rules.len() <= data.len() / 16, "more rules than messages");
+    assert!(
+        dump.rules.len() <= data.len() / 16,
+        "more rules than messages"
+    );
     let _ = nft::packets_per_queue(&dump.rules);
     let _ = ct::parse_answer(data, seq);
     nfnl_queue(data);
@@ -1038,6 +1043,9 @@ fn stream_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     for (name, bytes) in seed_answers() {
         out.push(("answer", name, bytes));
     }
+    for (name, bytes) in seed_captures() {
+        out.push(("capture", name, bytes));
+    }
     out
 }
 
@@ -1053,7 +1061,10 @@ mod tests {
         dump.feed(&nft_rule_dump(), 1).expect("dump");
         assert!(dump.done);
         assert_eq!(dump.rules.len(), 1);
-        assert_eq!((dump.rules[0].queues.first, dump.rules[0].packets), (3, 100));
+        assert_eq!(
+            (dump.rules[0].queues.first, dump.rules[0].packets),
+            (3, 100)
+        );
         match ct::parse_answer(&ct_entry(), 1) {
             Ok(ct::Answer::Entry(e)) => assert_eq!((e.mark, e.first()), (0x1234, Some(false))),
             other => panic!("{other:?}"),
