@@ -84,8 +84,12 @@ pub struct SetupArgs {
     pub routes: bool,
     /// With --routes: MARK=DEV[,via=GW][,via6=GW6][,table=N][,pref=N], one per mark
     /// (repeatable), e.g. 137=wan2,via=198.51.100.1 or 0x20=wg0.
-    #[arg(long = "route", value_name = "MARK=DEV[,via=GW]...", value_parser = crate::setup::parse_route, requires = "routes")]
-    pub route: Vec<crate::setup::RouteSpec>,
+    #[arg(
+        long = "route",
+        value_name = "MARK=DEV[,via=GW]...",
+        requires = "routes"
+    )]
+    pub route: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -117,7 +121,7 @@ pub struct ReplayArgs {
     /// The mark your PREROUTING rules give a client's packets (the dnsmasq README's MARK
     /// rules), as ADDR[/LEN]=MARK; repeatable, first match wins. A capture has no marks.
     #[arg(long, value_name = "ADDR[/LEN]=MARK", value_parser = parse_client_mark)]
-    pub client_mark: Vec<(crate::replay::Prefix, u32)>,
+    pub client_mark: Vec<ClientMark>,
     /// The name of the interface with this index on the capturing router (repeatable), for
     /// rules that name interfaces: `ip -o link` lists them.
     #[arg(long, value_name = "INDEX=NAME", value_parser = parse_iface)]
@@ -141,13 +145,36 @@ pub enum ReplayHook {
     Postrouting,
 }
 
-/// `198.18.1.0/24=137`, `2001:db8:1::2=0x89`.
-pub fn parse_client_mark(s: &str) -> Result<(crate::replay::Prefix, u32), String> {
+/// `--client-mark ADDR[/LEN]=MARK`: the clients of a prefix and the mark they are given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientMark {
+    pub addr: std::net::IpAddr,
+    /// Prefix length, at most 32 (IPv4) or 128 (IPv6).
+    pub len: u8,
+    pub mark: u32,
+}
+
+/// `198.18.1.0/24=137`, `2001:db8:1::2=0x89` (a bare address is the whole address).
+pub fn parse_client_mark(s: &str) -> Result<ClientMark, String> {
     let bad = || format!("'{s}' is not ADDR[/LEN]=MARK (e.g. 198.18.1.0/24=137)");
     let (prefix, mark) = s.split_once('=').ok_or_else(bad)?;
-    let prefix = crate::replay::Prefix::parse(prefix).ok_or_else(bad)?;
+    let (addr, len) = match prefix.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (prefix, None),
+    };
+    let addr: std::net::IpAddr = addr.trim().parse().map_err(|_| bad())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|&l| l <= max)
+            .ok_or_else(|| format!("'{s}': the prefix length must be 0 to {max}"))?,
+        None => max,
+    };
     let mark = parse_u32(mark)?;
-    Ok((prefix, mark))
+    Ok(ClientMark { addr, len, mark })
 }
 
 /// `3=lan0`.

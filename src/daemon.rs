@@ -330,7 +330,17 @@ pub fn setup(args: &SetupArgs) -> i32 {
             || "the marks given".to_string(),
             |p| p.display().to_string(),
         );
-        return match s::routes(&args.route, args.mark_mask, &source) {
+        let mut specs = Vec::with_capacity(args.route.len());
+        for r in &args.route {
+            match s::parse_route(r) {
+                Ok(spec) => specs.push(spec),
+                Err(e) => {
+                    eprintln!("nfqmark setup: --route {e}");
+                    return 2;
+                }
+            }
+        }
+        return match s::routes(&specs, args.mark_mask, &source) {
             Ok(text) => {
                 print!("{text}");
                 0

@@ -572,6 +572,14 @@ pub struct Prefix {
 }
 
 impl Prefix {
+    /// The prefix a `--client-mark` names.
+    pub fn of(m: &crate::cli::ClientMark) -> Prefix {
+        Prefix {
+            addr: m.addr,
+            len: m.len,
+        }
+    }
+
     /// `198.18.1.2`, `198.18.1.0/24`, `2001:db8:1::/64`.
     pub fn parse(s: &str) -> Option<Prefix> {
         let (a, l) = match s.split_once('/') {
@@ -1370,7 +1378,7 @@ fn question(p: &Packet<'_>, ports: &[u16]) -> Option<QuestionText> {
         _ => return None,
     };
     let q = dns.question.as_ref()?;
-    let qtype = hickory_proto::rr::RecordType::from(q.qtype()).to_string();
+    let qtype = crate::dns::rtype::Show(q.qtype()).to_string();
     Some(QuestionText {
         name: q.name().to_string(),
         qtype,
@@ -1694,7 +1702,11 @@ pub fn run(
     let model = Model::new(ModelConfig {
         locals: locals.clone(),
         hook,
-        client_marks: args.client_mark.clone(),
+        client_marks: args
+            .client_mark
+            .iter()
+            .map(|m| (Prefix::of(m), m.mark))
+            .collect(),
         mask,
         dns_ports: run.dns_ports.clone(),
         flow_rules: rules.has_flow_rules(),
@@ -1805,146 +1817,6 @@ pub fn run(
     })
 }
 
-// ---------------------------------------------------------------------------------------------
-// Capture writers, for tests: real file bytes, as tcpdump and dumpcap write them.
-// ---------------------------------------------------------------------------------------------
-
-/// Capture files built in memory, for unit and integration tests. Nothing else uses them.
-pub mod fixture {
-    use std::time::Duration;
-
-    use super::Dir;
-
-    /// A classic pcap file (microsecond timestamps, this machine's byte order as tcpdump
-    /// writes it): `frames` are (time since the epoch, link-layer bytes).
-    pub fn pcap(link: u32, frames: &[(Duration, Vec<u8>)]) -> Vec<u8> {
-        let mut o = Vec::new();
-        o.extend_from_slice(&0xa1b2_c3d4u32.to_ne_bytes());
-        o.extend_from_slice(&2u16.to_ne_bytes());
-        o.extend_from_slice(&4u16.to_ne_bytes());
-        o.extend_from_slice(&0i32.to_ne_bytes());
-        o.extend_from_slice(&0u32.to_ne_bytes());
-        o.extend_from_slice(&262_144u32.to_ne_bytes());
-        o.extend_from_slice(&link.to_ne_bytes());
-        for (ts, data) in frames {
-            let secs = u32::try_from(ts.as_secs()).unwrap_or(u32::MAX);
-            o.extend_from_slice(&secs.to_ne_bytes());
-            o.extend_from_slice(&ts.subsec_micros().to_ne_bytes());
-            let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-            o.extend_from_slice(&len.to_ne_bytes());
-            o.extend_from_slice(&len.to_ne_bytes());
-            o.extend_from_slice(data);
-        }
-        o
-    }
-
-    fn block(o: &mut Vec<u8>, kind: u32, body: &[u8]) {
-        let padded = body.len().div_ceil(4) * 4;
-        let total = u32::try_from(12 + padded).unwrap_or(u32::MAX);
-        o.extend_from_slice(&kind.to_le_bytes());
-        o.extend_from_slice(&total.to_le_bytes());
-        o.extend_from_slice(body);
-        o.resize(o.len() + padded - body.len(), 0);
-        o.extend_from_slice(&total.to_le_bytes());
-    }
-
-    fn option(o: &mut Vec<u8>, code: u16, value: &[u8]) {
-        o.extend_from_slice(&code.to_le_bytes());
-        o.extend_from_slice(&u16::try_from(value.len()).unwrap_or(0).to_le_bytes());
-        o.extend_from_slice(value);
-        o.resize(o.len() + value.len().div_ceil(4) * 4 - value.len(), 0);
-    }
-
-    /// A little-endian pcapng file: one interface per (link type, name), then packets as
-    /// (time since the epoch, interface number, direction flag, link-layer bytes).
-    pub fn pcapng(
-        ifaces: &[(u32, &str)],
-        packets: &[(Duration, u32, Option<Dir>, Vec<u8>)],
-    ) -> Vec<u8> {
-        let mut o = Vec::new();
-        let mut shb = Vec::new();
-        shb.extend_from_slice(&0x1a2b_3c4du32.to_le_bytes());
-        shb.extend_from_slice(&1u16.to_le_bytes());
-        shb.extend_from_slice(&0u16.to_le_bytes());
-        shb.extend_from_slice(&(-1i64).to_le_bytes());
-        block(&mut o, 0x0a0d_0d0a, &shb);
-        for (link, name) in ifaces {
-            let mut idb = Vec::new();
-            idb.extend_from_slice(&u16::try_from(*link).unwrap_or(0).to_le_bytes());
-            idb.extend_from_slice(&0u16.to_le_bytes());
-            idb.extend_from_slice(&262_144u32.to_le_bytes());
-            option(&mut idb, 2, name.as_bytes());
-            option(&mut idb, 9, &[9]); // nanoseconds
-            option(&mut idb, 0, &[]);
-            block(&mut o, 1, &idb);
-        }
-        for (ts, iface, dir, data) in packets {
-            let ticks = u64::try_from(ts.as_nanos()).unwrap_or(u64::MAX);
-            let mut epb = Vec::new();
-            epb.extend_from_slice(&iface.to_le_bytes());
-            epb.extend_from_slice(&u32::try_from(ticks >> 32).unwrap_or(0).to_le_bytes());
-            epb.extend_from_slice(
-                &u32::try_from(ticks & 0xffff_ffff)
-                    .unwrap_or(0)
-                    .to_le_bytes(),
-            );
-            let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-            epb.extend_from_slice(&len.to_le_bytes());
-            epb.extend_from_slice(&len.to_le_bytes());
-            epb.extend_from_slice(data);
-            epb.resize(epb.len() + data.len().div_ceil(4) * 4 - data.len(), 0);
-            if let Some(dir) = dir {
-                let flags: u32 = match dir {
-                    Dir::In => 1,
-                    Dir::Out => 2,
-                };
-                option(&mut epb, 2, &flags.to_le_bytes());
-                option(&mut epb, 0, &[]);
-            }
-            block(&mut o, 6, &epb);
-        }
-        o
-    }
-
-    /// A Linux cooked v2 (SLL2) frame, as `tcpdump -i any` records it.
-    pub fn sll2(ip: &[u8], ifindex: u32, dir: Dir, mac: [u8; 6]) -> Vec<u8> {
-        let mut o = Vec::with_capacity(20 + ip.len());
-        let ethertype: u16 = if ip.first().is_some_and(|b| b >> 4 == 6) {
-            0x86dd
-        } else {
-            0x0800
-        };
-        o.extend_from_slice(&ethertype.to_be_bytes());
-        o.extend_from_slice(&[0, 0]);
-        o.extend_from_slice(&ifindex.to_be_bytes());
-        o.extend_from_slice(&1u16.to_be_bytes()); // ARPHRD_ETHER
-        o.push(match dir {
-            Dir::In => 0,
-            Dir::Out => 4,
-        });
-        o.push(6);
-        o.extend_from_slice(&mac);
-        o.extend_from_slice(&[0, 0]);
-        o.extend_from_slice(ip);
-        o
-    }
-
-    /// An Ethernet frame carrying `ip`.
-    pub fn ethernet(ip: &[u8], src: [u8; 6]) -> Vec<u8> {
-        let mut o = Vec::with_capacity(14 + ip.len());
-        o.extend_from_slice(&[2, 0, 0, 0, 0, 1]);
-        o.extend_from_slice(&src);
-        let ethertype: u16 = if ip.first().is_some_and(|b| b >> 4 == 6) {
-            0x86dd
-        } else {
-            0x0800
-        };
-        o.extend_from_slice(&ethertype.to_be_bytes());
-        o.extend_from_slice(ip);
-        o
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::{IpAddr, Ipv4Addr};
@@ -1952,10 +1824,19 @@ mod tests {
 
     use clap::Parser;
 
-    use super::fixture::{ethernet, pcap, pcapng, sll2};
     use super::*;
     use crate::cli::{Cli, Command};
     use crate::fixtures;
+    use crate::fixtures::capture::{ethernet, pcap, pcapng};
+
+    /// An SLL2 frame, as `tcpdump -i any` records it.
+    fn sll2(ip: &[u8], ifindex: u32, dir: Dir, mac: [u8; 6]) -> Vec<u8> {
+        fixtures::capture::sll2(ip, ifindex, dir == Dir::Out, mac)
+    }
+
+    fn ng_dir(d: Dir) -> Option<bool> {
+        Some(d == Dir::Out)
+    }
 
     const A: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 2));
     const B: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 2, 2));
@@ -2239,13 +2120,13 @@ mod tests {
             (
                 ms(0),
                 0,
-                Some(Dir::In),
+                ng_dir(Dir::In),
                 ethernet(&fixtures::udp(A, 40_009, LAN_A, 53, &q), MAC),
             ),
             (
                 ms(1),
                 1,
-                Some(Dir::Out),
+                ng_dir(Dir::Out),
                 ethernet(&fixtures::udp(WAN, 33_009, UPSTREAM, 53, &uq), MAC),
             ),
         ];
@@ -2417,7 +2298,7 @@ mod tests {
             &[(
                 ms(0),
                 0,
-                Some(Dir::In),
+                ng_dir(Dir::In),
                 fixtures::udp(A, 1, LAN_A, 53, b"abc"),
             )],
         );
@@ -2521,10 +2402,10 @@ mod tests {
         assert!(Prefix::parse("198.18.1.0/33").is_none());
         assert!(Prefix::parse("0.0.0.0/0").expect("all").contains(B));
         assert!(crate::cli::parse_client_mark("198.18.1.2").is_err());
-        assert_eq!(
-            crate::cli::parse_client_mark("198.18.1.2=0x89").map(|(_, m)| m),
-            Ok(137)
-        );
+        assert!(crate::cli::parse_client_mark("198.18.1.2/33=1").is_err());
+        let m = crate::cli::parse_client_mark("198.18.1.0/24=0x89").expect("client mark");
+        assert_eq!((m.len, m.mark), (24, 137));
+        assert!(Prefix::of(&m).contains(A));
         assert!(crate::cli::parse_iface("0=x").is_err());
     }
 }

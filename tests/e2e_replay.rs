@@ -26,8 +26,8 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use nfqmark::lab::netns::Guarded;
-use nfqmark::lab::{self, Client, Family, Options, Resolver, World};
+use nfqmark_lab::netns::Guarded;
+use nfqmark_lab::{self as lab, Client, Family, Options, Resolver, World};
 
 const PER_CLIENT: usize = 12;
 

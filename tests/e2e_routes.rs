@@ -16,7 +16,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
 
-use nfqmark::lab::netns::{self, Netns};
+use nfqmark_lab::netns::{self, Netns};
 
 struct World {
     router: Netns,

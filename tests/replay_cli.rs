@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use nfqmark::fixtures;
-use nfqmark::replay::fixture::{pcap, sll2};
-use nfqmark::replay::{Dir, linktype};
+use nfqmark::replay::linktype;
+use nfqmark_testkit as fixtures;
+use nfqmark_testkit::capture::{pcap, sll2};
 
 struct Temp(PathBuf);
 
@@ -54,7 +54,7 @@ fn capture() -> Vec<u8> {
                 sll2(
                     &fixtures::udp(client, 40_001, router, 53, &q),
                     2,
-                    Dir::In,
+                    false,
                     [2, 0, 0, 0, 0, 1],
                 ),
             ),
@@ -63,7 +63,7 @@ fn capture() -> Vec<u8> {
                 sll2(
                     &fixtures::udp(router, 53, client, 40_001, &a),
                     2,
-                    Dir::Out,
+                    true,
                     [2, 0, 0, 0, 0, 2],
                 ),
             ),

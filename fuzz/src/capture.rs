@@ -8,13 +8,13 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use nfqmark::engine::EngineConfig;
-use nfqmark::fixtures;
 use nfqmark::flows::LearnConfig;
 use nfqmark::links::LinkMap;
-use nfqmark::replay::fixture::{ethernet, pcap, pcapng, sll2};
-use nfqmark::replay::{Dir, Model, ModelConfig, Replayer, linktype, read_capture_from};
+use nfqmark::replay::{Model, ModelConfig, Replayer, linktype, read_capture_from};
 use nfqmark::rules::RuleSet;
 use nfqmark::worker::Shared;
+use nfqmark_testkit as fixtures;
+use nfqmark_testkit::capture::{ethernet, pcap, pcapng, sll2};
 
 /// The target.
 pub fn capture(data: &[u8]) {
@@ -77,8 +77,8 @@ pub fn seed_captures() -> Vec<(String, Vec<u8>)> {
             pcap(
                 linktype::LINUX_SLL2,
                 &[
-                    (t0, sll2(&q, 2, Dir::In, mac)),
-                    (t0 + Duration::from_millis(1), sll2(&a, 2, Dir::Out, mac)),
+                    (t0, sll2(&q, 2, false, mac)),
+                    (t0 + Duration::from_millis(1), sll2(&a, 2, true, mac)),
                 ],
             ),
         ),
@@ -91,8 +91,8 @@ pub fn seed_captures() -> Vec<(String, Vec<u8>)> {
             pcapng(
                 &[(linktype::RAW, "lan0")],
                 &[
-                    (t0, 0, Some(Dir::In), q.clone()),
-                    (t0, 0, Some(Dir::Out), a.clone()),
+                    (t0, 0, Some(false), q.clone()),
+                    (t0, 0, Some(true), a.clone()),
                 ],
             ),
         ),

@@ -45,7 +45,6 @@ pub use capture::{capture, seed_captures};
 
 use nfqmark::dns::{self, Dns, QKey};
 use nfqmark::engine::{self, EngineConfig, Tables};
-use nfqmark_testkit as fixtures;
 use nfqmark::flows::LearnConfig;
 use nfqmark::nfnl::Messages;
 use nfqmark::nfnl::wire::{ct, nft};
@@ -55,6 +54,7 @@ use nfqmark::rules::{Ctx, RuleSet};
 use nfqmark::stats::Stats;
 use nfqmark::stream::{FlowId, MAX_FRAME, Segment, StreamConfig, Streams};
 use nfqmark::types::{Checksum, Conn, Hook, Meta, Verdict};
+use nfqmark_testkit as fixtures;
 
 /// True when `part` is a sub-slice of `whole` (or empty).
 fn within(whole: &[u8], part: &[u8]) -> bool {

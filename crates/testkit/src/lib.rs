@@ -17,6 +17,8 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
+pub mod capture;
+
 /// A DNS message with one question. `response` sets QR.
 #[track_caller]
 pub fn dns_message(id: u16, name: &str, qtype: RecordType, response: bool) -> Vec<u8> {
