@@ -648,17 +648,30 @@ mod tests {
     }
 
     #[test]
-    fn every_cut_and_byte_flip_of_a_message_errs_without_panic() {
+    fn every_cut_before_the_question_ends_errs_and_no_byte_flip_panics() {
         let addrs = [Ipv4Addr::new(192, 0, 2, 10); 2];
         let messages = [
             fixtures::dns_query(1, "www.example.com"),
             fixtures::dns_answer_a(2, "www.example.com", &addrs),
         ];
+        // Header (12), `www.example.com` in wire form (17), type and class (4).
+        let question_end = 12 + 17 + 4;
         for msg in &messages {
             let framed = fixtures::tcp_framed(msg);
             for len in 0..=msg.len() {
-                let _ = parse_udp(&msg[..len]);
-                let _ = parse_tcp(&framed[..len + 2]);
+                let whole_question = len >= question_end;
+                assert_eq!(
+                    parse_udp(&msg[..len]).is_ok(),
+                    whole_question,
+                    "cut at {len}"
+                );
+                // Over TCP the length prefix says how long the message is: a cut one is read
+                // as far as the question, like over UDP.
+                assert_eq!(
+                    parse_tcp(&framed[..len + 2]).is_ok(),
+                    whole_question,
+                    "TCP cut at {len}"
+                );
             }
             for i in 0..msg.len() {
                 for value in [0x00, 0x3f, 0x40, 0x80, 0xc0, 0xff] {
