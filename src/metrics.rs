@@ -8,9 +8,11 @@
 //! [`Snapshot`] and the worker liveness, so they are unit-tested without a socket; the server
 //! thread only takes snapshots and writes them out. It never touches the packet path (counters
 //! are atomics the workers bump anyway) and never starts a thread per connection. It may use
-//! `worker` (the shared state it reads); `worker` never uses it.
+//! `worker` (the shared state it reads); `worker` never uses it. The process's own figures (memory,
+//! descriptors, threads) come from [`process`], read at each scrape on the metrics thread.
 
 mod http;
+pub(crate) mod process;
 
 use std::fmt::Write as _;
 use std::io;
@@ -22,7 +24,7 @@ pub use http::{HttpStats, Limits, Reply};
 use crate::flows::LearnCounters;
 use crate::pairing::PairingCounters;
 use crate::stats::Counter;
-use crate::stats::Stats;
+use crate::stats::{DECISION_BOUNDS_NS, DECISION_SAMPLE, DecisionTimesSnapshot, Stats};
 use crate::worker::{Shared, lock};
 
 /// Counters of one queue's worker, copied out.
@@ -43,6 +45,8 @@ pub struct QueueSnapshot {
     pub enobufs: u64,
     pub recv_errors: u64,
     pub verdict_errors: u64,
+    /// Decision times of a sample of the packets.
+    pub decision_time: DecisionTimesSnapshot,
 }
 
 impl QueueSnapshot {
@@ -64,6 +68,7 @@ impl QueueSnapshot {
             t.enobufs += q.enobufs;
             t.recv_errors += q.recv_errors;
             t.verdict_errors += q.verdict_errors;
+            t.decision_time.add(&q.decision_time);
         }
         t
     }
@@ -85,6 +90,7 @@ impl QueueSnapshot {
             enobufs: s.enobufs.get(),
             recv_errors: s.recv_errors.get(),
             verdict_errors: s.verdict_errors.get(),
+            decision_time: s.decision_time.snapshot(),
         }
     }
 }
@@ -222,6 +228,11 @@ impl Out {
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.sample_text(name, labels, &value.to_string());
+    }
+
+    /// A sample whose value is already text (a fraction of a second).
+    fn sample_text(&mut self, name: &str, labels: &[(&str, &str)], value: &str) {
         self.0.push_str(name);
         if !labels.is_empty() {
             self.0.push('{');
@@ -235,6 +246,45 @@ impl Out {
         }
         let _ = writeln!(self.0, " {value}");
     }
+}
+
+/// Nanoseconds as decimal seconds, exactly (`250` -> `0.00000025`, `1000000000` -> `1`).
+pub fn seconds(ns: u64) -> String {
+    let whole = ns / 1_000_000_000;
+    let frac = ns % 1_000_000_000;
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let digits = format!("{frac:09}");
+    format!("{whole}.{}", digits.trim_end_matches('0'))
+}
+
+/// `nfqmark_build_info`: always 1, with what was built as labels.
+pub fn render_build_info() -> String {
+    let mut o = Out(String::with_capacity(256));
+    o.family(
+        "nfqmark_build_info",
+        "gauge",
+        "Always 1; the labels say which nfqmark this is.",
+    );
+    let target = format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS);
+    o.sample(
+        "nfqmark_build_info",
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            (
+                "profile",
+                if cfg!(debug_assertions) {
+                    "debug"
+                } else {
+                    "release"
+                },
+            ),
+            ("target", &target),
+        ],
+        1,
+    );
+    o.0
 }
 
 /// The Prometheus text exposition of a snapshot.
@@ -311,6 +361,40 @@ pub fn render(s: &Snapshot) -> String {
                 v,
             );
         }
+    }
+    o.family(
+        "nfqmark_decision_seconds",
+        "histogram",
+        &format!(
+            "Time to decide a packet (parse, rules, pairing; the tables' lock included), for a \
+             random sample of 1 in {DECISION_SAMPLE} packets."
+        ),
+    );
+    for q in &s.queues {
+        let num = q.num.to_string();
+        let h = &q.decision_time;
+        let mut cumulative = 0u64;
+        for (i, &count) in h.buckets.iter().enumerate() {
+            cumulative += count;
+            let le = DECISION_BOUNDS_NS
+                .get(i)
+                .map_or_else(|| "+Inf".to_string(), |&b| seconds(b));
+            o.sample(
+                "nfqmark_decision_seconds_bucket",
+                &[("queue", &num), ("le", &le)],
+                cumulative,
+            );
+        }
+        o.sample_text(
+            "nfqmark_decision_seconds_sum",
+            &[("queue", &num)],
+            &seconds(h.sum_ns),
+        );
+        o.sample(
+            "nfqmark_decision_seconds_count",
+            &[("queue", &num)],
+            h.count(),
+        );
     }
     o.family(
         "nfqmark_kernel_queue_waiting",
@@ -598,8 +682,10 @@ impl Endpoint {
                 method,
                 path,
                 || {
-                    let mut page = render(&Snapshot::of(shared));
+                    let mut page = render_build_info();
+                    page.push_str(&render(&Snapshot::of(shared)));
                     page.push_str(&render_http(stats));
+                    page.push_str(&process::render(&process::read()));
                     page
                 },
                 alive,
@@ -695,7 +781,60 @@ mod tests {
         assert!(text.contains("nfqmark_pairing_total{outcome=\"paired\"} 0\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap_or("");
-            assert!(value.parse::<u64>().is_ok(), "bad sample line {line:?}");
+            assert!(value.parse::<f64>().is_ok(), "bad sample line {line:?}");
         }
+    }
+
+    #[test]
+    fn seconds_are_exact_decimals() {
+        assert_eq!(seconds(0), "0");
+        assert_eq!(seconds(100), "0.0000001");
+        assert_eq!(seconds(250), "0.00000025");
+        assert_eq!(seconds(1_000_000), "0.001");
+        assert_eq!(seconds(1_500_000_000), "1.5");
+        assert_eq!(seconds(3_000_000_000), "3");
+    }
+
+    #[test]
+    fn decision_histogram_is_cumulative_and_ends_with_inf_sum_and_count() {
+        let h = crate::stats::DecisionTimes::default();
+        for ns in [90, 200, 200, 2_000_000] {
+            h.observe(std::time::Duration::from_nanos(ns));
+        }
+        let s = Snapshot {
+            queues: vec![QueueSnapshot {
+                num: 1,
+                decision_time: h.snapshot(),
+                ..QueueSnapshot::default()
+            }],
+            ..Snapshot::default()
+        };
+        let text = render(&s);
+        assert!(text.contains("# TYPE nfqmark_decision_seconds histogram\n"));
+        let buckets: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("nfqmark_decision_seconds_bucket{queue=\"1\""))
+            .collect();
+        assert_eq!(buckets.len(), DECISION_BOUNDS_NS.len() + 1);
+        assert_eq!(
+            buckets.first(),
+            Some(&"nfqmark_decision_seconds_bucket{queue=\"1\",le=\"0.0000001\"} 1")
+        );
+        assert!(buckets.contains(&"nfqmark_decision_seconds_bucket{queue=\"1\",le=\"0.00000025\"} 3"));
+        assert!(buckets.contains(&"nfqmark_decision_seconds_bucket{queue=\"1\",le=\"0.001\"} 3"));
+        assert_eq!(
+            buckets.last(),
+            Some(&"nfqmark_decision_seconds_bucket{queue=\"1\",le=\"+Inf\"} 4")
+        );
+        assert!(text.contains("nfqmark_decision_seconds_sum{queue=\"1\"} 0.00200049\n"));
+        assert!(text.contains("nfqmark_decision_seconds_count{queue=\"1\"} 4\n"));
+    }
+
+    #[test]
+    fn build_info_names_the_version() {
+        let text = render_build_info();
+        assert!(text.contains("# TYPE nfqmark_build_info gauge\n"));
+        assert!(text.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))));
+        assert!(text.trim_end().ends_with("} 1"));
     }
 }

@@ -245,7 +245,7 @@ fn decide_item(
             return (d.verdict, mark);
         }
     };
-    let decision = decide(shared, loaded, &meta, payload);
+    let decision = decide(shared, stats, loaded, &meta, payload);
     count(stats, loaded, &decision);
     log::trace!(
         "{:?} mark {:#x} -> {:?} {:?} {:?}",
@@ -258,16 +258,29 @@ fn decide_item(
     (decision.verdict, decision.mark)
 }
 
-/// Plan outside the lock, apply under it, finish outside it.
-fn decide(shared: &Shared, loaded: &Loaded, meta: &Meta, payload: &[u8]) -> Decision {
-    decide_locked(
+/// Plan outside the lock, apply under it, finish outside it. The clock read for `now` starts
+/// the decision's time; for one packet in [`crate::stats::DECISION_SAMPLE`] a second read ends
+/// it, into the decision-time histogram.
+fn decide(
+    shared: &Shared,
+    stats: &Stats,
+    loaded: &Loaded,
+    meta: &Meta,
+    payload: &[u8],
+) -> Decision {
+    let now = Instant::now();
+    let decision = decide_locked(
         &shared.config,
         &loaded.rules,
         &shared.tables,
         meta,
         payload,
-        Instant::now(),
-    )
+        now,
+    );
+    if stats.decision_time.sample() {
+        stats.decision_time.observe(now.elapsed());
+    }
+    decision
 }
 
 /// The engine's three steps with the tables behind a lock: plan and finish outside it, the
