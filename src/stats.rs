@@ -3,10 +3,11 @@
 //! Every hot-path outcome that is not a decision of its own (a packet we could not parse, a
 //! verdict the kernel refused) ends here, so an operator can see it without a debug log. The
 //! decision-time histogram ([`DecisionTimes`]) lives here too: the worker records into it, the
-//! metrics page reads it. This module reads no clock and takes no lock.
+//! metrics page reads it. This module takes no lock; it reads the clock only to end a sampled
+//! decision's time.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::engine::{Class, Decision};
 use crate::types::Verdict;
@@ -176,6 +177,15 @@ impl DecisionTimes {
         x ^= x << 5;
         self.rng.store(x, Ordering::Relaxed);
         x % DECISION_SAMPLE == 0
+    }
+
+    /// What the worker does after each decision that started at `start` (its `now`): for one
+    /// packet in [`DECISION_SAMPLE`], read the clock and record the time taken.
+    #[inline]
+    pub fn sampled_since(&self, start: Instant) {
+        if self.sample() {
+            self.observe(start.elapsed());
+        }
     }
 
     /// Record one decision's time.

@@ -277,9 +277,7 @@ fn decide(
         payload,
         now,
     );
-    if stats.decision_time.sample() {
-        stats.decision_time.observe(now.elapsed());
-    }
+    stats.decision_time.sampled_since(now);
     decision
 }
 
