@@ -557,7 +557,9 @@ fn histogram_cost(runs: usize) {
             stats.decision_time.sampled_since(black_box(Instant::now()));
         }));
         every.push(per(&|| {
-            stats.decision_time.observe(black_box(Instant::now()).elapsed());
+            stats
+                .decision_time
+                .observe(black_box(Instant::now()).elapsed());
         }));
     }
     let (clock, sampled, every) = (median(clock), median(sampled), median(every));

@@ -29,6 +29,7 @@ pub mod setup;
 pub mod sockdiag;
 pub mod stats;
 pub mod stream;
+pub mod top;
 pub mod types;
 pub mod worker;
 

@@ -7,9 +7,10 @@ use std::process::ExitCode;
 use clap::Parser;
 #[cfg(feature = "demo")]
 use nfqmark::cli::DemoResolver;
-use nfqmark::cli::{Cli, Command, DemoArgs};
+use nfqmark::cli::{Cli, Command, DemoArgs, Generate, GenerateArgs, TopArgs};
 #[cfg(feature = "demo")]
 use nfqmark::demo::{self, DemoOptions};
+use nfqmark::top;
 #[cfg(feature = "demo")]
 use nfqmark_lab::Resolver;
 
@@ -35,6 +36,48 @@ fn main() -> ExitCode {
         Command::Setup(args) => ExitCode::from(nfqmark::daemon::setup(&args) as u8),
         Command::Replay(args) => run_replay(&args),
         Command::Demo(args) => run_demo(&args),
+        Command::Top(args) => run_top(&args),
+        Command::Generate(args) => generate(&args),
+    }
+}
+
+fn run_top(args: &TopArgs) -> ExitCode {
+    use std::io::IsTerminal;
+    let stdout = std::io::stdout();
+    let opts = top::Options {
+        endpoint: args.metrics,
+        interval: args.interval,
+        count: args.count,
+        rules: args.rules,
+        redraw: !args.plain && stdout.is_terminal(),
+    };
+    match top::run(&opts, &mut stdout.lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nfqmark top: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn generate(args: &GenerateArgs) -> ExitCode {
+    match &args.what {
+        Generate::Man { dir } => match nfqmark::cli::man_pages(dir) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("nfqmark generate man: {}: {e}", dir.display());
+                ExitCode::from(2)
+            }
+        },
+        Generate::Completions { shell } => {
+            nfqmark::cli::completions(*shell, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
     }
 }
 

@@ -820,7 +820,9 @@ mod tests {
             buckets.first(),
             Some(&"nfqmark_decision_seconds_bucket{queue=\"1\",le=\"0.0000001\"} 1")
         );
-        assert!(buckets.contains(&"nfqmark_decision_seconds_bucket{queue=\"1\",le=\"0.00000025\"} 3"));
+        assert!(
+            buckets.contains(&"nfqmark_decision_seconds_bucket{queue=\"1\",le=\"0.00000025\"} 3")
+        );
         assert!(buckets.contains(&"nfqmark_decision_seconds_bucket{queue=\"1\",le=\"0.001\"} 3"));
         assert_eq!(
             buckets.last(),

@@ -176,7 +176,7 @@ impl DecisionTimes {
         x ^= x >> 17;
         x ^= x << 5;
         self.rng.store(x, Ordering::Relaxed);
-        x % DECISION_SAMPLE == 0
+        x.is_multiple_of(DECISION_SAMPLE)
     }
 
     /// What the worker does after each decision that started at `start` (its `now`): for one

@@ -212,7 +212,9 @@ mod tests {
                       Max open files            1024                 524288               files     \n";
         assert_eq!(parse_max_fds(limits), Some(1024));
         assert_eq!(
-            parse_max_fds("Max open files            unlimited            unlimited            files\n"),
+            parse_max_fds(
+                "Max open files            unlimited            unlimited            files\n"
+            ),
             None
         );
         assert_eq!(
