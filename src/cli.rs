@@ -12,7 +12,18 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
     name = "nfqmark",
     version,
     about = "NFQUEUE packet marker: carries a DNS client's firewall mark onto the resolver's \
-             upstream query and answers, for any resolver"
+             upstream query and answers, for any resolver",
+    long_about = "NFQUEUE packet marker: carries a DNS client's firewall mark onto the \
+                  resolver's upstream query and answers, for any resolver.\n\n\
+                  nfqmark decides the packets iptables or nftables queue to it (NFQUEUE): it \
+                  pairs each DNS query a client sends to the local resolver with the upstream \
+                  query the resolver sends for it, and gives that query, its answer and the \
+                  answer to the client the client's mark, so policy routing by mark covers the \
+                  resolver's traffic too. A rules file adds marks, accepts and drops by address, \
+                  port, interface, MAC address and DNS name, and flow marks learned per client \
+                  from DNS answers. `nfqmark setup` prints the firewall rules a rules file \
+                  needs; `nfqmark check` checks one; `nfqmark top` shows a running nfqmark at \
+                  work."
 )]
 pub struct Cli {
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
@@ -512,9 +523,13 @@ const MAN_EXTRA: &str = r#".SH FILES
 The rules file the packaged service reads (\fBnfqmark run \-\-rules\fR). Check it with
 \fBnfqmark check /etc/nfqmark/nfqmark.rules\fR and apply it with \fBsystemctl reload nfqmark\fR.
 .TP
-\fI/lib/systemd/system/nfqmark.service\fR
-The packaged unit: nfqmark as its own user with only CAP_NET_ADMIN. Change its options with
-\fBsystemctl edit nfqmark\fR (for example \fB\-\-metrics 9120\fR).
+\fI/usr/lib/systemd/system/nfqmark.service\fR
+The packaged unit (not enabled at install): nfqmark as its own user with only CAP_NET_ADMIN,
+queue 0, metrics on 127.0.0.1:9120. Change its options with \fBsystemctl edit nfqmark\fR.
+.TP
+\fI/usr/share/doc/nfqmark/\fR
+The README, the rules language (\fIrules.md\fR), example rules files (\fIexamples/\fR) and a
+Grafana dashboard for the metrics (\fIgrafana/nfqmark.json\fR).
 .SH SIGNALS
 .TP
 \fBSIGTERM\fR, \fBSIGINT\fR
@@ -535,8 +550,7 @@ that the service manager restarts it.
 Log filter (\fBinfo\fR, \fBdebug\fR, \fBtrace\fR, or per module), overriding \fB\-v\fR.
 .SH SEE ALSO
 \fBiptables\-extensions\fR(8) (NFQUEUE, MARK, CONNMARK), \fBnft\fR(8), \fBip\-rule\fR(8),
-\fBsystemd.exec\fR(5). The rules language and the README:
-https://github.com/nfqmark/nfqmark (docs/rules.md).
+\fBsystemd.exec\fR(5).
 "#;
 
 /// Write the man pages into `dir`: `nfqmark.8` (the command, its subcommands, files, signals,
@@ -581,6 +595,9 @@ fn visible_command() -> clap::Command {
         .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
     if let Some(about) = full.get_about() {
         cmd = cmd.about(about.clone());
+    }
+    if let Some(about) = full.get_long_about() {
+        cmd = cmd.long_about(about.clone());
     }
     cmd
 }
