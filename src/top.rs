@@ -364,11 +364,19 @@ impl View {
         );
         let _ = writeln!(
             o,
-            "tcp      intents {}   opened {}   ambiguous {}   unpaired {}   forwarded queries {}",
+            "tcp      intents {}   opened {}   by socket {}   ambiguous {}   unpaired {}",
             Num(get("tcp_intent")),
             Num(get("tcp_opened")),
+            Num(get("tcp_by_socket")),
             Num(get("tcp_ambiguous")),
             Num(get("tcp_unpaired")),
+        );
+        let _ = writeln!(
+            o,
+            "by name  own name {}   ancestor {}   derived {}   forwarded queries {}",
+            Num(get("by_own_name")),
+            Num(get("by_ancestor")),
+            Num(get("by_derived")),
             Num(get("forwarded_query")),
         );
         let bypassed = match self.bypassed {
