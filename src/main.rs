@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 #[cfg(feature = "demo")]
 use nfqmark::cli::DemoResolver;
-use nfqmark::cli::{Cli, Command, DemoArgs, Generate, GenerateArgs, TopArgs};
+use nfqmark::cli::{Cli, Command, DemoArgs, TopArgs};
 #[cfg(feature = "demo")]
 use nfqmark::demo::{self, DemoOptions};
 use nfqmark::top;
@@ -37,7 +37,6 @@ fn main() -> ExitCode {
         Command::Replay(args) => run_replay(&args),
         Command::Demo(args) => run_demo(&args),
         Command::Top(args) => run_top(&args),
-        Command::Generate(args) => generate(&args),
     }
 }
 
@@ -56,27 +55,6 @@ fn run_top(args: &TopArgs) -> ExitCode {
         Err(e) => {
             eprintln!("nfqmark top: {e}");
             ExitCode::from(2)
-        }
-    }
-}
-
-fn generate(args: &GenerateArgs) -> ExitCode {
-    match &args.what {
-        Generate::Man { dir } => match nfqmark::cli::man_pages(dir) {
-            Ok(files) => {
-                for f in files {
-                    println!("{}", f.display());
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("nfqmark generate man: {}: {e}", dir.display());
-                ExitCode::from(2)
-            }
-        },
-        Generate::Completions { shell } => {
-            nfqmark::cli::completions(*shell, &mut std::io::stdout());
-            ExitCode::SUCCESS
         }
     }
 }
