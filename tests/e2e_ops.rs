@@ -10,8 +10,9 @@
 //! - The systemd unit's filters (`contrib/nfqmark.service`): every system call nfqmark makes
 //!   (under strace, through start, traffic, a scrape, a reload, links coming and going, and a
 //!   clean stop) is in the unit's `SystemCallFilter` as systemd expands it, and every socket
-//!   family in `RestrictAddressFamilies`. The control: the checker refuses a call and a family
-//!   outside them. Skipped, saying so, without strace or systemd-analyze.
+//!   family in `RestrictAddressFamilies`; no file is opened for writing (`ProtectSystem=strict`).
+//!   The control: the checker refuses a call, a family and a write outside them. Skipped, saying
+//!   so, without strace or systemd-analyze.
 //!
 //! Nothing here is timed: rates are checked against zero, never against a speed. Every load is
 //! bounded in count and time.
@@ -685,6 +686,19 @@ fn strace_calls(log: &str) -> (BTreeSet<String>, BTreeSet<String>) {
     (calls, families)
 }
 
+/// Files an strace log shows opened for writing or created.
+fn opened_for_writing(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("open(") || l.contains("openat("))
+        .filter(|l| {
+            ["O_WRONLY", "O_RDWR", "O_CREAT"]
+                .iter()
+                .any(|f| l.contains(f))
+        })
+        .map(String::from)
+        .collect()
+}
+
 /// What lies outside the unit's filters: calls not allowed, families not allowed.
 fn outside_filters(
     calls: &BTreeSet<String>,
@@ -889,6 +903,13 @@ fn unit_filters_allow_every_call_nfqmark_makes() {
     assert!(
         outside.is_empty(),
         "nfqmark calls what contrib/nfqmark.service forbids: {outside:?}"
+    );
+    // ProtectSystem=strict, PrivateTmp, UMask: nfqmark writes no file.
+    let writes = opened_for_writing(&log);
+    assert!(writes.is_empty(), "files opened for writing: {writes:?}");
+    assert!(
+        !opened_for_writing("42 openat(AT_FDCWD, \"/x\", O_WRONLY|O_CREAT, 0644) = 3").is_empty(),
+        "the check misses an open for writing"
     );
 
     // Control: a call and a family outside the unit's filters are caught.
