@@ -1316,6 +1316,38 @@ fn tcp_connection(
     Ok(answered)
 }
 
+/// Packets nfqmark's NFQUEUE rules for `queue` counted in `ns` (every table, IPv4 and IPv6),
+/// from `iptables-save -c`: every packet that reached such a rule, queued or let past. Against
+/// the kernel's queue ids ([`ProcQueue::id_sequence`]: one per packet queued), the difference
+/// is what the kernel let past the queue, whatever nfqmark reports.
+pub fn queue_rule_packets(ns: &Netns, queue: u16) -> io::Result<u64> {
+    let mut total = 0;
+    for tool in ["iptables-save", "ip6tables-save"] {
+        let out = ns.exec(tool, &["-c"])?;
+        total += sum_queue_rule_packets(&String::from_utf8_lossy(&out.stdout), queue);
+    }
+    Ok(total)
+}
+
+/// The packet counts (`[packets:bytes]`) of the `iptables-save -c` lines that send to `queue`
+/// and carry nfqmark's comment.
+pub fn sum_queue_rule_packets(text: &str, queue: u16) -> u64 {
+    let num = queue.to_string();
+    text.lines()
+        .filter(|l| l.contains("-j NFQUEUE") && l.contains("nfqmark"))
+        .filter(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words
+                .windows(2)
+                .any(|w| w[0] == "--queue-num" && w[1] == num)
+        })
+        .filter_map(|l| {
+            let counters = l.strip_prefix('[')?.split(']').next()?;
+            counters.split(':').next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
 // ---------------------------------------------------------------------------------------------
 // A hostile LAN host: forged answers, queries with a wrong checksum, query floods.
 // ---------------------------------------------------------------------------------------------
@@ -1451,7 +1483,12 @@ pub fn send_ipv4(ns: &Netns, packets: Vec<Vec<u8>>, gap: Duration) -> io::Result
 /// Send whole Ethernet frames out of interface `dev` of `ns` (an AF_PACKET socket), `gap`
 /// apart: how a LAN host puts on the wire a packet its own stack would never route there (one
 /// addressed to itself, through the router). Returns how many the kernel took.
-pub fn send_frames(ns: &Netns, dev: &str, frames: Vec<Vec<u8>>, gap: Duration) -> io::Result<usize> {
+pub fn send_frames(
+    ns: &Netns,
+    dev: &str,
+    frames: Vec<Vec<u8>>,
+    gap: Duration,
+) -> io::Result<usize> {
     let ifindex = ns.ifindex(dev)?;
     join(spawn_in(ns, "frames", move || {
         // SAFETY: plain socket(2); the fd is owned right away. Protocol 0: send only.
@@ -1607,6 +1644,17 @@ mod tests {
             assert!(!udp4_checksum_ok(&bad));
             assert_ne!(bad.get(26..28), Some(&[0u8, 0][..]), "0 means no checksum");
         }
+    }
+
+    #[test]
+    fn queue_rule_counters_are_summed_for_one_queue() {
+        let text = "*mangle\n\
+            [12:900] -A INPUT -p udp -m comment --comment nfqmark -j NFQUEUE --queue-num 23 --queue-bypass\n\
+            [5:300] -A OUTPUT -m comment --comment nfqmark -j NFQUEUE --queue-num 230\n\
+            [7:300] -A OUTPUT -j NFQUEUE --queue-num 23\n\
+            [30:1000] -A OUTPUT -m comment --comment nfqmark -j NFQUEUE --queue-num 23\n\
+            [1:1] -A OUTPUT -m comment --comment nfqmark -j CONNMARK --restore-mark\n";
+        assert_eq!(sum_queue_rule_packets(text, 23), 42);
     }
 
     #[test]
