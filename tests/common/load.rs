@@ -1316,10 +1316,346 @@ fn tcp_connection(
     Ok(answered)
 }
 
+/// Packets nfqmark's NFQUEUE rules for `queue` counted in `ns` (every table, IPv4 and IPv6),
+/// from `iptables-save -c`: every packet that reached such a rule, queued or let past. Against
+/// the kernel's queue ids ([`ProcQueue::id_sequence`]: one per packet queued), the difference
+/// is what the kernel let past the queue, whatever nfqmark reports.
+pub fn queue_rule_packets(ns: &Netns, queue: u16) -> io::Result<u64> {
+    let mut total = 0;
+    for tool in ["iptables-save", "ip6tables-save"] {
+        let out = ns.exec(tool, &["-c"])?;
+        total += sum_queue_rule_packets(&String::from_utf8_lossy(&out.stdout), queue);
+    }
+    Ok(total)
+}
+
+/// The packet counts (`[packets:bytes]`) of the `iptables-save -c` lines that send to `queue`
+/// and carry nfqmark's comment.
+pub fn sum_queue_rule_packets(text: &str, queue: u16) -> u64 {
+    let num = queue.to_string();
+    text.lines()
+        .filter(|l| l.contains("-j NFQUEUE") && l.contains("nfqmark"))
+        .filter(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words
+                .windows(2)
+                .any(|w| w[0] == "--queue-num" && w[1] == num)
+        })
+        .filter_map(|l| {
+            let counters = l.strip_prefix('[')?.split(']').next()?;
+            counters.split(':').next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+// ---------------------------------------------------------------------------------------------
+// A hostile LAN host: forged answers, queries with a wrong checksum, query floods.
+// ---------------------------------------------------------------------------------------------
+
+/// An IPv4/UDP packet from `src` to `dst` carrying `payload`, with its UDP checksum right, or
+/// with `bad_checksum` wrong (never 0, which would mean "no checksum", and never a value equal
+/// to the right one in ones' complement).
+pub fn udp4_packet(
+    src: std::net::SocketAddrV4,
+    dst: std::net::SocketAddrV4,
+    payload: &[u8],
+    bad_checksum: bool,
+    ip_id: u16,
+) -> Vec<u8> {
+    let len = 8 + payload.len();
+    let mut u = udp(src.port(), dst.port(), len as u16, payload);
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&src.ip().octets());
+    pseudo.extend_from_slice(&dst.ip().octets());
+    pseudo.extend_from_slice(&[0, libc::IPPROTO_UDP as u8]);
+    pseudo.extend_from_slice(&(len as u16).to_be_bytes());
+    let mut good = checksum(&[&pseudo, &u]);
+    if good == 0 {
+        good = 0xffff;
+    }
+    let sum = if bad_checksum {
+        match good ^ 0x00ff {
+            0 => 0x1234,
+            bad => bad,
+        }
+    } else {
+        good
+    };
+    u[6..8].copy_from_slice(&sum.to_be_bytes());
+    ipv4(*src.ip(), *dst.ip(), libc::IPPROTO_UDP as u8, &u, ip_id)
+}
+
+/// Whether the UDP checksum of an IPv4 packet built by [`udp4_packet`] verifies.
+pub fn udp4_checksum_ok(packet: &[u8]) -> bool {
+    let (Some(ip), Some(l4)) = (packet.get(..20), packet.get(20..)) else {
+        return false;
+    };
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&ip[12..20]);
+    pseudo.extend_from_slice(&[0, libc::IPPROTO_UDP as u8]);
+    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    checksum(&[&pseudo, l4]) == 0
+}
+
+/// A DNS answer to a type A question for `name` with one A record `addr` of TTL `ttl`, as a
+/// resolver or a server would send it (QR, RD, RA set).
+pub fn dns_answer_ttl(id: u16, name: &str, addr: Ipv4Addr, ttl: u32) -> io::Result<Vec<u8>> {
+    use hickory_proto::rr::Record;
+    use hickory_proto::rr::rdata::A;
+    let owner = Name::from_ascii(name).map_err(io::Error::other)?;
+    let mut m = Message::new(id, MessageType::Response, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.metadata.recursion_available = true;
+    m.add_query(Query::query(owner.clone(), RecordType::A));
+    m.add_answer(Record::from_rdata(owner, ttl, RData::A(A(addr))));
+    m.to_vec().map_err(io::Error::other)
+}
+
+/// A query for `name` (type A, recursion desired) with `id`, as a stub resolver sends it.
+pub fn dns_query_a(id: u16, name: &str) -> io::Result<Vec<u8>> {
+    dns_query(id, name, RecordType::A)
+}
+
+/// The MAC address of interface `dev` inside `ns` (from `ip -o link`).
+pub fn mac_address(ns: &Netns, dev: &str) -> io::Result<[u8; 6]> {
+    let out = ns.ip(&["-o", "link", "show", "dev", dev])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mac = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .ok_or_else(|| io::Error::other(format!("{dev} in {} has no MAC: {text}", ns.name())))?;
+    let mut bytes = [0u8; 6];
+    let mut parts = mac.split(':');
+    for b in &mut bytes {
+        let part = parts
+            .next()
+            .ok_or_else(|| io::Error::other(format!("bad MAC {mac}")))?;
+        *b = u8::from_str_radix(part, 16).map_err(io::Error::other)?;
+    }
+    Ok(bytes)
+}
+
+/// An Ethernet frame (IPv4) from `src` to `dst` around `ip`.
+pub fn ether_ipv4(dst: [u8; 6], src: [u8; 6], ip: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + ip.len());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(ip);
+    f
+}
+
+/// Send whole IPv4 packets (header included, as built by [`udp4_packet`]) from a raw socket
+/// inside `ns`, each to the destination its header names, `gap` apart. Returns how many the
+/// kernel took.
+pub fn send_ipv4(ns: &Netns, packets: Vec<Vec<u8>>, gap: Duration) -> io::Result<usize> {
+    join(spawn_in(ns, "raw-ipv4", move || {
+        let s = raw_socket(libc::AF_INET)?;
+        let mut sent = 0;
+        for pkt in &packets {
+            let Some(dst) = pkt.get(16..20) else { continue };
+            // SAFETY: sockaddr_in is plain data; zeroed is a valid start.
+            let mut to: libc::sockaddr_in = unsafe { mem::zeroed() };
+            to.sin_family = libc::AF_INET as libc::sa_family_t;
+            to.sin_addr.s_addr = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
+            // SAFETY: `pkt` and `to` are valid for the lengths given.
+            let rc = unsafe {
+                libc::sendto(
+                    s.as_raw_fd(),
+                    pkt.as_ptr().cast(),
+                    pkt.len(),
+                    0,
+                    (&to as *const libc::sockaddr_in).cast(),
+                    mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            sent += 1;
+            thread::sleep(gap);
+        }
+        Ok(sent)
+    })?)
+}
+
+/// Send whole Ethernet frames out of interface `dev` of `ns` (an AF_PACKET socket), `gap`
+/// apart: how a LAN host puts on the wire a packet its own stack would never route there (one
+/// addressed to itself, through the router). Returns how many the kernel took.
+pub fn send_frames(
+    ns: &Netns,
+    dev: &str,
+    frames: Vec<Vec<u8>>,
+    gap: Duration,
+) -> io::Result<usize> {
+    let ifindex = ns.ifindex(dev)?;
+    join(spawn_in(ns, "frames", move || {
+        // SAFETY: plain socket(2); the fd is owned right away. Protocol 0: send only.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut sent = 0;
+        for frame in &frames {
+            // SAFETY: sockaddr_ll is plain data; zeroed is a valid start.
+            let mut to: libc::sockaddr_ll = unsafe { mem::zeroed() };
+            to.sll_family = libc::AF_PACKET as u16;
+            to.sll_protocol = 0x0800u16.to_be();
+            to.sll_ifindex = ifindex as i32;
+            to.sll_halen = 6;
+            if let Some(dst) = frame.get(..6) {
+                to.sll_addr[..6].copy_from_slice(dst);
+            }
+            // SAFETY: `frame` and `to` are valid for the lengths given.
+            let rc = unsafe {
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&to as *const libc::sockaddr_ll).cast(),
+                    mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            sent += 1;
+            thread::sleep(gap);
+        }
+        Ok(sent)
+    })?)
+}
+
+/// A flood of well-formed DNS queries from one UDP socket (the kernel's checksums: the resolver
+/// takes every one), bounded in count and time.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryFlood {
+    pub server: SocketAddr,
+    /// Queries to send.
+    pub queries: u64,
+    /// Queries per second at most (0: as fast as the socket takes them).
+    pub rate: u64,
+    /// Stop after this long even if not all were sent.
+    pub time: Duration,
+}
+
+/// What a query flood did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueryFloodReport {
+    pub sent: u64,
+    pub send_errors: u64,
+    pub elapsed: Duration,
+    /// The time limit ended the flood before every query was sent.
+    pub timed_out: bool,
+}
+
+impl fmt::Display for QueryFloodReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} queries in {:.2?} ({:.0}/s), {} send errors{}",
+            self.sent,
+            self.elapsed,
+            self.sent as f64 / self.elapsed.as_secs_f64().max(1e-9),
+            self.send_errors,
+            if self.timed_out { ", TIME LIMIT" } else { "" }
+        )
+    }
+}
+
+/// Send `flood.queries` queries from inside `ns`, query `i` asking `name_of(i)` with id `i`
+/// (mod 2^16); answers are never read (the socket's buffer overflows and the kernel drops
+/// them). A name equal to the previous one reuses its bytes, so a one-name flood costs one
+/// `sendto` per query.
+pub fn query_flood<F>(ns: &Netns, flood: QueryFlood, name_of: F) -> io::Result<QueryFloodReport>
+where
+    F: Fn(u64) -> String + Send + 'static,
+{
+    join(spawn_in(ns, "query-flood", move || {
+        let any: SocketAddr = if flood.server.is_ipv4() {
+            SocketAddr::from(([0u8; 4], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        };
+        let socket = UdpSocket::bind(any)?;
+        socket.connect(flood.server)?;
+        let mut report = QueryFloodReport::default();
+        let start = Instant::now();
+        let deadline = start + flood.time;
+        let mut last: Option<(String, Vec<u8>)> = None;
+        for i in 0..flood.queries {
+            if i % 64 == 0 {
+                if Instant::now() >= deadline {
+                    report.timed_out = true;
+                    break;
+                }
+                if flood.rate > 0 {
+                    let due = start + Duration::from_secs_f64(i as f64 / flood.rate as f64);
+                    let now = Instant::now();
+                    if due > now {
+                        thread::sleep(due - now);
+                    }
+                }
+            }
+            let name = name_of(i);
+            let bytes = match last.take() {
+                Some((n, mut b)) if n == name => {
+                    if let Some(id) = b.get_mut(..2) {
+                        id.copy_from_slice(&(i as u16).to_be_bytes());
+                    }
+                    (n, b)
+                }
+                _ => {
+                    let b = dns_query(i as u16, &name, RecordType::A)?;
+                    (name, b)
+                }
+            };
+            match socket.send(&bytes.1) {
+                Ok(_) => report.sent += 1,
+                Err(_) => {
+                    report.send_errors += 1;
+                    thread::sleep(Duration::from_micros(200));
+                }
+            }
+            last = Some(bytes);
+        }
+        report.elapsed = start.elapsed();
+        Ok(report)
+    })?)
+}
+
 #[cfg(test)]
 mod tests {
     // The helpers are exercised by the end-to-end tests; the parsing ones also here.
     use super::*;
+
+    #[test]
+    fn udp4_checksum_is_right_or_wrong_as_asked() {
+        let src = "198.18.2.2:4000".parse().expect("addr");
+        let dst = "198.18.2.1:53".parse().expect("addr");
+        for n in 0..64u8 {
+            let payload: Vec<u8> = (0..n).collect();
+            assert!(udp4_checksum_ok(&udp4_packet(src, dst, &payload, false, 1)));
+            let bad = udp4_packet(src, dst, &payload, true, 1);
+            assert!(!udp4_checksum_ok(&bad));
+            assert_ne!(bad.get(26..28), Some(&[0u8, 0][..]), "0 means no checksum");
+        }
+    }
+
+    #[test]
+    fn queue_rule_counters_are_summed_for_one_queue() {
+        let text = "*mangle\n\
+            [12:900] -A INPUT -p udp -m comment --comment nfqmark -j NFQUEUE --queue-num 23 --queue-bypass\n\
+            [5:300] -A OUTPUT -m comment --comment nfqmark -j NFQUEUE --queue-num 230\n\
+            [7:300] -A OUTPUT -j NFQUEUE --queue-num 23\n\
+            [30:1000] -A OUTPUT -m comment --comment nfqmark -j NFQUEUE --queue-num 23\n\
+            [1:1] -A OUTPUT -m comment --comment nfqmark -j CONNMARK --restore-mark\n";
+        assert_eq!(sum_queue_rule_packets(text, 23), 42);
+    }
 
     #[test]
     fn proc_queue_line_is_read() {
