@@ -807,7 +807,9 @@ fn count_bypass(shared: &Shared, nums: &[u16]) {
             continue;
         }
         said_unknown = false;
-        let received: u64 = shared.queues.iter().map(|q| q.stats.packets.get()).sum();
+        // Read in the order packets move (rule, queue, nfqmark): a packet that moves on between
+        // two reads is then counted twice at worst (never as let past), and the next sample
+        // sees it right.
         let waiting: u64 = std::fs::read_to_string("/proc/net/netfilter/nfnetlink_queue")
             .map(|t| crate::metrics::parse_proc_queues(&t))
             .unwrap_or_default()
@@ -815,6 +817,7 @@ fn count_bypass(shared: &Shared, nums: &[u16]) {
             .filter(|k| nums.contains(&k.num))
             .map(|k| k.waiting)
             .sum();
+        let received: u64 = shared.queues.iter().map(|q| q.stats.packets.get()).sum();
         let more = meter.sample(rule_packets, received, waiting);
         if more > 0 {
             shared.bypassed.add(more);
