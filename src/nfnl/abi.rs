@@ -238,3 +238,72 @@ pub const NFTA_QUEUE_SREG_QNUM: u16 = 4;
 pub const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
 /// `struct xt_comment_info` (xt_comment.h): `char comment[256]`.
 pub const XT_MAX_COMMENT_LEN: usize = 256;
+
+// <linux/netlink.h>: more request flags.
+/// Flag (new objects): replace an existing object.
+pub const NLM_F_REPLACE: u16 = 0x100;
+/// Flag (new objects): fail with `EEXIST` if it exists already.
+pub const NLM_F_EXCL: u16 = 0x200;
+/// Flag (new objects): create it if it does not exist.
+pub const NLM_F_CREATE: u16 = 0x400;
+/// Flag: one of several messages answering one request (a dump).
+pub const NLM_F_MULTI: u16 = 0x2;
+
+// <linux/netfilter/nfnetlink.h>: batches (a transaction of nf_tables messages).
+/// Opens a batch; its `nfgenmsg.res_id` names the subsystem (big-endian).
+pub const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+/// Closes a batch: the kernel commits it if every message in it succeeded.
+pub const NFNL_MSG_BATCH_END: u16 = 0x11;
+/// Multicast group of nf_tables change notifications (`NFNLGRP_NFTABLES`).
+pub const NFNLGRP_NFTABLES: u32 = 7;
+
+// <linux/netfilter/nf_tables.h>: set and set element messages.
+/// Kernel -> us: one set (the answer to a get).
+pub const NFT_MSG_NEWSET: u16 = 9;
+/// Us -> kernel: get one set by table and name.
+pub const NFT_MSG_GETSET: u16 = 10;
+/// Us -> kernel: add (or, existing, on Linux >= 6.12 re-time) elements; kernel -> us: elements
+/// (each message of a dump, and notifications).
+pub const NFT_MSG_NEWSETELEM: u16 = 12;
+/// Us -> kernel: get elements (one by key, or all with `NLM_F_DUMP`).
+pub const NFT_MSG_GETSETELEM: u16 = 13;
+/// Us -> kernel: delete elements (`ENOENT` fails the batch for one that is not there).
+pub const NFT_MSG_DELSETELEM: u16 = 14;
+/// Us -> kernel: delete elements, no error for one that is not there (Linux >= 6.3).
+pub const NFT_MSG_DESTROYSETELEM: u16 = 30;
+
+// Set attributes (`enum nft_set_attributes`).
+/// String: the set's table.
+pub const NFTA_SET_TABLE: u16 = 1;
+/// String: the set's name.
+pub const NFTA_SET_NAME: u16 = 2;
+/// be32 `NFT_SET_*` flags.
+pub const NFTA_SET_FLAGS: u16 = 3;
+/// be32 the key's data type (nft's numbering; concatenations combine them).
+pub const NFTA_SET_KEY_TYPE: u16 = 4;
+/// be32 the key's length in bytes (concatenated fields each padded to 4 bytes).
+pub const NFTA_SET_KEY_LEN: u16 = 5;
+/// Set flag: a map (elements carry data).
+pub const NFT_SET_MAP: u32 = 0x8;
+/// Set flag: elements may time out.
+pub const NFT_SET_TIMEOUT: u32 = 0x10;
+
+// Set element list attributes (`enum nft_set_elem_list_attributes`).
+/// String: the table.
+pub const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+/// String: the set.
+pub const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+/// Nested list of `NFTA_LIST_ELEM`, each one element's attributes.
+pub const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+
+// Set element attributes (`enum nft_set_elem_attributes`).
+/// Nested `NFTA_DATA_VALUE`: the key.
+pub const NFTA_SET_ELEM_KEY: u16 = 1;
+/// be32 `NFT_SET_ELEM_*` flags.
+pub const NFTA_SET_ELEM_FLAGS: u16 = 3;
+/// be64 milliseconds: how long the element lives from its (re)insertion.
+pub const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
+/// be64 milliseconds: how long it has left (sent by the kernel; settable on insertion).
+pub const NFTA_SET_ELEM_EXPIRATION: u16 = 5;
+/// `enum nft_data_attributes`: the value's bytes.
+pub const NFTA_DATA_VALUE: u16 = 1;

@@ -6,9 +6,6 @@
 use super::abi::*;
 use super::wire::queue::{Messages, MsgError, PacketMsg};
 
-/// Flag: one of several messages answering one request (a dump).
-pub(super) const NLM_F_MULTI: u16 = 0x2;
-
 /// A real datagram from Linux 6.18 (x86_64): UDP 127.0.0.1 -> 127.0.0.1:5301 "nfqm-mark-1",
 /// queued from OUTPUT to queue 3 with uid/gid reporting on. 99 bytes, no trailing padding.
 #[cfg(target_endian = "little")]

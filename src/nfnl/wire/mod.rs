@@ -5,7 +5,10 @@
 //! lists (`Attrs`), acknowledgements (`scan_for_ack`) and a request builder writing into a
 //! fixed buffer (`Request`). The subsystems each have a file: [`queue`] (nfnetlink_queue:
 //! packets, verdicts, configuration), [`nft`] (nf_tables rule dumps: the NFQUEUE rules' packet
-//! counters) and [`ct`] (ctnetlink: a conntrack entry by its tuple, its mark).
+//! counters), [`set`] (nf_tables set elements: batches that add, re-time and delete them,
+//! dumps and notifications of them) and [`ct`] (ctnetlink: a conntrack entry by its tuple, its
+//! mark). Fixed-size requests are encoded in place ([`Request`]); batches, whose size depends on
+//! what they carry, into a reused buffer (`MsgBuf`).
 //!
 //! Every length is checked before it is used, so any byte string is safe to parse (the `nfnl`
 //! fuzz target feeds these parsers garbage). This module must never: make a system call, use
@@ -19,6 +22,7 @@ use super::abi::*;
 pub mod ct;
 pub mod nft;
 pub mod queue;
+pub mod set;
 
 /// One framed netlink message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,6 +278,112 @@ impl<const N: usize> Request<N> {
                 "netlink request larger than its buffer",
             )
         })
+    }
+}
+
+/// Several netlink messages encoded one after the other into a growable buffer: the batches
+/// of nf_tables changes, whose size depends on how many elements they carry. Reused between
+/// batches (cleared, not freed), so a steady stream of batches does not allocate.
+#[derive(Debug, Default)]
+pub(crate) struct MsgBuf {
+    buf: Vec<u8>,
+    /// Where the message being written starts.
+    open: Option<usize>,
+}
+
+impl MsgBuf {
+    /// Forget what was written; keep the buffer.
+    pub(crate) fn clear(&mut self) {
+        self.buf.clear();
+        self.open = None;
+    }
+
+    /// Start a message: nlmsghdr (length set by [`MsgBuf::end`]) and nfgenmsg (`family`,
+    /// `res_id` big-endian). `msg_type` is the whole `nlmsg_type`.
+    pub(crate) fn begin(&mut self, msg_type: u16, flags: u16, seq: u32, family: u8, res_id: u16) {
+        self.end();
+        self.open = Some(self.buf.len());
+        self.buf.extend_from_slice(&0u32.to_ne_bytes());
+        self.buf.extend_from_slice(&msg_type.to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(flags | NLM_F_REQUEST).to_ne_bytes());
+        self.buf.extend_from_slice(&seq.to_ne_bytes());
+        self.buf.extend_from_slice(&0u32.to_ne_bytes());
+        self.buf.extend_from_slice(&[family, NFNETLINK_V0]);
+        self.buf.extend_from_slice(&res_id.to_be_bytes());
+    }
+
+    fn pad(&mut self) {
+        while !self.buf.len().is_multiple_of(NL_ALIGNTO) {
+            self.buf.push(0);
+        }
+    }
+
+    /// Append one attribute, padded to 4 bytes. A value too long for an attribute is an
+    /// error of the caller's: it is cut to what the length field can say (never happens with
+    /// the sizes used here: keys of at most 40 bytes, names of at most 256).
+    pub(crate) fn attr(&mut self, attr_type: u16, value: &[u8]) {
+        let len = u16::try_from(NLA_HDRLEN + value.len()).unwrap_or(u16::MAX);
+        let value = value
+            .get(..usize::from(len) - NLA_HDRLEN)
+            .unwrap_or(value);
+        self.buf.extend_from_slice(&len.to_ne_bytes());
+        self.buf.extend_from_slice(&attr_type.to_ne_bytes());
+        self.buf.extend_from_slice(value);
+        self.pad();
+    }
+
+    /// A string attribute, NUL-terminated.
+    pub(crate) fn attr_str(&mut self, attr_type: u16, value: &str) {
+        let len = NLA_HDRLEN + value.len() + 1;
+        let len = u16::try_from(len).unwrap_or(u16::MAX);
+        self.buf.extend_from_slice(&len.to_ne_bytes());
+        self.buf.extend_from_slice(&attr_type.to_ne_bytes());
+        self.buf.extend_from_slice(value.as_bytes());
+        self.buf.push(0);
+        self.pad();
+    }
+
+    /// Open a nested attribute; close it with [`MsgBuf::end_nest`] and the returned token.
+    pub(crate) fn begin_nest(&mut self, attr_type: u16) -> usize {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&0u16.to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(attr_type | NLA_F_NESTED).to_ne_bytes());
+        start
+    }
+
+    /// Close the nested attribute opened at `start`. False when it grew past what a nested
+    /// attribute's 16-bit length can say (the caller keeps nests below 64 KiB).
+    pub(crate) fn end_nest(&mut self, start: usize) -> bool {
+        let len = u16::try_from(self.buf.len().saturating_sub(start));
+        if let Some(field) = self.buf.get_mut(start..start.saturating_add(2)) {
+            field.copy_from_slice(&len.unwrap_or(u16::MAX).to_ne_bytes());
+        }
+        len.is_ok()
+    }
+
+    /// Bytes written into the message being written (0 when none is open).
+    pub(crate) fn open_len(&self) -> usize {
+        self.open
+            .map_or(0, |start| self.buf.len().saturating_sub(start))
+    }
+
+    /// Finish the message being written: its length field covers it.
+    pub(crate) fn end(&mut self) {
+        let Some(start) = self.open.take() else {
+            return;
+        };
+        let len = u32::try_from(self.buf.len().saturating_sub(start)).unwrap_or(u32::MAX);
+        if let Some(field) = self.buf.get_mut(start..start.saturating_add(4)) {
+            field.copy_from_slice(&len.to_ne_bytes());
+        }
+    }
+
+    /// Every message written, the last one finished.
+    pub(crate) fn bytes(&mut self) -> &[u8] {
+        self.end();
+        &self.buf
     }
 }
 
