@@ -1487,3 +1487,181 @@ fn ctnetlink_has_no_entry_while_the_first_packet_is_queued() {
     let second = seen[1].expect("confirmed once the first packet left");
     assert_eq!(second.first(), Some(false));
 }
+
+/// Load an nft script into the namespace.
+fn nft(ns: &Netns, script: &str) {
+    let path = std::env::temp_dir().join(format!("{}.nft", ns.name));
+    std::fs::write(&path, script).expect("write the nft script");
+    let path_text = path.display().to_string();
+    ns.exec(&["nft", "-f", &path_text]);
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn set_elements_are_added_retimed_read_back_and_deleted_in_batches() {
+    if !root_or_skip() {
+        return;
+    }
+    use nfqmark::nfnl::{
+        Element, NfnlSocket, NftWatch, SetElemOp as Op, SetId, SetKey as Key, SetOp,
+    };
+    let ns = Netns::new("sets");
+    nft(
+        &ns,
+        "table inet nfqmark {\n\
+         \tset pair4 { type ipv4_addr . ipv4_addr; flags timeout; }\n\
+         \tset pair4m { type ipv4_addr . ipv4_addr . mark; flags timeout; }\n\
+         \tset pair6 { type ipv6_addr . ipv6_addr; flags timeout; }\n\
+         }\n",
+    );
+    let v4 = |a: [u8; 4], b: [u8; 4]| Key::concat(&[&a, &b]).expect("key");
+    let timed = |key: Key, secs: u64| Element {
+        key,
+        timeout_ms: Some(secs * 1000),
+        expiration_ms: None,
+    };
+    let set = |name: &'static str| SetId {
+        family: 1,
+        table: "nfqmark",
+        name,
+    };
+    let k1 = v4([198, 18, 1, 2], [198, 18, 9, 81]);
+    let k2 = v4([198, 18, 1, 2], [198, 18, 9, 82]);
+    let km = Key::concat(&[&[198, 18, 1, 2], &[198, 18, 9, 83], &0x100u32.to_ne_bytes()])
+        .expect("key");
+    let mut k6 = [0u8; 32];
+    k6[..16].copy_from_slice(&"2001:db8:1::2".parse::<std::net::Ipv6Addr>().expect("v6").octets());
+    k6[16..].copy_from_slice(&"2001:db8:9::81".parse::<std::net::Ipv6Addr>().expect("v6").octets());
+    let k6 = Key::from_bytes(&k6).expect("key");
+    let result = ns.run_in(move || {
+        let mut watch = NftWatch::open()?;
+        let mut sock = NfnlSocket::open()?;
+        let info = sock.set_info(&set("pair4"))?;
+        let info_m = sock.set_info(&set("pair4m"))?;
+        let absent = sock.set_info(&set("nothere"))?;
+        let added = sock.set_batch(&[
+            SetOp {
+                op: Op::Add,
+                set: set("pair4"),
+                elements: &[timed(k1, 30), timed(k2, 40)],
+            },
+            SetOp {
+                op: Op::Add,
+                set: set("pair4m"),
+                elements: &[timed(km, 50)],
+            },
+            SetOp {
+                op: Op::Add,
+                set: set("pair6"),
+                elements: &[timed(k6, 60)],
+            },
+        ])?;
+        let mut notified = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        while notified.len() < 4 && Instant::now() < deadline {
+            watch.recv(Duration::from_millis(200), |s, e, added| {
+                notified.push((String::from_utf8_lossy(s).into_owned(), e.key, added))
+            })?;
+        }
+        // Added again with a longer timeout: re-timed (Linux >= 6.12).
+        let retimed = sock.set_batch(&[SetOp {
+            op: Op::Add,
+            set: set("pair4"),
+            elements: &[timed(k1, 600)],
+        }])?;
+        let one = sock.set_element(&set("pair4"), &k1)?;
+        let dump = sock.set_elements(&set("pair4"))?;
+        // A delete of an element that is not there fails the whole batch: k2 stays.
+        let missing = v4([198, 18, 1, 2], [198, 18, 9, 99]);
+        let failed = sock.set_batch(&[
+            SetOp {
+                op: Op::Delete,
+                set: set("pair4"),
+                elements: &[Element::new(k2)],
+            },
+            SetOp {
+                op: Op::Delete,
+                set: set("pair4"),
+                elements: &[Element::new(missing)],
+            },
+        ])?;
+        let after_failed = sock.set_element(&set("pair4"), &k2)?;
+        // Destroy ignores what is not there (Linux >= 6.3).
+        let destroyed = sock.set_batch(&[SetOp {
+            op: Op::Destroy,
+            set: set("pair4"),
+            elements: &[Element::new(k2), Element::new(missing)],
+        }])?;
+        let after_destroy = sock.set_element(&set("pair4"), &k2)?;
+        let to_absent = sock.set_batch(&[SetOp {
+            op: Op::Add,
+            set: set("nothere"),
+            elements: &[timed(k1, 1)],
+        }])?;
+        Ok::<_, io::Error>((
+            info,
+            info_m,
+            absent,
+            added,
+            notified,
+            retimed,
+            one,
+            dump,
+            failed,
+            after_failed,
+            destroyed,
+            after_destroy,
+            to_absent,
+        ))
+    });
+    let (
+        info,
+        info_m,
+        absent,
+        added,
+        notified,
+        retimed,
+        one,
+        dump,
+        failed,
+        after_failed,
+        destroyed,
+        after_destroy,
+        to_absent,
+    ) = result.expect("nf_tables over netlink");
+    let info = info.expect("pair4 exists");
+    assert_eq!((info.key_len, info.timeouts(), info.map()), (8, true, false));
+    assert_eq!(info_m.map(|i| i.key_len), Some(12));
+    assert_eq!(absent, None);
+    assert!(added.applied(), "{added:?}");
+    let mut names: Vec<&str> = notified.iter().map(|(s, _, _)| s.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["pair4", "pair4", "pair4m", "pair6"], "{notified:?}");
+    assert!(notified.iter().all(|(_, _, added)| *added));
+    assert!(retimed.applied());
+    let one = one.expect("k1 is there");
+    assert_eq!(one.timeout_ms, Some(600_000), "re-added with a new timeout");
+    assert!(one.expiration_ms.is_some_and(|left| left > 590_000));
+    let dump = dump.expect("pair4 exists");
+    assert_eq!(dump.len(), 2);
+    assert!(!failed.applied());
+    assert_eq!(failed.failed, Some((1, libc::ENOENT)));
+    assert!(after_failed.is_some(), "a failed batch changes nothing");
+    assert!(destroyed.applied(), "{destroyed:?}");
+    assert_eq!(after_destroy, None);
+    assert_eq!(to_absent.errno(), Some(libc::ENOENT));
+    // What nft itself reads: the mark in host order, the IPv6 pair, the new timeout.
+    let listing = ns.exec(&["nft", "list", "table", "inet", "nfqmark"]);
+    assert!(
+        listing.contains("198.18.1.2 . 198.18.9.83 . 0x00000100 timeout 50s"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("2001:db8:1::2 . 2001:db8:9::81 timeout 1m"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("198.18.1.2 . 198.18.9.81 timeout 10m"),
+        "{listing}"
+    );
+}

@@ -240,13 +240,10 @@ pub const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
 pub const XT_MAX_COMMENT_LEN: usize = 256;
 
 // <linux/netlink.h>: more request flags.
-/// Flag (new objects): replace an existing object.
-pub const NLM_F_REPLACE: u16 = 0x100;
-/// Flag (new objects): fail with `EEXIST` if it exists already.
-pub const NLM_F_EXCL: u16 = 0x200;
 /// Flag (new objects): create it if it does not exist.
 pub const NLM_F_CREATE: u16 = 0x400;
 /// Flag: one of several messages answering one request (a dump).
+#[cfg(test)]
 pub const NLM_F_MULTI: u16 = 0x2;
 
 // <linux/netfilter/nfnetlink.h>: batches (a transaction of nf_tables messages).
@@ -299,8 +296,6 @@ pub const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 // Set element attributes (`enum nft_set_elem_attributes`).
 /// Nested `NFTA_DATA_VALUE`: the key.
 pub const NFTA_SET_ELEM_KEY: u16 = 1;
-/// be32 `NFT_SET_ELEM_*` flags.
-pub const NFTA_SET_ELEM_FLAGS: u16 = 3;
 /// be64 milliseconds: how long the element lives from its (re)insertion.
 pub const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
 /// be64 milliseconds: how long it has left (sent by the kernel; settable on insertion).

@@ -1,6 +1,8 @@
 //! nfnetlink spoken directly over netlink sockets: bind an NFQUEUE, receive the packets the
 //! kernel queues to us and give them verdicts ([`Socket`]); read the packet counters of the
-//! NFQUEUE rules nfqmark installed, and get or change conntrack entries ([`NfnlSocket`]).
+//! NFQUEUE rules nfqmark installed, get or change conntrack entries, and add, re-time, delete
+//! and read the elements of nf_tables sets in batches ([`NfnlSocket`]); listen to set element
+//! notifications ([`NftWatch`]).
 //!
 //! Three layers, each in its own place:
 //! - [`abi`](self): the kernel's numbers and struct layouts, nothing else (`abi.rs`);
@@ -29,9 +31,10 @@ mod socket;
 pub mod wire;
 
 pub use abi::{MAX_COPY_RANGE, SKB_CSUM_NOT_READY, SKB_CSUM_NOT_VERIFIED, SKB_GSO};
-pub use socket::{MAX_BURST, NfnlSocket, OpenError, Socket};
+pub use socket::{MAX_BATCH_ELEMENTS, MAX_BURST, NfnlSocket, NftWatch, OpenError, SetOp, Socket};
 pub use wire::ct::{Ct, Direction as CtDirection, Tuple};
 pub use wire::nft::{QueueRule, QueueSpan, packets_per_queue};
+pub use wire::set::{BatchReply, Element, Key as SetKey, Op as SetElemOp, SetId, SetInfo};
 pub use wire::queue::{
     ChecksumState, Config, HwAddr, Messages, MsgError, PacketMsg, RecvBuf, Verdict, Verdicts,
 };

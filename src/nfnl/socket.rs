@@ -40,6 +40,10 @@ use super::wire::queue::{
     encode_verdict, flags_for,
 };
 use super::wire::scan_for_ack;
+use super::wire::set::{
+    self as nftset, Batch, BatchReply, ELEMENTS_PER_MESSAGE, Element, Key, Op, SetId, SetInfo,
+};
+use super::wire::{MsgBuf, next_frame};
 
 /// How long [`Socket::open`] and [`Socket::unbind`] wait for each acknowledgement.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -604,6 +608,18 @@ impl Drop for Socket {
     }
 }
 
+/// Most elements [`NfnlSocket::set_batch`] sends in one batch: a batch is one datagram, which
+/// must fit the socket's send buffer (the largest elements nfqmark writes take 72 bytes).
+pub const MAX_BATCH_ELEMENTS: usize = 512;
+
+/// One step of a batch: do `op` to these elements of `set`.
+#[derive(Debug, Clone, Copy)]
+pub struct SetOp<'a> {
+    pub op: Op,
+    pub set: SetId<'a>,
+    pub elements: &'a [Element],
+}
+
 /// Largest datagram a control socket takes: the kernel fills dump datagrams up to 32 KiB (or
 /// the page-sized default), so this leaves room; a larger one is an error, never cut silently.
 const CONTROL_BUF: usize = 64 * 1024;
@@ -621,6 +637,8 @@ pub struct NfnlSocket {
     fd: OwnedFd,
     seq: u32,
     buf: Box<[u8]>,
+    /// Requests of variable size (batches, set requests) are encoded here, reused.
+    out: MsgBuf,
 }
 
 impl fmt::Debug for NfnlSocket {
@@ -643,12 +661,155 @@ impl NfnlSocket {
             fd,
             seq: 0,
             buf: vec![0u8; CONTROL_BUF].into_boxed_slice(),
+            out: MsgBuf::default(),
         })
     }
 
     fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1).max(1);
         self.seq
+    }
+
+    /// The first of `n` consecutive sequence numbers, none of them 0.
+    fn reserve_seqs(&mut self, n: u32) -> u32 {
+        let first = self.next_seq();
+        let last = first.wrapping_add(n.saturating_sub(1));
+        if last < first {
+            // Wrapped: start again from 1.
+            self.seq = n;
+            return 1;
+        }
+        self.seq = last;
+        first
+    }
+
+    /// One nf_tables set: its flags and key length; `None` when the table or the set does not
+    /// exist.
+    pub fn set_info(&mut self, set: &SetId<'_>) -> io::Result<Option<SetInfo>> {
+        let seq = self.next_seq();
+        nftset::encode_get_set(&mut self.out, seq, set);
+        send_to_kernel(self.fd.as_fd(), self.out.bytes())?;
+        let deadline = Instant::now() + CONTROL_TIMEOUT;
+        loop {
+            let datagram = self.recv_until(deadline)?;
+            match nftset::parse_answer(datagram, seq, &mut Vec::new(), &mut false) {
+                Ok(nftset::Answer::Set(info)) => return Ok(Some(info)),
+                Ok(nftset::Answer::Refused(libc::ENOENT)) => return Ok(None),
+                Ok(nftset::Answer::Refused(errno)) => {
+                    return Err(io::Error::from_raw_os_error(errno));
+                }
+                Ok(nftset::Answer::Nothing | nftset::Answer::Elements) => continue,
+                Ok(nftset::Answer::Done) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the kernel ended a set get without the set",
+                    ));
+                }
+                Err(reason) => return Err(io::Error::new(io::ErrorKind::InvalidData, reason)),
+            }
+        }
+    }
+
+    /// Every element of a set (a dump, run again when a change interrupted it); `None` when
+    /// the table or the set does not exist.
+    pub fn set_elements(&mut self, set: &SetId<'_>) -> io::Result<Option<Vec<Element>>> {
+        for _ in 0..DUMP_TRIES {
+            let seq = self.next_seq();
+            nftset::encode_dump(&mut self.out, seq, set);
+            send_to_kernel(self.fd.as_fd(), self.out.bytes())?;
+            let deadline = Instant::now() + CONTROL_TIMEOUT;
+            let mut elements = Vec::new();
+            let mut interrupted = false;
+            loop {
+                let datagram = self.recv_until(deadline)?;
+                match nftset::parse_answer(datagram, seq, &mut elements, &mut interrupted) {
+                    Ok(nftset::Answer::Done) => break,
+                    Ok(nftset::Answer::Refused(libc::ENOENT)) => return Ok(None),
+                    Ok(nftset::Answer::Refused(errno)) => {
+                        return Err(io::Error::from_raw_os_error(errno));
+                    }
+                    Ok(_) => {}
+                    Err(reason) => {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, reason));
+                    }
+                }
+            }
+            if !interrupted {
+                return Ok(Some(elements));
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::Interrupted,
+            "the set kept changing during the element dump",
+        ))
+    }
+
+    /// The element of a set with this key, `None` when there is none (or no such set).
+    pub fn set_element(&mut self, set: &SetId<'_>, key: &Key) -> io::Result<Option<Element>> {
+        let seq = self.next_seq();
+        nftset::encode_get_element(&mut self.out, seq, set, key);
+        send_to_kernel(self.fd.as_fd(), self.out.bytes())?;
+        let deadline = Instant::now() + CONTROL_TIMEOUT;
+        let mut found = Vec::new();
+        loop {
+            let datagram = self.recv_until(deadline)?;
+            match nftset::parse_answer(datagram, seq, &mut found, &mut false) {
+                Ok(nftset::Answer::Elements) => return Ok(found.pop()),
+                Ok(nftset::Answer::Refused(libc::ENOENT)) => return Ok(None),
+                Ok(nftset::Answer::Refused(errno)) => {
+                    return Err(io::Error::from_raw_os_error(errno));
+                }
+                Ok(_) => continue,
+                Err(reason) => return Err(io::Error::new(io::ErrorKind::InvalidData, reason)),
+            }
+        }
+    }
+
+    /// Send one batch doing each [`SetOp`] in order, as one transaction, and read what came
+    /// back: applied whole, or not at all (then [`BatchReply`] says which message failed and
+    /// why). At most [`MAX_BATCH_ELEMENTS`] elements in all.
+    pub fn set_batch(&mut self, ops: &[SetOp<'_>]) -> io::Result<BatchReply> {
+        let total: usize = ops.iter().map(|o| o.elements.len()).sum();
+        if total > MAX_BATCH_ELEMENTS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "more elements than one batch carries",
+            ));
+        }
+        let messages: usize = ops
+            .iter()
+            .map(|o| o.elements.len().div_ceil(ELEMENTS_PER_MESSAGE).max(1))
+            .sum();
+        let first = self.reserve_seqs(u32::try_from(messages + 2).unwrap_or(u32::MAX));
+        let mut batch = Batch::begin(&mut self.out, first);
+        for op in ops {
+            let mut rest = op.elements;
+            loop {
+                let taken = batch.elements(&mut self.out, op.op, &op.set, rest);
+                rest = rest.get(taken..).unwrap_or(&[]);
+                if rest.is_empty() {
+                    break;
+                }
+            }
+        }
+        let seqs = batch.end(&mut self.out);
+        send_to_kernel(self.fd.as_fd(), self.out.bytes())?;
+        let mut reply = BatchReply::new(seqs);
+        // The kernel handled the batch inside the send: every answer is waiting already. The
+        // deadline only guards against a kernel that behaves otherwise.
+        let deadline = Instant::now() + CONTROL_TIMEOUT;
+        while !reply.complete() {
+            let datagram = self.recv_until(deadline)?;
+            reply
+                .feed(datagram)
+                .map_err(|reason| io::Error::new(io::ErrorKind::InvalidData, reason))?;
+        }
+        // A refused batch may still have answers queued for its messages: read them now, so
+        // they are not mistaken for the next request's.
+        while let Some(n) = recv_from_kernel(self.fd.as_fd(), &mut self.buf)? {
+            let _ = n;
+        }
+        Ok(reply)
     }
 
     /// nfqmark's NFQUEUE rules with their packet counters, from the `mangle` and `raw` tables
@@ -801,6 +962,80 @@ impl NfnlSocket {
                 None => continue,
             }
         }
+    }
+}
+
+/// A netlink socket that listens to nf_tables change notifications (`NFNLGRP_NFTABLES`), for
+/// elements added to and deleted from sets: how benchmarks and tests see when an element
+/// appears, without polling. Notifications name the table and the set; joining the group needs
+/// `CAP_NET_ADMIN` in the namespace (as every nfnetlink request does).
+pub struct NftWatch {
+    fd: OwnedFd,
+    buf: Box<[u8]>,
+    elements: Vec<Element>,
+}
+
+impl fmt::Debug for NftWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NftWatch")
+            .field("fd", &self.fd.as_raw_fd())
+            .finish()
+    }
+}
+
+/// `setsockopt(SOL_NETLINK)`: join a multicast group.
+const NETLINK_ADD_MEMBERSHIP: c_int = 1;
+
+impl NftWatch {
+    /// Listen in the calling thread's network namespace. The receive buffer is raised (forced
+    /// where permitted) so a burst of notifications is not lost.
+    pub fn open() -> io::Result<NftWatch> {
+        let fd = netlink_socket()?;
+        bind_netlink(fd.as_fd())?;
+        let group = c_int::try_from(NFNLGRP_NFTABLES).unwrap_or(7);
+        set_int_opt(fd.as_fd(), SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)?;
+        let size = 8 << 20;
+        if set_int_opt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).is_err() {
+            let _ = set_int_opt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, size);
+        }
+        Ok(NftWatch {
+            fd,
+            buf: vec![0u8; CONTROL_BUF].into_boxed_slice(),
+            elements: Vec::new(),
+        })
+    }
+
+    /// Wait up to `timeout` for a datagram; call `seen(set, element, added)` for every element
+    /// it announces (`added` false: deleted). Returns how many elements. `ENOBUFS` means
+    /// notifications were lost.
+    pub fn recv(
+        &mut self,
+        timeout: Duration,
+        mut seen: impl FnMut(&[u8], &Element, bool),
+    ) -> io::Result<usize> {
+        if !poll_in(self.fd.as_fd(), Some(timeout))? {
+            return Ok(0);
+        }
+        let Some(n) = recv_from_kernel(self.fd.as_fd(), &mut self.buf)? else {
+            return Ok(0);
+        };
+        let mut rest = self.buf.get(..n.min(self.buf.len())).unwrap_or(&[]);
+        let mut count = 0;
+        while let Some(Ok(frame)) = next_frame(&mut rest) {
+            let added = match frame.msg_type {
+                t if t == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM => true,
+                t if t == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELSETELEM => false,
+                _ => continue,
+            };
+            self.elements.clear();
+            if let Ok((_table, set)) = nftset::parse_elements(frame.body, &mut self.elements) {
+                for e in &self.elements {
+                    seen(set, e, added);
+                    count += 1;
+                }
+            }
+        }
+        Ok(count)
     }
 }
 

@@ -363,12 +363,6 @@ impl MsgBuf {
         len.is_ok()
     }
 
-    /// Bytes written into the message being written (0 when none is open).
-    pub(crate) fn open_len(&self) -> usize {
-        self.open
-            .map_or(0, |start| self.buf.len().saturating_sub(start))
-    }
-
     /// Finish the message being written: its length field covers it.
     pub(crate) fn end(&mut self) {
         let Some(start) = self.open.take() else {
