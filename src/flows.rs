@@ -8,8 +8,16 @@
 //! matched, each until its record's TTL (clamped to a floor and a ceiling), in a bounded table
 //! with `now` passed in; a new flow from that client to such an address gets the rule's mark.
 //! Nothing here reads a clock, does I/O, or sizes an allocation from a number off the wire.
+//!
+//! For the kernel backend (`crate::kernel_flows`, the same entries as nftables set elements),
+//! the table keeps an outbox of its changes once [`Learned::enable_outbox`] is called: every
+//! entry learned or refreshed, every entry evicted before its TTL. The worker hands the outbox
+//! to the backend's thread after each step; the outbox is bounded (a full one drops its oldest
+//! change, counted), so a backend that stops draining it costs no memory. Entries that expire
+//! are not in it: the kernel expires its elements by the same TTL. [`Learned::adopt`] takes in
+//! entries the kernel already holds, without sending them back.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -145,6 +153,35 @@ pub struct LearnCounters {
     pub over_quota: u64,
     pub expired: u64,
     pub evicted: u64,
+    /// Of `learned`: entries that were held already (their TTL starts again).
+    pub refreshed: u64,
+    /// Changes the outbox dropped because nobody took them in time (its oldest first).
+    pub outbox_dropped: u64,
+    /// Entries taken in from the kernel at start ([`Learned::adopt`]).
+    pub adopted: u64,
+}
+
+/// A change of the learned table, for a backend that mirrors it (the kernel's sets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// `client` resolved `addr` under `target`'s rule: keep it for `ttl` (clamped already)
+    /// from `at`. `refreshed`: it was held already.
+    Put {
+        client: IpAddr,
+        client_mark: u32,
+        addr: IpAddr,
+        target: FlowTarget,
+        ttl: Duration,
+        at: Instant,
+        refreshed: bool,
+    },
+    /// The entry was evicted before its TTL, for room: the mirror drops it too.
+    Remove {
+        client: IpAddr,
+        client_mark: u32,
+        addr: IpAddr,
+        target: FlowTarget,
+    },
 }
 
 /// Addresses learned per client, each with its rule's mark, until its TTL runs out.
@@ -157,6 +194,9 @@ pub struct Learned {
     per_client: HashMap<IpAddr, usize>,
     next_seq: u64,
     pub counters: LearnCounters,
+    /// Changes for a mirroring backend, oldest first; `outbox_cap` 0: none kept.
+    outbox: VecDeque<Change>,
+    outbox_cap: usize,
 }
 
 impl Learned {
@@ -168,7 +208,39 @@ impl Learned {
             per_client: HashMap::new(),
             next_seq: 0,
             counters: LearnCounters::default(),
+            outbox: VecDeque::new(),
+            outbox_cap: 0,
         }
+    }
+
+    /// Keep the changes of the table for a mirroring backend, at most `cap` waiting (then the
+    /// oldest is dropped and counted).
+    pub fn enable_outbox(&mut self, cap: usize) {
+        self.outbox_cap = cap;
+        self.outbox.reserve(cap.min(4096));
+    }
+
+    /// Hand every waiting change to `take`, oldest first.
+    pub fn take_changes(&mut self, mut take: impl FnMut(Change)) {
+        while let Some(c) = self.outbox.pop_front() {
+            take(c);
+        }
+    }
+
+    /// Changes waiting in the outbox.
+    pub fn pending_changes(&self) -> usize {
+        self.outbox.len()
+    }
+
+    fn send(&mut self, change: Change) {
+        if self.outbox_cap == 0 {
+            return;
+        }
+        if self.outbox.len() >= self.outbox_cap {
+            self.outbox.pop_front();
+            self.counters.outbox_dropped += 1;
+        }
+        self.outbox.push_back(change);
     }
 
     /// Entries held now.
@@ -196,16 +268,70 @@ impl Learned {
         now: Instant,
     ) {
         self.expire(now);
+        let ttl = self.clamp(ttl);
+        if let Some(refreshed) = self.insert(client, client_mark, addr, target, now + ttl) {
+            self.counters.learned += 1;
+            if refreshed {
+                self.counters.refreshed += 1;
+            }
+            self.send(Change::Put {
+                client,
+                client_mark,
+                addr,
+                target,
+                ttl,
+                at: now,
+                refreshed,
+            });
+            self.evict_over_capacity();
+        }
+    }
+
+    /// Take in an entry the kernel holds already (found at start), until `expires`; nothing goes
+    /// to the outbox. Bounds and quotas apply as for [`Learned::learn`].
+    pub fn adopt(
+        &mut self,
+        client: IpAddr,
+        client_mark: u32,
+        addr: IpAddr,
+        target: FlowTarget,
+        expires: Instant,
+        now: Instant,
+    ) -> bool {
+        self.expire(now);
+        if expires <= now {
+            return false;
+        }
+        let adopted = self
+            .insert(client, client_mark, addr, target, expires)
+            .is_some();
+        if adopted {
+            self.counters.adopted += 1;
+            self.evict_over_capacity();
+        }
+        adopted
+    }
+
+    /// File the entry until `expires`: `Some(refreshed)` when it was filed (`refreshed`: it was
+    /// held already), `None` when the client is over its quota or the table has no room at
+    /// all. The caller evicts what no longer fits ([`Learned::evict_over_capacity`]).
+    fn insert(
+        &mut self,
+        client: IpAddr,
+        client_mark: u32,
+        addr: IpAddr,
+        target: FlowTarget,
+        expires: Instant,
+    ) -> Option<bool> {
         if self.config.capacity == 0 {
-            return;
+            return None;
         }
         let key = Key { client, addr };
-        let expires = now + self.clamp(ttl);
         self.next_seq = self.next_seq.wrapping_add(1);
         let seq = self.next_seq;
         let held = self.per_client.get(&client).copied().unwrap_or(0);
         let list = self.entries.entry(key).or_default();
-        if let Some(e) = list
+        let refreshed = if let Some(e) = list
             .iter_mut()
             .find(|e| e.target.rule == target.rule && e.client_mark == client_mark)
         {
@@ -213,12 +339,13 @@ impl Learned {
             e.expires = expires;
             e.seq = seq;
             e.target = target;
+            true
         } else if held >= self.config.per_client {
             if list.is_empty() {
                 self.entries.remove(&key);
             }
             self.counters.over_quota += 1;
-            return;
+            return None;
         } else {
             list.push(Entry {
                 target,
@@ -228,14 +355,28 @@ impl Learned {
             });
             list.sort_by_key(|e| e.target.rule);
             *self.per_client.entry(client).or_default() += 1;
-        }
+            false
+        };
         self.by_expiry.insert((expires, seq), key);
-        self.counters.learned += 1;
+        Some(refreshed)
+    }
+
+    /// Evict the entries closest to expiry while the table holds more than its capacity; the
+    /// mirror is told after the change that filled the table (which may be the one evicted).
+    fn evict_over_capacity(&mut self) {
         while self.by_expiry.len() > self.config.capacity {
-            if let Some(((at, seq), key)) = self.by_expiry.pop_first() {
-                self.remove(key, at, seq);
-                self.counters.evicted += 1;
+            let Some(((at, seq), key)) = self.by_expiry.pop_first() else {
+                break;
+            };
+            if let Some(gone) = self.remove(key, at, seq) {
+                self.send(Change::Remove {
+                    client: key.client,
+                    client_mark: gone.client_mark,
+                    addr: key.addr,
+                    target: gone.target,
+                });
             }
+            self.counters.evicted += 1;
         }
     }
 
@@ -271,22 +412,23 @@ impl Learned {
         }
     }
 
-    fn remove(&mut self, key: Key, at: Instant, seq: u64) {
-        if let Some(list) = self.entries.get_mut(&key) {
-            let before = list.len();
-            list.retain(|e| !(e.expires == at && e.seq == seq));
-            if list.len() < before
-                && let Some(n) = self.per_client.get_mut(&key.client)
-            {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.per_client.remove(&key.client);
-                }
-            }
-            if list.is_empty() {
-                self.entries.remove(&key);
+    /// Drop the entry filed under (`at`, `seq`); the entry, when there was one.
+    fn remove(&mut self, key: Key, at: Instant, seq: u64) -> Option<Entry> {
+        let list = self.entries.get_mut(&key)?;
+        let i = list.iter().position(|e| e.expires == at && e.seq == seq);
+        let gone = i.map(|i| list.remove(i));
+        if gone.is_some()
+            && let Some(n) = self.per_client.get_mut(&key.client)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_client.remove(&key.client);
             }
         }
+        if list.is_empty() {
+            self.entries.remove(&key);
+        }
+        gone
     }
 }
 
@@ -597,5 +739,100 @@ mod tests {
         let first = IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000));
         l.learn(b, 0, first, 3600, T, t0);
         assert_eq!(l.counters.over_quota, 990);
+    }
+
+    fn changes(l: &mut Learned) -> Vec<Change> {
+        let mut v = Vec::new();
+        l.take_changes(|c| v.push(c));
+        v
+    }
+
+    #[test]
+    fn the_outbox_holds_what_was_learned_refreshed_and_evicted_but_not_what_expired() {
+        let t0 = Instant::now();
+        let mut l = Learned::new(LearnConfig {
+            ttl_floor: Duration::from_secs(5),
+            ttl_ceiling: Duration::from_secs(50),
+            capacity: 2,
+            per_client: usize::MAX,
+        });
+        let c: IpAddr = "198.18.1.2".parse().expect("ip");
+        let d = |i: u8| IpAddr::V4(Ipv4Addr::new(198, 18, 9, i));
+        l.learn(c, 0, d(1), 60, T, t0);
+        assert!(changes(&mut l).is_empty(), "no outbox until enabled");
+        l.enable_outbox(8);
+        l.learn(c, 7, d(2), 1, T, t0);
+        l.learn(c, 7, d(2), 30, T, t0 + Duration::from_secs(1));
+        let got = changes(&mut l);
+        assert_eq!(
+            got,
+            vec![
+                Change::Put {
+                    client: c,
+                    client_mark: 7,
+                    addr: d(2),
+                    target: T,
+                    ttl: Duration::from_secs(5),
+                    at: t0,
+                    refreshed: false,
+                },
+                Change::Put {
+                    client: c,
+                    client_mark: 7,
+                    addr: d(2),
+                    target: T,
+                    ttl: Duration::from_secs(30),
+                    at: t0 + Duration::from_secs(1),
+                    refreshed: true,
+                },
+            ]
+        );
+        assert_eq!(l.counters.refreshed, 1);
+        // A third address: the entry closest to expiry (d(2), at 31 s; d(1) runs to 50 s) is
+        // evicted, and the mirror told.
+        l.learn(c, 0, d(3), 40, T, t0 + Duration::from_secs(2));
+        let got = changes(&mut l);
+        assert_eq!(got.len(), 2);
+        assert!(matches!(got[0], Change::Put { addr, .. } if addr == d(3)));
+        assert_eq!(
+            got[1],
+            Change::Remove {
+                client: c,
+                client_mark: 7,
+                addr: d(2),
+                target: T
+            }
+        );
+        // An entry that is itself the one closest to expiry is put, then removed at once.
+        l.learn(c, 0, d(4), 1, T, t0 + Duration::from_secs(2));
+        let got = changes(&mut l);
+        assert!(matches!(got[0], Change::Put { addr, .. } if addr == d(4)));
+        assert!(matches!(got[1], Change::Remove { addr, .. } if addr == d(4)));
+        // Expiry: the kernel expires its elements itself.
+        l.expire(t0 + Duration::from_secs(100));
+        assert!(l.is_empty());
+        assert!(changes(&mut l).is_empty());
+    }
+
+    #[test]
+    fn a_full_outbox_drops_its_oldest_change_and_adoption_sends_nothing() {
+        let t0 = Instant::now();
+        let mut l = Learned::new(LearnConfig::default());
+        l.enable_outbox(3);
+        let c: IpAddr = "198.18.1.2".parse().expect("ip");
+        for i in 1..=5u8 {
+            l.learn(c, 0, IpAddr::V4(Ipv4Addr::new(198, 18, 9, i)), 60, T, t0);
+        }
+        assert_eq!(l.pending_changes(), 3);
+        assert_eq!(l.counters.outbox_dropped, 2);
+        let got = changes(&mut l);
+        assert!(matches!(got[0], Change::Put { addr, .. } if addr == IpAddr::V4(Ipv4Addr::new(198, 18, 9, 3))));
+        let d = IpAddr::V4(Ipv4Addr::new(198, 18, 9, 77));
+        assert!(l.adopt(c, 0, d, T, t0 + Duration::from_secs(20), t0));
+        assert!(!l.adopt(c, 0, d, T, t0, t0), "already expired");
+        assert_eq!(l.counters.adopted, 1);
+        assert_eq!(l.pending_changes(), 0);
+        assert_eq!(l.lookup(c, 0, d, t0 + Duration::from_secs(19)), Some(T));
+        assert_eq!(l.lookup(c, 0, d, t0 + Duration::from_secs(20)), None);
     }
 }
