@@ -136,7 +136,7 @@ struct Key {
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     target: FlowTarget,
-    /// The client's mark when it resolved, for rules keyed by mark.
+    /// The client's mark when it resolved, under the rule's `per-mark` mask ([`keyed_mark`]).
     client_mark: u32,
     expires: Instant,
     seq: u64,
@@ -182,6 +182,12 @@ pub enum Change {
         addr: IpAddr,
         target: FlowTarget,
     },
+}
+
+/// The part of a client's mark an entry is kept by: the bits under the rule's `per-mark` mask,
+/// nothing for rules not keyed by mark (their entries hold whatever the client's mark).
+pub fn keyed_mark(target: FlowTarget, client_mark: u32) -> u32 {
+    target.by_mark.map_or(0, |mask| client_mark & mask)
 }
 
 /// Addresses learned per client, each with its rule's mark, until its TTL runs out.
@@ -269,6 +275,7 @@ impl Learned {
     ) {
         self.expire(now);
         let ttl = self.clamp(ttl);
+        let client_mark = keyed_mark(target, client_mark);
         if let Some(refreshed) = self.insert(client, client_mark, addr, target, now + ttl) {
             self.counters.learned += 1;
             if refreshed {
@@ -302,6 +309,7 @@ impl Learned {
         if expires <= now {
             return false;
         }
+        let client_mark = keyed_mark(target, client_mark);
         let adopted = self
             .insert(client, client_mark, addr, target, expires)
             .is_some();
@@ -761,6 +769,7 @@ mod tests {
         l.learn(c, 0, d(1), 60, T, t0);
         assert!(changes(&mut l).is_empty(), "no outbox until enabled");
         l.enable_outbox(8);
+        // T is not keyed by mark: the client's mark (7) is not part of the entry.
         l.learn(c, 7, d(2), 1, T, t0);
         l.learn(c, 7, d(2), 30, T, t0 + Duration::from_secs(1));
         let got = changes(&mut l);
@@ -769,7 +778,7 @@ mod tests {
             vec![
                 Change::Put {
                     client: c,
-                    client_mark: 7,
+                    client_mark: 0,
                     addr: d(2),
                     target: T,
                     ttl: Duration::from_secs(5),
@@ -778,7 +787,7 @@ mod tests {
                 },
                 Change::Put {
                     client: c,
-                    client_mark: 7,
+                    client_mark: 0,
                     addr: d(2),
                     target: T,
                     ttl: Duration::from_secs(30),
@@ -798,7 +807,7 @@ mod tests {
             got[1],
             Change::Remove {
                 client: c,
-                client_mark: 7,
+                client_mark: 0,
                 addr: d(2),
                 target: T
             }

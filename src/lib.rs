@@ -16,6 +16,7 @@ pub mod engine;
 #[cfg(debug_assertions)]
 mod fault;
 pub mod flows;
+pub mod kernel_flows;
 pub mod links;
 mod lru;
 mod metrics;

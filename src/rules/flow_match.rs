@@ -101,6 +101,11 @@ impl Flows {
         self.rules.len()
     }
 
+    /// Each flow rule's target, in file order.
+    pub(crate) fn targets(&self) -> impl Iterator<Item = FlowTarget> + '_ {
+        self.rules.iter().map(|r| r.target)
+    }
+
     /// The first flow rule whose client matchers hold and whose names match any of `names`.
     /// Does not allocate: each name is already in lower-case wire form.
     pub(crate) fn target(&self, client: IpAddr, mark: u32, names: &[Name]) -> Option<FlowTarget> {

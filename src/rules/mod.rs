@@ -387,6 +387,12 @@ impl RuleSet {
         self.flows.len()
     }
 
+    /// What each flow rule marks, in file order (the kernel backend keeps one set per flow
+    /// rule and family: `crate::kernel_flows`).
+    pub fn flow_targets(&self) -> Vec<FlowTarget> {
+        self.flows.targets().collect()
+    }
+
     /// For each flow rule that can match (it names something), in file order, the address
     /// ranges of each of its positive `src` matchers: a client it matches lies in every one, and
     /// any client can match when there are none. `nfqmark setup` turns these into the prefixes
