@@ -127,6 +127,15 @@ pub struct SetupArgs {
         requires = "routes"
     )]
     pub route: Vec<String>,
+    /// How new flows of flow rules are marked: `nft` from nftables sets nfqmark fills (no flow
+    /// packet queued), `queue` by queueing each flow's first packet; `auto` picks nft where
+    /// the kernel and nft take its sets.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub flow_backend: FlowBackend,
+    /// Print only the nft table of the kernel backend (its sets and the rules using them), for
+    /// `nft -f -`, next to the iptables rules that queue DNS.
+    #[arg(long, conflicts_with_all = ["nft", "iptables", "ipv6"])]
+    pub flow_table: bool,
 }
 
 #[derive(Debug, Args)]
@@ -226,6 +235,18 @@ pub fn parse_iface(s: &str) -> Result<(u32, String), String> {
     Ok((index, name.to_string()))
 }
 
+/// Where flow rules' learned addresses live (see `nfqmark setup --flow-backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlowBackend {
+    /// nft where available (setup: the kernel takes the sets; run: the sets are loaded), else
+    /// queue.
+    Auto,
+    /// nftables sets with per-element timeouts, written by nfqmark; the kernel marks the flows.
+    Nft,
+    /// Each new flow's first packet is queued to nfqmark, which marks it.
+    Queue,
+}
+
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Resolver on the demo router.
@@ -299,6 +320,15 @@ pub struct RunArgs {
     /// Flow rules: most (client, address) entries remembered; the one closest to expiry goes.
     #[arg(long, value_name = "N", default_value_t = 65_536)]
     pub flow_capacity: usize,
+    /// Flow rules: `nft` writes learned addresses into the nftables sets `nfqmark setup`
+    /// made (the kernel marks new flows, none is queued); `queue` keeps them in nfqmark for
+    /// queued first packets; `auto` uses nft when the sets are loaded.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub flow_backend: FlowBackend,
+    /// Flow rules, nft backend: how often the sets are read back (elements the kernel
+    /// expired are counted, elements lost before their TTL put back).
+    #[arg(long, value_name = "DURATION", value_parser = parse_readback, default_value = "10s")]
+    pub flow_readback: Duration,
     /// Refuse a rules file (at start and at SIGHUP) that names an interface that does not exist
     /// then; without it such a rule loads, with a warning, and matches once the interface
     /// appears.
@@ -477,6 +507,16 @@ pub fn parse_top_interval(s: &str) -> Result<Duration, String> {
         Duration::from_millis(100),
         Duration::from_secs(3600),
         "the time between two updates of the view",
+    )
+}
+
+/// `--flow-readback`: 100ms to 1h.
+pub fn parse_readback(s: &str) -> Result<Duration, String> {
+    parse_duration_in(
+        s,
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+        "how often nfqmark reads its nft sets back; each read dumps every element",
     )
 }
 

@@ -367,6 +367,33 @@ pub fn setup(args: &SetupArgs) -> i32 {
         ),
     };
     let (v4, v6) = s::flow_clients(&rules);
+    let flow_sets = setup_flow_sets(args, &rules);
+    if args.flow_table {
+        if flow_sets.is_empty() {
+            eprintln!(
+                "nfqmark setup: --flow-table prints the nft sets of the kernel backend of flow \
+                 rules: {} (see --flow-backend)",
+                if rules.has_flow_rules() {
+                    "this setup queues flows instead"
+                } else {
+                    "these rules have no flow rules"
+                }
+            );
+            return 1;
+        }
+        let plan = Plan {
+            queues: args.queue,
+            mask: args.mark_mask,
+            dns_ports: args.dns_ports.clone(),
+            flow_clients_v4: v4,
+            flow_clients_v6: v6,
+            zones: false,
+            flow_sets,
+            source,
+        };
+        print!("{}", s::nft_flow_table(&plan));
+        return 0;
+    }
     let family = if args.ipv6 { Family::V6 } else { Family::V4 };
     let zones = !args.no_zones
         && match s::probe_ct_zone_mark(family) {
@@ -395,6 +422,7 @@ pub fn setup(args: &SetupArgs) -> i32 {
         flow_clients_v4: v4,
         flow_clients_v6: v6,
         zones,
+        flow_sets,
         source,
     };
     let nft = if args.nft {
@@ -425,9 +453,61 @@ pub fn setup(args: &SetupArgs) -> i32 {
     if nft {
         print!("{}", s::nft(&plan));
     } else {
+        if !plan.flow_sets.is_empty() {
+            eprintln!(
+                "nfqmark setup: flow rules are marked by the kernel from nfqmark's nft sets: load \
+                 them too, with `nfqmark setup --rules FILE --flow-table | nft -f -`"
+            );
+        }
         print!("{}", s::iptables(&plan, family));
     }
     0
+}
+
+/// The kernel backend's sets for `setup`, per `--flow-backend` (auto: where the kernel and nft
+/// take them); none for the queue backend or without flow rules.
+fn setup_flow_sets(args: &SetupArgs, rules: &RuleSet) -> Vec<crate::kernel_flows::SetSpec> {
+    use crate::cli::FlowBackend;
+    if !rules.has_flow_rules() {
+        return Vec::new();
+    }
+    let nft = match args.flow_backend {
+        FlowBackend::Queue => false,
+        FlowBackend::Nft => {
+            match crate::setup::probe_nft_flow_sets() {
+                Ok(true) => {}
+                Ok(false) => eprintln!(
+                    "nfqmark setup: this kernel or nft refuses the kernel backend's sets (timed \
+                     concatenated sets, marks under a mask): these rules will not load here; use \
+                     --flow-backend queue"
+                ),
+                Err(e) => eprintln!("nfqmark setup: could not probe nft's sets ({e})"),
+            }
+            true
+        }
+        FlowBackend::Auto => match crate::setup::probe_nft_flow_sets() {
+            Ok(true) => true,
+            Ok(false) => {
+                eprintln!(
+                    "nfqmark setup: this kernel or nft refuses the kernel backend's sets: flow \
+                     rules queue each new flow's first packet instead"
+                );
+                false
+            }
+            Err(e) => {
+                eprintln!(
+                    "nfqmark setup: could not probe nft's sets ({e}); flow rules queue each new \
+                     flow's first packet (--flow-backend nft prints the sets anyway)"
+                );
+                false
+            }
+        },
+    };
+    if nft {
+        crate::kernel_flows::layout(&rules.flow_targets())
+    } else {
+        Vec::new()
+    }
 }
 
 pub(crate) fn engine_config(args: &RunArgs) -> EngineConfig {

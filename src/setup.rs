@@ -17,12 +17,32 @@
 //! it. `CT --zone-orig mark` makes the mark part of the connection's identity (each mark its own
 //! conntrack zone, so its own connection and NAT binding), but the mark must be set before
 //! conntrack sees the packet: so these queries are queued in the raw table, ahead of conntrack.
+//!
+//! Flow rules have two backends, and setup prints the rules of the one the kernel supports
+//! ([`probe_nft_flow_sets`], `--flow-backend` overrides). The kernel backend (`nft`) keeps what
+//! nfqmark learned as elements of nftables sets, one per flow rule and family
+//! (`crate::kernel_flows`), each element timing out with its record's TTL; rules in the `inet
+//! nfqmark` table mark a connection's first packet from the sets, save the mark to the
+//! connection, and give later packets the mark back: no flow packet is queued, and marks keep
+//! working while nfqmark restarts. Each rule sets a constant (the flow rule's mark under its
+//! mask) rather than a value looked up in a map: with nft 1.0.6 a map value cannot be combined
+//! with the packet's other mark bits (`meta mark set meta mark & 0xffffff00 | <map>` is refused:
+//! "Right hand side of binary operation (|) must be constant"; combining two registers needs nft
+//! >= 1.1.1 and Linux >= 6.13), while `meta mark & ~mask | value` with constants works on every
+//! nft. One set per flow rule keeps first-match-wins: the rules look up the sets in file order
+//! and the first hit ends the chain. Only the connection's first packet (conntrack entry not
+//! confirmed yet) is looked up, so a connection opened before its address was learned is never
+//! re-marked midway. The queue backend (`queue`) queues those first packets to nfqmark instead:
+//! for kernels or nft versions without these sets, and for iptables-only setups. Where the kernel
+//! lacks the nft `queue` expression, DNS is queued with iptables and the sets are one more nft
+//! table (`--flow-table`).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Stdio};
 
+use crate::kernel_flows::SetSpec;
 use crate::rules::{AddrRange, RuleSet};
 
 /// What the rules need from the firewall.
@@ -41,6 +61,10 @@ pub struct Plan {
     /// Queue the resolver's UDP queries in the raw table with a conntrack zone taken from the
     /// mark (`CT --zone-orig mark`), so that every mark is its own connection.
     pub zones: bool,
+    /// The kernel backend's sets for the flow rules (`crate::kernel_flows::layout`): new flows
+    /// are marked from them by nft rules, not queued. Empty: flows are queued (or there are no
+    /// flow rules).
+    pub flow_sets: Vec<SetSpec>,
     /// Where the rules came from, for the header comment.
     pub source: String,
 }
@@ -241,14 +265,22 @@ pub fn iptables(plan: &Plan, family: Family) -> String {
     o.push_str("*mangle\n");
     o.push_str(":NFQMARK-DNS-IN - [0:0]\n:NFQMARK-DNS-OUT - [0:0]\n");
     let flows = plan.flow_clients(family);
-    if flows.is_some() {
+    // With the kernel backend, new flows are marked by the nft table's sets, not queued.
+    let queued_flows = flows.filter(|_| plan.flow_sets.is_empty());
+    if !plan.flow_sets.is_empty() {
+        o.push_str(
+            "# Flow rules: marked by the kernel from nfqmark's nft sets, not queued; load them with\n\
+             # nfqmark setup --rules FILE --flow-table | nft -f -\n",
+        );
+    }
+    if queued_flows.is_some() {
         o.push_str(":NFQMARK-FLOWS - [0:0]\n");
     }
     o.push_str(
         "# Packets of a marked connection get the mark back first, before anything routes them.\n",
     );
     let _ = writeln!(o, "-A PREROUTING -j CONNMARK --restore-mark{m}");
-    if flows.is_some() {
+    if queued_flows.is_some() {
         o.push_str("# New flows from clients that flow rules name: nfqmark marks those to learned addresses.\n");
         let _ = writeln!(
             o,
@@ -303,7 +335,7 @@ pub fn iptables(plan: &Plan, family: Family) -> String {
             }
         }
     }
-    if let Some(clients) = flows {
+    if let Some(clients) = queued_flows {
         for port in &plan.dns_ports {
             for proto in ["udp", "tcp"] {
                 let _ = writeln!(o, "-A NFQMARK-FLOWS -p {proto} --dport {port} -j RETURN");
@@ -385,6 +417,9 @@ pub fn nft(plan: &Plan) -> String {
         ("ip", &plan.flow_clients_v4),
         ("ip6", &plan.flow_clients_v6),
     ] {
+        if !plan.flow_sets.is_empty() {
+            break; // marked from the sets below, not queued
+        }
         if let Some(clients) = clients {
             let from = if clients.is_empty() {
                 format!(
@@ -426,7 +461,105 @@ pub fn nft(plan: &Plan) -> String {
         o,
         "\tchain postrouting {{\n\t\ttype filter hook postrouting priority mangle; policy accept;\n\t\tmeta mark & {mask:#x} != 0 {save}\n\t}}"
     );
+    o.push_str(&flow_chains(plan));
     o.push_str("}\n");
+    o
+}
+
+/// `nft -f` input for the kernel backend's part alone: the `inet nfqmark` table with the flow
+/// rules' sets and the chains that mark new flows from them, for kernels where DNS is queued
+/// with iptables (no nft `queue` expression). Replaces the table whole: its elements are gone
+/// until a running nfqmark puts them back (it reads its sets back every `--flow-readback`).
+pub fn nft_flow_table(plan: &Plan) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "# nfqmark setup for {} (nft, flow sets only), nfqmark {}",
+        plan.source,
+        env!("CARGO_PKG_VERSION")
+    );
+    o.push_str(
+        "# apply: nfqmark setup --rules FILE --flow-table | nft -f -    remove: nft delete table inet nfqmark\n\
+         # DNS is queued by the iptables rules of: nfqmark setup --rules FILE --iptables\n",
+    );
+    o.push_str("table inet nfqmark\ndelete table inet nfqmark\ntable inet nfqmark {\n");
+    o.push_str(&flow_chains(plan));
+    o.push_str("}\n");
+    o
+}
+
+/// `meta mark set` (or `ct mark set`, with `what` "ct mark") giving the bits under `mask` the
+/// value's: constants only, which every nft takes.
+fn set_under_mask(what: &str, value: u32, mask: u32) -> String {
+    if mask == u32::MAX {
+        format!("{what} set {value:#x}")
+    } else {
+        format!("{what} set {what} & {:#x} | {:#x}", !mask, value & mask)
+    }
+}
+
+/// The sets of the kernel backend and the chains that use them (inside the table's braces);
+/// nothing without them.
+fn flow_chains(plan: &Plan) -> String {
+    let mut o = String::new();
+    if plan.flow_sets.is_empty() {
+        return o;
+    }
+    o.push_str(
+        "\t# What nfqmark learned: (client, address[, client's mark]) per flow rule and family,\n\
+         \t# each element timing out with its DNS record's TTL (nfqmark writes them).\n",
+    );
+    for set in &plan.flow_sets {
+        let _ = writeln!(
+            o,
+            "\tset {} {{\n\t\ttype {}\n\t\tflags timeout\n\t}}",
+            set.name,
+            set.nft_type()
+        );
+    }
+    o.push_str(
+        "\t# A connection's first packet to a learned address: the first flow rule whose set holds\n\
+         \t# it gives its mark to the packet and to the connection. DNS is marked by pairing.\n\
+         \tchain flows {\n",
+    );
+    for port in &plan.dns_ports {
+        let _ = writeln!(o, "\t\tudp dport {port} return\n\t\ttcp dport {port} return");
+    }
+    for set in &plan.flow_sets {
+        let (value, mask) = set.target.mark;
+        let _ = writeln!(
+            o,
+            "\t\t{} @{} {} {} return",
+            set.nft_lookup(),
+            set.name,
+            set_under_mask("meta mark", value, mask),
+            set_under_mask("ct mark", value, mask)
+        );
+    }
+    o.push_str("\t}\n");
+    o.push_str(
+        "\t# After iptables' mangle PREROUTING (-150), where clients get their marks, before DNAT.\n\
+         \t# Later packets of a marked connection get the mark back; only a connection's first\n\
+         \t# packet (its entry not confirmed yet) is looked up, so no connection changes its mark.\n\
+         \tchain flow_marks {\n\
+         \t\ttype filter hook prerouting priority mangle + 1; policy accept;\n",
+    );
+    let mut restored: Vec<(u32, u32)> = Vec::new();
+    for set in &plan.flow_sets {
+        let (value, mask) = set.target.mark;
+        let key = (value & mask, mask);
+        if key.0 == 0 || restored.contains(&key) {
+            continue;
+        }
+        restored.push(key);
+        let _ = writeln!(
+            o,
+            "\t\tct mark & {mask:#x} == {:#x} {}",
+            key.0,
+            set_under_mask("meta mark", value, mask)
+        );
+    }
+    o.push_str("\t\tct status ! confirmed jump flows\n\t}\n");
     o
 }
 
@@ -461,6 +594,44 @@ pub fn probe_ct_zone_mark(family: Family) -> Result<bool, String> {
     } else {
         Ok(false)
     }
+}
+
+/// Whether the running kernel and nft take what the kernel backend of flow rules needs: a set
+/// of concatenated addresses and a mark with per-element timeouts, looked up by a rule that
+/// sets the packet's and the connection's mark under a mask, for a connection's first packet.
+/// Asks `nft --check` (nothing changes). `Err` says why it could not tell (no nft, ...).
+pub fn probe_nft_flow_sets() -> Result<bool, String> {
+    let probe = "table inet nfqmark_probe {\n\tset s { type ipv4_addr . ipv4_addr . mark; flags timeout; }\n\tchain c {\n\t\ttype filter hook prerouting priority mangle + 1; policy accept;\n\t\tct status ! confirmed ip saddr . ip daddr . meta mark & 0xff00 @s meta mark set meta mark & 0xffffff00 | 0x20 ct mark set ct mark & 0xffffff00 | 0x20\n\t}\n}\n";
+    match nft_check(probe)? {
+        None => Ok(true),
+        Some(err) if err.contains("Operation not permitted") => {
+            Err(format!("nft --check needs CAP_NET_ADMIN: {}", err.trim()))
+        }
+        // Refused by the kernel (a missing feature) or by nft (syntax it does not know).
+        Some(err) if err.contains("Error:") => Ok(false),
+        Some(err) => Err(format!("nft --check failed: {}", err.trim())),
+    }
+}
+
+/// Run `nft --check -f -` on `script`: `None` when it would load, else nft's error text.
+fn nft_check(script: &str) -> Result<Option<String>, String> {
+    let mut child = Command::new("nft")
+        .args(["--check", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| format!("cannot talk to nft: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    if out.status.success() {
+        return Ok(None);
+    }
+    Ok(Some(String::from_utf8_lossy(&out.stderr).into_owned()))
 }
 
 /// Whether the running kernel accepts the nft `queue` expression. Asks `nft --check` to load a
@@ -787,6 +958,7 @@ mod tests {
             flow_clients_v4: None,
             flow_clients_v6: None,
             zones: true,
+            flow_sets: Vec::new(),
             source: "test.rules".into(),
         }
     }
