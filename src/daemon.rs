@@ -60,6 +60,8 @@ pub enum Task {
     Bypass,
     /// The thread that keeps the link table current (started when rules name an interface).
     Links,
+    /// The thread that writes learned flows into the kernel's nft sets.
+    KernelFlows,
 }
 
 impl fmt::Display for Task {
@@ -70,6 +72,7 @@ impl fmt::Display for Task {
             Task::Metrics => f.write_str("the metrics endpoint"),
             Task::Bypass => f.write_str("the bypass counter"),
             Task::Links => f.write_str("the link table thread"),
+            Task::KernelFlows => f.write_str("the kernel flow sets thread"),
         }
     }
 }
@@ -587,11 +590,14 @@ where
 }
 
 /// Threads `run` starts with these options, the main thread included: signals, the rules
-/// thread with a rules file, the metrics endpoint with `--metrics`, one worker per queue. (Rules
+/// thread with a rules file, the metrics endpoint with `--metrics`, the kernel flow sets thread
+/// with a rules file unless `--flow-backend queue`, one worker per queue. (Rules
 /// that name an interface start one more when they load, the link table's: not counted here.)
 pub fn threads_needed(args: &RunArgs) -> usize {
+    let kernel_flows = args.rules.is_some() && args.flow_backend != crate::cli::FlowBackend::Queue;
     3 + usize::from(args.rules.is_some())
         + usize::from(args.metrics.is_some())
+        + usize::from(kernel_flows)
         + args.queue_numbers().len()
 }
 
@@ -743,12 +749,14 @@ fn run_inner(args: &RunArgs) -> Result<(), Error> {
         _ => RuleSet::empty(),
     };
     let nums = args.queue_numbers();
+    let flow_targets = rules.flow_targets();
     let shared = Arc::new(Shared::new(
         engine_config(args),
         learn_config(args),
         rules,
         &nums,
     ));
+    start_kernel_flows(args, &shared, &flow_targets, &events_tx)?;
     // Bind every queue before serving any, so a bad queue fails the start, not the night.
     let mut queues = Vec::new();
     for &num in &nums {
@@ -815,6 +823,79 @@ fn run_inner(args: &RunArgs) -> Result<(), Error> {
     let outcome = outcome.and(wait_for_workers(&events, &alive));
     log::info!("stopping: {}", report(&shared));
     outcome
+}
+
+/// Start the kernel backend of flow rules when the rules have flow rules and `--flow-backend`
+/// allows: with `auto` only when the kernel has their sets (`nfqmark setup` loaded them).
+fn start_kernel_flows(
+    args: &RunArgs,
+    shared: &Arc<Shared>,
+    targets: &[crate::flows::FlowTarget],
+    events: &Sender<Event>,
+) -> Result<(), Error> {
+    use crate::cli::FlowBackend;
+    use crate::kernel_flows as kf;
+    if targets.is_empty() || args.flow_backend == FlowBackend::Queue {
+        return Ok(());
+    }
+    let forced = args.flow_backend == FlowBackend::Nft;
+    let config = kf::Config {
+        queue: 16_384,
+        readback: args.flow_readback,
+    };
+    let started = {
+        let mut tables = worker::lock(&shared.tables);
+        kf::start(targets, &mut tables.learned, config, Instant::now())
+    };
+    let (handle, backend, info) = match started {
+        Ok(s) => s,
+        Err(e) if forced => {
+            return Err(Error::Config(format!(
+                "--flow-backend nft: cannot reach the kernel's nft sets: {e} (is nf_tables in \
+                 the kernel, and nfqmark run with CAP_NET_ADMIN?)"
+            )));
+        }
+        Err(e) => {
+            log::info!("flow rules: queue backend (cannot reach the kernel's nft sets: {e})");
+            return Ok(());
+        }
+    };
+    if info.present == 0 && !forced {
+        log::info!(
+            "flow rules: queue backend (table inet {} has none of their sets; `nfqmark setup \
+             --flow-backend nft` prints them)",
+            kf::TABLE
+        );
+        return Ok(());
+    }
+    if !info.missing.is_empty() {
+        log::warn!(
+            "flow rules: table inet {} lacks set(s) {}: load `nfqmark setup --rules FILE \
+             --flow-table` (nft -f) again; until then those rules' addresses mark nothing",
+            kf::TABLE,
+            info.missing.join(", ")
+        );
+    }
+    log::info!(
+        "flow rules: nft backend: {} set(s) in table inet {}, {} element(s) adopted from the \
+         kernel, refresh by {:?}, read back every {:?}",
+        info.present,
+        kf::TABLE,
+        info.adopted,
+        info.refresh,
+        args.flow_readback
+    );
+    worker::lock(&shared.tables)
+        .learned
+        .enable_outbox(config.queue);
+    let _ = shared.kernel_flows.set(handle);
+    let for_thread = Arc::clone(shared);
+    supervised("kflows".into(), Task::KernelFlows, events, move || {
+        backend
+            .run(&for_thread.stop)
+            .map_err(|e| format!("netlink: {e}"))
+    })?;
+    Ok(())
 }
 
 /// How often the queue rules' counters are read.
@@ -1003,6 +1084,9 @@ fn reload(file: &mut RulesFile, shared: &Shared) {
                 path.display(),
                 rules.summary()
             );
+            if let Some(kernel) = shared.kernel_flows.get() {
+                kernel.relayout(&rules.flow_targets());
+            }
             shared.replace_rules(rules);
         }
         Err(diags) => {
@@ -1071,7 +1155,23 @@ pub fn report(shared: &Shared) -> String {
         s.rules_loaded,
         s.reloads_ok,
         s.reloads_failed,
-    )
+    ) + &s.kernel_flows.map_or_else(String::new, |k| {
+        format!(
+            " kflows_added={} kflows_refreshed={} kflows_removed={} kflows_expired={} \
+             kflows_restored={} kflows_adopted={} kflows_dropped={} kflows_failed={} \
+             kflows_no_set={} kflows_elements={}",
+            k.added,
+            k.refreshed,
+            k.removed,
+            k.expired,
+            k.restored,
+            k.adopted,
+            k.dropped,
+            k.failed,
+            k.no_set,
+            k.elements
+        )
+    })
 }
 
 #[cfg(test)]
@@ -1258,6 +1358,8 @@ mod tests {
         args.queues = vec![(0, 3)];
         args.rules = Some(PathBuf::from("x.rules"));
         args.metrics = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9120)));
+        assert_eq!(threads_needed(&args), 10, "with the kernel flow sets thread");
+        args.flow_backend = crate::cli::FlowBackend::Queue;
         assert_eq!(threads_needed(&args), 9);
     }
 

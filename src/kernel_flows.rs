@@ -401,9 +401,9 @@ fn present(sock: &mut NfnlSocket, spec: &SetSpec) -> std::io::Result<bool> {
 }
 
 /// Open the backend for these flow rules: check the sets, find how this kernel re-times
-/// elements, adopt the elements the kernel holds into `learned` (and turn its outbox on). The
-/// daemon then runs [`Backend::run`] on a thread of its own and gives the workers the
-/// [`Handle`].
+/// elements, adopt the elements the kernel holds into `learned`. The daemon then turns the
+/// learned table's outbox on ([`Learned::enable_outbox`]), runs [`Backend::run`] on a thread
+/// of its own and gives the workers the [`Handle`].
 pub fn start(
     targets: &[FlowTarget],
     learned: &mut Learned,
@@ -452,7 +452,6 @@ pub fn start(
     stats
         .elements
         .store(adopted as u64, Ordering::Relaxed);
-    learned.enable_outbox(config.queue.min(65_536));
     let (tx, rx) = mpsc::sync_channel(config.queue.max(1));
     let present = sets.iter().filter(|s| s.present).count();
     Ok((
@@ -637,7 +636,9 @@ impl Backend {
         while !stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             if now >= next_readback {
-                self.readback(now)?;
+                if let Err(e) = self.readback(now) {
+                    self.socket_failed("reading the sets back", &e)?;
+                }
                 next_readback = Instant::now() + self.config.readback;
             }
             let wait = next_readback.saturating_duration_since(now).min(IDLE);
@@ -656,8 +657,11 @@ impl Backend {
                     Err(_) => break,
                 }
             }
-            if !pending.is_empty() {
-                self.send(&pending, &mut warned)?;
+            if !pending.is_empty()
+                && let Err(e) = self.send(&pending, &mut warned)
+            {
+                self.stats.failed.add(pending.len() as u64);
+                self.socket_failed("sending a batch", &e)?;
             }
         }
         let held: usize = self.sets.iter().map(|s| s.mirror.len()).sum();
@@ -665,6 +669,14 @@ impl Backend {
             "kernel flow sets: {held} element(s) nfqmark put there stay in the kernel until their \
              timeouts (flows to them keep their marks while nfqmark is stopped)"
         );
+        Ok(())
+    }
+
+    /// After a netlink error: say so, and start again on a new socket (an error there ends
+    /// the thread, and the daemon with it).
+    fn socket_failed(&mut self, what: &str, e: &std::io::Error) -> std::io::Result<()> {
+        log::warn!("kernel flow sets: {what} failed: {e}; opening a new netlink socket");
+        self.sock = NfnlSocket::open()?;
         Ok(())
     }
 

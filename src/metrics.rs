@@ -151,6 +151,8 @@ pub struct Snapshot {
     /// DNS over TCP read as streams.
     pub streams: crate::stream::StreamCounters,
     pub stream_flows: usize,
+    /// The kernel backend of flow rules, when it runs.
+    pub kernel_flows: Option<crate::kernel_flows::Snapshot>,
 }
 
 impl Snapshot {
@@ -209,6 +211,7 @@ impl Snapshot {
                 .then(|| shared.bypassed.get()),
             streams: streams.0,
             stream_flows: streams.1,
+            kernel_flows: shared.kernel_flows.get().map(|k| k.stats.snapshot()),
         }
     }
 }
@@ -527,6 +530,9 @@ pub fn render(s: &Snapshot) -> String {
         "Learned (client, address) entries.",
     );
     o.sample("nfqmark_flows_entries", &[], s.learned_entries as u64);
+    if let Some(k) = &s.kernel_flows {
+        render_kernel_flows(&mut o, k);
+    }
     o.family(
         "nfqmark_rule_matches_total",
         "counter",
@@ -565,6 +571,57 @@ pub fn render(s: &Snapshot) -> String {
         s.reloads_failed,
     );
     o.0
+}
+
+/// The kernel backend of flow rules: what it did to the nft sets, and how long an answer took
+/// to become an element.
+fn render_kernel_flows(o: &mut Out, k: &crate::kernel_flows::Snapshot) {
+    o.family(
+        "nfqmark_kernel_flows_total",
+        "counter",
+        "nft set elements of flow rules: added, refreshed (added again), removed (evicted), expired (read back from the kernel), restored (lost before their TTL, put back), adopted at start, dropped (queue to the backend full), failed (refused by the kernel), no_set (the set is not loaded).",
+    );
+    for (outcome, v) in [
+        ("added", k.added),
+        ("refreshed", k.refreshed),
+        ("removed", k.removed),
+        ("expired", k.expired),
+        ("restored", k.restored),
+        ("adopted", k.adopted),
+        ("dropped", k.dropped),
+        ("failed", k.failed),
+        ("no_set", k.no_set),
+    ] {
+        o.sample("nfqmark_kernel_flows_total", &[("outcome", outcome)], v);
+    }
+    o.family(
+        "nfqmark_kernel_flow_batches_total",
+        "counter",
+        "Netlink batches sent to the kernel's flow sets.",
+    );
+    o.sample("nfqmark_kernel_flow_batches_total", &[], k.batches);
+    o.family(
+        "nfqmark_kernel_flow_elements",
+        "gauge",
+        "Elements in the flow sets at the last read-back.",
+    );
+    o.sample("nfqmark_kernel_flow_elements", &[], k.elements);
+    let name = "nfqmark_kernel_flow_update_seconds";
+    o.family(
+        name,
+        "histogram",
+        "Time from an answer being learned to its element being in the kernel.",
+    );
+    let mut cumulative = 0u64;
+    for (i, bound) in crate::kernel_flows::LATENCY_BUCKETS_US.iter().enumerate() {
+        cumulative += k.latency.get(i).copied().unwrap_or(0);
+        let le = format!("{}", *bound as f64 / 1e6);
+        o.sample(&format!("{name}_bucket"), &[("le", &le)], cumulative);
+    }
+    let count: u64 = k.latency.iter().sum();
+    o.sample(&format!("{name}_bucket"), &[("le", "+Inf")], count);
+    let _ = writeln!(o.0, "{name}_sum {}", k.latency_sum_us as f64 / 1e6);
+    o.sample(&format!("{name}_count"), &[], count);
 }
 
 /// The server's own counters, in the exposition format (appended to the page).

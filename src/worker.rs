@@ -5,7 +5,7 @@
 //! the next one is read.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::engine::{self, Decision, EngineConfig, Tables};
@@ -63,6 +63,8 @@ pub struct Shared {
     pub bypass_known: AtomicBool,
     /// Set to ask the workers to finish.
     pub stop: AtomicBool,
+    /// The kernel backend of flow rules, when it runs: learned entries are handed to it.
+    pub kernel_flows: OnceLock<crate::kernel_flows::Handle>,
 }
 
 /// Lock a mutex, carrying on with the data if a panicking thread poisoned it: counters and
@@ -91,6 +93,7 @@ impl Shared {
             bypassed: Counter::default(),
             bypass_known: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            kernel_flows: OnceLock::new(),
         }
     }
 
@@ -117,6 +120,15 @@ impl Shared {
     fn current(&self) -> (u64, Arc<Loaded>) {
         let generation = self.generation.load(Ordering::Acquire);
         (generation, self.rules())
+    }
+
+    /// Hand what the learned table changed to the kernel backend (no-op without it).
+    fn drain_learned(&self) {
+        if let Some(kernel) = self.kernel_flows.get() {
+            lock(&self.tables)
+                .learned
+                .take_changes(|change| kernel.offer(change));
+        }
     }
 }
 
@@ -260,7 +272,8 @@ fn decide_item(
 
 /// Plan outside the lock, apply under it, finish outside it. The clock read for `now` starts
 /// the decision's time; for one packet in [`crate::stats::DECISION_SAMPLE`] a second read ends
-/// it, into the decision-time histogram.
+/// it, into the decision-time histogram. What an answer taught the learned table goes to the
+/// kernel backend after.
 fn decide(
     shared: &Shared,
     stats: &Stats,
@@ -278,6 +291,9 @@ fn decide(
         now,
     );
     stats.decision_time.sampled_since(now);
+    if decision.learned > 0 {
+        shared.drain_learned();
+    }
     decision
 }
 

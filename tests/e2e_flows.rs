@@ -4,6 +4,11 @@
 //! no rule names, are not marked; an alias (CNAME) of a named name is; after the record's TTL a
 //! new flow is no longer marked. The router's firewall rules come from `nfqmark setup`. The same
 //! holds over IPv6: AAAA answers teach marks for flows to IPv6 addresses.
+//!
+//! Both backends: the queue backend (each new flow's first packet queued to nfqmark), and the
+//! kernel backend (learned addresses as nft set elements; nfqmark's queue sees no flow packet,
+//! the element expires with the TTL, a killed nfqmark leaves its elements marking flows, a
+//! restarted one adopts them, `per-mark` keys hold the client's mark).
 
 mod common;
 
@@ -26,8 +31,13 @@ fn ip(s: &str) -> std::net::IpAddr {
 
 /// The firewall rules `nfqmark setup --iptables ARGS --rules RULES` prints.
 fn setup(args: &[&str], rules: &Path) -> String {
+    setup_text(&[&["--iptables"], args].concat(), rules)
+}
+
+/// What `nfqmark setup ARGS --rules RULES` prints.
+fn setup_text(args: &[&str], rules: &Path) -> String {
     let out = Command::new(common::nfqmark_bin())
-        .args(["setup", "--iptables"])
+        .arg("setup")
         .args(args)
         .arg("--rules")
         .arg(rules)
@@ -48,7 +58,7 @@ fn setup(args: &[&str], rules: &Path) -> String {
 /// routes only its own mark, 137, there).
 fn firewall(w: &World, family: Family, queue: u16, rules: &Path) {
     let queue = queue.to_string();
-    let mut args = vec!["--queue", queue.as_str()];
+    let mut args = vec!["--queue", queue.as_str(), "--flow-backend", "queue"];
     if family == Family::V6 {
         args.insert(0, "-6");
     }
@@ -122,6 +132,10 @@ fn flows_to_resolved_addresses_get_the_rule_mark_until_the_ttl_passes() {
         rules.display().to_string(),
         "--flow-ttl-min".into(),
         "1s".into(),
+        "--flow-backend".into(),
+        "queue".into(),
+        "--metrics".into(),
+        "9120".into(),
     ];
     firewall(&w, Family::V4, 11, &rules);
     w.start_nfqmark().expect("start nfqmark");
@@ -136,12 +150,19 @@ fn flows_to_resolved_addresses_get_the_rule_mark_until_the_ttl_passes() {
         "ip-198-18-9-81.video.nfqm.example",
         "198.18.9.81",
     );
+    let queued_before = queued(&w);
     let a_tcp = w
         .connect_to(Client::A, ip("198.18.9.81"), 80)
         .expect("A connects");
     let a_udp = w
         .udp_to(Client::A, ip("198.18.9.81"), 5000)
         .expect("A sends UDP");
+    // The control for the kernel backend's test: here the flows' first packets are queued.
+    let flow_packets = queued(&w) - queued_before;
+    assert!(
+        flow_packets >= 2,
+        "the queue backend queues each new flow's first packet: {flow_packets}"
+    );
     // Client B never resolved it (and no flow rule names B): not marked.
     let b_tcp = w
         .connect_to(Client::B, ip("198.18.9.81"), 80)
@@ -212,7 +233,12 @@ fn ipv6_flows_to_resolved_addresses_get_the_rule_mark() {
     let mut w = World::build(options).expect("build the lab");
     let rules = w.path("flows6.rules");
     std::fs::write(&rules, RULES_V6).expect("write rules");
-    w.options_mut().nfqmark_args = vec!["--rules".into(), rules.display().to_string()];
+    w.options_mut().nfqmark_args = vec![
+        "--rules".into(),
+        rules.display().to_string(),
+        "--flow-backend".into(),
+        "queue".into(),
+    ];
     firewall(&w, Family::V6, 16, &rules);
     w.start_nfqmark().expect("start nfqmark");
     w.start_resolver(Family::V6).expect("start the resolver");
@@ -251,5 +277,332 @@ fn ipv6_flows_to_resolved_addresses_get_the_rule_mark() {
     ];
     let log = w.stop_nfqmark();
     println!("{log}");
+    check(&results, &log);
+}
+
+/// Packets nfqmark's queue handed it so far (all queues), from its metrics endpoint.
+fn queued(w: &World) -> u64 {
+    metric_sum(&metrics(w), "nfqmark_packets_total{")
+}
+
+fn metrics(w: &World) -> String {
+    w.router_http_get(9120, "/metrics").expect("metrics")
+}
+
+/// The sum of every sample whose line starts with `prefix`.
+fn metric_sum(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn kernel_flows(text: &str, outcome: &str) -> u64 {
+    metric_sum(
+        text,
+        &format!("nfqmark_kernel_flows_total{{outcome=\"{outcome}\"}}"),
+    )
+}
+
+/// The elements of one of nfqmark's sets on the router, as `nft` lists them.
+fn set_listing(w: &World, set: &str) -> String {
+    let out = w
+        .router
+        .exec("nft", &["list", "set", "inet", "nfqmark", set])
+        .expect("nft list set");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const KERNEL_RULES: &str = "\
+# Client A's mark is 0x100/0xff00 (the test marks it); learned addresses are keyed by it.
+flow src 198.18.1.0/24 mark 0x100/0xff00 names *.keyed.nfqm.example set-mark 0x20/0xff per-mark
+flow src 198.18.1.0/24, 2001:db8:1::/64 names *.video.nfqm.example set-mark 0x20/0xff
+default accept
+";
+
+/// The router's firewall for the kernel backend, as `nfqmark setup` prints it: DNS queued by
+/// iptables (this kernel has no nft `queue`), the flow sets and their chains by nft; the rule's
+/// mark routed over link 2; client A's packets marked 0x100/0xff00 after nfqmark's restore, its
+/// TCP to port 443 0x200/0xff00 instead.
+fn kernel_firewall(w: &World, queue: u16, rules: &Path) {
+    let queue = queue.to_string();
+    for family in [Family::V4, Family::V6] {
+        let mut args = vec!["--queue", queue.as_str(), "--flow-backend", "nft"];
+        if family == Family::V6 {
+            args.push("-6");
+        }
+        let text = setup(&args, rules);
+        assert!(
+            !text.contains("NFQMARK-FLOWS"),
+            "no flow is queued with the kernel backend:\n{text}"
+        );
+        w.router_iptables_restore(family, &text)
+            .expect("load setup's iptables rules");
+    }
+    let table = setup_text(&["--flow-table"], rules);
+    let path = w.path("flows.nft");
+    std::fs::write(&path, &table).expect("write the nft table");
+    let loaded = w
+        .router
+        .exec("nft", &["-f", &path.display().to_string()])
+        .expect("nft");
+    assert!(
+        loaded.status.success(),
+        "nft -f: {}\n{table}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    let cheap = lab::CHEAP_TABLE.to_string();
+    for family in ["-4", "-6"] {
+        w.router
+            .ip(&[family, "rule", "add", "fwmark", "0x20/0xff", "table", &cheap])
+            .expect("ip rule");
+    }
+    for rule in [
+        &["-A", "PREROUTING", "-s", "198.18.1.2", "-j", "MARK", "--set-xmark", "0x100/0xff00"][..],
+        &[
+            "-A", "PREROUTING", "-s", "198.18.1.2", "-p", "tcp", "--dport", "443", "-j", "MARK",
+            "--set-xmark", "0x200/0xff00",
+        ],
+    ] {
+        w.router_iptables("iptables", &[&["-t", "mangle"][..], rule].concat())
+            .expect("mark client A");
+    }
+}
+
+#[test]
+fn kernel_backend_marks_flows_from_nft_sets_without_queueing_them() {
+    if !common::require_root("kflows") {
+        return;
+    }
+    let mut options = Options::new("kflows", Resolver::Dnsmasq, Some(common::nfqmark_bin()));
+    options.queue = 21;
+    options.queue_rules = false; // the rules `nfqmark setup` prints instead
+    options.marking = false; // client A's mark comes from `kernel_firewall`
+    let mut w = World::build(options).expect("build the lab");
+    let rules = w.path("kflows.rules");
+    std::fs::write(&rules, KERNEL_RULES).expect("write rules");
+    w.options_mut().nfqmark_args = vec![
+        "--rules".into(),
+        rules.display().to_string(),
+        "--flow-ttl-min".into(),
+        "1s".into(),
+        "--flow-backend".into(),
+        "nft".into(),
+        "--flow-readback".into(),
+        "500ms".into(),
+        "--metrics".into(),
+        "9120".into(),
+    ];
+    kernel_firewall(&w, 21, &rules);
+    w.start_nfqmark().expect("start nfqmark");
+    assert!(
+        w.wait_log("flow rules: nft backend", 1, Duration::from_secs(5)),
+        "{}",
+        w.nfqmark_log()
+    );
+    w.start_resolver(Family::V4).expect("start the resolver");
+    let dig =
+        |client: Client, name: &str, expect: &str| resolve(&w, client, Family::V4, name, expect);
+    let video = "f2_20_ff_4";
+    let keyed = "f1_20_ff_mff00_4";
+
+    // A matching name: the element appears, and A's new flows are marked by the kernel alone.
+    dig(
+        Client::A,
+        "ip-198-18-9-81.video.nfqm.example",
+        "198.18.9.81",
+    );
+    assert!(
+        lab::wait_for(Duration::from_secs(2), || set_listing(&w, video)
+            .contains("198.18.1.2 . 198.18.9.81 timeout 1m")),
+        "{}",
+        set_listing(&w, video)
+    );
+    let queued_before = queued(&w);
+    let a_tcp = w
+        .connect_to(Client::A, ip("198.18.9.81"), 80)
+        .expect("A connects");
+    let a_udp = w
+        .udp_to(Client::A, ip("198.18.9.81"), 5000)
+        .expect("A sends UDP");
+    let b_tcp = w
+        .connect_to(Client::B, ip("198.18.9.81"), 80)
+        .expect("B connects");
+    let flow_packets = queued(&w) - queued_before;
+    // Keyed by the client's mark: A resolved with 0x100, so its flows with 0x100 are marked and
+    // its flows with another mark (0x200, port 443) are not.
+    dig(
+        Client::A,
+        "ip-198-18-9-85.keyed.nfqm.example",
+        "198.18.9.85",
+    );
+    assert!(
+        lab::wait_for(Duration::from_secs(2), || set_listing(&w, keyed)
+            .contains("198.18.1.2 . 198.18.9.85 . 0x00000100")),
+        "{}",
+        set_listing(&w, keyed)
+    );
+    let keyed_same = w
+        .connect_to(Client::A, ip("198.18.9.85"), 80)
+        .expect("A connects");
+    let keyed_other = w
+        .connect_to(Client::A, ip("198.18.9.85"), 443)
+        .expect("A connects with another mark");
+    // A 2-second TTL: the element times out in the kernel, and flows after it are not marked.
+    dig(
+        Client::A,
+        "ip-198-18-9-84.ttl-2.video.nfqm.example",
+        "198.18.9.84",
+    );
+    let in_ttl = w
+        .connect_to(Client::A, ip("198.18.9.84"), 80)
+        .expect("A connects");
+    assert!(set_listing(&w, video).contains("198.18.9.84 timeout 2s"));
+    let expired_before = kernel_flows(&metrics(&w), "expired");
+    assert!(
+        lab::wait_for(Duration::from_secs(5), || !set_listing(&w, video)
+            .contains("198.18.9.84")),
+        "the element outlived its TTL: {}",
+        set_listing(&w, video)
+    );
+    let after_ttl = w
+        .connect_to(Client::A, ip("198.18.9.84"), 443)
+        .expect("A connects after the TTL");
+    assert!(
+        lab::wait_for(Duration::from_secs(5), || kernel_flows(&metrics(&w), "expired")
+            > expired_before),
+        "the read-back counts the expired element: {}",
+        metrics(&w)
+    );
+    // Re-resolution refreshes: the element's timeout starts again.
+    dig(
+        Client::A,
+        "ip-198-18-9-86.ttl-30.video.nfqm.example",
+        "198.18.9.86",
+    );
+    sleep(Duration::from_millis(1100));
+    dig(
+        Client::A,
+        "ip-198-18-9-86.ttl-30.video.nfqm.example",
+        "198.18.9.86",
+    );
+    let text = metrics(&w);
+    assert!(kernel_flows(&text, "refreshed") >= 1, "{text}");
+
+    // Killed after learning: its elements keep marking new flows.
+    dig(
+        Client::A,
+        "ip-198-18-9-87.ttl-40.video.nfqm.example",
+        "198.18.9.87",
+    );
+    assert!(lab::wait_for(Duration::from_secs(2), || set_listing(
+        &w, video
+    )
+    .contains("198.18.9.87")));
+    w.signal_nfqmark(libc::SIGKILL);
+    let first_log = w.stop_nfqmark();
+    let while_dead = w
+        .connect_to(Client::A, ip("198.18.9.87"), 80)
+        .expect("A connects while nfqmark is down");
+    // Restarted: it adopts what the kernel holds.
+    w.start_nfqmark().expect("restart nfqmark");
+    assert!(
+        w.wait_log("element(s) adopted", 1, Duration::from_secs(5)),
+        "{}",
+        w.nfqmark_log()
+    );
+    let text = metrics(&w);
+    let adopted = kernel_flows(&text, "adopted");
+    assert!(adopted >= 3, "adopted {adopted}: {text}");
+    let after_restart = w
+        .connect_to(Client::A, ip("198.18.9.87"), 443)
+        .expect("A connects after the restart");
+    sleep(Duration::from_millis(200));
+
+    let links = |f: &Opened| w.flow_links(f);
+    let results = [
+        ("A tcp to resolved name", links(&a_tcp), "link2"),
+        ("A udp to resolved name", links(&a_udp), "link2"),
+        ("B tcp, never resolved", links(&b_tcp), "link1"),
+        ("A tcp, keyed, same mark", links(&keyed_same), "link2"),
+        ("A tcp, keyed, other mark", links(&keyed_other), "link1"),
+        ("A tcp within the TTL", links(&in_ttl), "link2"),
+        ("A tcp after the TTL", links(&after_ttl), "link1"),
+        ("A tcp, nfqmark killed", links(&while_dead), "link2"),
+        ("A tcp, nfqmark restarted", links(&after_restart), "link2"),
+    ];
+    let log = w.stop_nfqmark();
+    println!("{first_log}\n{log}");
+    assert_eq!(
+        flow_packets, 0,
+        "no packet of the flows went through the queue"
+    );
+    check(&results, &format!("{first_log}\n{log}"));
+    assert!(log.contains("stay in the kernel until their timeouts"), "{log}");
+}
+
+#[test]
+fn kernel_backend_marks_ipv6_flows() {
+    if !common::require_root("kflows6") {
+        return;
+    }
+    let mut options = Options::new("kflows6", Resolver::Dnsmasq, Some(common::nfqmark_bin()));
+    options.queue = 22;
+    options.queue_rules = false;
+    options.marking = false;
+    let mut w = World::build(options).expect("build the lab");
+    let rules = w.path("kflows6.rules");
+    std::fs::write(&rules, KERNEL_RULES).expect("write rules");
+    w.options_mut().nfqmark_args = vec![
+        "--rules".into(),
+        rules.display().to_string(),
+        "--metrics".into(),
+        "9120".into(),
+    ];
+    kernel_firewall(&w, 22, &rules);
+    w.start_nfqmark().expect("start nfqmark");
+    assert!(
+        w.wait_log("flow rules: nft backend", 1, Duration::from_secs(5)),
+        "auto picks the kernel backend once the sets are loaded: {}",
+        w.nfqmark_log()
+    );
+    w.start_resolver(Family::V6).expect("start the resolver");
+    let (named, other) = ("2001:db8:9::81", "2001:db8:9::82");
+    resolve(
+        &w,
+        Client::A,
+        Family::V6,
+        "ip6-2001-db8-9--81.video.nfqm.example",
+        named,
+    );
+    resolve(
+        &w,
+        Client::A,
+        Family::V6,
+        "ip6-2001-db8-9--82.other.nfqm.example",
+        other,
+    );
+    assert!(
+        lab::wait_for(Duration::from_secs(2), || set_listing(&w, "f2_20_ff_6")
+            .contains("2001:db8:1::2 . 2001:db8:9::81")),
+        "{}",
+        set_listing(&w, "f2_20_ff_6")
+    );
+    let queued_before = queued(&w);
+    let a_tcp = w.connect_to(Client::A, ip(named), 80).expect("A connects");
+    let a_udp = w.udp_to(Client::A, ip(named), 5000).expect("A sends UDP");
+    let b_tcp = w.connect_to(Client::B, ip(named), 80).expect("B connects");
+    let a_other = w.connect_to(Client::A, ip(other), 80).expect("A connects");
+    let flow_packets = queued(&w) - queued_before;
+    sleep(Duration::from_millis(200));
+    let results = [
+        ("A tcp to resolved name", w.flow_links(&a_tcp), "link2"),
+        ("A udp to resolved name", w.flow_links(&a_udp), "link2"),
+        ("B tcp, never resolved", w.flow_links(&b_tcp), "link1"),
+        ("A tcp, name not in a rule", w.flow_links(&a_other), "link1"),
+    ];
+    let log = w.stop_nfqmark();
+    println!("{log}");
+    assert_eq!(flow_packets, 0, "no flow packet queued");
     check(&results, &log);
 }
