@@ -235,6 +235,15 @@ pub fn parse_iface(s: &str) -> Result<(u32, String), String> {
     Ok((index, name.to_string()))
 }
 
+/// Whether nfqmark sets connection marks over ctnetlink (see `nfqmark run --ct-marks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CtMarks {
+    /// Where the kernel answers ctnetlink.
+    Auto,
+    /// Never: the firewall's save-mark rule alone.
+    Off,
+}
+
 /// Where flow rules' learned addresses live (see `nfqmark setup --flow-backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FlowBackend {
@@ -325,6 +334,11 @@ pub struct RunArgs {
     /// queued first packets; `auto` uses nft when the sets are loaded.
     #[arg(long, value_enum, default_value = "auto")]
     pub flow_backend: FlowBackend,
+    /// Set the conntrack mark (under --mark-mask) of connections whose first packet nfqmark
+    /// marks (new flows of flow rules, the resolver's TCP SYNs), over ctnetlink, besides the
+    /// save-mark rule: `auto` where the kernel answers ctnetlink, `off` never.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub ct_marks: CtMarks,
     /// Flow rules, nft backend: how often the sets are read back (elements the kernel
     /// expired are counted, elements lost before their TTL put back).
     #[arg(long, value_name = "DURATION", value_parser = parse_readback, default_value = "10s")]

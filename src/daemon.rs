@@ -62,6 +62,8 @@ pub enum Task {
     Links,
     /// The thread that writes learned flows into the kernel's nft sets.
     KernelFlows,
+    /// The thread that sets connection marks over ctnetlink.
+    CtMarks,
 }
 
 impl fmt::Display for Task {
@@ -73,6 +75,7 @@ impl fmt::Display for Task {
             Task::Bypass => f.write_str("the bypass counter"),
             Task::Links => f.write_str("the link table thread"),
             Task::KernelFlows => f.write_str("the kernel flow sets thread"),
+            Task::CtMarks => f.write_str("the ctnetlink marks thread"),
         }
     }
 }
@@ -591,13 +594,15 @@ where
 
 /// Threads `run` starts with these options, the main thread included: signals, the rules
 /// thread with a rules file, the metrics endpoint with `--metrics`, the kernel flow sets thread
-/// with a rules file unless `--flow-backend queue`, one worker per queue. (Rules
+/// with a rules file unless `--flow-backend queue`, the ctnetlink marks thread unless
+/// `--ct-marks off`, one worker per queue. (Rules
 /// that name an interface start one more when they load, the link table's: not counted here.)
 pub fn threads_needed(args: &RunArgs) -> usize {
     let kernel_flows = args.rules.is_some() && args.flow_backend != crate::cli::FlowBackend::Queue;
     3 + usize::from(args.rules.is_some())
         + usize::from(args.metrics.is_some())
         + usize::from(kernel_flows)
+        + usize::from(args.ct_marks != crate::cli::CtMarks::Off)
         + args.queue_numbers().len()
 }
 
@@ -757,6 +762,7 @@ fn run_inner(args: &RunArgs) -> Result<(), Error> {
         &nums,
     ));
     start_kernel_flows(args, &shared, &flow_targets, &events_tx)?;
+    start_ct_marks(args, &shared, &events_tx)?;
     // Bind every queue before serving any, so a bad queue fails the start, not the night.
     let mut queues = Vec::new();
     for &num in &nums {
@@ -895,6 +901,40 @@ fn start_kernel_flows(
             .run(&for_thread.stop)
             .map_err(|e| format!("netlink: {e}"))
     })?;
+    Ok(())
+}
+
+/// Start setting connection marks over ctnetlink, unless `--ct-marks off` or the kernel does
+/// not answer ctnetlink (then the save-mark rule alone keeps connection marks).
+fn start_ct_marks(args: &RunArgs, shared: &Arc<Shared>, events: &Sender<Event>) -> Result<(), Error> {
+    if args.ct_marks == crate::cli::CtMarks::Off {
+        return Ok(());
+    }
+    let (handle, marker) = match crate::ctmark::start(args.mark_mask) {
+        Ok(Some(started)) => started,
+        Ok(None) => {
+            log::info!(
+                "connection marks: this kernel does not answer ctnetlink; the save-mark rule \
+                 alone keeps them"
+            );
+            return Ok(());
+        }
+        Err(e) => {
+            log::info!("connection marks: ctnetlink unavailable ({e}); the save-mark rule alone keeps them");
+            return Ok(());
+        }
+    };
+    let _ = shared.ct_marks.set(handle);
+    let for_thread = Arc::clone(shared);
+    supervised("ctmarks".into(), Task::CtMarks, events, move || {
+        marker
+            .run(&for_thread.stop)
+            .map_err(|e| format!("ctnetlink: {e}"))
+    })?;
+    log::info!(
+        "connection marks: set over ctnetlink too, under mask {:#x}, for first packets nfqmark marks",
+        args.mark_mask
+    );
     Ok(())
 }
 
@@ -1171,6 +1211,11 @@ pub fn report(shared: &Shared) -> String {
             k.no_set,
             k.elements
         )
+    }) + &s.ct_marks.map_or_else(String::new, |c| {
+        format!(
+            " ct_marks_set={} ct_marks_missed={} ct_marks_dropped={} ct_marks_failed={}",
+            c.set, c.missed, c.dropped, c.failed
+        )
     })
 }
 
@@ -1354,6 +1399,8 @@ mod tests {
     #[test]
     fn threads_needed_counts_what_run_starts() {
         let (mut args, _) = shared_for(&[0]);
+        assert_eq!(threads_needed(&args), 5, "with the ctnetlink marks thread");
+        args.ct_marks = crate::cli::CtMarks::Off;
         assert_eq!(threads_needed(&args), 4);
         args.queues = vec![(0, 3)];
         args.rules = Some(PathBuf::from("x.rules"));

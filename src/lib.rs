@@ -8,6 +8,7 @@
 mod bypass;
 mod checksum;
 pub mod cli;
+pub mod ctmark;
 pub mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;

@@ -153,6 +153,8 @@ pub struct Snapshot {
     pub stream_flows: usize,
     /// The kernel backend of flow rules, when it runs.
     pub kernel_flows: Option<crate::kernel_flows::Snapshot>,
+    /// Connection marks set over ctnetlink, when on.
+    pub ct_marks: Option<crate::ctmark::Snapshot>,
 }
 
 impl Snapshot {
@@ -212,6 +214,7 @@ impl Snapshot {
             streams: streams.0,
             stream_flows: streams.1,
             kernel_flows: shared.kernel_flows.get().map(|k| k.stats.snapshot()),
+            ct_marks: shared.ct_marks.get().map(|c| c.stats.snapshot()),
         }
     }
 }
@@ -532,6 +535,21 @@ pub fn render(s: &Snapshot) -> String {
     o.sample("nfqmark_flows_entries", &[], s.learned_entries as u64);
     if let Some(k) = &s.kernel_flows {
         render_kernel_flows(&mut o, k);
+    }
+    if let Some(c) = &s.ct_marks {
+        o.family(
+            "nfqmark_conntrack_marks_total",
+            "counter",
+            "Connection marks set over ctnetlink for first packets nfqmark marked: set, missed (no entry within the retries), dropped (queue full), failed (refused).",
+        );
+        for (outcome, v) in [
+            ("set", c.set),
+            ("missed", c.missed),
+            ("dropped", c.dropped),
+            ("failed", c.failed),
+        ] {
+            o.sample("nfqmark_conntrack_marks_total", &[("outcome", outcome)], v);
+        }
     }
     o.family(
         "nfqmark_rule_matches_total",

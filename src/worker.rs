@@ -65,6 +65,9 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// The kernel backend of flow rules, when it runs: learned entries are handed to it.
     pub kernel_flows: OnceLock<crate::kernel_flows::Handle>,
+    /// Connection marks over ctnetlink, when the kernel answers it: marked first packets are
+    /// handed to it.
+    pub ct_marks: OnceLock<crate::ctmark::Handle>,
 }
 
 /// Lock a mutex, carrying on with the data if a panicking thread poisoned it: counters and
@@ -94,6 +97,7 @@ impl Shared {
             bypass_known: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             kernel_flows: OnceLock::new(),
+            ct_marks: OnceLock::new(),
         }
     }
 
@@ -293,6 +297,15 @@ fn decide(
     stats.decision_time.sampled_since(now);
     if decision.learned > 0 {
         shared.drain_learned();
+    }
+    // A connection's first packet that nfqmark marked: its connection gets the mark too.
+    if let (Some(mark), Some(ct)) = (decision.mark, shared.ct_marks.get())
+        && matches!(
+            decision.role,
+            engine::Role::FlowMarked | engine::Role::TcpOpen { paired: true }
+        )
+    {
+        ct.offer(payload, mark);
     }
     decision
 }

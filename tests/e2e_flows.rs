@@ -606,3 +606,126 @@ fn kernel_backend_marks_ipv6_flows() {
     assert_eq!(flow_packets, 0, "no flow packet queued");
     check(&results, &log);
 }
+
+/// Two datagrams on one UDP flow from client A's local port `sport` to `to`, `gap` apart, each
+/// waiting for its echo (a lost one is not an error: the sniffer tells where it went).
+fn udp_twice(w: &World, sport: u16, to: std::net::SocketAddr, gap: Duration) -> Opened {
+    let ns = w.a.name().to_string();
+    std::thread::spawn(move || {
+        lab::netns::enter(&ns).expect("enter client A");
+        let sock = std::net::UdpSocket::bind(("0.0.0.0", sport)).expect("bind");
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        for (i, payload) in [&b"first"[..], b"second"].iter().enumerate() {
+            if i > 0 {
+                sleep(gap);
+            }
+            sock.send_to(payload, to).expect("send");
+            let _ = sock.recv(&mut buf);
+        }
+    })
+    .join()
+    .expect("client thread");
+    Opened {
+        client: Client::A,
+        proto: lab::sniffer::Transport::Udp,
+        sport,
+        to,
+    }
+}
+
+/// The queue backend with the save-mark rule left out of the firewall: the connection of a
+/// new flow nfqmark marks still gets the mark, set over ctnetlink, so the flow's later packets
+/// get it back and stay on its link. Control: with `--ct-marks off` they do not.
+#[test]
+fn ctnetlink_marks_the_connection_when_no_rule_saves_the_mark() {
+    if !common::require_root("ctmarks") {
+        return;
+    }
+    let mut options = Options::new("ctmarks", Resolver::Dnsmasq, Some(common::nfqmark_bin()));
+    options.queue = 23;
+    options.queue_rules = false;
+    options.marking = false;
+    let mut w = World::build(options).expect("build the lab");
+    let rules = w.path("ctmarks.rules");
+    std::fs::write(&rules, RULES).expect("write rules");
+    let text = setup(&["--queue", "23", "--flow-backend", "queue"], &rules);
+    let without_save: String = text
+        .lines()
+        .filter(|l| !l.contains("--save-mark"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(text, without_save, "setup's text has a save-mark rule");
+    w.router_iptables_restore(Family::V4, &without_save)
+        .expect("load setup's rules without the save-mark rule");
+    let cheap = lab::CHEAP_TABLE.to_string();
+    w.router
+        .ip(&["rule", "add", "fwmark", "0x20/0xff", "table", &cheap])
+        .expect("ip rule");
+    let args = |ct: &str| -> Vec<String> {
+        [
+            "--rules",
+            &rules.display().to_string(),
+            "--flow-backend",
+            "queue",
+            "--ct-marks",
+            ct,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    w.options_mut().nfqmark_args = args("auto");
+    w.start_nfqmark().expect("start nfqmark");
+    assert!(
+        w.wait_log("connection marks: set over ctnetlink", 1, Duration::from_secs(5)),
+        "{}",
+        w.nfqmark_log()
+    );
+    w.start_resolver(Family::V4).expect("start the resolver");
+    resolve(
+        &w,
+        Client::A,
+        Family::V4,
+        "ip-198-18-9-81.video.nfqm.example",
+        "198.18.9.81",
+    );
+    let gap = Duration::from_millis(300);
+    let changes_before = w.route_changes().expect("route changes").udp;
+    let with_ct = udp_twice(&w, 31_001, "198.18.9.81:5000".parse().expect("addr"), gap);
+    let changes_with = w.route_changes().expect("route changes").udp - changes_before;
+    let marked_log = w.stop_nfqmark();
+    // The control: the same without ctnetlink.
+    w.options_mut().nfqmark_args = args("off");
+    w.start_nfqmark().expect("restart nfqmark");
+    resolve(
+        &w,
+        Client::A,
+        Family::V4,
+        "ip-198-18-9-82.video.nfqm.example",
+        "198.18.9.82",
+    );
+    let changes_before = w.route_changes().expect("route changes").udp;
+    let without = udp_twice(&w, 31_002, "198.18.9.82:5000".parse().expect("addr"), gap);
+    let changes_without = w.route_changes().expect("route changes").udp - changes_before;
+    sleep(Duration::from_millis(200));
+    let log = w.stop_nfqmark();
+    let with_links = w.flow_links(&with_ct);
+    let without_links = w.flow_links(&without);
+    println!("{marked_log}\n{log}\nwith ctnetlink: {with_links:?}\nwithout: {without_links:?}");
+    assert_eq!(with_links, ["link2", "link2"], "{marked_log}");
+    assert_eq!(changes_with, 0, "no packet of the flow left by another link");
+    assert!(marked_log.contains("ct_marks_set=1"), "{marked_log}");
+    // Control: the first datagram is marked (queued), the second has no mark to get back and
+    // is routed out of link 1 with link 2's NAT binding (counted, and dropped on the way).
+    assert_eq!(without_links.first().map(String::as_str), Some("link2"));
+    assert!(
+        without_links.get(1).is_none_or(|l| l.starts_with("link1")),
+        "{without_links:?}"
+    );
+    assert!(
+        changes_without >= 1,
+        "without ctnetlink nor a save-mark rule the flow's second packet changes link"
+    );
+}
