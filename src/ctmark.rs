@@ -249,7 +249,8 @@ impl Marker {
         let delay = RETRIES.get(tries).copied().unwrap_or(Duration::ZERO);
         self.next = self.next.wrapping_add(1);
         self.jobs.insert(self.next, job);
-        self.waiting.push(Reverse((job.at + delay, self.next, tries)));
+        self.waiting
+            .push(Reverse((job.at + delay, self.next, tries)));
     }
 }
 
@@ -271,7 +272,10 @@ mod tests {
             (17, 40_000, 5000, ip("198.18.9.81"))
         );
         let syn = fixtures::tcp_syn(ip("2001:db8:1::2"), 40_001, ip("2001:db8:9::81"), 80);
-        assert_eq!(tuple_of(&syn).map(|t| (t.proto, t.src)), Some((6, ip("2001:db8:1::2"))));
+        assert_eq!(
+            tuple_of(&syn).map(|t| (t.proto, t.src)),
+            Some((6, ip("2001:db8:1::2")))
+        );
         assert_eq!(tuple_of(&[0x45, 0, 0]), None, "not a packet");
     }
 

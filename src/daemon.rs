@@ -906,7 +906,11 @@ fn start_kernel_flows(
 
 /// Start setting connection marks over ctnetlink, unless `--ct-marks off` or the kernel does
 /// not answer ctnetlink (then the save-mark rule alone keeps connection marks).
-fn start_ct_marks(args: &RunArgs, shared: &Arc<Shared>, events: &Sender<Event>) -> Result<(), Error> {
+fn start_ct_marks(
+    args: &RunArgs,
+    shared: &Arc<Shared>,
+    events: &Sender<Event>,
+) -> Result<(), Error> {
     if args.ct_marks == crate::cli::CtMarks::Off {
         return Ok(());
     }
@@ -920,7 +924,9 @@ fn start_ct_marks(args: &RunArgs, shared: &Arc<Shared>, events: &Sender<Event>) 
             return Ok(());
         }
         Err(e) => {
-            log::info!("connection marks: ctnetlink unavailable ({e}); the save-mark rule alone keeps them");
+            log::info!(
+                "connection marks: ctnetlink unavailable ({e}); the save-mark rule alone keeps them"
+            );
             return Ok(());
         }
     };
@@ -1405,7 +1411,11 @@ mod tests {
         args.queues = vec![(0, 3)];
         args.rules = Some(PathBuf::from("x.rules"));
         args.metrics = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9120)));
-        assert_eq!(threads_needed(&args), 10, "with the kernel flow sets thread");
+        assert_eq!(
+            threads_needed(&args),
+            10,
+            "with the kernel flow sets thread"
+        );
         args.flow_backend = crate::cli::FlowBackend::Queue;
         assert_eq!(threads_needed(&args), 9);
     }

@@ -835,7 +835,9 @@ mod tests {
         assert_eq!(l.pending_changes(), 3);
         assert_eq!(l.counters.outbox_dropped, 2);
         let got = changes(&mut l);
-        assert!(matches!(got[0], Change::Put { addr, .. } if addr == IpAddr::V4(Ipv4Addr::new(198, 18, 9, 3))));
+        assert!(
+            matches!(got[0], Change::Put { addr, .. } if addr == IpAddr::V4(Ipv4Addr::new(198, 18, 9, 3)))
+        );
         let d = IpAddr::V4(Ipv4Addr::new(198, 18, 9, 77));
         assert!(l.adopt(c, 0, d, T, t0 + Duration::from_secs(20), t0));
         assert!(!l.adopt(c, 0, d, T, t0, t0), "already expired");

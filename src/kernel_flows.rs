@@ -449,9 +449,7 @@ pub fn start(
         }
     }
     stats.adopted.add(adopted as u64);
-    stats
-        .elements
-        .store(adopted as u64, Ordering::Relaxed);
+    stats.elements.store(adopted as u64, Ordering::Relaxed);
     let (tx, rx) = mpsc::sync_channel(config.queue.max(1));
     let present = sets.iter().filter(|s| s.present).count();
     Ok((
@@ -545,7 +543,11 @@ struct Pending {
 /// kernel re-times elements. Refreshes on kernels that keep the old expiry are preceded by a
 /// removal of the element (`with_removal` false drops those, for the retry of a batch whose
 /// removals found nothing). Returns (set, op, elements).
-fn batch_ops(pending: &[Pending], refresh: Refresh, with_removal: bool) -> Vec<(usize, Op, Vec<Element>)> {
+fn batch_ops(
+    pending: &[Pending],
+    refresh: Refresh,
+    with_removal: bool,
+) -> Vec<(usize, Op, Vec<Element>)> {
     let mut ops: Vec<(usize, Op, Vec<Element>)> = Vec::new();
     let mut push = |set: usize, op: Op, e: Element| match ops
         .iter_mut()
@@ -701,7 +703,14 @@ impl Backend {
                 refreshed,
             } => {
                 let left = ttl.saturating_sub(at.elapsed());
-                (client, client_mark, addr, target, Some((ttl, left, at)), refreshed)
+                (
+                    client,
+                    client_mark,
+                    addr,
+                    target,
+                    Some((ttl, left, at)),
+                    refreshed,
+                )
             }
             Change::Remove {
                 client,
@@ -769,10 +778,7 @@ impl Backend {
             if !here {
                 missing.push(spec.name.clone());
             }
-            let mirror = old
-                .remove(&spec.name)
-                .map(|s| s.mirror)
-                .unwrap_or_default();
+            let mirror = old.remove(&spec.name).map(|s| s.mirror).unwrap_or_default();
             self.sets.push(Set {
                 spec,
                 present: here,
@@ -780,7 +786,10 @@ impl Backend {
             });
         }
         if missing.is_empty() {
-            log::info!("kernel flow sets: {} set(s) for the reloaded rules", self.sets.len());
+            log::info!(
+                "kernel flow sets: {} set(s) for the reloaded rules",
+                self.sets.len()
+            );
         } else {
             log::warn!(
                 "kernel flow sets: the reloaded rules need set(s) {} that table inet {TABLE} lacks: \
@@ -824,10 +833,7 @@ impl Backend {
                 let errno = reply.errno().unwrap_or(0);
                 if warned.get(&errno).is_none_or(|t| t.elapsed() >= WARN_EVERY) {
                     warned.insert(errno, Instant::now());
-                    let name = self
-                        .sets
-                        .get(p.set)
-                        .map_or("?", |s| s.spec.name.as_str());
+                    let name = self.sets.get(p.set).map_or("?", |s| s.spec.name.as_str());
                     log::warn!(
                         "kernel flow sets: the kernel refused an element of set {name}: {} \
                          (counted in nfqmark_kernel_flows_total{{outcome=\"failed\"}})",
@@ -926,8 +932,7 @@ impl Backend {
                 let reply = self.batch(chunk, false)?;
                 if reply.applied() {
                     for p in chunk {
-                        if let (Some(set), Some((_, left, _))) = (self.sets.get_mut(p.set), p.add)
-                        {
+                        if let (Some(set), Some((_, left, _))) = (self.sets.get_mut(p.set), p.add) {
                             set.mirror.insert(p.key, now + left);
                         }
                     }
@@ -966,10 +971,18 @@ mod tests {
         let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
-            ["f1_20_ff_4", "f1_20_ff_6", "f3_1200_ff00_mf0_4", "f3_1200_ff00_mf0_6"]
+            [
+                "f1_20_ff_4",
+                "f1_20_ff_6",
+                "f3_1200_ff00_mf0_4",
+                "f3_1200_ff00_mf0_6"
+            ]
         );
         assert_eq!(specs[2].nft_type(), "ipv4_addr . ipv4_addr . mark");
-        assert_eq!(specs[3].nft_lookup(), "ip6 saddr . ip6 daddr . meta mark & 0xf0");
+        assert_eq!(
+            specs[3].nft_lookup(),
+            "ip6 saddr . ip6 daddr . meta mark & 0xf0"
+        );
         assert_eq!(specs[0].nft_lookup(), "ip saddr . ip daddr");
         assert_eq!(
             specs.iter().map(SetSpec::key_len).collect::<Vec<_>>(),
@@ -1033,7 +1046,12 @@ mod tests {
         let ops = batch_ops(&p, Refresh::DestroyThenAdd, true);
         assert_eq!(
             kinds(&ops),
-            [(0, Op::Destroy, 1), (1, Op::Destroy, 1), (1, Op::Add, 1), (0, Op::Add, 2)]
+            [
+                (0, Op::Destroy, 1),
+                (1, Op::Destroy, 1),
+                (1, Op::Add, 1),
+                (0, Op::Add, 2)
+            ]
         );
         let ops = batch_ops(&p, Refresh::DeleteThenAdd, false);
         assert_eq!(
@@ -1048,11 +1066,11 @@ mod tests {
         let now = Instant::now();
         let k = |i: u8| Key::from_bytes(&[i; 8]).expect("key");
         let mut mirror: HashMap<Key, Instant> = [
-            (k(1), now - Duration::from_secs(3)),  // expired, gone: counted
+            (k(1), now - Duration::from_secs(3)), // expired, gone: counted
             (k(2), now + Duration::from_millis(500)), // about to expire, gone: counted
             (k(3), now + Duration::from_secs(30)), // gone 30 s early: lost
             (k(4), now + Duration::from_secs(30)), // there
-            (k(5), now - Duration::from_secs(3)),  // there although past (late GC): forgotten
+            (k(5), now - Duration::from_secs(3)), // there although past (late GC): forgotten
         ]
         .into_iter()
         .collect();

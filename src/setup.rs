@@ -27,9 +27,9 @@
 //! working while nfqmark restarts. Each rule sets a constant (the flow rule's mark under its
 //! mask) rather than a value looked up in a map: with nft 1.0.6 a map value cannot be combined
 //! with the packet's other mark bits (`meta mark set meta mark & 0xffffff00 | <map>` is refused:
-//! "Right hand side of binary operation (|) must be constant"; combining two registers needs nft
-//! >= 1.1.1 and Linux >= 6.13), while `meta mark & ~mask | value` with constants works on every
-//! nft. One set per flow rule keeps first-match-wins: the rules look up the sets in file order
+//! "Right hand side of binary operation (|) must be constant"; combining two registers needs
+//! nft 1.1.1 or newer and Linux 6.13 or newer), while `meta mark & ~mask | value` with constants
+//! works on every nft. One set per flow rule keeps first-match-wins: the rules look up the sets in file order
 //! and the first hit ends the chain. Only the connection's first packet (conntrack entry not
 //! confirmed yet) is looked up, so a connection opened before its address was learned is never
 //! re-marked midway. The queue backend (`queue`) queues those first packets to nfqmark instead:
@@ -523,7 +523,10 @@ fn flow_chains(plan: &Plan) -> String {
          \tchain flows {\n",
     );
     for port in &plan.dns_ports {
-        let _ = writeln!(o, "\t\tudp dport {port} return\n\t\ttcp dport {port} return");
+        let _ = writeln!(
+            o,
+            "\t\tudp dport {port} return\n\t\ttcp dport {port} return"
+        );
     }
     for set in &plan.flow_sets {
         let (value, mask) = set.target.mark;

@@ -354,14 +354,41 @@ fn kernel_firewall(w: &World, queue: u16, rules: &Path) {
     let cheap = lab::CHEAP_TABLE.to_string();
     for family in ["-4", "-6"] {
         w.router
-            .ip(&[family, "rule", "add", "fwmark", "0x20/0xff", "table", &cheap])
+            .ip(&[
+                family,
+                "rule",
+                "add",
+                "fwmark",
+                "0x20/0xff",
+                "table",
+                &cheap,
+            ])
             .expect("ip rule");
     }
     for rule in [
-        &["-A", "PREROUTING", "-s", "198.18.1.2", "-j", "MARK", "--set-xmark", "0x100/0xff00"][..],
         &[
-            "-A", "PREROUTING", "-s", "198.18.1.2", "-p", "tcp", "--dport", "443", "-j", "MARK",
-            "--set-xmark", "0x200/0xff00",
+            "-A",
+            "PREROUTING",
+            "-s",
+            "198.18.1.2",
+            "-j",
+            "MARK",
+            "--set-xmark",
+            "0x100/0xff00",
+        ][..],
+        &[
+            "-A",
+            "PREROUTING",
+            "-s",
+            "198.18.1.2",
+            "-p",
+            "tcp",
+            "--dport",
+            "443",
+            "-j",
+            "MARK",
+            "--set-xmark",
+            "0x200/0xff00",
         ],
     ] {
         w.router_iptables("iptables", &[&["-t", "mangle"][..], rule].concat())
@@ -469,8 +496,10 @@ fn kernel_backend_marks_flows_from_nft_sets_without_queueing_them() {
         .connect_to(Client::A, ip("198.18.9.84"), 443)
         .expect("A connects after the TTL");
     assert!(
-        lab::wait_for(Duration::from_secs(5), || kernel_flows(&metrics(&w), "expired")
-            > expired_before),
+        lab::wait_for(Duration::from_secs(5), || kernel_flows(
+            &metrics(&w),
+            "expired"
+        ) > expired_before),
         "the read-back counts the expired element: {}",
         metrics(&w)
     );
@@ -538,7 +567,10 @@ fn kernel_backend_marks_flows_from_nft_sets_without_queueing_them() {
         "no packet of the flows went through the queue"
     );
     check(&results, &format!("{first_log}\n{log}"));
-    assert!(log.contains("stay in the kernel until their timeouts"), "{log}");
+    assert!(
+        log.contains("stay in the kernel until their timeouts"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -679,7 +711,11 @@ fn ctnetlink_marks_the_connection_when_no_rule_saves_the_mark() {
     w.options_mut().nfqmark_args = args("auto");
     w.start_nfqmark().expect("start nfqmark");
     assert!(
-        w.wait_log("connection marks: set over ctnetlink", 1, Duration::from_secs(5)),
+        w.wait_log(
+            "connection marks: set over ctnetlink",
+            1,
+            Duration::from_secs(5)
+        ),
         "{}",
         w.nfqmark_log()
     );
@@ -715,7 +751,10 @@ fn ctnetlink_marks_the_connection_when_no_rule_saves_the_mark() {
     let without_links = w.flow_links(&without);
     println!("{marked_log}\n{log}\nwith ctnetlink: {with_links:?}\nwithout: {without_links:?}");
     assert_eq!(with_links, ["link2", "link2"], "{marked_log}");
-    assert_eq!(changes_with, 0, "no packet of the flow left by another link");
+    assert_eq!(
+        changes_with, 0,
+        "no packet of the flow left by another link"
+    );
     assert!(marked_log.contains("ct_marks_set=1"), "{marked_log}");
     // Control: the first datagram is marked (queued), the second has no mark to get back and
     // is routed out of link 1 with link 2's NAT binding (counted, and dropped on the way).

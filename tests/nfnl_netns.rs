@@ -1527,11 +1527,21 @@ fn set_elements_are_added_retimed_read_back_and_deleted_in_batches() {
     };
     let k1 = v4([198, 18, 1, 2], [198, 18, 9, 81]);
     let k2 = v4([198, 18, 1, 2], [198, 18, 9, 82]);
-    let km = Key::concat(&[&[198, 18, 1, 2], &[198, 18, 9, 83], &0x100u32.to_ne_bytes()])
-        .expect("key");
+    let km =
+        Key::concat(&[&[198, 18, 1, 2], &[198, 18, 9, 83], &0x100u32.to_ne_bytes()]).expect("key");
     let mut k6 = [0u8; 32];
-    k6[..16].copy_from_slice(&"2001:db8:1::2".parse::<std::net::Ipv6Addr>().expect("v6").octets());
-    k6[16..].copy_from_slice(&"2001:db8:9::81".parse::<std::net::Ipv6Addr>().expect("v6").octets());
+    k6[..16].copy_from_slice(
+        &"2001:db8:1::2"
+            .parse::<std::net::Ipv6Addr>()
+            .expect("v6")
+            .octets(),
+    );
+    k6[16..].copy_from_slice(
+        &"2001:db8:9::81"
+            .parse::<std::net::Ipv6Addr>()
+            .expect("v6")
+            .octets(),
+    );
     let k6 = Key::from_bytes(&k6).expect("key");
     let result = ns.run_in(move || {
         let mut watch = NftWatch::open()?;
@@ -1630,7 +1640,10 @@ fn set_elements_are_added_retimed_read_back_and_deleted_in_batches() {
         to_absent,
     ) = result.expect("nf_tables over netlink");
     let info = info.expect("pair4 exists");
-    assert_eq!((info.key_len, info.timeouts(), info.map()), (8, true, false));
+    assert_eq!(
+        (info.key_len, info.timeouts(), info.map()),
+        (8, true, false)
+    );
     assert_eq!(info_m.map(|i| i.key_len), Some(12));
     assert_eq!(absent, None);
     assert!(added.applied(), "{added:?}");

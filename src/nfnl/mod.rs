@@ -34,10 +34,10 @@ pub use abi::{MAX_COPY_RANGE, SKB_CSUM_NOT_READY, SKB_CSUM_NOT_VERIFIED, SKB_GSO
 pub use socket::{MAX_BATCH_ELEMENTS, MAX_BURST, NfnlSocket, NftWatch, OpenError, SetOp, Socket};
 pub use wire::ct::{Ct, Direction as CtDirection, Tuple};
 pub use wire::nft::{QueueRule, QueueSpan, packets_per_queue};
-pub use wire::set::{BatchReply, Element, Key as SetKey, Op as SetElemOp, SetId, SetInfo};
 pub use wire::queue::{
     ChecksumState, Config, HwAddr, Messages, MsgError, PacketMsg, RecvBuf, Verdict, Verdicts,
 };
+pub use wire::set::{BatchReply, Element, Key as SetKey, Op as SetElemOp, SetId, SetInfo};
 
 #[cfg(test)]
 mod testdata;

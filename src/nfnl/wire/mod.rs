@@ -324,9 +324,7 @@ impl MsgBuf {
     /// the sizes used here: keys of at most 40 bytes, names of at most 256).
     pub(crate) fn attr(&mut self, attr_type: u16, value: &[u8]) {
         let len = u16::try_from(NLA_HDRLEN + value.len()).unwrap_or(u16::MAX);
-        let value = value
-            .get(..usize::from(len) - NLA_HDRLEN)
-            .unwrap_or(value);
+        let value = value.get(..usize::from(len) - NLA_HDRLEN).unwrap_or(value);
         self.buf.extend_from_slice(&len.to_ne_bytes());
         self.buf.extend_from_slice(&attr_type.to_ne_bytes());
         self.buf.extend_from_slice(value);

@@ -545,7 +545,10 @@ mod tests {
         );
         assert_eq!(Key::concat(&[&v6, &v6, &v6]), None, "48 bytes");
         assert_eq!(Key::from_bytes(&[0; 41]), None);
-        assert_eq!(format!("{:?}", Key::from_bytes(&[0xab, 1]).expect("k")), "Key(ab01)");
+        assert_eq!(
+            format!("{:?}", Key::from_bytes(&[0xab, 1]).expect("k")),
+            "Key(ab01)"
+        );
     }
 
     #[test]
@@ -572,7 +575,11 @@ mod tests {
         let f = frames(&bytes);
         assert_eq!(f.len(), 3);
         assert_eq!((f[0].msg_type, f[0].seq), (NFNL_MSG_BATCH_BEGIN, 100));
-        assert_eq!(f[0].body, &[0, 0, 0, 10], "AF_UNSPEC, v0, res_id 10 big-endian");
+        assert_eq!(
+            f[0].body,
+            &[0, 0, 0, 10],
+            "AF_UNSPEC, v0, res_id 10 big-endian"
+        );
         assert_eq!(f[1].msg_type, 0x0a0c);
         assert_eq!(f[1].flags, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK);
         assert_eq!(f[1].seq, 101);
@@ -615,12 +622,21 @@ mod tests {
         assert_eq!(seqs.messages, 2);
         let bytes = buf.bytes().to_vec();
         let f = frames(&bytes);
-        assert_eq!(f[1].msg_type, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DESTROYSETELEM);
-        assert_eq!(f[2].msg_type, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELSETELEM);
+        assert_eq!(
+            f[1].msg_type,
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DESTROYSETELEM
+        );
+        assert_eq!(
+            f[2].msg_type,
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELSETELEM
+        );
         let mut out = Vec::new();
         parse_elements(f[1].body, &mut out).expect("parses");
         assert_eq!(out.len(), ELEMENTS_PER_MESSAGE);
-        assert!(out.iter().all(|x| x.timeout_ms.is_none() && x.key == key4()));
+        assert!(
+            out.iter()
+                .all(|x| x.timeout_ms.is_none() && x.key == key4())
+        );
     }
 
     fn seqs() -> BatchSeqs {
@@ -727,7 +743,10 @@ mod tests {
         let Answer::Set(info) = got else {
             panic!("{got:?}")
         };
-        assert_eq!((info.key_len, info.timeouts(), info.map()), (8, true, false));
+        assert_eq!(
+            (info.key_len, info.timeouts(), info.map()),
+            (8, true, false)
+        );
     }
 
     #[test]
@@ -740,7 +759,10 @@ mod tests {
         encode_dump(&mut buf, 5, &SET);
         let bytes = buf.bytes().to_vec();
         let f = frames(&bytes);
-        assert_eq!((f[0].msg_type, f[0].flags), (0x0a0d, NLM_F_REQUEST | NLM_F_DUMP));
+        assert_eq!(
+            (f[0].msg_type, f[0].flags),
+            (0x0a0d, NLM_F_REQUEST | NLM_F_DUMP)
+        );
         encode_get_element(&mut buf, 6, &SET, &key4());
         let bytes = buf.bytes().to_vec();
         let f = frames(&bytes);
