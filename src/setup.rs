@@ -542,8 +542,9 @@ fn flow_chains(plan: &Plan) -> String {
     o.push_str("\t}\n");
     o.push_str(
         "\t# After iptables' mangle PREROUTING (-150), where clients get their marks, before DNAT.\n\
-         \t# Later packets of a marked connection get the mark back; only a connection's first\n\
-         \t# packet (its entry not confirmed yet) is looked up, so no connection changes its mark.\n\
+         \t# Only a connection's first packet (its entry not confirmed yet) is looked up, so no\n\
+         \t# connection changes its mark; later packets get it back from the connection (with\n\
+         \t# the DNS rules' restore for the bits under --mark-mask, here for the others).\n\
          \tchain flow_marks {\n\
          \t\ttype filter hook prerouting priority mangle + 1; policy accept;\n",
     );
@@ -551,7 +552,9 @@ fn flow_chains(plan: &Plan) -> String {
     for set in &plan.flow_sets {
         let (value, mask) = set.target.mark;
         let key = (value & mask, mask);
-        if key.0 == 0 || restored.contains(&key) {
+        // Bits under `--mark-mask` come back with the DNS rules' own restore (iptables'
+        // PREROUTING CONNMARK, or this table's prerouting chain): one rule fewer per packet.
+        if key.0 == 0 || mask & !plan.mask == 0 || restored.contains(&key) {
             continue;
         }
         restored.push(key);

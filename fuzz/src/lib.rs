@@ -47,7 +47,7 @@ use nfqmark::dns::{self, Dns, QKey};
 use nfqmark::engine::{self, EngineConfig, Tables};
 use nfqmark::flows::LearnConfig;
 use nfqmark::nfnl::Messages;
-use nfqmark::nfnl::wire::{ct, nft};
+use nfqmark::nfnl::wire::{ct, nft, set};
 use nfqmark::packet::{self, Proto};
 use nfqmark::pairing::PairingConfig;
 use nfqmark::rules::{Ctx, RuleSet};
@@ -423,7 +423,46 @@ pub fn nfnl(data: &[u8]) {
     );
     let _ = nft::packets_per_queue(&dump.rules);
     let _ = ct::parse_answer(data, seq);
+    nfnl_sets(data, seq);
     nfnl_queue(data);
+}
+
+/// nf_tables set answers: elements of a dump or a get, a set, a batch's acknowledgements; the
+/// keys read back as the kernel backend reads them.
+fn nfnl_sets(data: &[u8], seq: u32) {
+    let mut elements = Vec::new();
+    let mut interrupted = false;
+    let _ = set::parse_answer(data, seq, &mut elements, &mut interrupted);
+    // Every element takes at least a nested attribute header and a key.
+    assert!(
+        elements.len() <= data.len() / 8,
+        "more elements than the datagram holds"
+    );
+    let specs = nfqmark::kernel_flows::layout(&[nfqmark::flows::FlowTarget {
+        rule: 0,
+        mark: (1, 0xff),
+        by_mark: Some(0xff00),
+    }]);
+    for e in &elements {
+        for spec in &specs {
+            if let Some((client, mark, addr)) = spec.parse_key(e.key.as_bytes())
+                && spec.target.by_mark.is_none_or(|mask| mark & !mask == 0)
+            {
+                assert_eq!(
+                    spec.key(client, mark, addr).map(|k| k.as_bytes().to_vec()),
+                    Some(e.key.as_bytes().to_vec()),
+                    "a key read back encodes to itself"
+                );
+            }
+        }
+    }
+    let mut reply = set::BatchReply::new(set::BatchSeqs {
+        begin: seq,
+        first: seq.wrapping_add(1),
+        messages: 3,
+    });
+    let _ = reply.feed(data);
+    let _ = (reply.complete(), reply.applied(), reply.errno());
 }
 
 fn nfnl_queue(data: &[u8]) {
@@ -895,6 +934,30 @@ pub fn nft_rule_dump() -> Vec<u8> {
 }
 
 /// A conntrack entry as ctnetlink answers a get: tuple, status (confirmed), mark, id.
+/// A dump of an nf_tables set of the kernel backend (`ipv4_addr . ipv4_addr . mark`): two timed
+/// elements, then `NLMSG_DONE`, then a batch's acknowledgement.
+pub fn set_elements() -> Vec<u8> {
+    let mut list = Vec::new();
+    for last in [81u8, 82] {
+        let key = [&[198, 18, 1, 2, 198, 18, 9, last][..], &0x100u32.to_ne_bytes()].concat();
+        let mut value = Vec::new();
+        nl_attr(&mut value, 1, &key);
+        let mut elem = Vec::new();
+        nl_attr(&mut elem, 0x8000 | 1, &value);
+        nl_attr(&mut elem, 4, &60_000u64.to_be_bytes());
+        nl_attr(&mut elem, 5, &59_000u64.to_be_bytes());
+        nl_attr(&mut list, 0x8000 | 1, &elem);
+    }
+    let mut body = vec![1, 0, 0, 0];
+    nl_attr(&mut body, 1, b"nfqmark\0");
+    nl_attr(&mut body, 2, b"f1_1_ff_mff00_4\0");
+    nl_attr(&mut body, 0x8000 | 3, &list);
+    let mut out = nl_msg(0x0a0c, 2, &body);
+    out.extend(nl_msg(3, 2, &0i32.to_ne_bytes()));
+    out.extend(nl_msg(2, 0, &[0u8; 20]));
+    out
+}
+
 pub fn ct_entry() -> Vec<u8> {
     let mut ip = Vec::new();
     nl_attr(&mut ip, 1, &[198, 18, 0, 1]);
@@ -965,6 +1028,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     out.push(("nfnl", "nfnl-batch".into(), batch));
     out.push(("nfnl", "nft-rule-dump".into(), nft_rule_dump()));
     out.push(("nfnl", "ct-entry".into(), ct_entry()));
+    out.push(("nfnl", "set-elements".into(), set_elements()));
     out.extend(stream_seeds());
     out
 }
