@@ -256,18 +256,34 @@ fn build(args: &Args, mode: Mode) -> io::Result<World> {
     }
     let mut w = World::build(options)?;
     let prefix = format!("198.18.{}.0/22", CONN_PREFIX.0);
-    w.upstream.ip(&["route", "add", "local", &prefix, "dev", "lo"])?;
+    w.upstream
+        .ip(&["route", "add", "local", &prefix, "dev", "lo"])?;
     w.router
         .ip(&["route", "add", &prefix, "via", "198.18.3.2", "dev", "link1"])?;
     let cheap = lab::CHEAP_TABLE.to_string();
     w.router.ip(&[
-        "route", "add", &prefix, "via", "198.18.4.2", "dev", "link2", "table", &cheap,
+        "route",
+        "add",
+        &prefix,
+        "via",
+        "198.18.4.2",
+        "dev",
+        "link2",
+        "table",
+        &cheap,
     ])?;
     // The clients' subnet in the cheap table too, as policy-routing setups do (mwan3 copies
     // the connected routes into each link's table): replies to a marked connection are found
     // there, without falling through to the main table.
-    w.router
-        .ip(&["route", "add", "198.18.1.0/24", "dev", "ca", "table", &cheap])?;
+    w.router.ip(&[
+        "route",
+        "add",
+        "198.18.1.0/24",
+        "dev",
+        "ca",
+        "table",
+        &cheap,
+    ])?;
     w.router
         .ip(&["rule", "add", "fwmark", "0x20/0xff", "table", &cheap])?;
     // SYNs per link at the upstream host, counted by the kernel.
@@ -275,7 +291,17 @@ fn build(args: &Args, mode: Mode) -> io::Result<World> {
         w.upstream.exec(
             "iptables",
             &[
-                "-w", "-t", "raw", "-A", "PREROUTING", "-i", link, "-p", "tcp", "--syn", "--dport",
+                "-w",
+                "-t",
+                "raw",
+                "-A",
+                "PREROUTING",
+                "-i",
+                link,
+                "-p",
+                "tcp",
+                "--syn",
+                "--dport",
                 "8080",
             ],
         )?;
@@ -314,7 +340,11 @@ fn build(args: &Args, mode: Mode) -> io::Result<World> {
         )?;
         w.router_iptables_restore(Family::V4, &text)?;
         if mode == Mode::Kernel {
-            let table = run_cmd(&bin, &["setup", "--flow-table", "--rules", &rules_text], None)?;
+            let table = run_cmd(
+                &bin,
+                &["setup", "--flow-table", "--rules", &rules_text],
+                None,
+            )?;
             let path = w.path("flows.nft");
             std::fs::write(&path, table)?;
             let out = w.router.exec("nft", &["-f", &path.display().to_string()])?;
@@ -381,8 +411,8 @@ fn ask(
             let start = Instant::now();
             for (i, name) in names.iter().enumerate() {
                 let query = nfqmark_testkit::dns_query(i as u16, name);
-                if rate > 0 {
-                    let due = start + Duration::from_nanos(i as u64 * 1_000_000_000 / rate);
+                if let Some(step) = 1_000_000_000u64.checked_div(rate) {
+                    let due = start + Duration::from_nanos(i as u64 * step);
                     let now = Instant::now();
                     if due > now {
                         thread::sleep(due - now);
@@ -412,9 +442,10 @@ fn conn_addr(i: usize) -> Ipv4Addr {
 
 /// SYNs to [`CONN_PORT`] counted per link on the upstream host.
 fn syn_counts(w: &World) -> io::Result<(u64, u64)> {
-    let out = w
-        .upstream
-        .exec("iptables", &["-w", "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n"])?;
+    let out = w.upstream.exec(
+        "iptables",
+        &["-w", "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n"],
+    )?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut counts = (0, 0);
     for line in text.lines() {
@@ -575,7 +606,7 @@ fn conn_run(args: &Args, lab: &Lab) -> io::Result<ConnRun> {
     let nfq0 = nfq_stat.as_deref().and_then(stat_ticks).unwrap_or(0);
     let self0 = stat_ticks("/proc/self/stat").unwrap_or(0);
     let m0 = machine_ticks();
-    let syn0 = syn_counts(&w)?;
+    let syn0 = syn_counts(w)?;
     let t0 = Instant::now();
     measuring.store(true, Ordering::Relaxed);
     thread::sleep(Duration::from_secs(args.duration));
@@ -583,7 +614,7 @@ fn conn_run(args: &Args, lab: &Lab) -> io::Result<ConnRun> {
     let elapsed = t0.elapsed().as_secs_f64();
     let count = opened.load(Ordering::Relaxed);
     let (failed, slow) = (failed.load(Ordering::Relaxed), slow.load(Ordering::Relaxed));
-    let syn1 = syn_counts(&w)?;
+    let syn1 = syn_counts(w)?;
     let m1 = machine_ticks();
     let nfq1 = nfq_stat.as_deref().and_then(stat_ticks).unwrap_or(0);
     let self1 = stat_ticks("/proc/self/stat").unwrap_or(0);
@@ -685,7 +716,11 @@ fn conn_part(args: &Args) -> io::Result<()> {
             .collect();
         let mut cpu: Vec<f64> = runs
             .iter()
-            .flat_map(|r| r.iter().filter(|x| x.mode == m).map(|x| x.nfqmark_us_per_conn))
+            .flat_map(|r| {
+                r.iter()
+                    .filter(|x| x.mode == m)
+                    .map(|x| x.nfqmark_us_per_conn)
+            })
             .collect();
         let mut path: Vec<f64> = runs
             .iter()

@@ -238,8 +238,11 @@ pub fn parse_iface(s: &str) -> Result<(u32, String), String> {
 /// Whether nfqmark sets connection marks over ctnetlink (see `nfqmark run --ct-marks`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CtMarks {
-    /// Where the kernel answers ctnetlink.
+    /// With flow rules on the queue backend (each new flow's mark rests on the save-mark rule
+    /// otherwise).
     Auto,
+    /// Always: the resolver's TCP SYNs paired with a client too.
+    On,
     /// Never: the firewall's save-mark rule alone.
     Off,
 }
@@ -336,7 +339,8 @@ pub struct RunArgs {
     pub flow_backend: FlowBackend,
     /// Set the conntrack mark (under --mark-mask) of connections whose first packet nfqmark
     /// marks (new flows of flow rules, the resolver's TCP SYNs), over ctnetlink, besides the
-    /// save-mark rule: `auto` where the kernel answers ctnetlink, `off` never.
+    /// save-mark rule: `auto` with flow rules on the queue backend, `on` always, `off` never
+    /// (any of them only where the kernel answers ctnetlink).
     #[arg(long, value_enum, default_value = "auto")]
     pub ct_marks: CtMarks,
     /// Flow rules, nft backend: how often the sets are read back (elements the kernel

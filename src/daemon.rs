@@ -593,16 +593,14 @@ where
 }
 
 /// Threads `run` starts with these options, the main thread included: signals, the rules
-/// thread with a rules file, the metrics endpoint with `--metrics`, the kernel flow sets thread
-/// with a rules file unless `--flow-backend queue`, the ctnetlink marks thread unless
-/// `--ct-marks off`, one worker per queue. (Rules
-/// that name an interface start one more when they load, the link table's: not counted here.)
+/// thread with a rules file, the metrics endpoint with `--metrics`, the ctnetlink marks thread
+/// with `--ct-marks on`, one worker per queue. (Rules that name an interface start one more when
+/// they load, the link table's; flow rules start the kernel flow sets thread, or with the queue
+/// backend the ctnetlink marks thread: `run` adds those it starts to the count it reports.)
 pub fn threads_needed(args: &RunArgs) -> usize {
-    let kernel_flows = args.rules.is_some() && args.flow_backend != crate::cli::FlowBackend::Queue;
     3 + usize::from(args.rules.is_some())
         + usize::from(args.metrics.is_some())
-        + usize::from(kernel_flows)
-        + usize::from(args.ct_marks != crate::cli::CtMarks::Off)
+        + usize::from(args.ct_marks == crate::cli::CtMarks::On)
         + args.queue_numbers().len()
 }
 
@@ -718,13 +716,15 @@ impl Loader {
 
 /// Run until SIGTERM/SIGINT. An error when start-up fails or a thread ends unasked.
 pub fn run(args: &RunArgs) -> Result<(), Error> {
-    run_inner(args).map_err(|e| match e {
-        Error::Spawn(what, e, _) => Error::Spawn(what, e, threads_needed(args)),
+    let extra = std::cell::Cell::new(0);
+    run_inner(args, &extra).map_err(|e| match e {
+        Error::Spawn(what, e, _) => Error::Spawn(what, e, threads_needed(args) + extra.get()),
         e => e,
     })
 }
 
-fn run_inner(args: &RunArgs) -> Result<(), Error> {
+/// `extra` counts the threads started beyond [`threads_needed`] (for the flow rules).
+fn run_inner(args: &RunArgs, extra: &std::cell::Cell<usize>) -> Result<(), Error> {
     let (events_tx, events) = mpsc::channel();
     forward_signals(events_tx.clone(), Event::Signal).map_err(Error::Signals)?;
     if args.flow_ttl_min > args.flow_ttl_max {
@@ -761,8 +761,7 @@ fn run_inner(args: &RunArgs) -> Result<(), Error> {
         rules,
         &nums,
     ));
-    start_kernel_flows(args, &shared, &flow_targets, &events_tx)?;
-    start_ct_marks(args, &shared, &events_tx)?;
+
     // Bind every queue before serving any, so a bad queue fails the start, not the night.
     let mut queues = Vec::new();
     for &num in &nums {
@@ -775,6 +774,29 @@ fn run_inner(args: &RunArgs) -> Result<(), Error> {
             conntrack: args.conntrack_info,
         };
         queues.push(Queue::open(&opts).map_err(|e| Error::Open(num, e))?);
+    }
+    // After the queues: a start that fails for want of permission says so about the queue.
+    let kernel_flows = if flow_targets.is_empty() {
+        false
+    } else {
+        extra.set(extra.get() + 1);
+        let started = start_kernel_flows(args, &shared, &flow_targets, &events_tx)?;
+        if !started {
+            extra.set(extra.get() - 1);
+        }
+        started
+    };
+    let ct_marks = match args.ct_marks {
+        crate::cli::CtMarks::On => true,
+        // Where it helps most: every new flow's mark rests on the save-mark rule otherwise.
+        crate::cli::CtMarks::Auto => !flow_targets.is_empty() && !kernel_flows,
+        crate::cli::CtMarks::Off => false,
+    };
+    if ct_marks {
+        if args.ct_marks == crate::cli::CtMarks::Auto {
+            extra.set(extra.get() + 1);
+        }
+        start_ct_marks(args, &shared, &events_tx)?;
     }
     let alive = Arc::new(Alive::new(&nums));
     if let Some(addr) = args.metrics {
@@ -838,11 +860,11 @@ fn start_kernel_flows(
     shared: &Arc<Shared>,
     targets: &[crate::flows::FlowTarget],
     events: &Sender<Event>,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     use crate::cli::FlowBackend;
     use crate::kernel_flows as kf;
     if targets.is_empty() || args.flow_backend == FlowBackend::Queue {
-        return Ok(());
+        return Ok(false);
     }
     let forced = args.flow_backend == FlowBackend::Nft;
     let config = kf::Config {
@@ -863,7 +885,7 @@ fn start_kernel_flows(
         }
         Err(e) => {
             log::info!("flow rules: queue backend (cannot reach the kernel's nft sets: {e})");
-            return Ok(());
+            return Ok(false);
         }
     };
     if info.present == 0 && !forced {
@@ -872,7 +894,7 @@ fn start_kernel_flows(
              --flow-backend nft` prints them)",
             kf::TABLE
         );
-        return Ok(());
+        return Ok(false);
     }
     if !info.missing.is_empty() {
         log::warn!(
@@ -901,11 +923,11 @@ fn start_kernel_flows(
             .run(&for_thread.stop)
             .map_err(|e| format!("netlink: {e}"))
     })?;
-    Ok(())
+    Ok(true)
 }
 
-/// Start setting connection marks over ctnetlink, unless `--ct-marks off` or the kernel does
-/// not answer ctnetlink (then the save-mark rule alone keeps connection marks).
+/// Start setting connection marks over ctnetlink, unless the kernel does not answer ctnetlink
+/// (then the save-mark rule alone keeps connection marks).
 fn start_ct_marks(
     args: &RunArgs,
     shared: &Arc<Shared>,
@@ -1405,19 +1427,13 @@ mod tests {
     #[test]
     fn threads_needed_counts_what_run_starts() {
         let (mut args, _) = shared_for(&[0]);
-        assert_eq!(threads_needed(&args), 5, "with the ctnetlink marks thread");
-        args.ct_marks = crate::cli::CtMarks::Off;
         assert_eq!(threads_needed(&args), 4);
         args.queues = vec![(0, 3)];
         args.rules = Some(PathBuf::from("x.rules"));
         args.metrics = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9120)));
-        assert_eq!(
-            threads_needed(&args),
-            10,
-            "with the kernel flow sets thread"
-        );
-        args.flow_backend = crate::cli::FlowBackend::Queue;
         assert_eq!(threads_needed(&args), 9);
+        args.ct_marks = crate::cli::CtMarks::On;
+        assert_eq!(threads_needed(&args), 10, "with the ctnetlink marks thread");
     }
 
     #[test]
