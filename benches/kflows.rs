@@ -47,9 +47,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nfqmark::nfnl::NftWatch;
 use nfqmark_lab::netns;
 use nfqmark_lab::{self as lab, Family, Options, Resolver, World};
-use nfqmark::nfnl::NftWatch;
 
 #[path = "common/procstat.rs"]
 mod procstat;
