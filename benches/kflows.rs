@@ -286,6 +286,7 @@ fn build(args: &Args, mode: Mode) -> io::Result<World> {
     ])?;
     w.router
         .ip(&["rule", "add", "fwmark", "0x20/0xff", "table", &cheap])?;
+
     // SYNs per link at the upstream host, counted by the kernel.
     for link in ["link1", "link2"] {
         w.upstream.exec(
@@ -362,6 +363,10 @@ fn build(args: &Args, mode: Mode) -> io::Result<World> {
             backend.into(),
             "--metrics".into(),
             "9120".into(),
+            // One client learns every address of the latency part: its quota (an eighth of
+            // the table) must hold them all.
+            "--flow-capacity".into(),
+            "524288".into(),
         ];
         w.start_nfqmark()?;
     }
