@@ -146,11 +146,14 @@ const FLOW_CAPACITY: u64 = 100;
 /// nfqmark's per-client bound on learned entries: an eighth of `--flow-capacity`.
 const FLOW_PER_CLIENT: u64 = FLOW_CAPACITY / 8;
 
-/// The router's firewall as `nfqmark setup --iptables --queue Q --rules RULES` prints it, and
+/// The router's firewall as `nfqmark setup --iptables --queue Q --flow-backend queue --rules RULES`
+/// prints it, and
 /// the flow mark routed over link 2.
 fn flow_firewall(w: &World, rules: &Path) {
     let out = Command::new(common::nfqmark_bin())
         .args(["setup", "--iptables", "--queue", &FLOW_QUEUE.to_string()])
+        // The learned table's bounds are nfqmark's own: the queue backend.
+        .args(["--flow-backend", "queue"])
         .arg("--rules")
         .arg(rules)
         .output()
