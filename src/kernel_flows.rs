@@ -652,10 +652,10 @@ impl Backend {
             // A batch is what waits now: the first change of a quiet period goes out at once,
             // and under load one batch carries many.
             pending.clear();
-            self.take(first, &mut pending);
-            while pending.len() < MAX_BATCH_ELEMENTS / 2 {
+            let mut layout = self.take(first, &mut pending);
+            while layout.is_none() && pending.len() < MAX_BATCH_ELEMENTS / 2 {
                 match self.rx.try_recv() {
-                    Ok(job) => self.take(job, &mut pending),
+                    Ok(job) => layout = self.take(job, &mut pending),
                     Err(_) => break,
                 }
             }
@@ -664,6 +664,11 @@ impl Backend {
             {
                 self.stats.failed.add(pending.len() as u64);
                 self.socket_failed("sending a batch", &e)?;
+            }
+            // New sets only once what was filed for the old ones has gone out (pending
+            // changes name their set by its place in the old list).
+            if let Some(specs) = layout {
+                self.relayout(specs);
             }
         }
         let held: usize = self.sets.iter().map(|s| s.mirror.len()).sum();
@@ -683,15 +688,19 @@ impl Backend {
     }
 
     /// File one job: a change becomes a pending element (or is counted as having no set); a
-    /// new layout replaces the sets.
-    fn take(&mut self, job: Job, pending: &mut Vec<Pending>) {
-        let change = match job {
-            Job::Change(c) => c,
-            Job::Layout(specs) => {
-                self.relayout(specs);
-                return;
+    /// new layout is handed back, for the caller to put in force after sending what is pending.
+    fn take(&mut self, job: Job, pending: &mut Vec<Pending>) -> Option<Vec<SetSpec>> {
+        match job {
+            Job::Change(c) => {
+                self.file(c, pending);
+                None
             }
-        };
+            Job::Layout(specs) => Some(specs),
+        }
+    }
+
+    /// File one change as a pending element of its set, or count it as having no set.
+    fn file(&mut self, change: Change, pending: &mut Vec<Pending>) {
         let (client, client_mark, addr, target, add, refreshed) = match change {
             Change::Put {
                 client,
