@@ -315,11 +315,12 @@ pub fn iptables(plan: &Plan, family: Family) -> String {
         }
     }
     o.push_str(
-        "# A verdict from the queue ends the chain, so the mark is saved in a later hook.\n",
+        "# A verdict from the queue ends the chain, so the mark is saved in a later hook; only\n\
+         # from a connection's first packet, since its mark never changes afterwards.\n",
     );
     let _ = writeln!(
         o,
-        "-A POSTROUTING -m mark ! --mark 0/{:#x} -j CONNMARK --save-mark{m}",
+        "-A POSTROUTING -m conntrack --ctstate NEW -m mark ! --mark 0/{:#x} -j CONNMARK --save-mark{m}",
         plan.mask
     );
     for port in &plan.dns_ports {
@@ -459,7 +460,7 @@ pub fn nft(plan: &Plan) -> String {
     );
     let _ = writeln!(
         o,
-        "\tchain postrouting {{\n\t\ttype filter hook postrouting priority mangle; policy accept;\n\t\tmeta mark & {mask:#x} != 0 {save}\n\t}}"
+        "\tchain postrouting {{\n\t\ttype filter hook postrouting priority mangle; policy accept;\n\t\tct state new meta mark & {mask:#x} != 0 {save}\n\t}}"
     );
     o.push_str(&flow_chains(plan));
     o.push_str("}\n");
@@ -980,7 +981,7 @@ mod tests {
             "-A NFQMARK-DNS-OUT -p tcp --dport 53 -j NFQUEUE --queue-balance 0:3 --queue-bypass",
             "-A NFQMARK-DNS-OUT -p tcp --sport 53 -j NFQUEUE --queue-balance 0:3 --queue-bypass",
             "-A OUTPUT -p udp --dport 53 -j NFQUEUE --queue-balance 0:3 --queue-bypass",
-            "-A POSTROUTING -m mark ! --mark 0/0xff -j CONNMARK --save-mark --nfmask 0xff --ctmask 0xff",
+            "-A POSTROUTING -m conntrack --ctstate NEW -m mark ! --mark 0/0xff -j CONNMARK --save-mark --nfmask 0xff --ctmask 0xff",
             "-A PREROUTING -j CONNMARK --restore-mark --nfmask 0xff --ctmask 0xff",
         ] {
             assert!(
@@ -1038,7 +1039,7 @@ mod tests {
             text.contains("-A FORWARD -p udp --sport 53 -j NFQUEUE --queue-num 2 --queue-bypass\n")
         );
         assert!(
-            text.contains("-A POSTROUTING -m mark ! --mark 0/0xffffffff -j CONNMARK --save-mark\n")
+            text.contains("-A POSTROUTING -m conntrack --ctstate NEW -m mark ! --mark 0/0xffffffff -j CONNMARK --save-mark\n")
         );
         // No flow rules for IPv6: nothing queued there.
         assert!(!iptables(&p, Family::V6).contains("NFQMARK-FLOWS"));
