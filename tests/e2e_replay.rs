@@ -118,7 +118,14 @@ fn start_capture(world: &World, path: &Path, nflog: bool) -> Guarded {
     let child = world
         .router
         .command("tcpdump")
-        .args(["-i", &iface, "-n", "-U", "-s", "0", "-w"])
+        // --immediate-mode: without it libpcap reads the interface capture in blocks that
+        // the kernel hands over only when full or after a timeout, and what is still in
+        // the ring when tcpdump is stopped is counted ("received by filter") but never
+        // written: on a slow machine, the whole capture. Immediate mode gives the ring one
+        // slot per snapshot length, so a lab-sized snapshot (its DNS messages are far
+        // smaller) and a 16 MiB ring (-B, KiB) keep a burst of queries from overflowing it.
+        .args(["-i", &iface, "-n", "--immediate-mode", "-U", "-s", "4096", "-B", "16384"])
+        .arg("-w")
         .arg(path)
         .args(filter)
         .stdin(Stdio::null())
@@ -136,12 +143,29 @@ fn start_capture(world: &World, path: &Path, nflog: bool) -> Guarded {
 }
 
 /// Stop tcpdump; it writes what it still holds and exits. The kernel hands NFLOG messages over
-/// in batches, flushed at the latest after a second: wait for the last batch first.
+/// in batches, flushed at the latest after a second: wait for the last batch first. A capture
+/// that lost packets (tcpdump's own figures: fewer captured than received by the filter) is
+/// a broken test run, not a finding about replay.
 fn stop_capture(mut tcpdump: Guarded, path: &Path, nflog: bool) {
     thread::sleep(Duration::from_millis(if nflog { 2_000 } else { 300 }));
     tcpdump.terminate(Duration::from_secs(3));
     let log = std::fs::read_to_string(path.with_extension("log")).unwrap_or_default();
     println!("tcpdump: {}", log.trim());
+    let figure = |what: &str| -> Option<u64> {
+        log.lines()
+            .find(|l| l.ends_with(what))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+    };
+    let (captured, received) = (
+        figure("packets captured"),
+        figure("packets received by filter"),
+    );
+    assert!(
+        captured.is_some() && captured == received,
+        "tcpdump on {} lost packets: captured {captured:?}, received by filter {received:?}",
+        path.display()
+    );
 }
 
 /// `nfqmark replay --json` of a capture; its lines.
