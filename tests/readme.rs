@@ -1,6 +1,14 @@
 //! The README shows `nfqmark setup`'s output instead of hand-written rules; this keeps that copy
 //! true, and checks the README's first lines still give the two commands a newcomer needs.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a step that fails fails the test, loudly and at once"
+)]
+
 use nfqmark::setup::{self, Family, Plan};
 
 fn readme() -> String {
