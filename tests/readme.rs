@@ -60,4 +60,14 @@ fn readme_opens_with_install_and_test_commands() {
         ci.contains("cargo test"),
         ".ci/run runs the README's test command"
     );
+    // The same command, features and all: `cargo test ...` up to the comment.
+    let readme_test = head
+        .iter()
+        .find_map(|l| l.find("cargo test").map(|at| &l[at..]))
+        .map(|cmd| cmd.split('#').next().unwrap_or(cmd).trim())
+        .expect("a cargo test line");
+    assert!(
+        ci.lines().any(|l| l.trim() == readme_test),
+        ".ci/run runs `{readme_test}`, the README's test command, as it is written there"
+    );
 }
