@@ -14,7 +14,8 @@ if ! command -v cargo >/dev/null; then
     echo "install.sh: cargo is missing: install Rust (https://rustup.rs) or the 'cargo' package" >&2
     exit 2
 fi
-cargo build --release --locked -p nfqmark
+# With `nfqmark demo` (the cargo feature `demo`, off by default): the README's first line runs it.
+cargo build --release --locked -p nfqmark --features demo
 install -m 0755 target/release/nfqmark /usr/local/bin/nfqmark
 modprobe nfnetlink_queue 2>/dev/null || true
 echo "installed /usr/local/bin/nfqmark"

@@ -14,6 +14,14 @@
 //! Run without `--bench` (as `cargo test --benches` does) it makes one short pass as a smoke
 //! test. No figure here is asserted anywhere.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "benchmark code, never shipped: a step that fails ends the run, loudly and at once"
+)]
+
 use std::hint::black_box;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};

@@ -32,6 +32,14 @@
 //!
 //! Run it with `benches/e2e.sh` (root). Under `cargo test --benches` it does nothing.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "benchmark code, never shipped: a step that fails ends the run, loudly and at once"
+)]
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io;

@@ -36,6 +36,14 @@
 //!
 //! Run it with `benches/kflows.sh` (root). Under `cargo test --benches` it does nothing.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "benchmark code, never shipped: a step that fails ends the run, loudly and at once"
+)]
+
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};

@@ -23,6 +23,14 @@
 //! Only addresses from 198.18.0.0/15, only in this run's own namespaces (deleted on every path,
 //! by `Netns`'s drop). Needs root; under `cargo test --benches` it does nothing.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "benchmark code, never shipped: a step that fails ends the run, loudly and at once"
+)]
+
 use std::fmt::Write as _;
 use std::io;
 use std::net::UdpSocket;
@@ -325,10 +333,10 @@ fn blast(sock: &UdpSocket, stop: &AtomicBool, sent: &AtomicU64) {
         iov_base: payload.as_ptr() as *mut libc::c_void,
         iov_len: payload.len(),
     };
-    // SAFETY: mmsghdr is plain data; zeroed is valid (no name, no control), and every entry
-    // points at the one iovec, which outlives the calls below.
+    // Every entry points at the one iovec, which outlives the calls below.
     let mut msgs: Vec<libc::mmsghdr> = (0..BURST)
         .map(|_| {
+            // SAFETY: mmsghdr is plain data; zeroed is valid (no name, no control).
             let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
             m.msg_hdr.msg_iov = &mut iov;
             m.msg_hdr.msg_iovlen = 1;

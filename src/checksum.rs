@@ -29,8 +29,9 @@ pub fn transport_ok(bytes: &[u8]) -> bool {
         _ => return true,
     };
     let Some(stored) = segment
-        .get(checksum_at..checksum_at + 2)
-        .map(|b| u16::from_be_bytes([b[0], b[1]]))
+        .get(checksum_at..)
+        .and_then(<[u8]>::first_chunk)
+        .map(|b| u16::from_be_bytes(*b))
     else {
         return true;
     };
@@ -61,12 +62,12 @@ pub fn transport_ok(bytes: &[u8]) -> bool {
 
 /// Sum of big-endian 16-bit words (an odd last byte padded with zero).
 fn add_bytes(bytes: &[u8]) -> u64 {
-    let mut chunks = bytes.chunks_exact(2);
-    let mut sum: u64 = chunks
-        .by_ref()
-        .map(|w| u64::from(u16::from_be_bytes([w[0], w[1]])))
+    let (words, rest) = bytes.as_chunks::<2>();
+    let mut sum: u64 = words
+        .iter()
+        .map(|w| u64::from(u16::from_be_bytes(*w)))
         .sum();
-    if let [last] = chunks.remainder() {
+    if let [last] = rest {
         sum += u64::from(*last) << 8;
     }
     sum

@@ -44,8 +44,8 @@ pub enum Command {
     /// Run a packet capture (pcap or pcapng) through nfqmark's decision path, offline: what
     /// would nfqmark have done with each packet?
     Replay(ReplayArgs),
-    /// Show nfqmark at work in a throw-away network of namespaces (needs root; touches nothing
-    /// outside its namespaces).
+    /// Show nfqmark at work in a throw-away network of namespaces (needs root and a build with
+    /// the cargo feature `demo`, as ./install.sh makes; touches nothing outside its namespaces).
     Demo(DemoArgs),
     /// Live per-second view of a running nfqmark, read from its metrics endpoint (`run
     /// --metrics`): queries, pairing outcomes, marks per rule, bypass, decision time.

@@ -116,13 +116,15 @@ fn run_demo(args: &DemoArgs) -> ExitCode {
     }
 }
 
-/// Built without the demo (`cargo build --no-default-features`): the subcommand stays in the
-/// command line, so help and completions do not depend on the build, and says so.
+/// Built without the demo (the cargo feature `demo` is off by default, and the .deb leaves it
+/// out): the subcommand stays in the command line, so help, man pages and completions do not
+/// depend on the build, and says how to get it.
 #[cfg(not(feature = "demo"))]
 fn run_demo(_: &DemoArgs) -> ExitCode {
     eprintln!(
-        "nfqmark demo: this nfqmark was built without the demo (cargo feature `demo`, on by \
-         default): build it with `cargo build --release` or ./install.sh"
+        "nfqmark demo: this nfqmark was built without the demo (cargo feature `demo`, off by \
+         default, and left out of the Debian package): build it from a checkout with \
+         `sudo ./install.sh`, or `cargo build --release --features demo`"
     );
     ExitCode::from(2)
 }

@@ -311,6 +311,18 @@ struct Held {
     count: usize,
 }
 
+/// Put `run` at `out[*n]` and count it; false when `out` is full (nothing changed then).
+fn push_run(out: &mut [(usize, usize); MAX_RUNS], n: &mut usize, run: (usize, usize)) -> bool {
+    match out.get_mut(*n) {
+        Some(slot) => {
+            *slot = run;
+            *n += 1;
+            true
+        }
+        None => false,
+    }
+}
+
 impl Held {
     fn runs(&self) -> &[(usize, usize)] {
         self.runs.get(..self.count).unwrap_or_default()
@@ -326,36 +338,26 @@ impl Held {
         for &(a, b) in self.runs() {
             if b < merged.0 {
                 // Wholly before the new run (not adjacent).
-                if n == MAX_RUNS {
+                if !push_run(&mut out, &mut n, (a, b)) {
                     return false;
                 }
-                out[n] = (a, b);
-                n += 1;
             } else if a > merged.1 {
                 // Wholly after it: place the new run first.
                 if !placed {
-                    if n == MAX_RUNS {
+                    if !push_run(&mut out, &mut n, merged) {
                         return false;
                     }
-                    out[n] = merged;
-                    n += 1;
                     placed = true;
                 }
-                if n == MAX_RUNS {
+                if !push_run(&mut out, &mut n, (a, b)) {
                     return false;
                 }
-                out[n] = (a, b);
-                n += 1;
             } else {
                 merged = (merged.0.min(a), merged.1.max(b));
             }
         }
-        if !placed {
-            if n == MAX_RUNS {
-                return false;
-            }
-            out[n] = merged;
-            n += 1;
+        if !placed && !push_run(&mut out, &mut n, merged) {
+            return false;
         }
         self.runs = out;
         self.count = n;

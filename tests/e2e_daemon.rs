@@ -10,6 +10,14 @@
 //! machine's. Every load is bounded in count and in time. The tests that make load take turns
 //! (one lock), because they share two cores with each other and with whatever else runs.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a step that fails fails the test, loudly and at once"
+)]
+
 mod common;
 #[path = "common/load.rs"]
 mod load;

@@ -3,6 +3,14 @@
 //! host of the real multi-WAN lab; Ctrl-C in the middle leaves no namespace and no process
 //! behind.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a step that fails fails the test, loudly and at once"
+)]
+
 mod common;
 
 use std::io::{BufRead, BufReader};

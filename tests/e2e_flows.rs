@@ -10,6 +10,14 @@
 //! the element expires with the TTL, a killed nfqmark leaves its elements marking flows, a
 //! restarted one adopts them, `per-mark` keys hold the client's mark).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a step that fails fails the test, loudly and at once"
+)]
+
 mod common;
 
 use std::path::Path;

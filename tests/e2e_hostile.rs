@@ -16,6 +16,14 @@
 //! share *are* recorded. Figures are printed; nothing is timed. Every load is bounded in count
 //! and time, and the tests take turns (they share two cores).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a step that fails fails the test, loudly and at once"
+)]
+
 mod common;
 #[path = "common/load.rs"]
 mod load;

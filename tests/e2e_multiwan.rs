@@ -27,6 +27,14 @@
 //! Tests that fail on today's nfqmark are ignored with what fails, measured; run them with
 //! `sudo -E cargo test --test e2e_multiwan -- --ignored --nocapture` (one case: add its name).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a step that fails fails the test, loudly and at once"
+)]
+
 mod common;
 #[path = "common/load.rs"]
 mod load;

@@ -17,6 +17,14 @@
 //! Nothing here is timed: rates are checked against zero, never against a speed. Every load is
 //! bounded in count and time.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a step that fails fails the test, loudly and at once"
+)]
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -13,6 +13,14 @@
 //! on today's nfqmark are ignored with what fails, measured (issue 11). The strict form of each
 //! case, with a control run and exact counts, is in `tests/e2e_multiwan.rs`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a step that fails fails the test, loudly and at once"
+)]
+
 mod common;
 
 use std::thread;

@@ -19,6 +19,14 @@
 //! client A's names over link2 were 48/74 with unbound (minimisation on), 0 of the ancestors,
 //! name-server lookups, CNAME targets and DS/DNSKEY queries.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a step that fails fails the test, loudly and at once"
+)]
+
 mod common;
 
 use std::sync::OnceLock;

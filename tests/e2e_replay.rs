@@ -18,6 +18,14 @@
 //! on every one of client A's upstream queries, and the NFLOG capture replayed with every packet
 //! forced to INPUT (`--hook input`) has no upstream query at all: the comparisons can fail.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a step that fails fails the test, loudly and at once"
+)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -11,6 +11,14 @@
 //! Control: with the kill switch's routes deleted, the same marked packets leave by link1 while
 //! link2 is down: the leak the kill switch is there to stop, so the test can fail.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a step that fails fails the test, loudly and at once"
+)]
+
 mod common;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};

@@ -8,6 +8,14 @@
 //! started, then is deleted and created again with a new index, keeps matching without a
 //! reload. A `src-mac` rule marks client A's connections and not client B's.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a step that fails fails the test, loudly and at once"
+)]
+
 mod common;
 
 use std::io;

@@ -13,6 +13,14 @@
 //! `Decision`), but not out of the leaf check. It fails naming each cycle and, per edge, one
 //! line that makes it. The last tests run the checker on made-up sources: they show it fails.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a step that fails fails the test, loudly and at once"
+)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 

@@ -7,6 +7,14 @@
 //! unless `NFQMARK_SKIP_E2E=1`, which turns them into no-ops with a note. Only 127.0.0.1 is
 //! used, every wait is bounded, and the namespace is deleted on every path (a Drop guard).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a step that fails fails the test, loudly and at once"
+)]
+
 use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, UdpSocket};

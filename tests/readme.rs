@@ -1,6 +1,14 @@
 //! The README shows `nfqmark setup`'s output instead of hand-written rules; this keeps that copy
 //! true, and checks the README's first lines still give the two commands a newcomer needs.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a step that fails fails the test, loudly and at once"
+)]
+
 use nfqmark::setup::{self, Family, Plan};
 
 fn readme() -> String {
@@ -51,5 +59,15 @@ fn readme_opens_with_install_and_test_commands() {
     assert!(
         ci.contains("cargo test"),
         ".ci/run runs the README's test command"
+    );
+    // The same command, features and all: `cargo test ...` up to the comment.
+    let readme_test = head
+        .iter()
+        .find_map(|l| l.find("cargo test").map(|at| &l[at..]))
+        .map(|cmd| cmd.split('#').next().unwrap_or(cmd).trim())
+        .expect("a cargo test line");
+    assert!(
+        ci.lines().any(|l| l.trim() == readme_test),
+        ".ci/run runs `{readme_test}`, the README's test command, as it is written there"
     );
 }

@@ -2,6 +2,14 @@
 //! out; errors name the file and the fix, with the exit statuses `nfqmark check` uses (1 for a
 //! rules file with errors) and the daemon uses (2 for anything else that stops it).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a step that fails fails the test, loudly and at once"
+)]
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::Command;

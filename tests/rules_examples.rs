@@ -8,6 +8,14 @@
 //! machine's interfaces (an rtnetlink dump, which needs no privilege), and write only in a
 //! temporary directory of their own.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a step that fails fails the test, loudly and at once"
+)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::IpAddr;

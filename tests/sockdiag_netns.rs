@@ -25,6 +25,14 @@
 //! `cost_with_200_processes` (ignored: a measurement, run with `-- --ignored --nocapture`)
 //! brings the machine to about 200 processes and prints what the questions cost.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a step that fails fails the test, loudly and at once"
+)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -31,10 +31,10 @@ const INLINE_NAME: usize = 62;
 
 impl NameBuf {
     fn new(wire: &[u8]) -> NameBuf {
-        match u8::try_from(wire.len()) {
-            Ok(len) if wire.len() <= INLINE_NAME => {
-                let mut bytes = [0u8; INLINE_NAME];
-                bytes[..wire.len()].copy_from_slice(wire);
+        let mut bytes = [0u8; INLINE_NAME];
+        match (u8::try_from(wire.len()), bytes.get_mut(..wire.len())) {
+            (Ok(len), Some(inline)) => {
+                inline.copy_from_slice(wire);
                 NameBuf::Inline { len, bytes }
             }
             _ => NameBuf::Shared(wire.into()),

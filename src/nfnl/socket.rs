@@ -361,15 +361,21 @@ impl Socket {
         // SAFETY: as above.
         let mut hdrs: [libc::mmsghdr; MAX_BURST] = unsafe { mem::zeroed() };
         let mut from = [kernel_addr(); MAX_BURST];
-        for (i, buf) in bufs.iter_mut().take(n).enumerate() {
+        // The first `n` of each (zip stops at the shorter: `bufs` or the MAX_BURST arrays).
+        for (((buf, iov), hdr), from) in bufs
+            .iter_mut()
+            .zip(iov.iter_mut())
+            .zip(hdrs.iter_mut())
+            .zip(from.iter_mut())
+        {
             buf.clear();
             let storage = buf.storage_mut();
-            iov[i].iov_base = storage.as_mut_ptr().cast::<libc::c_void>();
-            iov[i].iov_len = storage.len();
-            hdrs[i].msg_hdr.msg_iov = &raw mut iov[i];
-            hdrs[i].msg_hdr.msg_iovlen = 1;
-            hdrs[i].msg_hdr.msg_name = (&raw mut from[i]).cast::<libc::c_void>();
-            hdrs[i].msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+            iov.iov_base = storage.as_mut_ptr().cast::<libc::c_void>();
+            iov.iov_len = storage.len();
+            hdr.msg_hdr.msg_iov = &raw mut *iov;
+            hdr.msg_hdr.msg_iovlen = 1;
+            hdr.msg_hdr.msg_name = (&raw mut *from).cast::<libc::c_void>();
+            hdr.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
         }
         // SAFETY: `hdrs[..n]` point at `iov[..n]` and `from[..n]`, which point at the buffers'
         // storage; all outlive the call, and the count says `n`.
@@ -390,12 +396,12 @@ impl Socket {
             };
         }
         let got = (got as usize).min(n);
-        for (i, buf) in bufs.iter_mut().take(got).enumerate() {
-            if from[i].nl_pid != 0 {
+        for ((buf, hdr), from) in bufs.iter_mut().zip(&hdrs).zip(&from).take(got) {
+            if from.nl_pid != 0 {
                 // Only the kernel may talk to us.
                 continue;
             }
-            buf.set_received(hdrs[i].msg_len as usize);
+            buf.set_received(hdr.msg_len as usize);
         }
         Ok(got)
     }

@@ -780,12 +780,13 @@ impl World {
     /// The next local port for a flow of `client`: the two clients' ranges do not overlap, so
     /// the router's NAT never needs to change them and the sniffer tells the flows apart.
     fn flow_port(&self, client: Client) -> u16 {
-        let k = match client {
-            Client::A => 0,
-            Client::B => 1,
+        let [next_a, next_b] = &self.next_port;
+        let [base_a, base_b] = FLOW_PORTS;
+        let (next, base) = match client {
+            Client::A => (next_a, base_a),
+            Client::B => (next_b, base_b),
         };
-        let n = self.next_port[k].fetch_add(1, Ordering::Relaxed) % FLOW_PORTS_EACH;
-        FLOW_PORTS[k] + n
+        base + next.fetch_add(1, Ordering::Relaxed) % FLOW_PORTS_EACH
     }
 
     /// Open a TCP connection from a client to the upstream host's service address.

@@ -444,8 +444,8 @@ impl TcpStreams {
                     s.next = s.next.wrapping_add(payload.len() as u32);
                     while let Some(len) = s
                         .buf
-                        .get(..2)
-                        .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
+                        .first_chunk::<2>()
+                        .map(|l| usize::from(u16::from_be_bytes(*l)))
                         && s.buf.len() >= 2 + len
                     {
                         let message: Vec<u8> = s.buf.drain(..2 + len).skip(2).collect();

@@ -9,6 +9,13 @@
 //! TCP's length prefix, addresses of two families) panics naming that input, at the caller's
 //! line, instead of quietly building another packet (a mistyped name used to become the root).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a builder given input it cannot build panics naming it (above)"
+)]
+
 use std::net::{IpAddr, Ipv4Addr};
 
 use etherparse::PacketBuilder;
