@@ -132,8 +132,8 @@ fn start_capture(world: &World, path: &Path, nflog: bool) -> Guarded {
         // written: on a slow machine, the whole capture. Immediate mode gives the ring one
         // slot per snapshot length, so a lab-sized snapshot (its DNS messages are far
         // smaller) and a 16 MiB ring (-B, KiB) keep a burst of queries from overflowing it.
-        .args(["-i", &iface, "-n", "--immediate-mode", "-U", "-s", "4096", "-B", "16384"])
-        .arg("-w")
+        .args(["-i", &iface, "-n", "--immediate-mode", "-U"])
+        .args(["-s", "4096", "-B", "16384", "-w"])
         .arg(path)
         .args(filter)
         .stdin(Stdio::null())
