@@ -113,6 +113,11 @@ pub struct SetupArgs {
     /// has them.
     #[arg(long)]
     pub no_zones: bool,
+    /// Queue only what pairing must see (client and upstream queries, truncated answers;
+    /// answers to clients only for flow rules): half the packets per query. For forwarding
+    /// resolvers; run nfqmark with --lean too.
+    #[arg(long)]
+    pub lean: bool,
     /// Print the policy routing instead, as shell commands for `sh`: for each --route, an
     /// `ip rule` from its mark to its own table, the table's default route, and a kill switch
     /// (marked packets are refused, never routed by the main table, while the link is down);
@@ -355,6 +360,10 @@ pub struct RunArgs {
     /// Serve Prometheus metrics over HTTP on ADDR:PORT (a bare PORT binds 127.0.0.1).
     #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// The firewall queues only what pairing must see (`nfqmark setup --lean`): client queries
+    /// are retired 1 s after an upstream query took them, since their answers are not queued.
+    #[arg(long)]
+    pub lean: bool,
 }
 
 /// `9100` -> 127.0.0.1:9100; `ADDR:PORT` as given.

@@ -395,6 +395,7 @@ pub fn setup(args: &SetupArgs) -> i32 {
             flow_clients_v6: v6,
             zones: false,
             flow_sets,
+            lean: false,
             source,
         };
         print!("{}", s::nft_flow_table(&plan));
@@ -429,8 +430,13 @@ pub fn setup(args: &SetupArgs) -> i32 {
         flow_clients_v6: v6,
         zones,
         flow_sets,
+        lean: args.lean,
         source,
     };
+    if args.lean && args.nft {
+        eprintln!("nfqmark setup: --lean needs the iptables form (a u32 match on the TC bit)");
+        return 2;
+    }
     let nft = if args.nft {
         match s::probe_nft_queue() {
             Ok(true) => {}
@@ -526,6 +532,7 @@ pub(crate) fn engine_config(args: &RunArgs) -> EngineConfig {
             // One host may hold a quarter of the table: a flood from one LAN host cannot evict
             // every other client's waiting queries.
             per_client: (args.capacity / 4).max(1),
+            claimed_grace: args.lean.then_some(Duration::from_secs(1)),
             ..PairingConfig::default()
         },
         dns_ports: args.dns_ports.clone(),
@@ -1181,7 +1188,7 @@ pub fn report(shared: &Shared) -> String {
         "packets={} marked={} accepted={} dropped={} repeated={} parse_errors={} dns={} dns_errors={} \
          not_dns={} bad_checksums={} conn_conflicts={} client_queries={} over_quota={} paired={} \
          ambiguous={} by_own_name={} by_ancestor={} by_derived={} unpaired={} upstream_answers={} client_answers={} tcp_intents={} \
-         tcp_opened={} tcp_by_socket={} tcp_ambiguous={} tcp_unpaired={} expired={} evicted={} waiting_clients={} \
+         tcp_opened={} tcp_by_socket={} tcp_ambiguous={} tcp_unpaired={} expired={} evicted={} retired={} waiting_clients={} \
          waiting_upstream={} flows_learned={} flows_marked={} enobufs={} verdict_errors={} \
          bypassed={} rules={} reloads={} reloads_rejected={}",
         t.packets,
@@ -1212,6 +1219,7 @@ pub fn report(shared: &Shared) -> String {
         p.tcp_unpaired,
         p.expired,
         p.evicted,
+        p.retired,
         s.waiting_clients,
         s.waiting_upstream,
         s.learned.learned,

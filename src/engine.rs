@@ -2510,6 +2510,7 @@ mod tests {
                     mask: 0xff00,
                     per_question: 2,
                     per_client: 8,
+                    claimed_grace: Some(Duration::from_millis(300)),
                 },
                 dns_ports: vec![53],
             }),

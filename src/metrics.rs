@@ -475,6 +475,7 @@ pub fn render(s: &Snapshot) -> String {
         ("by_derived", p.by_derived),
         ("expired", p.expired),
         ("evicted", p.evicted),
+        ("retired", p.retired),
     ] {
         o.sample("nfqmark_pairing_total", &[("outcome", outcome)], v);
     }

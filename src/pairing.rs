@@ -113,6 +113,10 @@ pub struct PairingConfig {
     /// Most client queries one host (an IPv4 address, an IPv6 /64) may have waiting; beyond
     /// it, its new queries are not recorded (they are still answered, unmarked upstream).
     pub per_client: usize,
+    /// When answers to clients are not queued (`--lean`), a client query is retired this long
+    /// after an upstream query took it, instead of at its answer (enough for the resolver's
+    /// retries; the table then stays small at any rate).
+    pub claimed_grace: Option<Duration>,
 }
 
 impl Default for PairingConfig {
@@ -124,6 +128,7 @@ impl Default for PairingConfig {
             mask: u32::MAX,
             per_question: 16,
             per_client: 16_384,
+            claimed_grace: None,
         }
     }
 }
@@ -168,6 +173,8 @@ pub struct PairingCounters {
     pub expired: u64,
     /// Entries dropped because a table, or a question's share of it, was full.
     pub evicted: u64,
+    /// Client queries retired after their grace (answers not queued: `--lean`).
+    pub retired: u64,
 }
 
 /// An upstream flow plus DNS id: what ties an upstream answer to its query.
@@ -326,6 +333,8 @@ pub struct Pairing {
     /// The mark each DNS-over-TCP connection started with: its later packets keep it.
     conns: Lru<(ConnKey, u32)>,
     conn_by_key: HashMap<ConnKey, Id, RandomState>,
+    /// Claimed client queries in claim order, for `claimed_grace`.
+    claimed: VecDeque<(Id, Instant)>,
     next_claim: u64,
     pub counters: PairingCounters,
 }
@@ -348,6 +357,7 @@ impl Pairing {
             attributing: false,
             conns: Lru::new(),
             conn_by_key: HashMap::default(),
+            claimed: VecDeque::new(),
             next_claim: 0,
             counters: PairingCounters::default(),
         }
@@ -663,6 +673,9 @@ impl Pairing {
             let claim = self.next_claim;
             if let Some(e) = self.clients.get_mut(chosen) {
                 e.claim = Some(claim);
+            }
+            if self.config.claimed_grace.is_some() {
+                self.claimed.push_back((chosen, now));
             }
         }
         // The client's query left upstream: an intent it had for a TCP connection (a query it
@@ -1121,6 +1134,19 @@ impl Pairing {
             }
             self.remove_client(id);
             self.counters.expired += 1;
+        }
+        if let Some(grace) = self.config.claimed_grace {
+            for _ in 0..EXPIRE_BUDGET {
+                match self.claimed.front() {
+                    Some(&(id, at)) if at + grace <= now => {
+                        self.claimed.pop_front();
+                        if self.remove_client(id).is_some() {
+                            self.counters.retired += 1;
+                        }
+                    }
+                    _ => break,
+                }
+            }
         }
         for _ in 0..EXPIRE_BUDGET {
             let Some((_, e)) = self.upstream.pop_due(cutoff) else {
@@ -2498,5 +2524,36 @@ mod tests {
             paired(137, false)
         );
         assert!(p.attributing() && !p.names.is_empty());
+    }
+
+    #[test]
+    fn with_a_grace_claimed_queries_retire_without_their_answer() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(PairingConfig {
+            claimed_grace: Some(Duration::from_secs(1)),
+            ..config(16)
+        });
+        let q = key("www.example.com");
+        p.client_query(&q, ask(client(1, 1000), 1), 137, Proto::Udp, t0);
+        p.client_query(
+            &key("other.example"),
+            ask(client(1, 1001), 2),
+            137,
+            Proto::Udp,
+            t0,
+        );
+        assert_eq!(p.upstream_query(&q, flow(1), t0 + MS), paired(137, false));
+        // A retry within the grace is still the client's.
+        assert_eq!(
+            p.upstream_query(&q, flow(2), t0 + 900 * MS),
+            paired(137, false)
+        );
+        p.expire(t0 + Duration::from_millis(1001) + MS);
+        assert_eq!(
+            p.client_len(),
+            1,
+            "the unclaimed query waits its whole window"
+        );
+        assert_eq!(p.counters.retired, 1);
     }
 }

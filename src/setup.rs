@@ -65,6 +65,12 @@ pub struct Plan {
     /// are marked from them by nft rules, not queued. Empty: flows are queued (or there are no
     /// flow rules).
     pub flow_sets: Vec<SetSpec>,
+    /// Queue only what pairing must see (issue 17): client queries and the resolver's queries,
+    /// truncated upstream answers (a u32 match on the TC bit: they announce a TCP retry), and
+    /// answers to clients only when flow rules learn from them. The other answers get their
+    /// connection's mark from conntrack. For forwarding resolvers: a recursive resolver's
+    /// referrals and CNAMEs are then not read (attribution by ancestors only).
+    pub lean: bool,
     /// Where the rules came from, for the header comment.
     pub source: String,
 }
@@ -323,14 +329,35 @@ pub fn iptables(plan: &Plan, family: Family) -> String {
         "-A POSTROUTING -m conntrack --ctstate NEW -m mark ! --mark 0/{:#x} -j CONNMARK --save-mark{m}",
         plan.mask
     );
+    // The TC bit of a DNS header over UDP: IPv4's header length varies, IPv6's does not (no
+    // extension headers on a resolver's answers).
+    let truncated = match family {
+        Family::V4 => "-m u32 --u32 \"0>>22&0x3C@8&0x0200=0x0200\"",
+        Family::V6 => "-m u32 --u32 \"48&0x0200=0x0200\"",
+    };
+    let learning = plan.flow_clients(family).is_some() || !plan.flow_sets.is_empty();
     for port in &plan.dns_ports {
         for proto in ["udp", "tcp"] {
             for dir in ["--dport", "--sport"] {
-                let _ = writeln!(o, "-A NFQMARK-DNS-IN -p {proto} {dir} {port} -j {q}");
+                match (plan.lean, proto, dir) {
+                    (true, "udp", "--sport") => {
+                        let _ = writeln!(
+                            o,
+                            "-A NFQMARK-DNS-IN -p udp --sport {port} {truncated} -j {q}"
+                        );
+                    }
+                    (true, "tcp", "--sport") => {}
+                    _ => {
+                        let _ = writeln!(o, "-A NFQMARK-DNS-IN -p {proto} {dir} {port} -j {q}");
+                    }
+                }
             }
             for dir in ["--dport", "--sport"] {
                 if plan.zones && proto == "udp" && dir == "--dport" {
                     continue; // queued in the raw table
+                }
+                if plan.lean && dir == "--sport" && !learning {
+                    continue; // answers to clients: their connection's mark
                 }
                 let _ = writeln!(o, "-A NFQMARK-DNS-OUT -p {proto} {dir} {port} -j {q}");
             }
@@ -966,6 +993,7 @@ mod tests {
             flow_clients_v6: None,
             zones: true,
             flow_sets: Vec::new(),
+            lean: false,
             source: "test.rules".into(),
         }
     }

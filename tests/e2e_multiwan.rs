@@ -66,6 +66,8 @@ struct Case {
     ports: Option<(u16, u16)>,
     /// Clients ask a public resolver's address, which the router DNATs to its own.
     dnat: bool,
+    /// `nfqmark setup --lean` and `nfqmark run --lean`: answers not queued but truncated ones.
+    lean: bool,
 }
 
 impl Case {
@@ -77,7 +79,13 @@ impl Case {
             truncated: false,
             ports: None,
             dnat: false,
+            lean: false,
         }
+    }
+
+    /// The same case with the lean queue layout (issue 17).
+    const fn lean(self) -> Case {
+        Case { lean: true, ..self }
     }
 }
 
@@ -409,6 +417,20 @@ fn check(r: &Round, control: &Round, case: &Case, counters: &load::Counters) -> 
     if r.changes.total() != 0 {
         failures.push(r.changes.to_string());
     }
+    // The lean layout really queued no answer to a client (and upstream answers only when
+    // truncated): the marks above came from conntrack.
+    if case.lean && counters.get("client_answers") != 0 {
+        failures.push(format!(
+            "lean: {} answers to clients were queued",
+            counters.get("client_answers")
+        ));
+    }
+    if case.lean && !case.truncated && counters.get("upstream_answers") != 0 {
+        failures.push(format!(
+            "lean: {} upstream answers were queued without truncation",
+            counters.get("upstream_answers")
+        ));
+    }
     failures
 }
 
@@ -418,6 +440,9 @@ fn run(tag: &str, case: Case) {
     }
     let mut options = Options::new(tag, case.resolver, Some(common::nfqmark_bin()));
     options.upstream_ports = case.ports;
+    if case.lean {
+        options.nfqmark_args.push("--lean".into());
+    }
     let mut w = World::build(options).expect("build the lab");
     if case.dnat {
         dnat(&w, case.family);
@@ -490,6 +515,7 @@ const fn truncated(resolver: Resolver, family: Family) -> Case {
         truncated: true,
         ports: None,
         dnat: false,
+        lean: false,
     }
 }
 
@@ -501,6 +527,7 @@ const fn dnatted(resolver: Resolver, family: Family, shape: Shape) -> Case {
         truncated: false,
         ports: None,
         dnat: true,
+        lean: false,
     }
 }
 
@@ -513,6 +540,7 @@ const fn ports(resolver: Resolver, family: Family, ports: (u16, u16)) -> Case {
         truncated: false,
         ports: Some(ports),
         dnat: false,
+        lean: false,
     }
 }
 
@@ -585,4 +613,17 @@ cases! {
     unbound_v6_dnat_tcp: dnatted(Unbound, V6, ONE);
     knot_v4_dnat_tcp: dnatted(Knot, V4, ONE);
     knot_v6_dnat_tcp: dnatted(Knot, V6, ONE);
+
+    // The lean layout (`setup --lean`, `run --lean`): answers reach nfqmark only when truncated;
+    // every case above that a forwarder meets, once more.
+    lean_dnsmasq_v4_udp: Case::new(Dnsmasq, V4, Shape::Udp).lean();
+    lean_dnsmasq_v6_tcp: Case::new(Dnsmasq, V6, ONE).lean();
+    lean_dnsmasq_v4_tcp_pipelined: Case::new(Dnsmasq, V4, PIPELINED).lean();
+    lean_dnsmasq_v4_truncated: truncated(Dnsmasq, V4).lean();
+    lean_dnsmasq_v4_query_port: ports(Dnsmasq, V4, QUERY_PORT).lean();
+    lean_unbound_v4_udp: Case::new(Unbound, V4, Shape::Udp).lean();
+    lean_unbound_v6_truncated: truncated(Unbound, V6).lean();
+    lean_knot_v4_tcp: Case::new(Knot, V4, ONE).lean();
+    lean_knot_v4_truncated: truncated(Knot, V4).lean();
+    lean_unbound_v4_dnat_udp: dnatted(Unbound, V4, Shape::Udp).lean();
 }

@@ -24,6 +24,7 @@ fn readme_setup_block_is_what_nfqmark_setup_prints() {
         flow_clients_v4: None,
         flow_clients_v6: None,
         zones: true,
+        lean: false,
         flow_sets: Vec::new(),
         source: "no rules file (DNS pairing only)".into(),
     };

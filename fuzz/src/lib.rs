@@ -273,6 +273,7 @@ pub fn engine(data: &[u8]) {
             mask,
             per_question: 1 + capacity / 4,
             per_client: 1 + capacity / 2,
+            claimed_grace: (select & 4 != 0).then_some(Duration::from_millis(500)),
         },
         dns_ports: vec![53, 5353],
     };

@@ -376,12 +376,16 @@ pub fn queue_rules(
     nfqmark: &Path,
     queue: u16,
     family: Family,
+    lean: bool,
 ) -> io::Result<String> {
     let bin = nfqmark.to_string_lossy();
     let queue = queue.to_string();
     let mut args = vec!["setup", "--iptables", "--queue", queue.as_str()];
     if family == Family::V6 {
         args.push("-6");
+    }
+    if lean {
+        args.push("--lean");
     }
     let out = netns.exec(&bin, &args)?;
     String::from_utf8(out.stdout).map_err(|e| {
@@ -632,8 +636,10 @@ impl World {
         };
         let q = self.options.queue;
         if self.options.queue_rules && !self.queue_rules_installed {
+            // `nfqmark run --lean` goes with the lean queue rules.
+            let lean = self.options.nfqmark_args.iter().any(|a| a == "--lean");
             for family in [Family::V4, Family::V6] {
-                let rules = queue_rules(&self.router, &bin, q, family)?;
+                let rules = queue_rules(&self.router, &bin, q, family, lean)?;
                 self.router_iptables_restore(family, &rules)?;
             }
             self.queue_rules_installed = true;
