@@ -1094,10 +1094,11 @@ mod tests {
         }
     }
 
-    /// The userspace cost of one answer, plain and full path (`cargo test --release --lib
-    /// lab::upstream -- --ignored --nocapture`). The e2e bench prints the same for `answer`.
+    /// The userspace cost of one answer, plain and full path (`cargo test --release -p
+    /// nfqmark-lab --lib upstream -- --ignored --nocapture`). The e2e bench prints the same for
+    /// `answer`.
     #[test]
-    #[ignore]
+    #[ignore = "a measurement: run with --ignored --nocapture"]
     fn answer_cost() {
         let q = nfqmark_testkit::dns_query(0x1234, "a-r1c1-123456.nfqm.example");
         let n = 200_000u32;
