@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # End-to-end benchmark of issue 6: dnsperf through the lab's router with dnsmasq and unbound,
 # with and without marking (dnsmasq --conntrack, nfqmark), alternating configurations round by
-# round. Prints each run and a summary (median QPS and latency, marked share, CPU per party, and
-# the ratios 3/1, 3/2, 4/5); the whole output is also kept in target/bench-e2e-DATE.txt.
+# round. Prints each run and a summary (median QPS and latency, marked share, CPU per party and
+# per query, single-query latency median and p99 and what marking adds, and the ratios 3/1, 3/2,
+# 4/5); the whole output is also kept in target/bench-e2e-DATE.txt.
 #
-#   sudo -E env "PATH=$PATH" benches/e2e.sh                 # 3 rounds x 10 s: about 4 minutes
-#   sudo -E env "PATH=$PATH" benches/e2e.sh --rounds 5 --duration 20 --direct
-#   sudo -E env "PATH=$PATH" benches/e2e.sh --no-pin        # let the scheduler place everything
+#   sudo -E env "PATH=$PATH" benches/e2e.sh                 # unpinned, 5 rounds x 10 s: about 6 minutes
+#   sudo -E env "PATH=$PATH" benches/e2e.sh --pin           # the resolver alone on CPU 0
+#   sudo -E env "PATH=$PATH" benches/e2e.sh --rounds 3 --duration 20 --direct
 #   sudo -E env "PATH=$PATH" benches/e2e.sh --ideal         # the idealized lab (no NAT upstream)
 #   benches/e2e.sh --help                                   # every option
 #
