@@ -115,7 +115,9 @@ pub struct PairingConfig {
     pub per_client: usize,
     /// When answers to clients are not queued (`--lean`), a client query is retired this long
     /// after an upstream query took it, instead of at its answer (enough for the resolver's
-    /// retries; the table then stays small at any rate).
+    /// retries). A claimed query then only waits for retries: it does not count against its
+    /// host's quota, and it is the first to go when the table is full, so the table keeps
+    /// room for unclaimed queries at any rate.
     pub claimed_grace: Option<Duration>,
 }
 
@@ -333,8 +335,10 @@ pub struct Pairing {
     /// The mark each DNS-over-TCP connection started with: its later packets keep it.
     conns: Lru<(ConnKey, u32)>,
     conn_by_key: HashMap<ConnKey, Id, RandomState>,
-    /// Claimed client queries in claim order, for `claimed_grace`.
-    claimed: VecDeque<(Id, Instant)>,
+    /// Claimed client queries in claim order, for `claimed_grace`: the entry, its claim number
+    /// (a slot reused by a later entry has another) and when it was claimed. At most as long
+    /// as the client table.
+    claimed: VecDeque<(Id, u64, Instant)>,
     next_claim: u64,
     pub counters: PairingCounters,
 }
@@ -433,6 +437,9 @@ impl Pairing {
             self.evict_from_question(question, host);
         }
         while self.clients.len() >= self.config.client_capacity {
+            if self.retire_oldest_claimed() {
+                continue;
+            }
             let Some((id, _, _)) = self.clients.oldest() else {
                 break;
             };
@@ -671,11 +678,20 @@ impl Pairing {
         if entry.claim.is_none() {
             self.next_claim += 1;
             let claim = self.next_claim;
+            let mut host = None;
             if let Some(e) = self.clients.get_mut(chosen) {
                 e.claim = Some(claim);
+                host = Some(e.host);
             }
             if self.config.claimed_grace.is_some() {
-                self.claimed.push_back((chosen, now));
+                // From now on it only waits for the resolver's retries: off its host's quota.
+                if let Some(host) = host {
+                    self.uncount_host(host);
+                }
+                if self.claimed.len() >= self.config.client_capacity {
+                    self.retire_oldest_claimed();
+                }
+                self.claimed.push_back((chosen, claim, now));
             }
         }
         // The client's query left upstream: an intent it had for a TCP connection (a query it
@@ -1110,13 +1126,33 @@ impl Pairing {
                 self.by_question.remove(&entry.question);
             }
         }
-        if let Some(n) = self.per_host.get_mut(&entry.host) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_host.remove(&entry.host);
-            }
+        // With a grace, a claimed entry left its host's count when it was claimed.
+        if entry.claim.is_none() || self.config.claimed_grace.is_none() {
+            self.uncount_host(entry.host);
         }
         Some(entry)
+    }
+
+    fn uncount_host(&mut self, host: Host) {
+        if let Some(n) = self.per_host.get_mut(&host) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_host.remove(&host);
+            }
+        }
+    }
+
+    /// Retire the longest-claimed client query still in the table (`claimed_grace` only);
+    /// false when there is none.
+    fn retire_oldest_claimed(&mut self) -> bool {
+        while let Some((id, claim, _)) = self.claimed.pop_front() {
+            if self.clients.get(id).is_some_and(|e| e.claim == Some(claim)) {
+                self.remove_client(id);
+                self.counters.retired += 1;
+                return true;
+            }
+        }
+        false
     }
 
     /// Drop entries whose window has passed: at most [`EXPIRE_BUDGET`] per table per call, so
@@ -1138,9 +1174,11 @@ impl Pairing {
         if let Some(grace) = self.config.claimed_grace {
             for _ in 0..EXPIRE_BUDGET {
                 match self.claimed.front() {
-                    Some(&(id, at)) if at + grace <= now => {
+                    Some(&(id, claim, at)) if at + grace <= now => {
                         self.claimed.pop_front();
-                        if self.remove_client(id).is_some() {
+                        // Only the entry that was claimed: its slot may hold a newer one.
+                        if self.clients.get(id).is_some_and(|e| e.claim == Some(claim)) {
+                            self.remove_client(id);
                             self.counters.retired += 1;
                         }
                     }
@@ -1148,8 +1186,15 @@ impl Pairing {
                 }
             }
         }
+        // With a grace (answers are not queued), an upstream query's entry waits only for a
+        // truncated answer, queued to announce a TCP retry: it lives as long as a claim.
+        let upstream_cutoff = self
+            .config
+            .claimed_grace
+            .and_then(|g| now.checked_sub(g))
+            .map_or(cutoff, |c| c.max(cutoff));
         for _ in 0..EXPIRE_BUDGET {
-            let Some((_, e)) = self.upstream.pop_due(cutoff) else {
+            let Some((_, e)) = self.upstream.pop_due(upstream_cutoff) else {
                 break;
             };
             self.by_flow.remove(&e.flow);
@@ -2555,5 +2600,80 @@ mod tests {
             "the unclaimed query waits its whole window"
         );
         assert_eq!(p.counters.retired, 1);
+    }
+
+    #[test]
+    fn with_a_grace_claimed_queries_neither_fill_a_hosts_quota_nor_the_table() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(PairingConfig {
+            claimed_grace: Some(Duration::from_secs(1)),
+            per_client: 2,
+            upstream_capacity: 64,
+            ..config(3)
+        });
+        // One host asks ten names in a row, each forwarded at once: at 50k queries/s the
+        // grace holds thousands of claimed entries per host, and none may cost a new query
+        // its place.
+        for i in 0..10u16 {
+            let q = key(&format!("n{i}.example"));
+            let at = t0 + u32::from(i) * MS;
+            assert_eq!(
+                p.client_query(&q, ask(client(1, 1000 + i), i), 137, Proto::Udp, at),
+                Recorded::New,
+                "query {i}"
+            );
+            assert_eq!(p.upstream_query(&q, flow(i), at), paired(137, false));
+        }
+        assert_eq!(p.counters.over_quota, 0);
+        assert_eq!(p.counters.evicted, 0, "claimed entries made the room");
+        assert_eq!(p.counters.retired, 7);
+        // An unclaimed query is not retired for a claimed one's sake, and the quota still
+        // holds for queries that wait to be forwarded.
+        let (a, b) = (key("a.example"), key("b.example"));
+        p.client_query(&a, ask(client(1, 2000), 1), 137, Proto::Udp, t0 + 20 * MS);
+        p.client_query(&b, ask(client(1, 2001), 2), 137, Proto::Udp, t0 + 20 * MS);
+        assert_eq!(
+            p.client_query(
+                &key("c.example"),
+                ask(client(1, 2002), 3),
+                1,
+                Proto::Udp,
+                t0 + 20 * MS
+            ),
+            Recorded::OverQuota
+        );
+        assert_eq!(
+            p.upstream_query(&a, flow(100), t0 + 30 * MS),
+            paired(137, false)
+        );
+        assert_eq!(
+            p.upstream_query(&b, flow(101), t0 + 30 * MS),
+            paired(137, false)
+        );
+    }
+
+    #[test]
+    fn with_a_grace_a_reused_slot_is_not_retired_for_its_former_entry() {
+        let t0 = Instant::now();
+        let mut p = Pairing::new(PairingConfig {
+            claimed_grace: Some(Duration::from_secs(1)),
+            ..config(16)
+        });
+        let q = key("www.example.com");
+        p.client_query(&q, ask(client(1, 1000), 1), 137, Proto::Udp, t0);
+        assert_eq!(p.upstream_query(&q, flow(1), t0), paired(137, false));
+        // The claimed entry goes before its grace (its window here), and a new query,
+        // unclaimed, may take its slot.
+        p.expire(t0 + Duration::from_secs(6));
+        assert_eq!(p.client_len(), 0);
+        let later = t0 + Duration::from_secs(6);
+        let r = key("other.example");
+        p.client_query(&r, ask(client(2, 1000), 2), 7, Proto::Udp, later);
+        p.expire(later + Duration::from_secs(2));
+        assert_eq!(p.client_len(), 1, "the new entry waits for its own claim");
+        assert_eq!(
+            p.upstream_query(&r, flow(2), later + Duration::from_secs(2)),
+            paired(7, false)
+        );
     }
 }
