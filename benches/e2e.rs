@@ -441,23 +441,11 @@ fn install_link_counters(up: &Netns) -> io::Result<()> {
 
 /// Packets counted so far per link (link1, link2).
 fn link_counters(up: &Netns) -> io::Result<(u64, u64)> {
-    let out = up.exec(
+    Ok(lab::per_link(&up.rule_packets(
         "iptables",
-        &["-w", "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n"],
-    )?;
-    let (mut l1, mut l2) = (0, 0);
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let Some(pkts) = f.first().and_then(|p| p.parse::<u64>().ok()) else {
-            continue;
-        };
-        if f.contains(&"link1") {
-            l1 += pkts;
-        } else if f.contains(&"link2") {
-            l2 += pkts;
-        }
-    }
-    Ok((l1, l2))
+        "raw",
+        "PREROUTING",
+    )?))
 }
 
 /// A query file of `n` unique names for client A (`a-LABEL-N.nfqm.example`).

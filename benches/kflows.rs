@@ -455,22 +455,11 @@ fn conn_addr(i: usize) -> Ipv4Addr {
 
 /// SYNs to [`CONN_PORT`] counted per link on the upstream host.
 fn syn_counts(w: &World) -> io::Result<(u64, u64)> {
-    let out = w.upstream.exec(
+    Ok(lab::per_link(&w.upstream.rule_packets(
         "iptables",
-        &["-w", "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n"],
-    )?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut counts = (0, 0);
-    for line in text.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let pkts: u64 = f.first().and_then(|p| p.parse().ok()).unwrap_or(0);
-        if f.contains(&"link1") {
-            counts.0 += pkts;
-        } else if f.contains(&"link2") {
-            counts.1 += pkts;
-        }
-    }
-    Ok(counts)
+        "raw",
+        "PREROUTING",
+    )?))
 }
 
 /// How long a connection may take to open: a lost SYN would otherwise hold its thread for the

@@ -218,14 +218,12 @@ fn build_net() -> io::Result<Net> {
 
 /// Packets the sink has counted so far.
 fn sink_count(net: &Net) -> io::Result<u64> {
-    let out = net.sink.exec(
-        "iptables",
-        &["-w", "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n"],
-    )?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("DROP"))
-        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+    Ok(net
+        .sink
+        .rule_packets("iptables", "raw", "PREROUTING")?
+        .iter()
+        .filter(|(_, line)| line.contains("DROP"))
+        .map(|(packets, _)| packets)
         .sum())
 }
 

@@ -290,6 +290,21 @@ pub struct Opened {
     pub to: SocketAddr,
 }
 
+/// Packets of the rules (as [`Netns::rule_packets`] lists them) that name link 1 and link 2,
+/// summed per link: how the lab and the benches count what crossed each uplink.
+pub fn per_link<'a>(rules: impl IntoIterator<Item = &'a (u64, String)>) -> (u64, u64) {
+    let (mut link1, mut link2) = (0, 0);
+    for (packets, line) in rules {
+        let mut words = line.split_whitespace();
+        if words.clone().any(|w| w == "link1") {
+            link1 += packets;
+        } else if words.any(|w| w == "link2") {
+            link2 += packets;
+        }
+    }
+    (link1, link2)
+}
+
 /// Packets the upstream host's ingress filter dropped on each link (IPv4 and IPv6 together).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IngressDrops {
@@ -732,23 +747,14 @@ impl World {
             return Ok(drops);
         }
         for tool in ["iptables", "ip6tables"] {
-            let out = self.upstream.exec(
-                tool,
-                &["-w", "-t", "raw", "-L", INGRESS_CHAIN, "-v", "-x", "-n"],
-            )?;
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                let (Some(pkts), Some(&"DROP")) =
-                    (f.first().and_then(|p| p.parse::<u64>().ok()), f.get(2))
-                else {
-                    continue;
-                };
-                if f.contains(&"link1") {
-                    drops.link1 += pkts;
-                } else if f.contains(&"link2") {
-                    drops.link2 += pkts;
-                }
-            }
+            let rules = self.upstream.rule_packets(tool, "raw", INGRESS_CHAIN)?;
+            // The target is the third column (packets, bytes, target).
+            let dropped = rules
+                .iter()
+                .filter(|(_, line)| line.split_whitespace().nth(2) == Some("DROP"));
+            let (link1, link2) = per_link(dropped);
+            drops.link1 += link1;
+            drops.link2 += link2;
         }
         Ok(drops)
     }
@@ -761,18 +767,7 @@ impl World {
             return Ok(changes);
         }
         for tool in ["iptables", "ip6tables"] {
-            let out = self.router.exec(
-                tool,
-                &["-w", "-t", "mangle", "-L", NATCHECK_CHAIN, "-v", "-x", "-n"],
-            )?;
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                let Some(pkts) = line
-                    .split_whitespace()
-                    .next()
-                    .and_then(|p| p.parse::<u64>().ok())
-                else {
-                    continue;
-                };
+            for (pkts, line) in self.router.rule_packets(tool, "mangle", NATCHECK_CHAIN)? {
                 if line.contains("inside a udp flow") {
                     changes.udp += pkts;
                 } else if line.contains("inside a tcp flow") {

@@ -102,6 +102,25 @@ impl Netns {
         run("ip", all)
     }
 
+    /// Each rule of `chain` in `table` as `TOOL -L` lists it with exact counters (`-v -x -n`):
+    /// its packet count and its line (target, interfaces, matches). How the lab and the benches
+    /// read their counting rules.
+    pub fn rule_packets(
+        &self,
+        tool: &str,
+        table: &str,
+        chain: &str,
+    ) -> io::Result<Vec<(u64, String)>> {
+        let out = self.exec(tool, &["-w", "-t", table, "-L", chain, "-v", "-x", "-n"])?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| {
+                let packets = line.split_whitespace().next()?.parse().ok()?;
+                Some((packets, line.to_string()))
+            })
+            .collect())
+    }
+
     /// Whether some process has bound NFQUEUE `queue` in this namespace (its line in
     /// `/proc/net/netfilter/nfnetlink_queue`).
     pub fn queue_bound(&self, queue: u16) -> bool {
