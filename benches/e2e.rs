@@ -46,7 +46,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io;
 use std::path::PathBuf;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -457,6 +457,18 @@ fn write_names(path: &std::path::Path, label: &str, n: u64) -> io::Result<()> {
     std::fs::write(path, text)
 }
 
+/// dnsperf in client A's namespace; with `--pin`, under taskset on the CPUs other than the
+/// resolver's.
+fn dnsperf_command(world: &World, args: &Args) -> Command {
+    if args.pin {
+        let mut c = world.a.command("taskset");
+        c.args(["-c", &others_cpus(), "dnsperf"]);
+        c
+    } else {
+        world.a.command("dnsperf")
+    }
+}
+
 /// Run dnsperf in client A's namespace; returns its report and its pid's CPU ticks sampler.
 fn dnsperf(
     world: &World,
@@ -466,13 +478,7 @@ fn dnsperf(
     args: &Args,
     mut during: impl FnMut(u32),
 ) -> io::Result<(Perf, String)> {
-    let mut cmd = if args.pin {
-        let mut c = world.a.command("taskset");
-        c.args(["-c", &others_cpus(), "dnsperf"]);
-        c
-    } else {
-        world.a.command("dnsperf")
-    };
+    let mut cmd = dnsperf_command(world, args);
     cmd.args(["-s", server, "-f", "inet", "-d"])
         .arg(file)
         .args(["-l", &seconds.to_string()])
@@ -521,13 +527,7 @@ fn latency_probe(
     file: &std::path::Path,
     args: &Args,
 ) -> io::Result<Vec<f64>> {
-    let mut cmd = if args.pin {
-        let mut c = world.a.command("taskset");
-        c.args(["-c", &others_cpus(), "dnsperf"]);
-        c
-    } else {
-        world.a.command("dnsperf")
-    };
+    let mut cmd = dnsperf_command(world, args);
     cmd.args(["-s", server, "-f", "inet", "-d"])
         .arg(file)
         .args(["-n", "1", "-l", "20", "-c", "1", "-q", "1", "-t", "2", "-v"])
