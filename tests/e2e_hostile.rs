@@ -734,6 +734,21 @@ const ONE_NAME_FLOOD: u64 = 120_000;
 /// the queue and 199 packets were let past in one run.)
 const ROOMY_MAXLEN: &str = "262144";
 
+/// The flood tests' lab: dnsmasq on `queue`, nfqmark with room in the queue for the whole flood
+/// (`ROOMY_MAXLEN`) and `extra` arguments, both started (IPv4).
+fn flood_lab(tag: &str, queue: u16, extra: &[String]) -> World {
+    let mut options = Options::new(tag, Resolver::Dnsmasq, Some(common::nfqmark_bin()));
+    options.queue = queue;
+    options.nfqmark_args = extra.to_vec();
+    options
+        .nfqmark_args
+        .extend(["--queue-maxlen".into(), ROOMY_MAXLEN.into()]);
+    let mut w = World::build(options).expect("build the lab");
+    w.start_nfqmark().expect("start nfqmark");
+    w.start_resolver(Family::V4).expect("start the resolver");
+    w
+}
+
 /// B floods one name (120,000 queries at up to 15,000/s) while A asks 25 names of its own and
 /// the flooded one: A's 25 upstream queries all leave over link 2, the flooded question's
 /// waiting clients stay within its bound (B's oldest evicted), and no packet passes the queue
@@ -745,16 +760,7 @@ fn one_name_flood_from_b_leaves_a_s_queries_marked() {
         return;
     }
     let _turn = turn();
-    let mut options = Options::new(
-        "hostile-onename",
-        Resolver::Dnsmasq,
-        Some(common::nfqmark_bin()),
-    );
-    options.queue = ONE_NAME_QUEUE;
-    options.nfqmark_args = vec!["--queue-maxlen".into(), ROOMY_MAXLEN.into()];
-    let mut w = World::build(options).expect("build the lab");
-    w.start_nfqmark().expect("start nfqmark");
-    w.start_resolver(Family::V4).expect("start the resolver");
+    let w = flood_lab("hostile-onename", ONE_NAME_QUEUE, &[]);
     let nfqmark = w.nfqmark_pid().expect("nfqmark runs");
     let queue_before = load::proc_queue_of_pid(nfqmark, ONE_NAME_QUEUE).expect("queue bound");
     let kernel_before = kernel_counts(&w, nfqmark, ONE_NAME_QUEUE);
@@ -918,27 +924,17 @@ fn unique_name_flood_from_b_stays_within_its_share() {
         return;
     }
     let _turn = turn();
-    let mut options = Options::new(
-        "hostile-unique",
-        Resolver::Dnsmasq,
-        Some(common::nfqmark_bin()),
-    );
-    options.queue = UNIQUE_QUEUE;
     // A window longer than the flood's time bound: no entry of B's expires during the flood,
-    // so what B holds at the end is exactly what it was let hold.
-    // Room in the queue for the whole flood: every query of B's reaches nfqmark, so what it
-    // refused is exactly what B sent past its share.
-    options.nfqmark_args = vec![
-        "--capacity".into(),
+    // so what B holds at the end is exactly what it was let hold. The queue has room for the
+    // whole flood: every query of B's reaches nfqmark, so what it refused is exactly what B
+    // sent past its share.
+    let extra = [
+        "--capacity".to_string(),
         UNIQUE_CAPACITY.to_string(),
         "--window".into(),
         "30s".into(),
-        "--queue-maxlen".into(),
-        ROOMY_MAXLEN.into(),
     ];
-    let mut w = World::build(options).expect("build the lab");
-    w.start_nfqmark().expect("start nfqmark");
-    w.start_resolver(Family::V4).expect("start the resolver");
+    let w = flood_lab("hostile-unique", UNIQUE_QUEUE, &extra);
     // The upstream host never answers B's flood (its names carry the label "bflood").
     w.upstream
         .exec(
@@ -1095,16 +1091,7 @@ fn bypass_count_is_0_when_the_kernel_lets_nothing_past() {
         return;
     }
     let _turn = turn();
-    let mut options = Options::new(
-        "hostile-bypass",
-        Resolver::Dnsmasq,
-        Some(common::nfqmark_bin()),
-    );
-    options.queue = RACE_QUEUE;
-    options.nfqmark_args = vec!["--queue-maxlen".into(), ROOMY_MAXLEN.into()];
-    let mut w = World::build(options).expect("build the lab");
-    w.start_nfqmark().expect("start nfqmark");
-    w.start_resolver(Family::V4).expect("start the resolver");
+    let w = flood_lab("hostile-bypass", RACE_QUEUE, &[]);
     let nfqmark = w.nfqmark_pid().expect("nfqmark runs");
     let server_b = SocketAddr::new(ip(lab::addr::ROUTER_B_V4), 53);
     let kernel_before = kernel_counts(&w, nfqmark, RACE_QUEUE);
