@@ -53,7 +53,6 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query as Question};
@@ -955,17 +954,11 @@ fn exchange(
     qtype: RecordType,
     rd: bool,
 ) -> io::Result<Option<Message>> {
-    let ns = ns.to_string();
     let name = name.to_string();
-    thread::Builder::new()
-        .name("lab-dns-ask".into())
-        .spawn(move || {
-            netns::enter(&ns)?;
-            let socket = client_socket(to)?;
-            ask_on(&socket, to, &name, qtype, rd, 1, Duration::from_millis(500))
-        })?
-        .join()
-        .map_err(|_| io::Error::other("query thread panicked"))?
+    netns::on_thread(ns, "lab-dns-ask", move || {
+        let socket = client_socket(to)?;
+        ask_on(&socket, to, &name, qtype, rd, 1, Duration::from_millis(500))
+    })
 }
 
 fn client_socket(to: SocketAddr) -> io::Result<UdpSocket> {
@@ -1065,23 +1058,17 @@ pub fn ask(
         (Client::B, Family::V6) => addr::ROUTER_B_V6,
     };
     let to = SocketAddr::new(super::ip(server)?, 53);
-    let ns = client_ns.name().to_string();
     let names = names.to_vec();
     let qtype = asked_type(family);
-    thread::Builder::new()
-        .name("lab-dns-client".into())
-        .spawn(move || {
-            netns::enter(&ns)?;
-            let socket = client_socket(to)?;
-            let mut out = Vec::with_capacity(names.len());
-            for name in &names {
-                let reply = ask_on(&socket, to, name, qtype, true, 3, Duration::from_secs(2))?;
-                out.push(reply.as_ref().map(answer_of));
-            }
-            Ok(out)
-        })?
-        .join()
-        .map_err(|_| io::Error::other("client thread panicked"))?
+    netns::on_thread(client_ns.name(), "lab-dns-client", move || {
+        let socket = client_socket(to)?;
+        let mut out = Vec::with_capacity(names.len());
+        for name in &names {
+            let reply = ask_on(&socket, to, name, qtype, true, 3, Duration::from_secs(2))?;
+            out.push(reply.as_ref().map(answer_of));
+        }
+        Ok(out)
+    })
 }
 
 /// One upstream query as the upstream host saw it (from the lab's sniffer).

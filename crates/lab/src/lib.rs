@@ -855,22 +855,16 @@ impl World {
     /// GET `path` from an HTTP server on the router's loopback (nfqmark's `--metrics PORT`).
     pub fn router_http_get(&self, port: u16, path: &str) -> io::Result<String> {
         use std::io::{Read, Write};
-        let ns = self.router.name().to_string();
         let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
-        thread::Builder::new()
-            .name("lab-http".into())
-            .spawn(move || {
-                netns::enter(&ns)?;
-                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-                let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-                conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-                conn.write_all(request.as_bytes())?;
-                let mut body = String::new();
-                conn.read_to_string(&mut body)?;
-                Ok(body)
-            })?
-            .join()
-            .map_err(|_| io::Error::other("http thread panicked"))?
+        netns::on_thread(self.router.name(), "lab-http", move || {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+            conn.write_all(request.as_bytes())?;
+            let mut body = String::new();
+            conn.read_to_string(&mut body)?;
+            Ok(body)
+        })
     }
 
     fn client_ns(&self, client: Client) -> &Netns {

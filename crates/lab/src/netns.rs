@@ -54,6 +54,25 @@ pub fn enter(name: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Run `f` on a thread of its own (named `thread`) that enters namespace `name` first, and
+/// wait for its result: the caller's thread stays where it is. A panic in `f` comes back as an
+/// error naming the thread.
+pub fn on_thread<T: Send + 'static>(
+    name: &str,
+    thread: &str,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let ns = name.to_string();
+    std::thread::Builder::new()
+        .name(thread.to_string())
+        .spawn(move || {
+            enter(&ns)?;
+            f()
+        })?
+        .join()
+        .map_err(|_| io::Error::other(format!("{thread} thread panicked")))?
+}
+
 /// A network namespace, deleted on drop.
 #[derive(Debug)]
 pub struct Netns {

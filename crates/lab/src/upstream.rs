@@ -33,7 +33,7 @@ use hickory_proto::rr::rdata::{A, AAAA, CNAME};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use std::sync::mpsc::sync_channel;
 
-use super::netns::{Netns, enter};
+use super::netns::{self, Netns, enter};
 
 /// The address every A query is answered with.
 pub const ANSWER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 99);
@@ -519,16 +519,10 @@ pub fn tcp_connect_from(
     to: SocketAddr,
     timeout: Duration,
 ) -> io::Result<u16> {
-    let ns_name = ns.name().to_string();
-    thread::Builder::new()
-        .name("lab-connect".into())
-        .spawn(move || {
-            enter(&ns_name)?;
-            let s = tcp_connect_bound(from_port, to, timeout)?;
-            Ok(s.local_addr()?.port())
-        })?
-        .join()
-        .map_err(|_| io::Error::other("connect thread panicked"))?
+    netns::on_thread(ns.name(), "lab-connect", move || {
+        let s = tcp_connect_bound(from_port, to, timeout)?;
+        Ok(s.local_addr()?.port())
+    })
 }
 
 /// A TCP connection from local port `from_port` (0: any) of the calling thread's namespace.
@@ -647,25 +641,19 @@ pub fn udp_exchange_from(
     to: SocketAddr,
     timeout: Duration,
 ) -> io::Result<u16> {
-    let ns_name = ns.name().to_string();
-    thread::Builder::new()
-        .name("lab-udp".into())
-        .spawn(move || {
-            enter(&ns_name)?;
-            let any: SocketAddr = if to.is_ipv4() {
-                SocketAddr::from(([0, 0, 0, 0], from_port))
-            } else {
-                SocketAddr::from(([0u16; 8], from_port))
-            };
-            let s = UdpSocket::bind(any)?;
-            s.set_read_timeout(Some(timeout))?;
-            s.send_to(b"nfqmark lab flow", to)?;
-            let mut buf = [0u8; 64];
-            s.recv_from(&mut buf)?;
-            Ok(s.local_addr()?.port())
-        })?
-        .join()
-        .map_err(|_| io::Error::other("udp thread panicked"))?
+    netns::on_thread(ns.name(), "lab-udp", move || {
+        let any: SocketAddr = if to.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], from_port))
+        } else {
+            SocketAddr::from(([0u16; 8], from_port))
+        };
+        let s = UdpSocket::bind(any)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.send_to(b"nfqmark lab flow", to)?;
+        let mut buf = [0u8; 64];
+        s.recv_from(&mut buf)?;
+        Ok(s.local_addr()?.port())
+    })
 }
 
 /// Answer UDP queries in bursts: one `recvmmsg` takes up to [`BATCH`] waiting queries (blocking
