@@ -15,10 +15,8 @@
     reason = "test code: a step that fails fails the test, loudly and at once"
 )]
 
-use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -144,9 +142,10 @@ impl Netns {
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
-        let path = format!("/var/run/netns/{}", self.name);
+        let name = self.name.clone();
         thread::spawn(move || {
-            enter_netns(&path).unwrap_or_else(|e| panic!("cannot enter {path}: {e}"));
+            nfqmark_lab::netns::enter(&name)
+                .unwrap_or_else(|e| panic!("cannot enter namespace {name}: {e}"));
             f()
         })
     }
@@ -215,15 +214,6 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .output();
     }
-}
-
-fn enter_netns(path: &str) -> io::Result<()> {
-    let file = File::open(path)?;
-    // SAFETY: `file` is an open namespace file; setns only changes the calling thread.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 fn join<T>(handle: JoinHandle<T>) -> T {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
-use nfqmark_lab::netns::Netns;
+use nfqmark_lab::netns::{self, Netns};
 
 // ---------------------------------------------------------------------------------------------
 // The kernel's view of a queue.
@@ -370,26 +370,10 @@ where
     T: Send + 'static,
     F: FnOnce() -> io::Result<T> + Send + 'static,
 {
-    let path = format!("/run/netns/{}", ns.name());
-    thread::Builder::new()
-        .name(name.to_string())
-        .spawn(move || {
-            let file = std::fs::File::open(&path)?;
-            // SAFETY: setns on an open namespace fd, kept open by `file` for the call; this thread
-            // is ours and ends with `f`.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            f()
-        })
+    netns::spawn_in(ns.name(), name, f)
 }
 
-/// Join a thread started by [`spawn_in`].
-pub fn join<T>(h: thread::JoinHandle<io::Result<T>>) -> io::Result<T> {
-    h.join()
-        .map_err(|_| io::Error::other("namespace thread panicked"))?
-}
+pub use nfqmark_lab::netns::join;
 
 /// Give the calling thread a real-time priority (SCHED_FIFO), so a sampler is not starved by
 /// the load it watches. False when the kernel refuses (then it samples at normal priority).

@@ -54,23 +54,38 @@ pub fn enter(name: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Run `f` on a thread of its own (named `thread`) that enters namespace `name` first, and
-/// wait for its result: the caller's thread stays where it is. A panic in `f` comes back as an
-/// error naming the thread.
-pub fn on_thread<T: Send + 'static>(
+/// Start `f` on a thread of its own (named `thread`) that enters namespace `name` first; the
+/// caller's thread stays where it is. [`join`] takes its result.
+pub fn spawn_in<T: Send + 'static>(
     name: &str,
     thread: &str,
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
+) -> io::Result<std::thread::JoinHandle<io::Result<T>>> {
     let ns = name.to_string();
     std::thread::Builder::new()
         .name(thread.to_string())
         .spawn(move || {
             enter(&ns)?;
             f()
-        })?
+        })
+}
+
+/// The result of a thread started by [`spawn_in`]; a panic comes back as an error naming the
+/// thread.
+pub fn join<T>(handle: std::thread::JoinHandle<io::Result<T>>) -> io::Result<T> {
+    let thread = handle.thread().name().unwrap_or("namespace").to_string();
+    handle
         .join()
         .map_err(|_| io::Error::other(format!("{thread} thread panicked")))?
+}
+
+/// Run `f` on a thread inside namespace `name` ([`spawn_in`]) and wait for its result.
+pub fn on_thread<T: Send + 'static>(
+    name: &str,
+    thread: &str,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    join(spawn_in(name, thread, f)?)
 }
 
 /// A network namespace, deleted on drop.
