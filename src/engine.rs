@@ -404,7 +404,8 @@ pub fn plan<'a>(config: &EngineConfig, rules: &RuleSet, meta: &Meta, bytes: &'a 
         }
     }
     match dns.as_ref() {
-        Some(_) if plan.segment.is_some() || packet.proto == Proto::Tcp => {}
+        // DNS over TCP takes its steps from the stream, or none (see above).
+        Some(_) if packet.proto == Proto::Tcp => {}
         Some(dns) => {
             // Flow learning needs the query an answer answers, so the tables follow DNS for it
             // even where a rule turns pairing's marks off.
