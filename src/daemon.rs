@@ -933,16 +933,14 @@ fn start_kernel_flows(
     Ok(true)
 }
 
-/// Start setting connection marks over ctnetlink, unless the kernel does not answer ctnetlink
-/// (then the save-mark rule alone keeps connection marks).
+/// Start setting connection marks over ctnetlink (the caller decided `--ct-marks` wants it),
+/// unless the kernel does not answer ctnetlink (then the save-mark rule alone keeps connection
+/// marks).
 fn start_ct_marks(
     args: &RunArgs,
     shared: &Arc<Shared>,
     events: &Sender<Event>,
 ) -> Result<(), Error> {
-    if args.ct_marks == crate::cli::CtMarks::Off {
-        return Ok(());
-    }
     let (handle, marker) = match crate::ctmark::start(args.mark_mask) {
         Ok(Some(started)) => started,
         Ok(None) => {

@@ -298,15 +298,26 @@ pub fn settle_syn(
         Some(intent) => tables.pairing.tcp_open_for(conn, intent, now),
         None => tables.pairing.tcp_open(conn, now),
     };
-    let (ok, carried) = match m {
-        UpstreamMatch::Paired { mark, .. } => (true, Some(mark)),
+    (applied.role, applied.carried) = opened(&mut tables.pairing, conn, m, plan.mark, now);
+}
+
+/// The role and carried mark of the resolver's new TCP connection, from what pairing matched
+/// it to. A connection no client is known for starts with the packet's own mark `own` and
+/// keeps it, whatever queries it carries later (counted as conflicts).
+fn opened(
+    pairing: &mut Pairing,
+    conn: ConnKey,
+    matched: UpstreamMatch,
+    own: u32,
+    now: Instant,
+) -> (Role, Option<u32>) {
+    match matched {
+        UpstreamMatch::Paired { mark, .. } => (Role::TcpOpen { paired: true }, Some(mark)),
         UpstreamMatch::Unpaired => {
-            tables.pairing.remember_conn(conn, plan.mark, now);
-            (false, None)
+            pairing.remember_conn(conn, own, now);
+            (Role::TcpOpen { paired: false }, None)
         }
-    };
-    applied.role = Role::TcpOpen { paired: ok };
-    applied.carried = carried;
+    }
 }
 
 /// Read the packet, evaluate the rules, and say which step it needs.
@@ -393,7 +404,8 @@ pub fn plan<'a>(config: &EngineConfig, rules: &RuleSet, meta: &Meta, bytes: &'a 
         }
     }
     match dns.as_ref() {
-        Some(_) if plan.segment.is_some() || packet.proto == Proto::Tcp => {}
+        // DNS over TCP takes its steps from the stream, or none (see above).
+        Some(_) if packet.proto == Proto::Tcp => {}
         Some(dns) => {
             // Flow learning needs the query an answer answers, so the tables follow DNS for it
             // even where a rule turns pairing's marks off.
@@ -770,14 +782,8 @@ fn step(
                 applied.syn_candidates = candidates;
                 return;
             }
-            let (ok, _, c) = paired(pairing.tcp_open(*conn, now));
-            if !ok {
-                // No client known for it: the connection starts with the packet's own mark and
-                // keeps it, whatever queries it carries later (counted as conflicts).
-                pairing.remember_conn(*conn, plan.mark, now);
-            }
-            role = Role::TcpOpen { paired: ok };
-            carried = c;
+            let matched = pairing.tcp_open(*conn, now);
+            (role, carried) = opened(pairing, *conn, matched, plan.mark, now);
         }
         Step::ForwardedQuery {
             question,

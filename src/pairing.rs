@@ -391,12 +391,13 @@ impl Pairing {
         now.checked_sub(self.config.window)
     }
 
+    /// Entries at or before this instant are past the intent window.
+    fn intent_cutoff(&self, now: Instant) -> Option<Instant> {
+        now.checked_sub(INTENT_WINDOW.min(self.config.window))
+    }
+
     fn fresh(&self, id: Id, cutoff: Option<Instant>) -> bool {
-        match (self.clients.touched_at(id), cutoff) {
-            (Some(at), Some(cutoff)) => at > cutoff,
-            (Some(_), None) => true,
-            (None, _) => false,
-        }
+        touched_after(&self.clients, id, cutoff)
     }
 
     /// Step 1: a client query arrived. A retransmission (same client, port, server, id,
@@ -724,11 +725,7 @@ impl Pairing {
         let recent = now.checked_sub(RECENT);
         live.iter()
             .copied()
-            .find(|&x| match (self.clients.touched_at(x), recent) {
-                (Some(at), Some(recent)) => at > recent,
-                (Some(_), None) => true,
-                (None, _) => false,
-            })
+            .find(|&x| self.fresh(x, recent))
             .or_else(|| live.first().copied())
     }
 
@@ -863,12 +860,8 @@ impl Pairing {
         if self.conn_by_key.contains_key(&key) {
             return Vec::new();
         }
-        let cutoff = now.checked_sub(INTENT_WINDOW.min(self.config.window));
-        let fresh = |id: Id| match (self.intents.touched_at(id), cutoff) {
-            (Some(at), Some(c)) => at > c,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
+        let cutoff = self.intent_cutoff(now);
+        let fresh = |id: Id| touched_after(&self.intents, id, cutoff);
         let server_intents = self
             .intents_by_server
             .get(&Some(key.remote))
@@ -921,16 +914,11 @@ impl Pairing {
     }
 
     fn claim_intent(&mut self, key: Option<SocketAddr>, now: Instant) -> Option<(u32, bool)> {
-        let cutoff = now.checked_sub(INTENT_WINDOW.min(self.config.window));
+        let cutoff = self.intent_cutoff(now);
         let queue = self.intents_by_server.get_mut(&key)?;
         let mut chosen = None;
         while let Some(id) = queue.pop_front() {
-            let fresh = match (self.intents.touched_at(id), cutoff) {
-                (Some(at), Some(c)) => at > c,
-                (Some(_), None) => true,
-                (None, _) => false,
-            };
-            if fresh {
+            if touched_after(&self.intents, id, cutoff) {
                 chosen = self.intents.remove(id);
                 break;
             }
@@ -985,19 +973,14 @@ impl Pairing {
     /// Whether a query of this client connection (address, port, server) already waits for
     /// the resolver's TCP connection.
     fn has_client_intent(&self, asker: Asker, now: Instant) -> bool {
-        let cutoff = now.checked_sub(INTENT_WINDOW.min(self.config.window));
+        let cutoff = self.intent_cutoff(now);
         let Some(queue) = self.intents_by_server.get(&None) else {
             return false;
         };
         // Intents of one connection are the newest ones when its queries arrive together: a
         // short scan from the newest end finds it.
         queue.iter().rev().take(64).any(|&id| {
-            let fresh = match (self.intents.touched_at(id), cutoff) {
-                (Some(at), Some(c)) => at > c,
-                (Some(_), None) => true,
-                (None, _) => false,
-            };
-            fresh
+            touched_after(&self.intents, id, cutoff)
                 && self
                     .intents
                     .get(id)
@@ -1095,11 +1078,7 @@ impl Pairing {
             return false;
         }
         let id = *id;
-        let fresh = match (self.forwarded.touched_at(id), self.cutoff(now)) {
-            (Some(at), Some(c)) => at > c,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
+        let fresh = touched_after(&self.forwarded, id, self.cutoff(now));
         self.forwarded_by_key.remove(&key);
         self.forwarded.remove(id);
         fresh
@@ -1214,7 +1193,7 @@ impl Pairing {
                 self.conn_by_key.remove(&key);
             }
         }
-        if let Some(intent_cutoff) = now.checked_sub(INTENT_WINDOW.min(self.config.window)) {
+        if let Some(intent_cutoff) = self.intent_cutoff(now) {
             for _ in 0..EXPIRE_BUDGET {
                 if self.intents.pop_due(intent_cutoff).is_none() {
                     break;
@@ -1251,6 +1230,16 @@ impl Pairing {
                 break;
             }
         }
+    }
+}
+
+/// Whether entry `id` of `table` is still there and was last touched after `cutoff` (`None`:
+/// too early in the clock's life for anything to be past it).
+fn touched_after<T>(table: &Lru<T>, id: Id, cutoff: Option<Instant>) -> bool {
+    match (table.touched_at(id), cutoff) {
+        (Some(at), Some(cutoff)) => at > cutoff,
+        (Some(_), None) => true,
+        (None, _) => false,
     }
 }
 

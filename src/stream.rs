@@ -511,8 +511,8 @@ impl Streams {
                     flow.bytes()
                 ));
             }
-            if let [hi, lo, ..] = flow.pending.as_slice()
-                && flow.pending.len() >= 2 + usize::from(u16::from_be_bytes([*hi, *lo]))
+            if let Some(len) = length_prefix(&flow.pending)
+                && flow.pending.len() >= 2 + usize::from(len)
             {
                 return Err("a complete message left pending".into());
             }
@@ -560,10 +560,7 @@ impl Streams {
             .filter(|f| f.phase == Phase::Open && !f.pending.is_empty())
             .map(|f| Partial {
                 start: self.out.partial_start,
-                len: match f.pending.as_slice() {
-                    [hi, lo, ..] => Some(u16::from_be_bytes([*hi, *lo])),
-                    _ => None,
-                },
+                len: length_prefix(&f.pending),
                 head: f.pending.get(2..).unwrap_or_default(),
             });
         Read {
@@ -878,6 +875,14 @@ impl Streams {
     }
 }
 
+/// The message length in a frame's two-byte prefix, once both bytes are there.
+fn length_prefix(frame: &[u8]) -> Option<u16> {
+    match frame {
+        [hi, lo, ..] => Some(u16::from_be_bytes([*hi, *lo])),
+        _ => None,
+    }
+}
+
 /// Give a buffer back to the spare pool (or free it when the pool is full or it grew large),
 /// leaving an empty, unallocated one in its place.
 fn recycle(spare: &mut Vec<Vec<u8>>, buf: &mut Vec<u8>) {
@@ -1025,10 +1030,10 @@ fn frame(
             chunk = rest;
             at += 1;
         }
-        let total = match pending.as_slice() {
-            [hi, lo, ..] => 2 + usize::from(u16::from_be_bytes([*hi, *lo])),
-            _ => return true,
+        let Some(len) = length_prefix(pending) else {
+            return true;
         };
+        let total = 2 + usize::from(len);
         let take = total.saturating_sub(pending.len()).min(chunk.len());
         if pending.len().saturating_add(take) > limit {
             return false;
