@@ -75,8 +75,15 @@ mod api {
         /// What a worker does per packet: plan, lock, apply, finish, count.
         #[inline]
         pub fn decide(&self, meta: &Meta, bytes: &[u8], now: Instant) -> Decision {
-            let d =
-                worker::decide_locked(&self.config, &self.rules, &self.tables, meta, bytes, now);
+            let d = worker::decide_locked(
+                &self.config,
+                &self.rules,
+                &self.tables,
+                &self.stats.lock_waits,
+                meta,
+                bytes,
+                now,
+            );
             self.stats.count(&d);
             d
         }

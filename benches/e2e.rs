@@ -57,7 +57,7 @@ use nfqmark_lab::{self as lab, Family, LinkCounts, Network, Options, Resolver, W
 
 #[path = "common/procstat.rs"]
 mod procstat;
-use procstat::{comm, machine_ticks, stat_ticks, ticks_per_second};
+use procstat::{comm, machine_ticks, stat_ticks, stat_user_system, ticks_per_second};
 
 /// One configuration of the router.
 #[derive(Debug, Clone, Copy)]
@@ -150,12 +150,15 @@ struct Args {
     pin: bool,
     /// The lab's layout: real multi-WAN (default) or idealized (`--ideal`).
     network: Network,
+    /// `--floor`: nfqmark in the lean layout with client queries not queued, so one packet per
+    /// query (the upstream query) reaches it: what the fewest queued packets would cost.
+    floor: bool,
 }
 
 const USAGE: &str = "\
 benches/e2e.sh [--rounds N] [--duration S] [--warmup S] [--clients N] [--outstanding N]
                [--configs 1,2,3,4,5] [--direct] [--count counters|sniffer]
-               [--nfqmark PATH] [--nfqmark-arg ARG]... [--pin] [--ideal]
+               [--nfqmark PATH] [--nfqmark-arg ARG]... [--pin] [--ideal] [--floor]
   --rounds N         rounds; every round runs every configuration once (default 5)
   --duration S       measured seconds of dnsperf per run (default 10)
   --warmup S         dnsperf seconds before the measured ones, other names (default 2)
@@ -174,7 +177,12 @@ benches/e2e.sh [--rounds N] [--duration S] [--warmup S] [--clients N] [--outstan
                      it shares it). By default (--no-pin) the scheduler places every party, as
                      on most routers: the headline figures
   --ideal            the idealized lab (no NAT on the uplinks, no source validation upstream)
-                     instead of the real multi-WAN router";
+                     instead of the real multi-WAN router
+  --floor            a measurement, not a layout: nfqmark runs the lean layout (--lean) with the
+                     rule that queues client queries over UDP left out, so one packet per query
+                     (the upstream query, which must be held to be marked) reaches it. Pairing
+                     cannot work (\"marked\" is 0); CPU and latency show the floor of any layout
+                     that holds the upstream query in a queue";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -190,6 +198,7 @@ fn parse_args() -> Result<Args, String> {
         nfqmark_args: Vec::new(),
         pin: false,
         network: Network::Real,
+        floor: false,
     };
     let mut it = std::env::args().skip(1);
     let num = |name: &str, v: Option<String>| -> Result<u32, String> {
@@ -218,6 +227,7 @@ fn parse_args() -> Result<Args, String> {
             "--pin" => a.pin = num_cpus() >= 2.0,
             "--no-pin" => a.pin = false,
             "--ideal" => a.network = Network::Ideal,
+            "--floor" => a.floor = true,
             "--real" => a.network = Network::Real,
             "--direct" => {
                 if !a.configs.contains(&0) {
@@ -303,6 +313,8 @@ fn parse_dnsperf(text: &str) -> Option<Perf> {
 #[derive(Debug, Clone, Default)]
 struct CpuSnap {
     by_name: BTreeMap<String, u64>,
+    /// nfqmark's system time (in the kernel on its behalf), also counted in `by_name`.
+    nfqmark_system: u64,
     machine_busy: u64,
     machine_total: u64,
 }
@@ -312,8 +324,11 @@ fn cpu_snap(router: &Netns, dnsperf: Option<u32>) -> CpuSnap {
     if let Ok(out) = netns::run("ip", ["netns", "pids", router.name()]) {
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
             let name = comm(&format!("/proc/{pid}/comm"));
-            if let Some(t) = stat_ticks(&format!("/proc/{pid}/stat")) {
-                *s.by_name.entry(name).or_default() += t;
+            if let Some((user, system)) = stat_user_system(&format!("/proc/{pid}/stat")) {
+                if name == "nfqmark" {
+                    s.nfqmark_system += system;
+                }
+                *s.by_name.entry(name).or_default() += user + system;
             }
         }
     }
@@ -342,6 +357,8 @@ fn cpu_snap(router: &Netns, dnsperf: Option<u32>) -> CpuSnap {
 struct CpuUse {
     resolver: f64,
     nfqmark: f64,
+    /// The part of `nfqmark` spent in the kernel.
+    nfqmark_system: f64,
     responder: f64,
     sniffer: f64,
     dnsperf: f64,
@@ -370,6 +387,8 @@ fn cpu_use(a: &CpuSnap, b: &CpuSnap, wall: Duration) -> CpuUse {
     CpuUse {
         resolver: pct(&["dnsmasq", "unbound"]),
         nfqmark: pct(&["nfqmark"]),
+        nfqmark_system: b.nfqmark_system.saturating_sub(a.nfqmark_system) as f64 / hz / secs
+            * 100.0,
         responder: pct(&["lab-udp53", "lab-tcp53"]),
         sniffer: pct(&["lab-sniffer"]),
         dnsperf: pct(&["dnsperf"]),
@@ -630,6 +649,30 @@ fn pin_parties(world: &World) -> io::Result<()> {
     Ok(())
 }
 
+/// `--floor`: the lean rules `nfqmark setup --lean` prints, without the one that queues client
+/// queries over UDP.
+fn install_floor_rules(world: &World, nfqmark: &std::path::Path, queue: u16) -> io::Result<()> {
+    for family in [Family::V4, Family::V6] {
+        let lean = lab::queue_rules(&world.router, nfqmark, queue, family, true)?;
+        let client_queries = |l: &&str| {
+            l.starts_with("-A NFQMARK-DNS-IN ") && l.contains("-p udp") && l.contains("--dport")
+        };
+        let left_out = lean.lines().filter(client_queries).count();
+        if left_out != 1 {
+            return Err(io::Error::other(format!(
+                "--floor: expected one rule queueing client queries over UDP, found {left_out}:\n{lean}"
+            )));
+        }
+        let rules: String = lean
+            .lines()
+            .filter(|l| !client_queries(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        world.router_iptables_restore(family, &rules)?;
+    }
+    Ok(())
+}
+
 fn run_one(cfg: Config, round: usize, args: &Args, names: u64) -> io::Result<Sample> {
     let mut opts = Options::new(
         &format!("e2e{}", cfg.id),
@@ -639,7 +682,18 @@ fn run_one(cfg: Config, round: usize, args: &Args, names: u64) -> io::Result<Sam
     opts.marking = cfg.marking;
     opts.nfqmark_args = args.nfqmark_args.clone();
     opts.network = args.network;
+    let floor = args.floor && cfg.nfqmark;
+    if floor {
+        opts.queue_rules = false;
+        if !opts.nfqmark_args.iter().any(|a| a == "--lean") {
+            opts.nfqmark_args.push("--lean".into());
+        }
+    }
+    let queue = opts.queue;
     let mut world = World::build(opts)?;
+    if floor {
+        install_floor_rules(&world, &args.nfqmark, queue)?;
+    }
     if args.count == Count::Counters {
         // Stop the sniffer threads: they would take CPU from what is measured.
         world.sniffer = Sniffer::start(&world.upstream, &[])?;
@@ -758,6 +812,13 @@ fn summary(args: &Args, results: &BTreeMap<u8, Vec<Option<Sample>>>) -> String {
         },
         args.network
     );
+    if args.floor {
+        let _ = writeln!(
+            out,
+            "--floor: nfqmark in the lean layout without queueing client queries (one queued \
+             packet per query): pairing cannot work, so \"marked\" is 0 by design"
+        );
+    }
     let _ = writeln!(
         out,
         "{:<30} {:>22} {:>7} {:>7} {:>7} {:>7}",
@@ -828,11 +889,13 @@ fn summary(args: &Args, results: &BTreeMap<u8, Vec<Option<Sample>>>) -> String {
         out,
         "\nCPU, % of one core (medians): resolver, nfqmark, the lab's upstream responder and \
          sniffer threads, dnsperf, whole machine; and CPU microseconds per query (resolver,\n\
-         nfqmark, whole machine: every party's work for one query, wherever it runs)"
+         nfqmark and the part of it in the kernel (sys/q: the verdict's reinjection carries the\n\
+         packet on through routing, NAT and the next hooks inside nfqmark's system call), whole\n\
+         machine: every party's work for one query, wherever it runs)"
     );
     let _ = writeln!(
         out,
-        "{:<30} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>10} {:>10} {:>10}",
+        "{:<30} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>10} {:>10} {:>7} {:>10}",
         "configuration",
         "resolv",
         "nfqm",
@@ -842,6 +905,7 @@ fn summary(args: &Args, results: &BTreeMap<u8, Vec<Option<Sample>>>) -> String {
         "machine",
         "resolv/q",
         "nfqm/q",
+        "sys/q",
         "machine/q"
     );
     for cfg in &configs {
@@ -856,7 +920,7 @@ fn summary(args: &Args, results: &BTreeMap<u8, Vec<Option<Sample>>>) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<30} {:>7.0} {:>7.0} {:>7.0} {:>7.0} {:>7.0} {:>7.0} {:>10.1} {:>10.1} {:>10.1}",
+            "{:<30} {:>7.0} {:>7.0} {:>7.0} {:>7.0} {:>7.0} {:>7.0} {:>10.1} {:>10.1} {:>7.1} {:>10.1}",
             format!("{}. {}", cfg.id, cfg.label),
             col(&|s| s.cpu.resolver),
             col(&|s| s.cpu.nfqmark),
@@ -866,8 +930,35 @@ fn summary(args: &Args, results: &BTreeMap<u8, Vec<Option<Sample>>>) -> String {
             col(&|s| s.cpu.machine),
             col(&|s| per_query(s.cpu.resolver, s.perf.qps)),
             col(&|s| per_query(s.cpu.nfqmark, s.perf.qps)),
+            col(&|s| per_query(s.cpu.nfqmark_system, s.perf.qps)),
             col(&|s| per_query(s.cpu.machine, s.perf.qps)),
         );
+    }
+    // What marking costs the machine, per query: the same resolver without marking, round by
+    // round. nfqmark's own figure also holds work that moved to it from the resolver (the
+    // packet's way on after the verdict, which the resolver's send does without a queue).
+    let per_round = |num: u8, den: u8, f: &dyn Fn(&Sample) -> f64| -> Option<f64> {
+        let a = results.get(&num)?;
+        let b = results.get(&den)?;
+        let v: Vec<f64> = a
+            .iter()
+            .zip(b)
+            .filter_map(|(x, y)| Some(f(x.as_ref()?) - f(y.as_ref()?)))
+            .collect();
+        (!v.is_empty()).then(|| median(v))
+    };
+    let us_per_query = |pct: f64, qps: f64| pct / 100.0 / qps.max(1e-9) * 1e6;
+    for (num, den, what) in [(3, 1, "dnsmasq"), (4, 5, "unbound")] {
+        let machine = per_round(num, den, &|s| us_per_query(s.cpu.machine, s.perf.qps));
+        let resolver = per_round(num, den, &|s| us_per_query(s.cpu.resolver, s.perf.qps));
+        if let (Some(machine), Some(resolver)) = (machine, resolver) {
+            let _ = writeln!(
+                out,
+                "  {num} vs {den} ({what}): marking adds {machine:+.1} µs of machine CPU per query; \
+                 the resolver's own CPU per query changes by {resolver:+.1} µs (medians of per-round \
+                 differences)"
+            );
+        }
     }
     // Latency one query at a time: what nfqmark adds to a query, not a saturated queue's wait.
     let _ = writeln!(

@@ -1187,7 +1187,7 @@ pub fn report(shared: &Shared) -> String {
          not_dns={} bad_checksums={} conn_conflicts={} client_queries={} over_quota={} paired={} \
          ambiguous={} by_own_name={} by_ancestor={} by_derived={} unpaired={} upstream_answers={} client_answers={} tcp_intents={} \
          tcp_opened={} tcp_by_socket={} tcp_ambiguous={} tcp_unpaired={} expired={} evicted={} retired={} waiting_clients={} \
-         waiting_upstream={} flows_learned={} flows_marked={} enobufs={} verdict_errors={} \
+         waiting_upstream={} flows_learned={} flows_marked={} enobufs={} lock_waits={} verdict_errors={} \
          bypassed={} rules={} reloads={} reloads_rejected={}",
         t.packets,
         t.marked,
@@ -1223,6 +1223,7 @@ pub fn report(shared: &Shared) -> String {
         s.learned.learned,
         s.learned.flows_marked,
         t.enobufs,
+        t.lock_waits,
         t.verdict_errors,
         s.bypassed
             .map_or_else(|| "unknown".to_string(), |n| n.to_string()),

@@ -43,6 +43,7 @@ pub struct QueueSnapshot {
     pub bad_checksums: u64,
     pub conn_conflicts: u64,
     pub enobufs: u64,
+    pub lock_waits: u64,
     pub recv_errors: u64,
     pub verdict_errors: u64,
     /// Decision times of a sample of the packets.
@@ -66,6 +67,7 @@ impl QueueSnapshot {
             t.bad_checksums += q.bad_checksums;
             t.conn_conflicts += q.conn_conflicts;
             t.enobufs += q.enobufs;
+            t.lock_waits += q.lock_waits;
             t.recv_errors += q.recv_errors;
             t.verdict_errors += q.verdict_errors;
             t.decision_time.add(&q.decision_time);
@@ -88,6 +90,7 @@ impl QueueSnapshot {
             bad_checksums: s.bad_checksums.get(),
             conn_conflicts: s.conn_conflicts.get(),
             enobufs: s.enobufs.get(),
+            lock_waits: s.lock_waits.get(),
             recv_errors: s.recv_errors.get(),
             verdict_errors: s.verdict_errors.get(),
             decision_time: s.decision_time.snapshot(),
@@ -297,7 +300,7 @@ pub fn render_build_info() -> String {
 pub fn render(s: &Snapshot) -> String {
     let mut o = Out(String::with_capacity(4096));
     type Field = fn(&QueueSnapshot) -> u64;
-    let per_queue: [(&str, &str, Field); 10] = [
+    let per_queue: [(&str, &str, Field); 11] = [
         ("nfqmark_packets_total", "Packets decided.", |q| q.packets),
         (
             "nfqmark_marked_total",
@@ -331,6 +334,11 @@ pub fn render(s: &Snapshot) -> String {
             "nfqmark_enobufs_total",
             "Receive buffer overflows (ENOBUFS) on the queue socket.",
             |q| q.enobufs,
+        ),
+        (
+            "nfqmark_lock_waits_total",
+            "Decisions that waited for the shared pairing tables' lock held by another queue's worker.",
+            |q| q.lock_waits,
         ),
         (
             "nfqmark_recv_errors_total",

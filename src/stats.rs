@@ -64,6 +64,9 @@ pub struct Stats {
     /// or, with fail-open, accepted them unmarked) among them.
     pub recv_errors: Counter,
     pub enobufs: Counter,
+    /// Decisions that waited for the shared tables' lock because another queue's worker held
+    /// it (with one queue, always 0): how much `--queue A-B` workers serialize.
+    pub lock_waits: Counter,
     /// Time the decision took, for a random sample of the packets.
     pub decision_time: DecisionTimes,
 }

@@ -5,7 +5,7 @@
 //! the next one is read.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::engine::{self, Decision, EngineConfig, Tables};
@@ -74,6 +74,18 @@ pub struct Shared {
 /// tables stay usable, and the packet path must never stop on a poisoned lock.
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// [`lock`], counting in `waits` each time another thread held it.
+fn lock_counted<'a, T>(m: &'a Mutex<T>, waits: &Counter) -> MutexGuard<'a, T> {
+    match m.try_lock() {
+        Ok(guard) => guard,
+        Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        Err(TryLockError::WouldBlock) => {
+            waits.inc();
+            lock(m)
+        }
+    }
 }
 
 impl Shared {
@@ -290,6 +302,7 @@ fn decide(
         &shared.config,
         &loaded.rules,
         &shared.tables,
+        &stats.lock_waits,
         meta,
         payload,
         now,
@@ -311,12 +324,14 @@ fn decide(
 }
 
 /// The engine's three steps with the tables behind a lock: plan and finish outside it, the
-/// lock held only for [`engine::apply`], and not taken at all when the packet needs no step.
-/// (The benchmark of the decision path calls this too.)
+/// lock held only for [`engine::apply`], and not taken at all when the packet needs no step;
+/// `waits` counts the times another worker held it. (The benchmark of the decision path calls
+/// this too.)
 pub fn decide_locked(
     config: &EngineConfig,
     rules: &RuleSet,
     tables: &Mutex<Tables>,
+    waits: &Counter,
     meta: &Meta,
     payload: &[u8],
     now: Instant,
@@ -329,11 +344,17 @@ pub fn decide_locked(
     {
         engine::Applied::NOTHING
     } else {
-        let mut applied = engine::apply(&plan, rules, &mut lock(tables), meta, now);
+        let mut applied = engine::apply(&plan, rules, &mut lock_counted(tables, waits), meta, now);
         if !applied.syn_candidates.is_empty() {
             // Off the lock: ask the kernel which waiting client the resolver's process serves.
             let chosen = syn_owner(&plan, &applied.syn_candidates);
-            engine::settle_syn(&plan, &mut lock(tables), &mut applied, chosen, now);
+            engine::settle_syn(
+                &plan,
+                &mut lock_counted(tables, waits),
+                &mut applied,
+                chosen,
+                now,
+            );
         }
         applied
     };
@@ -434,5 +455,25 @@ mod tests {
         });
         assert!(m.is_poisoned());
         assert_eq!(*lock(&m), 7);
+    }
+
+    #[test]
+    fn a_lock_held_by_another_worker_is_counted_as_a_wait() {
+        let m = Mutex::new(0u32);
+        let waits = Counter::default();
+        *lock_counted(&m, &waits) += 1;
+        assert_eq!(waits.get(), 0, "an uncontended lock is no wait");
+        let held = lock(&m);
+        std::thread::scope(|s| {
+            let other = s.spawn(|| *lock_counted(&m, &waits) += 1);
+            // The other worker finds the lock held, counts it, and waits for it.
+            while waits.get() == 0 && !other.is_finished() {
+                std::thread::yield_now();
+            }
+            drop(held);
+            let _ = other.join();
+        });
+        assert_eq!(waits.get(), 1);
+        assert_eq!(*lock(&m), 2);
     }
 }

@@ -12,6 +12,13 @@ pub fn ticks_per_second() -> f64 {
 
 /// utime + stime of a /proc/.../stat file.
 pub fn stat_ticks(path: &str) -> Option<u64> {
+    stat_user_system(path).map(|(user, system)| user + system)
+}
+
+/// (utime, stime) of a /proc/.../stat file: time in the process's own code, and time in the
+/// kernel on its behalf (system calls, and whatever the kernel does inside them: a verdict's
+/// reinjection carries the packet on through routing, NAT and the next hook).
+pub fn stat_user_system(path: &str) -> Option<(u64, u64)> {
     let text = std::fs::read_to_string(path).ok()?;
     // The command name is in parentheses and may hold spaces: split after the last ')'.
     let rest = text.get(text.rfind(')')? + 1..)?;
@@ -19,7 +26,7 @@ pub fn stat_ticks(path: &str) -> Option<u64> {
     // Fields 14 and 15 of stat(5); `rest` starts at field 3.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// A process's or thread's name (`/proc/.../comm`), empty when gone.
