@@ -5,7 +5,7 @@
 # per query, single-query latency median and p99 and what marking adds, and the ratios 3/1, 3/2,
 # 4/5); the whole output is also kept in target/bench-e2e-DATE.txt.
 #
-#   sudo -E env "PATH=$PATH" benches/e2e.sh                 # unpinned, 5 rounds x 10 s: about 6 minutes
+#   sudo -E env "PATH=$PATH" benches/e2e.sh                 # unpinned, 5 rounds x 10 s: about 10 minutes
 #   sudo -E env "PATH=$PATH" benches/e2e.sh --pin           # the resolver alone on CPU 0
 #   sudo -E env "PATH=$PATH" benches/e2e.sh --rounds 3 --duration 20 --direct
 #   sudo -E env "PATH=$PATH" benches/e2e.sh --ideal         # the idealized lab (no NAT upstream)
