@@ -86,3 +86,25 @@ pub(super) fn one(bytes: &[u8]) -> Result<PacketMsg<'_>, MsgError> {
     assert_eq!(msgs.len(), 1, "{msgs:?}");
     msgs.remove(0)
 }
+
+/// Call `check` on `runs` mutants of `base`, the same ones for the same `seed` (xorshift): one
+/// to four bytes overwritten, then the buffer cut at a random length. The "never panics" tests
+/// of every codec read these.
+pub(super) fn for_each_mutant(base: &[u8], seed: u64, runs: usize, mut check: impl FnMut(&[u8])) {
+    let mut state = seed;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..runs {
+        let mut buf = base.to_vec();
+        for _ in 0..(next() % 4 + 1) {
+            let at = (next() % buf.len() as u64) as usize;
+            buf[at] = next() as u8;
+        }
+        let cut = (next() % (buf.len() as u64 + 1)) as usize;
+        check(&buf[..cut]);
+    }
+}

@@ -336,21 +336,8 @@ mod tests {
     #[test]
     fn mutated_answers_never_panic() {
         let base = [entry(5, IPS_CONFIRMED, 7), error_msg(0, 5)].concat();
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        for _ in 0..20_000 {
-            let mut buf = base.clone();
-            for _ in 0..(next() % 4 + 1) {
-                let at = (next() % buf.len() as u64) as usize;
-                buf[at] = next() as u8;
-            }
-            let cut = (next() % (buf.len() as u64 + 1)) as usize;
-            let _ = parse_answer(&buf[..cut], 5);
-        }
+        for_each_mutant(&base, 0x9e37_79b9_7f4a_7c15u64, 20_000, |mutant| {
+            let _ = parse_answer(mutant, 5);
+        });
     }
 }

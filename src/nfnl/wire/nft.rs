@@ -646,24 +646,11 @@ mod tests {
     #[test]
     fn broken_rules_are_errors_not_panics() {
         let good = iptables_rule(1, 3, 17, "nfqmark");
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        for _ in 0..20_000 {
-            let mut buf = good.clone();
-            for _ in 0..(next() % 4 + 1) {
-                let at = (next() % buf.len() as u64) as usize;
-                buf[at] = next() as u8;
-            }
-            let cut = (next() % (buf.len() as u64 + 1)) as usize;
+        for_each_mutant(&good, 0x2545_f491_4f6c_dd1du64, 20_000, |mutant| {
             let mut d = RuleDump::default();
-            let _ = d.feed(&buf[..cut], 5);
+            let _ = d.feed(mutant, 5);
             assert!(d.rules.len() <= 1);
-        }
+        });
     }
 
     #[test]

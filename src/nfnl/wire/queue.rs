@@ -986,23 +986,10 @@ mod tests {
             attr(NFQA_PAYLOAD, b"payload bytes"),
         ]);
         base.extend(error_msg(libc::ENOENT, 9));
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        for _ in 0..20_000 {
-            let mut buf = base.clone();
-            for _ in 0..(next() % 4 + 1) {
-                let at = (next() % buf.len() as u64) as usize;
-                buf[at] = next() as u8;
-            }
-            let cut = (next() % (buf.len() as u64 + 1)) as usize;
-            let n = Messages::new(&buf[..cut]).take(100).count();
-            assert!(n <= buf.len() / NLMSG_HDRLEN + 1);
-        }
+        for_each_mutant(&base, 0x9e37_79b9_7f4a_7c15u64, 20_000, |mutant| {
+            let n = Messages::new(mutant).take(100).count();
+            assert!(n <= base.len() / NLMSG_HDRLEN + 1);
+        });
     }
 
     #[test]

@@ -785,29 +785,16 @@ mod tests {
             error_msg(0, 5),
         ]
         .concat();
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        for _ in 0..20_000 {
-            let mut buf = base.clone();
-            for _ in 0..(next() % 4 + 1) {
-                let at = (next() % buf.len() as u64) as usize;
-                buf[at] = next() as u8;
-            }
-            let cut = (next() % (buf.len() as u64 + 1)) as usize;
+        for_each_mutant(&base, 0x2545_f491_4f6c_dd1du64, 20_000, |mutant| {
             let mut out = Vec::new();
-            let _ = parse_answer(&buf[..cut], 5, &mut out, &mut false);
+            let _ = parse_answer(mutant, 5, &mut out, &mut false);
             let mut r = BatchReply::new(BatchSeqs {
                 begin: 4,
                 first: 5,
                 messages: 1,
             });
-            let _ = r.feed(&buf[..cut]);
-            assert!(out.len() <= 2 * buf.len());
-        }
+            let _ = r.feed(mutant);
+            assert!(out.len() <= 2 * base.len());
+        });
     }
 }
