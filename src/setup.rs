@@ -672,27 +672,12 @@ fn nft_check(script: &str) -> Result<Option<String>, String> {
 /// throw-away table: nothing is changed. `Err` says why it could not tell (no nft, ...).
 pub fn probe_nft_queue() -> Result<bool, String> {
     let probe = "table inet nfqmark_probe {\n\tchain c {\n\t\ttype filter hook output priority 0; policy accept;\n\t\tudp dport 9 queue flags bypass to 0\n\t}\n}\n";
-    let mut child = Command::new("nft")
-        .args(["--check", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run nft: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(probe.as_bytes())
-            .map_err(|e| format!("cannot talk to nft: {e}"))?;
-    }
-    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
-    if out.status.success() {
-        return Ok(true);
-    }
-    let err = String::from_utf8_lossy(&out.stderr);
-    if err.contains("queue") || err.contains("No such file or directory") {
-        Ok(false)
-    } else {
-        Err(format!("nft --check failed: {}", err.trim()))
+    match nft_check(probe)? {
+        None => Ok(true),
+        Some(err) if err.contains("queue") || err.contains("No such file or directory") => {
+            Ok(false)
+        }
+        Some(err) => Err(format!("nft --check failed: {}", err.trim())),
     }
 }
 
