@@ -369,6 +369,7 @@ struct CpuUse {
 fn cpu_use(a: &CpuSnap, b: &CpuSnap, wall: Duration) -> CpuUse {
     let hz = ticks_per_second();
     let secs = wall.as_secs_f64().max(1e-3);
+    let share = |ticks: u64| ticks as f64 / hz / secs * 100.0;
     let pct = |names: &[&str]| {
         let d: u64 = names
             .iter()
@@ -380,15 +381,14 @@ fn cpu_use(a: &CpuSnap, b: &CpuSnap, wall: Duration) -> CpuUse {
                     .saturating_sub(a.by_name.get(*n).copied().unwrap_or(0))
             })
             .sum();
-        d as f64 / hz / secs * 100.0
+        share(d)
     };
     let machine_total = b.machine_total.saturating_sub(a.machine_total).max(1);
     let machine_busy = b.machine_busy.saturating_sub(a.machine_busy);
     CpuUse {
         resolver: pct(&["dnsmasq", "unbound"]),
         nfqmark: pct(&["nfqmark"]),
-        nfqmark_system: b.nfqmark_system.saturating_sub(a.nfqmark_system) as f64 / hz / secs
-            * 100.0,
+        nfqmark_system: share(b.nfqmark_system.saturating_sub(a.nfqmark_system)),
         responder: pct(&["lab-udp53", "lab-tcp53"]),
         sniffer: pct(&["lab-sniffer"]),
         dnsperf: pct(&["dnsperf"]),
@@ -790,6 +790,24 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// `f` of each round's samples of configurations `num` and `den`, leaving out the rounds where
+/// either run failed; `None` when one of them did not run at all.
+fn per_round(
+    results: &BTreeMap<u8, Vec<Option<Sample>>>,
+    num: u8,
+    den: u8,
+    f: impl Fn(&Sample, &Sample) -> f64,
+) -> Option<Vec<f64>> {
+    let a = results.get(&num)?;
+    let b = results.get(&den)?;
+    Some(
+        a.iter()
+            .zip(b)
+            .filter_map(|(x, y)| Some(f(x.as_ref()?, y.as_ref()?)))
+            .collect(),
+    )
+}
+
 fn summary(args: &Args, results: &BTreeMap<u8, Vec<Option<Sample>>>) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -908,16 +926,16 @@ fn summary(args: &Args, results: &BTreeMap<u8, Vec<Option<Sample>>>) -> String {
         "sys/q",
         "machine/q"
     );
+    let per_query = |pct: f64, qps: f64| {
+        if qps > 0.0 && pct > 0.0 {
+            pct / 100.0 / qps * 1e6
+        } else {
+            f64::NAN
+        }
+    };
     for cfg in &configs {
         let samples = samples_of(cfg);
         let col = |f: &dyn Fn(&Sample) -> f64| median(samples.iter().map(f).collect());
-        let per_query = |pct: f64, qps: f64| {
-            if qps > 0.0 && pct > 0.0 {
-                pct / 100.0 / qps * 1e6
-            } else {
-                f64::NAN
-            }
-        };
         let _ = writeln!(
             out,
             "{:<30} {:>7.0} {:>7.0} {:>7.0} {:>7.0} {:>7.0} {:>7.0} {:>10.1} {:>10.1} {:>7.1} {:>10.1}",
@@ -937,20 +955,14 @@ fn summary(args: &Args, results: &BTreeMap<u8, Vec<Option<Sample>>>) -> String {
     // What marking costs the machine, per query: the same resolver without marking, round by
     // round. nfqmark's own figure also holds work that moved to it from the resolver (the
     // packet's way on after the verdict, which the resolver's send does without a queue).
-    let per_round = |num: u8, den: u8, f: &dyn Fn(&Sample) -> f64| -> Option<f64> {
-        let a = results.get(&num)?;
-        let b = results.get(&den)?;
-        let v: Vec<f64> = a
-            .iter()
-            .zip(b)
-            .filter_map(|(x, y)| Some(f(x.as_ref()?) - f(y.as_ref()?)))
-            .collect();
-        (!v.is_empty()).then(|| median(v))
+    let difference = |num: u8, den: u8, f: &dyn Fn(&Sample) -> f64| {
+        per_round(results, num, den, |x, y| f(x) - f(y))
+            .filter(|v| !v.is_empty())
+            .map(median)
     };
-    let us_per_query = |pct: f64, qps: f64| pct / 100.0 / qps.max(1e-9) * 1e6;
     for (num, den, what) in [(3, 1, "dnsmasq"), (4, 5, "unbound")] {
-        let machine = per_round(num, den, &|s| us_per_query(s.cpu.machine, s.perf.qps));
-        let resolver = per_round(num, den, &|s| us_per_query(s.cpu.resolver, s.perf.qps));
+        let machine = difference(num, den, &|s| per_query(s.cpu.machine, s.perf.qps));
+        let resolver = difference(num, den, &|s| per_query(s.cpu.resolver, s.perf.qps));
         if let (Some(machine), Some(resolver)) = (machine, resolver) {
             let _ = writeln!(
                 out,
@@ -983,20 +995,12 @@ fn summary(args: &Args, results: &BTreeMap<u8, Vec<Option<Sample>>>) -> String {
         let samples = samples_of(cfg);
         let col = |f: &dyn Fn(&Sample) -> f64| median(samples.iter().map(f).collect());
         let added = baseline(cfg.id)
-            .and_then(|b| Some((results.get(&cfg.id)?, results.get(&b)?)))
-            .map(|(mine, base)| {
-                median(
-                    mine.iter()
-                        .zip(base)
-                        .filter_map(|(x, y)| {
-                            Some(
-                                quantile(&x.as_ref()?.latency_us, 0.5)
-                                    - quantile(&y.as_ref()?.latency_us, 0.5),
-                            )
-                        })
-                        .collect(),
-                )
-            });
+            .and_then(|b| {
+                per_round(results, cfg.id, b, |x, y| {
+                    quantile(&x.latency_us, 0.5) - quantile(&y.latency_us, 0.5)
+                })
+            })
+            .map(median);
         let _ = writeln!(
             out,
             "{:<30} {:>9.0} {:>9.0} {:>9}",
@@ -1008,13 +1012,7 @@ fn summary(args: &Args, results: &BTreeMap<u8, Vec<Option<Sample>>>) -> String {
     }
     // Ratios: per round, then the median.
     let ratio = |num: u8, den: u8| -> Option<(f64, Vec<f64>)> {
-        let a = results.get(&num)?;
-        let b = results.get(&den)?;
-        let v: Vec<f64> = a
-            .iter()
-            .zip(b)
-            .filter_map(|(x, y)| Some(x.as_ref()?.perf.qps / y.as_ref()?.perf.qps))
-            .collect();
+        let v = per_round(results, num, den, |x, y| x.perf.qps / y.perf.qps)?;
         (!v.is_empty()).then(|| (median(v.clone()), v))
     };
     let _ = writeln!(
