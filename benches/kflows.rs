@@ -704,49 +704,43 @@ fn conn_part(args: &Args) -> io::Result<()> {
         }
         runs.push(this);
     }
-    let of = |m: Mode, r: &Vec<ConnRun>| {
-        r.iter()
-            .find(|x| x.mode == m)
-            .map_or(f64::NAN, |x| x.per_second)
+    // One configuration's figure in one round (NaN when it did not run), and all its figures.
+    let of = |m: Mode, r: &Vec<ConnRun>, f: fn(&ConnRun) -> f64| {
+        r.iter().find(|x| x.mode == m).map_or(f64::NAN, f)
     };
+    let column = |m: Mode, f: fn(&ConnRun) -> f64| -> Vec<f64> {
+        runs.iter()
+            .flat_map(|r| r.iter().filter(|x| x.mode == m).map(f))
+            .collect()
+    };
+    let per_second: fn(&ConnRun) -> f64 = |x| x.per_second;
+    let path: fn(&ConnRun) -> f64 = |x| x.path_us_per_conn;
     println!("\nmedians (load average after: {}):", loadavg());
     for &m in &modes {
-        let mut v: Vec<f64> = runs.iter().map(|r| of(m, r)).collect();
-        let mut share: Vec<f64> = runs
-            .iter()
-            .flat_map(|r| r.iter().filter(|x| x.mode == m).map(|x| x.marked_share))
-            .collect();
-        let mut cpu: Vec<f64> = runs
-            .iter()
-            .flat_map(|r| {
-                r.iter()
-                    .filter(|x| x.mode == m)
-                    .map(|x| x.nfqmark_us_per_conn)
-            })
-            .collect();
-        let mut path: Vec<f64> = runs
-            .iter()
-            .flat_map(|r| r.iter().filter(|x| x.mode == m).map(|x| x.path_us_per_conn))
-            .collect();
+        let mut v: Vec<f64> = runs.iter().map(|r| of(m, r, per_second)).collect();
         println!(
             "  {:<20} {:>10.0} conn/s  marked {:.3}  nfqmark {:.1} us/conn  path {:.1} us/conn",
             m.label(),
             median(&mut v),
-            median(&mut share),
-            median(&mut cpu),
-            median(&mut path)
+            median(&mut column(m, |x| x.marked_share)),
+            median(&mut column(m, |x| x.nfqmark_us_per_conn)),
+            median(&mut column(m, path))
         );
     }
-    for (m, base, name) in [
+    // Which configurations are compared, and their per-round ratios of `f`.
+    let pairs = [
         (Mode::Dns, Mode::None, "dns/none"),
         (Mode::Queue, Mode::None, "queue/none"),
         (Mode::Kernel, Mode::None, "kernel/none"),
         (Mode::Kernel, Mode::Dns, "kernel/dns"),
-    ] {
-        if !(modes.contains(&m) && modes.contains(&base)) {
-            continue;
-        }
-        let mut ratios: Vec<f64> = runs.iter().map(|r| of(m, r) / of(base, r)).collect();
+    ]
+    .into_iter()
+    .filter(|&(m, base, _)| modes.contains(&m) && modes.contains(&base));
+    let ratios = |m: Mode, base: Mode, f: fn(&ConnRun) -> f64| -> Vec<f64> {
+        runs.iter().map(|r| of(m, r, f) / of(base, r, f)).collect()
+    };
+    for (m, base, name) in pairs.clone() {
+        let mut ratios = ratios(m, base, per_second);
         let per_round: Vec<String> = ratios.iter().map(|x| format!("{x:.3}")).collect();
         let med = median(&mut ratios);
         let goal = if m == Mode::Kernel && base == Mode::None {
@@ -759,26 +753,9 @@ fn conn_part(args: &Args) -> io::Result<()> {
         };
         println!("  {name:<12} {med:.3}  [{}]{goal}", per_round.join(", "));
     }
-    let path_of = |m: Mode, r: &Vec<ConnRun>| {
-        r.iter()
-            .find(|x| x.mode == m)
-            .map_or(f64::NAN, |x| x.path_us_per_conn)
-    };
     println!("CPU per connection (path us/conn), median of per-round ratios:");
-    for (m, base, name) in [
-        (Mode::Dns, Mode::None, "dns/none"),
-        (Mode::Queue, Mode::None, "queue/none"),
-        (Mode::Kernel, Mode::None, "kernel/none"),
-        (Mode::Kernel, Mode::Dns, "kernel/dns"),
-    ] {
-        if !(modes.contains(&m) && modes.contains(&base)) {
-            continue;
-        }
-        let mut ratios: Vec<f64> = runs
-            .iter()
-            .map(|r| path_of(m, r) / path_of(base, r))
-            .collect();
-        println!("  {name:<12} {:.3}", median(&mut ratios));
+    for (m, base, name) in pairs {
+        println!("  {name:<12} {:.3}", median(&mut ratios(m, base, path)));
     }
     Ok(())
 }
