@@ -20,7 +20,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread::sleep;
 use std::time::Duration;
@@ -32,6 +32,20 @@ const RULES: &str = "\
 flow src 198.18.1.0/24 names *.video.nfqm.example set-mark 0x20/0xff
 default accept
 ";
+
+/// A lab for one flow test: dnsmasq, queue `queue`, neither the lab's queue rules nor its
+/// marking rules (each test loads what `nfqmark setup` prints, and marks client A itself), and
+/// `rules` written to NAME.rules in the lab's directory.
+fn flows_lab(name: &str, queue: u16, rules: &str) -> (World, PathBuf) {
+    let mut options = Options::new(name, Resolver::Dnsmasq, Some(common::nfqmark_bin()));
+    options.queue = queue;
+    options.queue_rules = false;
+    options.marking = false;
+    let w = World::build(options).expect("build the lab");
+    let path = w.path(&format!("{name}.rules"));
+    std::fs::write(&path, rules).expect("write rules");
+    (w, path)
+}
 
 fn ip(s: &str) -> std::net::IpAddr {
     s.parse().expect("address")
@@ -128,13 +142,7 @@ fn flows_to_resolved_addresses_get_the_rule_mark_until_the_ttl_passes() {
     if !common::require_root("flows") {
         return;
     }
-    let mut options = Options::new("flows", Resolver::Dnsmasq, Some(common::nfqmark_bin()));
-    options.queue = 11;
-    options.queue_rules = false; // the rules `nfqmark setup` prints instead
-    options.marking = false;
-    let mut w = World::build(options).expect("build the lab");
-    let rules = w.path("flows.rules");
-    std::fs::write(&rules, RULES).expect("write rules");
+    let (mut w, rules) = flows_lab("flows", 11, RULES);
     w.options_mut().nfqmark_args = vec![
         "--rules".into(),
         rules.display().to_string(),
@@ -234,13 +242,7 @@ fn ipv6_flows_to_resolved_addresses_get_the_rule_mark() {
     if !common::require_root("flows6") {
         return;
     }
-    let mut options = Options::new("flows6", Resolver::Dnsmasq, Some(common::nfqmark_bin()));
-    options.queue = 16;
-    options.queue_rules = false; // the rules `nfqmark setup -6` prints instead
-    options.marking = false;
-    let mut w = World::build(options).expect("build the lab");
-    let rules = w.path("flows6.rules");
-    std::fs::write(&rules, RULES_V6).expect("write rules");
+    let (mut w, rules) = flows_lab("flows6", 16, RULES_V6);
     w.options_mut().nfqmark_args = vec![
         "--rules".into(),
         rules.display().to_string(),
@@ -409,13 +411,7 @@ fn kernel_backend_marks_flows_from_nft_sets_without_queueing_them() {
     if !common::require_root("kflows") {
         return;
     }
-    let mut options = Options::new("kflows", Resolver::Dnsmasq, Some(common::nfqmark_bin()));
-    options.queue = 21;
-    options.queue_rules = false; // the rules `nfqmark setup` prints instead
-    options.marking = false; // client A's mark comes from `kernel_firewall`
-    let mut w = World::build(options).expect("build the lab");
-    let rules = w.path("kflows.rules");
-    std::fs::write(&rules, KERNEL_RULES).expect("write rules");
+    let (mut w, rules) = flows_lab("kflows", 21, KERNEL_RULES);
     w.options_mut().nfqmark_args = vec![
         "--rules".into(),
         rules.display().to_string(),
@@ -586,13 +582,7 @@ fn kernel_backend_marks_ipv6_flows() {
     if !common::require_root("kflows6") {
         return;
     }
-    let mut options = Options::new("kflows6", Resolver::Dnsmasq, Some(common::nfqmark_bin()));
-    options.queue = 22;
-    options.queue_rules = false;
-    options.marking = false;
-    let mut w = World::build(options).expect("build the lab");
-    let rules = w.path("kflows6.rules");
-    std::fs::write(&rules, KERNEL_RULES).expect("write rules");
+    let (mut w, rules) = flows_lab("kflows6", 22, KERNEL_RULES);
     w.options_mut().nfqmark_args = vec![
         "--rules".into(),
         rules.display().to_string(),
@@ -683,13 +673,7 @@ fn ctnetlink_marks_the_connection_when_no_rule_saves_the_mark() {
     if !common::require_root("ctmarks") {
         return;
     }
-    let mut options = Options::new("ctmarks", Resolver::Dnsmasq, Some(common::nfqmark_bin()));
-    options.queue = 23;
-    options.queue_rules = false;
-    options.marking = false;
-    let mut w = World::build(options).expect("build the lab");
-    let rules = w.path("ctmarks.rules");
-    std::fs::write(&rules, RULES).expect("write rules");
+    let (mut w, rules) = flows_lab("ctmarks", 23, RULES);
     let text = setup(&["--queue", "23", "--flow-backend", "queue"], &rules);
     let without_save: String = text
         .lines()
